@@ -1,0 +1,40 @@
+"""Shared fixtures: one SparkSession for the whole test session, a fresh lakehouse per test."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The session-wide local SparkSession, built by the project's own builder."""
+    from pipelines.config import load_config
+    from pipelines.spark import build_spark
+
+    cfg = load_config("local", ["spark.master=local[2]", "spark.shuffle_partitions=2",
+                                "spark.conf.spark.ui.showConsoleProgress=false"])
+    session = build_spark(cfg, app_name="lakehouse-dl tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """The local configuration with the lakehouse in a fresh temporary folder."""
+    from pipelines.config import load_config
+
+    return load_config("local", [f"lakehouse.root={tmp_path / 'lakehouse'}", "spark.master=local[2]"])
+
+
+@pytest.fixture
+def lakehouse(cfg, spark):
+    """An empty lakehouse under tmp_path, with the test session's Spark."""
+    from pipelines.lakehouse import Lakehouse
+
+    return Lakehouse.from_config(cfg, spark)
