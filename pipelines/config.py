@@ -139,7 +139,7 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
         nested: Any = value
-        for part in reversed(key.strip().split(".")):
+        for part in reversed(_split_key(key.strip())):
             nested = {part: nested}
         _merge(merged, nested, origin, f"--set {key}", prefix="")
     merged = _interpolate(merged, origin, prefix="")
@@ -147,6 +147,17 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
     cfg = _build(Config, merged, origin, prefix="")
     _check_semantics(cfg, origin)
     return cfg
+
+
+# Mappings whose own keys contain dots (Spark properties): `--set spark.conf.spark.x.y=1`.
+FREE_FORM_MAPPINGS = ("spark.conf",)
+
+
+def _split_key(key: str) -> list[str]:
+    for prefix in FREE_FORM_MAPPINGS:
+        if key.startswith(prefix + ".") and len(key) > len(prefix) + 1:
+            return [*prefix.split("."), key[len(prefix) + 1:]]
+    return key.split(".")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
