@@ -267,7 +267,7 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
-        return str(value)
+        return str(value).lower() if isinstance(value, bool) else str(value)
     raise ConfigError(f"{where}: key '{key}' has an unsupported type {tp}")
 
 
