@@ -135,18 +135,37 @@ STAGE_LOG_SCHEMA = "run_id string, run_date date, stage string, rows long, secon
 
 
 def record_run(lakehouse, record: RunRecord) -> None:
-    """Append the run's row to `results.runs`."""
-    df = lakehouse.spark.createDataFrame([record.row()], RUNS_SCHEMA)
-    lakehouse.table("results.runs").write(df, mode="append")
+    """Write the run's row to `results.runs`: one row per job and date, the latest attempt's."""
+    from pipelines.results import replace_rows
+
+    replace_rows(lakehouse, "results.runs", RUNS_SCHEMA, [record.row()], key=("job", "run_date"))
+
+
+def last_run(lakehouse, job: str, run_date: date | None) -> dict | None:
+    """The row of the latest run of `job` for `run_date`, if any."""
+    table = lakehouse.table("results.runs")
+    if not table.exists():
+        return None
+    rows = [r.asDict() for r in table.read().collect() if r["job"] == job and r["run_date"] == run_date]
+    return rows[0] if rows else None
 
 
 def log_stage(lakehouse, record: RunRecord, stage: str) -> None:
     """Remember that `stage` finished for the run's date (what a resumed run skips)."""
+    from pipelines.results import replace_rows
+
     row = {"run_id": record.run_id, "run_date": record.run_date, "stage": stage,
            "rows": record.stage_rows.get(stage, 0), "seconds": record.stage_seconds.get(stage, 0.0),
            "finished_at": datetime.now(timezone.utc)}
-    df = lakehouse.spark.createDataFrame([row], STAGE_LOG_SCHEMA)
-    lakehouse.table("ops.stage_log").write(df, mode="append")
+    replace_rows(lakehouse, "ops.stage_log", STAGE_LOG_SCHEMA, [row], key=("run_date", "stage"))
+
+
+def forget_stages(lakehouse, run_date: date) -> None:
+    """Drop the stage marks of `run_date` (a forced re-run starts from the first stage)."""
+    table = lakehouse.table("ops.stage_log")
+    if table.exists():
+        kept = [r.asDict() for r in table.read().collect() if r["run_date"] != run_date]
+        table.write(lakehouse.spark.createDataFrame(kept, STAGE_LOG_SCHEMA), mode="overwrite")
 
 
 def finished_stages(lakehouse, run_date: date) -> set[str]:
