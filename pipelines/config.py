@@ -81,8 +81,10 @@ class TrainingConfig:
 @dataclass
 class NightlyConfig:
     retrain_every_days: int = 7
-    train_days: int = 300
-    validation_days: int = 30
+    # Besides tomorrow, score this many earlier days again (their outcomes feed the live metrics).
+    score_days_back: int = 7
+    # The date `lakehouse-dl run` (and `make run`) runs the nightly job for.
+    default_date: str = "2013-12-30"
 
 
 @dataclass
@@ -295,6 +297,13 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
             fail(f"pipeline.splits.{name}", f"holds a date that does not exist: {exc}")
         if start > end:
             fail(f"pipeline.splits.{name}", f"starts after it ends: {window}")
+
+    try:
+        date.fromisoformat(cfg.nightly.default_date)
+    except ValueError:
+        fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
+    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.score_days_back < 0:
+        fail("nightly", "needs retrain_every_days >= 1 and score_days_back >= 0")
 
     root = _resolve(cfg.lakehouse.root)
     cfg.lakehouse.root = str(root)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from pipelines.config import PROJECT_ROOT
 
 MODELS = "results.models"
-SCHEMA = ("model_version string, created_at timestamp, run_id string, path string, training_table string, "
+SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, config_hash string, code_version string, metrics string, "
           "status string, reason string")
 
@@ -24,6 +24,7 @@ class ModelEntry:
     model_version: str
     created_at: datetime
     run_id: str
+    run_date: date | None  # the nightly date it was trained for (drives retrain_every_days)
     path: str
     training_table: str
     training_version: int

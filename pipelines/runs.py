@@ -105,6 +105,7 @@ class RunRecord:
     skipped: list[str] = field(default_factory=list)
     status: str = "running"
     error: str | None = None
+    report: str | None = None
 
     @contextmanager
     def stage(self, name: str):
