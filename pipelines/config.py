@@ -139,7 +139,10 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, for example training.epochs=3")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.load(raw, Loader=_Loader) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: the value is not valid YAML: {exc}") from exc
         nested: Any = value
         for part in reversed(_split_key(key.strip())):
             nested = {part: nested}
@@ -149,6 +152,16 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
     cfg = _build(Config, merged, origin, prefix="")
     _check_semantics(cfg, origin)
     return cfg
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: dates stay strings and are checked as dates where they are used."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 # Mappings whose own keys contain dots (Spark properties): `--set spark.conf.spark.x.y=1`.
@@ -164,7 +177,7 @@ def _split_key(key: str) -> list[str]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
