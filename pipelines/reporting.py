@@ -1,0 +1,91 @@
+"""Gathers what the nightly report shows from the tables, and writes it with `pipelines.report`.
+
+Everything here is aggregated in Spark first; only small summaries reach the driver.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+from pathlib import Path
+
+from pipelines import registry, report, results
+from pipelines.modeling import ROC_FILE
+
+
+def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
+    """Write `<root>/reports/<run_id>/index.html` and its plots; return the page's path."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    out = Path(cfg.lakehouse.root) / "reports" / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    model = registry.blessed(lakehouse)
+    summary = [("run", run_id), ("run date", run_date.isoformat())]
+    tables: dict[str, list[dict]] = {}
+
+    if model is not None:
+        summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
+                    ("trained on", f"{model.training_table} v{model.training_version}")]
+        history = lakehouse.table(results.HISTORY).read().filter(F.col("model_version") == model.model_version)
+        rows = [r.asDict() for r in history.orderBy("epoch").collect()]
+        if rows:
+            images["Training curves"] = report.plot_training_curves(rows, out / "training_curves.png")
+            tables["Training history"] = [{k: r[k] for k in ("epoch", "loss", "auc", "val_loss", "val_auc",
+                                                            "samples_per_second")} for r in rows]
+        metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version]
+        tables["Model against baselines"] = [
+            {k: m[k] for k in ("model", "split", "rows", "auc", "log_loss", "accuracy", "precision", "recall", "f1")}
+            for m in sorted(metrics, key=lambda m: (m["split"], m["model"]))]
+        roc_path = os.path.join(os.path.dirname(model.path), ROC_FILE)
+        if os.path.exists(roc_path):
+            roc = json.load(open(roc_path))
+            images["ROC on the test window"] = report.plot_roc(
+                {k: (v["fpr"], v["tpr"], v["auc"]) for k, v in roc.items()}, out / "roc.png")
+            if "dnn" in roc:
+                cal = roc["dnn"]["calibration"]
+                images["Calibration on the test window"] = report.plot_calibration(
+                    cal["mean_score"], cal["observed"], out / "calibration.png")
+
+    quality = lakehouse.table("ops.data_quality")
+    if quality.exists():
+        dq = (quality.read().groupBy("date", "rule").agg(F.sum("rows_failed").alias("rows_failed"))
+              .orderBy("date").toPandas())
+        dq["date"] = pd.to_datetime(dq["date"])
+        images["Data quality over time"] = report.plot_quality(dq, out / "data_quality.png")
+
+    drift = feature_drift(lakehouse, run_date)
+    if drift is not None:
+        frame, day_a, day_b = drift
+        images["Feature drift"] = report.plot_drift(frame, day_a, day_b, out / "drift.png")
+
+    live = [m for m in results.read_metrics(lakehouse, run_id) if m["split"] == "live"]
+    if live:
+        tables["Scores whose outcomes arrived"] = [
+            {k: m[k] for k in ("model_version", "rows", "auc", "accuracy", "precision", "recall")} for m in live]
+    tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
+                        for t in lakehouse.tables()]
+    return report.write_report(out, f"lakehouse-dl nightly {run_date}", summary, tables, images)
+
+
+def feature_drift(lakehouse, run_date: date):
+    """Standardised shift of each numeric feature's mean between the latest two days up to the run date."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    features, spec = lakehouse.table("gold.flight_features"), lakehouse.table("gold.feature_spec")
+    if not (features.exists() and spec.exists()):
+        return None
+    numeric = [r.asDict() for r in spec.read().filter(F.col("kind") == "numeric").collect()]
+    df = features.read().filter(F.col("date") <= F.lit(run_date))
+    cols = [r for r in numeric if r["source"] in df.columns]
+    days = [r["date"] for r in df.select("date").distinct().orderBy(F.desc("date")).limit(2).collect()]
+    if len(days) < 2 or not cols:
+        return None
+    means = (df.filter(F.col("date").isin(days)).groupBy("date")
+             .agg(*[F.avg(r["source"]).alias(r["source"]) for r in cols]).toPandas().set_index("date"))
+    latest, previous = days
+    shift = [(r["source"], float((means.loc[latest, r["source"]] - means.loc[previous, r["source"]]) / (r["std"] or 1.0)))
+             for r in cols if pd.notna(means.loc[latest, r["source"]]) and pd.notna(means.loc[previous, r["source"]])]
+    return pd.DataFrame(shift, columns=["feature", "shift"]), previous.isoformat(), latest.isoformat()
