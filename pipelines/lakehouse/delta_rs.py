@@ -12,7 +12,7 @@ import math
 import os
 import time
 import uuid
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
@@ -80,14 +80,18 @@ def file_stats(table) -> dict[str, Any]:
         if pa.types.is_string(typ) or pa.types.is_large_string(typ):
             if len(lo) > STATS_STRING_LIMIT or len(hi) > STATS_STRING_LIMIT:
                 continue
-        mins[name], maxs[name] = _stat_json(lo), _stat_json(hi)
+        mins[name], maxs[name] = _stat_json(lo), _stat_json(hi, round_up=True)
     return {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
 
 
-def _stat_json(value: Any) -> Any:
+def _stat_json(value: Any, round_up: bool = False) -> Any:
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        if round_up and value.microsecond % 1000:
+            # The log keeps milliseconds: a maximum cut down to the millisecond would be below the
+            # file's real maximum, and a reader skipping files by it would miss that row.
+            value += timedelta(microseconds=1000 - value.microsecond % 1000)
         return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
     if isinstance(value, date):
         return value.isoformat()
@@ -115,8 +119,10 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
 
         def close(key: tuple) -> None:
             f = open_files.pop(key)
-            f["writer"].close()
             table = pa.concat_tables(f["tables"]) if f["tables"] else data_schema.empty_table()
+            if table.num_rows > f["written"]:
+                f["writer"].write_table(table.slice(f["written"]), row_group_size=row_group_rows)
+            f["writer"].close()
             stats = file_stats(table)
             results.append({
                 "path": f["rel"], "size": os.path.getsize(f["abs"]), "num_records": table.num_rows,
@@ -133,11 +139,18 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 absolute = os.path.join(table_root, rel)
                 os.makedirs(os.path.dirname(absolute), exist_ok=True)
                 writer = pq.ParquetWriter(absolute, data_schema, compression="snappy")
-                f = open_files[key] = {"writer": writer, "rel": rel, "abs": absolute, "rows": 0, "tables": []}
+                f = open_files[key] = {"writer": writer, "rel": rel, "abs": absolute, "rows": 0, "written": 0,
+                                       "tables": []}
             part = part.select(data_schema.names).cast(data_schema)
-            f["writer"].write_table(part, row_group_size=row_group_rows)
             f["tables"].append(part)
             f["rows"] += part.num_rows
+            # Spark hands batches of its own size (10,000 rows, fewer per partition value): rows
+            # wait until a full row group of row_group_rows is there, as Petastorm shards by row group.
+            full = (f["rows"] - f["written"]) // row_group_rows * row_group_rows
+            if full:
+                f["writer"].write_table(pa.concat_tables(f["tables"]).slice(f["written"], full),
+                                        row_group_size=row_group_rows)
+                f["written"] += full
             if f["rows"] >= target_file_rows:
                 close(key)
 
@@ -223,7 +236,18 @@ class DeltaRsEngine:
         if partition_by:
             # Partition values live in the folder names (`date=2013-01-01/`), as Delta writes them.
             reader = reader.option("basePath", local_path(dt.table_uri))
-        df = reader.parquet(*files)
+        # Spark lists more than `parallelPartitionDiscovery.threshold` (32) paths with a Spark job of
+        # one task per path (5-10 s for a year of daily files); the log already names every file.
+        key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+        before = self.spark.conf.get(key, None)
+        self.spark.conf.set(key, str(max(len(files) + 1, 32)))
+        try:
+            df = reader.parquet(*files)
+        finally:
+            if before is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, before)
         return df.select(*schema.fieldNames())
 
     # -- write ---------------------------------------------------------------------------------
@@ -280,7 +304,8 @@ class DeltaRsEngine:
             if df.rdd.getNumPartitions() > parallelism:
                 df = df.coalesce(parallelism)
         try:
-            written = df.mapInArrow(writer, WRITE_RESULT_SCHEMA).collect()
+            written = _collect_in_group(self.spark.sparkContext, df.mapInArrow(writer, WRITE_RESULT_SCHEMA),
+                                        group=f"lakehouse-dl-write-{write_id}", description=f"write {path}")
         except BaseException:
             _remove_files_of(local_path(path), write_id)
             raise
@@ -314,7 +339,7 @@ class DeltaRsEngine:
                     dt = self.open(path)
             dt.create_write_transaction(actions, mode, delta_schema, partition_by=partition_by or None,
                                         partition_filters=filters, commit_properties=props)
-            return self.open(path).version()
+            return _version_of_write(path, write_id, dt.version())
         except CommitFailedError as exc:
             _remove_files_of(local_path(path), write_id)
             raise ConcurrentWriteError(
@@ -323,6 +348,58 @@ class DeltaRsEngine:
         except BaseException:
             _remove_files_of(local_path(path), write_id)
             raise
+
+
+def _collect_in_group(sc, df, group: str, description: str) -> list:
+    """Collect `df` as its own job group; if the job fails, return only once its tasks have ended.
+
+    When one task fails, Spark fails the job at once but cancels the other tasks in the background,
+    and their Python workers may still write files for a moment. Waiting for them to end lets the
+    caller delete every file of the failed write, not only those that existed when it failed.
+    """
+    saved = {key: sc.getLocalProperty(key)
+             for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")}
+    sc.setJobGroup(group, description, interruptOnCancel=True)
+    try:
+        return df.collect()
+    except BaseException:
+        sc.cancelJobGroup(group)
+        _wait_for_tasks(sc, group)
+        raise
+    finally:
+        for key, value in saved.items():
+            sc.setLocalProperty(key, value)
+
+
+def _wait_for_tasks(sc, group: str, timeout_s: float = 120.0) -> None:
+    tracker = sc.statusTracker()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        active = 0
+        for job_id in tracker.getJobIdsForGroup(group):
+            job = tracker.getJobInfo(job_id)
+            for stage_id in (job.stageIds if job else []):
+                stage = tracker.getStageInfo(stage_id)
+                active += stage.numActiveTasks if stage else 0
+        if active == 0:
+            return
+        time.sleep(0.2)
+
+
+def _version_of_write(path: str, write_id: str, read_version: int) -> int:
+    """The version this write committed; another writer may have committed after it already.
+
+    Read from the commit files themselves: `DeltaTable.history()` numbers its entries from the
+    snapshot it loaded, so with a commit landing meanwhile it can give an entry the wrong version.
+    """
+    log = os.path.join(local_path(path), "_delta_log")
+    latest = DeltaRsEngine.open(path).version()
+    for version in range(latest, read_version, -1):
+        with open(os.path.join(log, f"{version:020d}.json")) as commit:
+            for line in commit:
+                if line.startswith('{"commitInfo"') and json.loads(line)["commitInfo"].get("writeId") == write_id:
+                    return version
+    return latest
 
 
 def _check_partition_spec(partitions: dict[str, list], partition_by: list[str], path: str) -> None:

@@ -1,0 +1,223 @@
+"""Layered configuration: base → environment → --set, types, paths, environment variables, and
+errors that name the file and the key."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import ConfigError, config_hash, load_config
+
+
+def make_conf(root: Path, files: dict[str, dict | str]) -> Path:
+    """A conf/ folder under `root` with the given `<layer>/<file>.yaml` contents."""
+    conf = root / "conf"
+    for name, content in files.items():
+        path = conf / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    (conf / "base").mkdir(parents=True, exist_ok=True)
+    (conf / "local").mkdir(parents=True, exist_ok=True)
+    return conf
+
+
+@pytest.fixture
+def conf(tmp_path):
+    """A small two-layer conf/ with its lakehouse inside tmp_path."""
+    return make_conf(tmp_path, {
+        "base/lakehouse.yaml": {"lakehouse": {"root": str(tmp_path / "lh"), "landing": "landing",
+                                              "target_file_rows": 1000}},
+        "base/training.yaml": {"training": {"epochs": 6, "batch_size": 512, "hidden_units": [128, 64]}},
+        "base/pipeline.yaml": {"pipeline": {"splits": {"train": ["2013-01-01", "2013-09-30"]}}},
+        "local/training.yaml": {"training": {"epochs": 3}},
+    })
+
+
+def test_layers_merge_base_then_environment_then_set(conf, tmp_path):
+    cfg = load_config("local", conf_root=conf)
+    assert cfg.training.epochs == 3                     # local overrides base
+    assert cfg.training.batch_size == 512               # base kept where local is silent
+    assert cfg.training.hidden_units == [128, 64]
+    assert cfg.training.learning_rate == 1e-3           # the dataclass default where no file speaks
+    assert cfg.env == "local"
+
+    cfg = load_config("local", ["training.epochs=2", "training.hidden_units=[8]",
+                                "spark.conf.spark.sql.shuffle.partitions=3", "training.use_gpu=true"],
+                      conf_root=conf)
+    assert cfg.training.epochs == 2 and cfg.training.hidden_units == [8]
+    assert cfg.training.use_gpu is True
+    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "3"}
+    assert cfg.split("train") == (date(2013, 1, 1), date(2013, 9, 30))
+    assert cfg.root == tmp_path / "lh" and cfg.landing == tmp_path / "lh" / "landing"
+
+
+def test_the_hash_changes_with_the_configuration(conf):
+    assert config_hash(load_config("local", conf_root=conf)) == config_hash(load_config("local", conf_root=conf))
+    assert config_hash(load_config("local", ["training.epochs=4"], conf_root=conf)) != \
+        config_hash(load_config("local", conf_root=conf))
+
+
+def test_unknown_key_names_the_file_and_the_key(conf):
+    (conf / "local" / "typo.yaml").write_text("training:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("local", conf_root=conf)
+    assert str(conf / "local" / "typo.yaml") in str(err.value)
+    assert "unknown key 'training.epoch'" in str(err.value) and "epochs" in str(err.value)
+
+
+def test_unknown_key_from_set_names_the_option(conf):
+    with pytest.raises(ConfigError, match=r"--set training.epoch: unknown key 'training.epoch'"):
+        load_config("local", ["training.epoch=3"], conf_root=conf)
+    with pytest.raises(ConfigError, match="unknown key 'nosuch'"):
+        load_config("local", ["nosuch.key=1"], conf_root=conf)
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config("local", ["training.epochs"], conf_root=conf)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.epochs=three", "key 'training.epochs' must be an integer, got 'three'"),
+    ("training.epochs=2.5", "must be an integer"),
+    ("training.use_gpu=maybe", "must be true or false"),
+    ("training.hidden_units=128", "must be a list"),
+    ("training.optimizer=adagrad", "must be one of adam, sgd, rmsprop"),
+    ("lakehouse.engine=spark", "must be one of auto, delta-rs, jvm"),
+    ("training.dropout=yes", "must be a number"),
+    ("spark=local", "key 'spark' must be a mapping"),
+])
+def test_wrong_type_is_refused(conf, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config("local", [override], conf_root=conf)
+
+
+def test_wrong_type_in_a_file_names_the_file(conf):
+    (conf / "local" / "training.yaml").write_text("training:\n  batch_size: [1, 2]\n")
+    with pytest.raises(ConfigError, match=rf"{conf / 'local' / 'training.yaml'}: key 'training.batch_size' must be an integer"):
+        load_config("local", conf_root=conf)
+
+
+def test_broken_yaml_names_the_file(conf):
+    (conf / "local" / "broken.yaml").write_text("training: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_config("local", conf_root=conf)
+    (conf / "local" / "broken.yaml").write_text("- a list, not sections\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: the top level must be a mapping"):
+        load_config("local", conf_root=conf)
+
+
+def test_a_root_that_cannot_be_a_folder_is_refused(conf, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=rf"key 'lakehouse.root' is not a folder that can be created or written: {a_file}"):
+        load_config("local", [f"lakehouse.root={a_file / 'lakehouse'}"], conf_root=conf)
+
+
+def test_relative_root_is_relative_to_the_project_not_the_working_folder(conf, tmp_path, monkeypatch):
+    from pipelines.config import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("local", ["lakehouse.root=./lakehouse"], conf_root=conf)
+    assert cfg.lakehouse.root == str(PROJECT_ROOT / "lakehouse")
+
+
+def test_landing_outside_the_lakehouse_root_is_refused(conf, tmp_path):
+    outside = tmp_path / "elsewhere"
+    with pytest.raises(ConfigError, match=rf"key 'lakehouse.landing' must lie inside the lakehouse root {tmp_path / 'lh'}"):
+        load_config("local", [f"lakehouse.landing={outside}"], conf_root=conf)
+    with pytest.raises(ConfigError, match="must lie inside"):
+        load_config("local", ["lakehouse.landing=../escape"], conf_root=conf)
+    inside = load_config("local", [f"lakehouse.landing={tmp_path / 'lh' / 'raw'}"], conf_root=conf)
+    assert inside.lakehouse.landing == str(tmp_path / "lh" / "raw")
+
+
+def test_environment_variables_are_interpolated(conf, tmp_path, monkeypatch):
+    (conf / "local" / "lakehouse.yaml").write_text("lakehouse:\n  root: ${LH_TEST_ROOT}/house\n")
+    monkeypatch.setenv("LH_TEST_ROOT", str(tmp_path / "shared"))
+    cfg = load_config("local", conf_root=conf)
+    assert cfg.lakehouse.root == str(tmp_path / "shared" / "house")
+
+
+def test_a_missing_environment_variable_names_the_file_key_and_variable(conf, monkeypatch):
+    (conf / "local" / "lakehouse.yaml").write_text("lakehouse:\n  root: ${LH_TEST_UNSET}/house\n")
+    monkeypatch.delenv("LH_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config("local", conf_root=conf)
+    assert str(conf / "local" / "lakehouse.yaml") in str(err.value)
+    assert "key 'lakehouse.root' needs the environment variable LH_TEST_UNSET" in str(err.value)
+
+
+@pytest.mark.parametrize("window, message", [
+    ('["2013-02-30", "2013-03-31"]', "holds a date that does not exist"),
+    ('["2013-03-31", "2013-03-01"]', "starts after it ends"),
+    ('["2013-03-01"]', "must be \\[start, end\\]"),
+])
+def test_split_windows_must_be_real_ordered_dates(conf, window, message):
+    with pytest.raises(ConfigError, match=rf"key 'pipeline.splits.validation' {message}"):
+        load_config("local", [f"pipeline.splits.validation={window}"], conf_root=conf)
+
+
+def test_an_unquoted_date_that_does_not_exist_names_the_file_and_key(conf):
+    # PyYAML would raise a bare ValueError for an unquoted 2013-02-30; the loader keeps dates as text.
+    (conf / "local" / "pipeline.yaml").write_text("pipeline:\n  splits:\n    test: [2013-02-30, 2013-03-31]\n")
+    with pytest.raises(ConfigError, match=r"local/pipeline\.yaml: key 'pipeline.splits.test' holds a date that does not exist"):
+        load_config("local", conf_root=conf)
+    (conf / "local" / "pipeline.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"--set pipeline.splits.test: key 'pipeline.splits.test' holds a date"):
+        load_config("local", ["pipeline.splits.test=[2013-02-30, 2013-03-31]"], conf_root=conf)
+    cfg = load_config("local", ["pipeline.splits.test=[2013-12-01, 2013-12-31]"], conf_root=conf)
+    assert cfg.split("test") == (date(2013, 12, 1), date(2013, 12, 31))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.num_proc=-1", "key 'training.num_proc' must be at least 1, got -1"),
+    ("training.num_proc=0", "must be at least 1, got 0"),
+    ("training.batch_size=0", "key 'training.batch_size' must be at least 1"),
+    ("training.dropout=1.0", "key 'training.dropout' must be in \\[0, 1\\)"),
+    ("training.threshold=0", "key 'training.threshold' must be in \\(0, 1\\)"),
+    ("lakehouse.target_file_rows=0", "key 'lakehouse.target_file_rows' must be at least 1"),
+])
+def test_counts_and_ranges_are_checked(conf, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", [override], conf_root=conf)
+
+
+def test_unknown_environment_lists_the_known_ones(conf):
+    (conf / "cluster").mkdir()
+    with pytest.raises(ConfigError, match=r"unknown environment 'prod'.*known: cluster, local"):
+        load_config("prod", conf_root=conf)
+
+
+# ------------------------------------------------------------------------------------------------
+# The project's own conf/
+
+
+def test_the_project_local_environment_loads():
+    cfg = load_config("local")
+    assert cfg.lakehouse.engine == "delta-rs"
+    assert cfg.spark.master.startswith("local")
+    assert cfg.training.num_proc == 2
+    for name in cfg.pipeline.splits:
+        start, end = cfg.split(name)
+        assert start <= end
+
+
+def test_the_cluster_environment_loads_when_its_variables_are_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_ROOT", str(tmp_path / "shared" / "lakehouse"))
+    monkeypatch.setenv("LAKEHOUSE_LANDING", str(tmp_path / "shared" / "lakehouse" / "landing"))
+    monkeypatch.setenv("SPARK_MASTER", "spark://head:7077")
+    cfg = load_config("cluster")
+    assert cfg.env == "cluster"
+    assert cfg.lakehouse.root == str(tmp_path / "shared" / "lakehouse")
+    assert cfg.lakehouse.engine == "jvm"
+    assert cfg.spark.master == "spark://head:7077"
+    assert cfg.training.use_gpu is True and cfg.training.num_proc >= 1
+    assert cfg.spark.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def test_the_cluster_environment_without_its_variables_says_which(monkeypatch):
+    for name in ("LAKEHOUSE_ROOT", "LAKEHOUSE_LANDING", "SPARK_MASTER"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match=r"cluster/\w+\.yaml: key '[a-z_.]+' needs the environment variable "
+                                          r"(LAKEHOUSE_ROOT|LAKEHOUSE_LANDING|SPARK_MASTER)"):
+        load_config("cluster")
