@@ -100,9 +100,16 @@ def _stat_json(value: Any, round_up: bool = False) -> Any:
     return value
 
 
+OUTSIDE_PARTITIONS = "got a row outside them"
+
+
 def make_file_writer(table_root: str, write_id: str, partition_by: list[str], arrow_schema_bytes: bytes,
-                     target_file_rows: int, row_group_rows: int):
-    """The function a Spark task runs (through `mapInArrow`) to write its rows as Parquet files."""
+                     target_file_rows: int, row_group_rows: int, allowed: dict[str, list[str]] | None = None):
+    """The function a Spark task runs (through `mapInArrow`) to write its rows as Parquet files.
+
+    With `allowed` (a partition overwrite), a row outside those partition values fails the task,
+    so the check costs no second pass over the data.
+    """
 
     def write_task(batches: Iterator) -> Iterator:
         import pyarrow as pa
@@ -168,7 +175,11 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                     col = table[name]
                     cond = pc.is_null(col) if key[name] is None else pc.equal(col, pa.scalar(key[name], col.type))
                     mask = cond if mask is None else pc.and_(mask, cond)
-                write_rows(tuple(key[n] for n in partition_by), table.filter(mask))
+                rows = table.filter(mask)
+                if allowed and any(_partition_string(key[c]) not in vals for c, vals in allowed.items()):
+                    raise ValueError(f"overwrite of partitions {allowed} {OUTSIDE_PARTITIONS}: "
+                                     f"{rows.slice(0, 1).to_pylist()[0]}")
+                write_rows(tuple(key[n] for n in partition_by), rows)
         for key in list(open_files):
             close(key)
         if results:
@@ -287,16 +298,17 @@ class DeltaRsEngine:
                 raise ValueError(f"partition columns {missing} are not in the data written to {path}")
             target_schema = df.schema
 
+        allowed = None
         if partitions:
             _check_partition_spec(partitions, partition_by, path)
-            df = _restrict_to(df, partitions, path)
+            allowed = {c: [_partition_string(v) for v in vals] for c, vals in partitions.items()}
 
         os.makedirs(local_path(path), exist_ok=True)
         write_id = uuid.uuid4().hex[:12]
         arrow_schema = to_arrow_schema(df.schema)
         writer = make_file_writer(local_path(path), write_id, partition_by,
                                   arrow_schema.serialize().to_pybytes(),
-                                  self.target_file_rows, self.row_group_rows)
+                                  self.target_file_rows, self.row_group_rows, allowed)
         if partition_by:
             df = df.repartition(*partition_by)
         else:
@@ -306,8 +318,13 @@ class DeltaRsEngine:
         try:
             written = _collect_in_group(self.spark.sparkContext, df.mapInArrow(writer, WRITE_RESULT_SCHEMA),
                                         group=f"lakehouse-dl-write-{write_id}", description=f"write {path}")
-        except BaseException:
+        except BaseException as exc:
             _remove_files_of(local_path(path), write_id)
+            message = str(exc)
+            if OUTSIDE_PARTITIONS in message:
+                # Raised in a task: surface the task's own message, not the Spark stack trace.
+                line = next(l for l in message.splitlines() if OUTSIDE_PARTITIONS in l)
+                raise ValueError(f"{path}: {line[line.index('overwrite of partitions'):]}") from None
             raise
         # Tasks that were retried or speculated leave files no result points at: delete them.
         kept = {row["path"] for row in written}
@@ -406,20 +423,6 @@ def _check_partition_spec(partitions: dict[str, list], partition_by: list[str], 
     unknown = [c for c in partitions if c not in partition_by]
     if unknown:
         raise ValueError(f"cannot overwrite partitions of {path} by {unknown}: it is partitioned by {partition_by}")
-
-
-def _restrict_to(df, partitions: dict[str, list], path: str):
-    """A partition overwrite may only write rows inside the partitions it replaces."""
-    from pyspark.sql import functions as F
-
-    cond = None
-    for col, values in partitions.items():
-        c = F.col(col).isin(list(values))
-        cond = c if cond is None else cond & c
-    outside = df.filter(~cond).limit(1).collect()
-    if outside:
-        raise ValueError(f"overwrite of partitions {partitions} of {path} got a row outside them: {outside[0].asDict()}")
-    return df
 
 
 def _partition_filters(partitions: dict[str, list], schema) -> list[tuple]:
