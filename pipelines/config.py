@@ -76,6 +76,10 @@ class TrainingConfig:
     local_cache: bool = False
     max_train_rows: int = 0
     threshold: float = 0.5
+    regression_loss: Literal["huber", "mse"] = "huber"
+    huber_delta: float = 15.0
+    reader_threads: int = 1
+    baselines: list[Literal["logreg", "gbt"]] = field(default_factory=lambda: ["logreg"])
 
 
 @dataclass

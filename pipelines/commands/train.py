@@ -1,0 +1,64 @@
+"""`lakehouse-dl train`: train on a pinned gold.model_input version, then fit the MLlib baselines
+on the same rows and print their validation AUC beside the model's."""
+from __future__ import annotations
+
+import json
+
+
+def add_commands(sub, common, dates) -> None:
+    """Add the `train` subcommand."""
+    p = sub.add_parser("train", help="train the model on a pinned gold.model_input version "
+                                     "(Horovod on Spark when training.num_proc > 1) and compare it with baselines")
+    common(p)
+    p.add_argument("--table-version", type=int, help="gold.model_input version to train on (default: the latest)")
+    p.add_argument("--spec-version", type=int, help="gold.feature_spec version (default: the latest)")
+    p.add_argument("--model-version", help="name of the model version; give a failed run's to resume it")
+    p.add_argument("--baselines", help="comma-separated logreg,gbt, or 'none' (default: training.baselines)")
+    p.add_argument("--json", action="store_true", help="also print the training result as JSON")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args, cfg) -> int:
+    from pipelines.baselines import fit_baselines, model_input_frames
+    from pipelines.cli import spark_for
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.training import train
+
+    kinds = cfg.training.baselines if args.baselines is None else [
+        k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
+    spark = spark_for(cfg, "train")
+    result = train(cfg, spark, model_version=args.model_version, table_version=args.table_version,
+                   spec_version=args.spec_version)
+    baselines = {}
+    if kinds and cfg.training.head == "classification":
+        version = result.table_versions["gold.model_input"]
+        frames = model_input_frames(Lakehouse.from_config(cfg, spark), version)
+        baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
+    for line in summary_lines(result, baselines):
+        print(line)
+    if args.json:
+        fitted_free = {kind: {k: v for k, v in b.items() if k != "model"} for kind, b in baselines.items()}
+        print(json.dumps({**result.to_dict(), "baselines": fitted_free}, indent=2, default=str))
+    return 0
+
+
+def summary_lines(result, baselines: dict[str, dict]) -> list[str]:
+    """The closing summary: versions read, model version and path, best epoch, wall time, AUCs."""
+    versions = ", ".join(f"{t} v{v}" for t, v in result.table_versions.items())
+    best = result.best_metrics
+    metric = "auc" if "val_auc" in best else "mae"
+    lines = [
+        f"tables read: {versions} (train {result.rows['train']:,} rows, validation {result.rows['validation']:,} rows)",
+        f"model {result.model_version}: {result.model_path}",
+        f"best epoch {result.best_epoch} of {result.epochs_run}"
+        f"{' (stopped early)' if result.stopped_early else ''}"
+        f"{f', resumed after epoch {result.initial_epoch}' if result.initial_epoch else ''}: "
+        f"val_loss {best.get('val_loss', float('nan')):.4f}  val_{metric} {best.get('val_' + metric, float('nan')):.4f}",
+        f"{result.samples_per_sec:,.0f} samples/s summed over {result.num_proc} process(es); "
+        f"wall time {result.wall_seconds:.1f}s",
+    ]
+    if baselines:
+        compared = [f"model {best.get('val_auc', float('nan')):.4f}"]
+        compared += [f"{kind} {b['val_auc']:.4f}" for kind, b in baselines.items()]
+        lines.append("validation AUC: " + " | ".join(compared))
+    return lines

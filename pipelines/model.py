@@ -1,0 +1,103 @@
+"""The Keras model built from the feature spec: an embedding per categorical column, the numeric
+columns, and an MLP with a late-arrival (sigmoid) or arrival-delay (regression) head.
+
+    >>> model = build_model(spec, cfg.training)
+    >>> compile_model(model, cfg.training, make_optimizer(cfg.training, learning_rate=1e-3))
+"""
+from __future__ import annotations
+
+from pipelines.tensors import FeatureSpec
+
+# The target column of model_input for each head.
+LABELS = {"classification": "label", "regression": "arr_delay"}
+
+
+def label_for(training_cfg) -> str:
+    """The model_input column the configured head learns."""
+    return LABELS[training_cfg.head]
+
+
+def build_model(spec: FeatureSpec, training_cfg):
+    """An uncompiled functional model with one named (n, 1) input per model_input column.
+
+    Inputs are named exactly like the columns, so scoring feeds a frame's columns by name.
+    """
+    import tensorflow as tf
+
+    cfg = training_cfg
+    regularizer = tf.keras.regularizers.l2(cfg.l2) if cfg.l2 else None
+    inputs, parts = {}, []
+    if spec.numeric:
+        for name in spec.numeric:
+            inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.float32)
+        numeric = [inputs[n] for n in spec.numeric]
+        parts.append(numeric[0] if len(numeric) == 1 else tf.keras.layers.Concatenate(name="numeric")(numeric))
+    for name, size in spec.categorical.items():
+        inputs[name] = tf.keras.Input(shape=(1,), name=name, dtype=tf.int32)
+        embedded = tf.keras.layers.Embedding(size, cfg.embedding_dim, embeddings_regularizer=regularizer,
+                                             name=f"{name}_embedding")(inputs[name])
+        parts.append(tf.keras.layers.Flatten(name=f"{name}_vector")(embedded))
+    x = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name="features")(parts)
+    for i, width in enumerate(cfg.hidden_units):
+        x = tf.keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"hidden_{i}")(x)
+        if cfg.dropout:
+            # A tf.random.Generator-backed dropout keeps its state in a variable, which the epoch
+            # checkpoint saves: a resumed run draws the same masks as an uninterrupted one.
+            x = tf.keras.layers.Dropout(cfg.dropout, force_generator=True, name=f"dropout_{i}")(x)
+    activation = "sigmoid" if cfg.head == "classification" else None
+    output = tf.keras.layers.Dense(1, activation=activation, name=label_for(cfg))(x)
+    return tf.keras.Model(inputs=inputs, outputs=output, name="flight_delay")
+
+
+def dropout_generators(model) -> dict:
+    """The random generators of the model's dropout layers, by layer name.
+
+    Keras 2 does not track them as checkpoint dependencies; the training checkpoint saves them
+    beside the weights so that a resumed run continues the same random stream.
+    """
+    generators = {}
+    for layer in model.layers:
+        generator = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+        if generator is not None:
+            generators[f"rng_{layer.name}"] = generator
+    return generators
+
+
+def make_optimizer(training_cfg, learning_rate: float):
+    """Adam, SGD (with `momentum`) or RMSprop at `learning_rate`.
+
+    The legacy Keras optimizers are the ones Horovod's DistributedOptimizer wraps and
+    tf.train.Checkpoint restores, slots included, on TF 2.15.
+    """
+    import tensorflow as tf
+
+    name = training_cfg.optimizer
+    legacy = tf.keras.optimizers.legacy
+    if name == "adam":
+        return legacy.Adam(learning_rate=learning_rate)
+    if name == "sgd":
+        return legacy.SGD(learning_rate=learning_rate, momentum=training_cfg.momentum)
+    if name == "rmsprop":
+        return legacy.RMSprop(learning_rate=learning_rate, momentum=training_cfg.momentum)
+    raise ValueError(f"training.optimizer must be adam, sgd or rmsprop, got {name!r}")
+
+
+def compile_model(model, training_cfg, optimizer) -> None:
+    """Loss and metrics of the head: BCE + AUC for classification, MSE or Huber + MAE for regression."""
+    import tensorflow as tf
+
+    if training_cfg.head == "classification":
+        loss = tf.keras.losses.BinaryCrossentropy()
+        metrics = [tf.keras.metrics.AUC(name="auc", num_thresholds=500)]
+    else:
+        loss = (tf.keras.losses.Huber(delta=training_cfg.huber_delta) if training_cfg.regression_loss == "huber"
+                else tf.keras.losses.MeanSquaredError())
+        metrics = [tf.keras.metrics.MeanAbsoluteError(name="mae")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+
+def load_model(path: str):
+    """A saved model (`<root>/models/<model_version>/model.keras`) ready for `predict`, without optimizer."""
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(path, compile=False)

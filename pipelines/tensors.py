@@ -1,0 +1,357 @@
+"""A pinned `gold.model_input` version → Petastorm → `tf.data`, one shard per Horovod rank.
+
+The snapshot's own Parquet files are read in place (no copy unless `training.local_cache`), and
+every rank takes the same number of steps per epoch, so allreduce never waits for a rank that ran dry.
+
+    >>> snap = pin_snapshot(lakehouse)                       # latest version, train + validation files
+    >>> spec = load_feature_spec(lakehouse, snap)
+    >>> ds = make_dataset(snap.splits["train"], spec, cfg.training, label="label", rank=0, num_ranks=2)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Mapping
+
+import numpy as np
+
+# Petastorm 0.13 calls pyarrow's legacy dataset API, which warns on every reader and row group.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
+
+MODEL_INPUT = "gold.model_input"
+FEATURE_SPEC = "gold.feature_spec"
+SPLIT_COLUMN = "split"
+NUMERIC_PREFIX = "num_"
+CATEGORICAL_PREFIX = "cat_"
+
+
+class TensorInputError(ValueError):
+    """The pinned snapshot cannot feed training as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The data files of one split of one table version, with their row and row-group counts."""
+
+    table: str
+    version: int
+    split: str
+    files: tuple[str, ...]
+    rows: int
+    row_groups: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A pinned version of the model-ready table: its columns and the files of each split."""
+
+    table: str
+    version: int
+    columns: tuple[str, ...]
+    splits: dict[str, SplitFiles]
+    # Largest value of each cat_* column in the selected files, from the Delta statistics.
+    categorical_max: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The model's inputs: numeric columns and categorical columns with their embedding sizes."""
+
+    numeric: tuple[str, ...]
+    categorical: dict[str, int]
+    version: int | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (*self.numeric, *self.categorical)
+
+    def to_dict(self) -> dict:
+        return {"numeric": list(self.numeric), "categorical": dict(self.categorical), "version": self.version}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "FeatureSpec":
+        return cls(tuple(data["numeric"]), {k: int(v) for k, v in data["categorical"].items()}, data.get("version"))
+
+
+# --------------------------------------------------------------------------------------------
+# Pinning a snapshot
+
+
+def pin_snapshot(lakehouse, version: int | None = None, splits: tuple[str, ...] = ("train", "validation"),
+                 table: str = MODEL_INPUT) -> Snapshot:
+    """The files of `splits` in `table` at `version` (the latest when None), selected by the add
+    actions' `partition.split` value, with row counts from the Delta statistics.
+
+        >>> pin_snapshot(lakehouse, version=3).splits["train"].rows
+    """
+    import pyarrow as pa
+
+    t = lakehouse.table(table)
+    if not t.exists():
+        raise TensorInputError(f"table {table} does not exist yet under {lakehouse.root}; build the gold tables first")
+    dt = t.delta(version)
+    pinned = dt.version()
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    key = f"partition.{SPLIT_COLUMN}"
+    if actions and key not in actions[0]:
+        raise TensorInputError(f"{table} v{pinned} is not partitioned by '{SPLIT_COLUMN}', as gold.model_input must be")
+    columns = tuple(f.name for f in t.schema(pinned).fields if f.name != SPLIT_COLUMN)
+    root = dt.table_uri.rstrip("/")
+    by_split: dict[str, SplitFiles] = {}
+    cat_max: dict[str, int] = {}
+    for split in splits:
+        chosen = sorted((a for a in actions if a[key] == split), key=lambda a: a["path"])
+        if not chosen:
+            present = sorted({str(a[key]) for a in actions})
+            raise TensorInputError(f"{table} v{pinned} has no files for split '{split}' (splits present: {', '.join(present) or 'none'})")
+        files = tuple(_file_uri(root, a["path"]) for a in chosen)
+        rows = int(sum(a["num_records"] or 0 for a in chosen))
+        by_split[split] = SplitFiles(table, pinned, split, files, rows, count_row_groups(files))
+        for a in chosen:
+            for column in columns:
+                if column.startswith(CATEGORICAL_PREFIX) and a.get(f"max.{column}") is not None:
+                    cat_max[column] = max(cat_max.get(column, 0), int(a[f"max.{column}"]))
+    return Snapshot(table, pinned, columns, by_split, cat_max)
+
+
+def _file_uri(root: str, path: str) -> str:
+    from urllib.parse import unquote
+
+    if "://" in path:
+        return path
+    uri = f"{root}/{unquote(path)}"
+    return uri if "://" in uri else f"file://{uri}"
+
+
+def count_row_groups(files: tuple[str, ...] | list[str]) -> int:
+    """Parquet row groups in `files` (read from the footers only): the unit Petastorm shards by."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    total = 0
+    for uri in files:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_file(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_row_groups
+    return total
+
+
+def load_feature_spec(lakehouse, snapshot: Snapshot, version: int | None = None) -> FeatureSpec:
+    """The feature spec at `version` (latest when None) matched against the snapshot's columns."""
+    t = lakehouse.table(FEATURE_SPEC)
+    if not t.exists():
+        raise TensorInputError(f"table {FEATURE_SPEC} does not exist yet under {lakehouse.root}; build the gold tables first")
+    dt = t.delta(version)
+    pinned = dt.version()
+    # The spec is one small unpartitioned table: delta-rs reads it without Spark (notebooks, workers).
+    rows = dt.to_pyarrow_table().to_pylist()
+    return feature_spec_from_rows(rows, snapshot.columns, pinned, snapshot.categorical_max)
+
+
+def feature_spec_from_rows(rows: list[Mapping], columns: tuple[str, ...] | list[str], version: int | None = None,
+                           categorical_max: Mapping[str, int] | None = None) -> FeatureSpec:
+    """Model inputs: the table's num_* and cat_* columns; each cat_* column's embedding size comes from
+    its feature-spec row (`vocab_size`, or the vocabulary plus the out-of-vocabulary index 0).
+
+    A spec row may name the column (`cat_carrier`) or the feature (`carrier`).
+    """
+    by_name: dict[str, Mapping] = {}
+    for row in rows:
+        by_name[row["name"]] = row
+        by_name.setdefault(CATEGORICAL_PREFIX + row["name"], row)
+    numeric = tuple(c for c in columns if c.startswith(NUMERIC_PREFIX))
+    categorical: dict[str, int] = {}
+    for column in (c for c in columns if c.startswith(CATEGORICAL_PREFIX)):
+        row = by_name.get(column)
+        if row is None:
+            raise TensorInputError(f"model input column {column} has no row in {FEATURE_SPEC}, so its vocabulary size is unknown")
+        vocabulary = row.get("vocabulary") or []
+        # Index 0 means out of vocabulary, so a vocabulary of n words needs n + 1 embedding rows;
+        # taking the larger reading of vocab_size is safe whichever convention the spec follows.
+        size = max(int(row.get("vocab_size") or 0), len(vocabulary) + 1)
+        seen = (categorical_max or {}).get(column)
+        if seen is not None and seen >= size:
+            raise TensorInputError(f"{column} holds index {seen} but {FEATURE_SPEC} v{version} gives it {size} values; "
+                                   "the feature spec and model_input versions do not belong together")
+        categorical[column] = size
+    if not numeric and not categorical:
+        raise TensorInputError(f"no num_* or cat_* columns among {', '.join(columns)}")
+    return FeatureSpec(numeric, categorical, version)
+
+
+# --------------------------------------------------------------------------------------------
+# Shards and batches
+
+
+def steps_per_epoch(rows: int, batch_size: int, num_ranks: int, max_rows: int = 0) -> int:
+    """Batches every rank takes per epoch: the split's rows (or `max_rows`) divided over all ranks.
+
+    Every rank takes exactly this many; a rank whose shard holds fewer rows reads its shard again.
+    """
+    usable = min(rows, max_rows) if max_rows else rows
+    steps = usable // (batch_size * num_ranks)
+    if steps < 1:
+        raise TensorInputError(f"{usable} rows cannot give each of {num_ranks} rank(s) one batch of {batch_size}; "
+                               "lower training.batch_size or train on more rows")
+    return steps
+
+
+def check_shardable(split: SplitFiles, num_ranks: int) -> None:
+    """Petastorm shards by row group: a rank without a row group would have no data at all."""
+    if split.row_groups < num_ranks:
+        raise TensorInputError(
+            f"{split.table} v{split.version} split '{split.split}' has {split.row_groups} Parquet row group(s) but "
+            f"training runs {num_ranks} ranks, and Petastorm shards by row group, so a rank would get no rows. "
+            "Rewrite the table with a smaller lakehouse.row_group_rows, or lower training.num_proc.")
+
+
+def model_inputs(columns: Mapping[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """The model's named inputs from columns of model_input rows: (n, 1) float32 / int32 arrays.
+
+    Categorical indices beyond the model's vocabulary read as 0 (out of vocabulary), as the
+    features stage writes unknown values.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name in spec.numeric:
+        out[name] = np.nan_to_num(np.asarray(columns[name], dtype=np.float32)).reshape(-1, 1)
+    for name, size in spec.categorical.items():
+        values = np.asarray(columns[name], dtype=np.int32).reshape(-1, 1)
+        out[name] = np.where((values < 0) | (values >= size), 0, values).astype(np.int32)
+    return out
+
+
+def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size: int, rank: int = 0,
+                 num_ranks: int = 1, training: bool = True, epoch: int = 0, seed: int = 0,
+                 steps: int | None = None, shuffle_buffer: int = 10_000, reader_threads: int = 1
+                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """(inputs, label) batches of one epoch of this rank's shard, read by Petastorm.
+
+    Training: row groups in a seeded order, rows shuffled in blocks of `shuffle_buffer`, exactly
+    `steps` full batches (the shard is read again if it runs out). Evaluation: the shard once, in
+    file order, the last batch possibly short. The order depends only on (seed, epoch, rank), so a
+    resumed run reads what an uninterrupted one would.
+    """
+    check_shardable(split, num_ranks)
+    fields = [*spec.inputs, label]
+    reader = _open_reader(split, fields, training, seed, epoch, rank, num_ranks, reader_threads)
+    rng = np.random.default_rng([seed, epoch, rank])
+    wanted = steps * batch_size if training else None
+    emitted = 0
+    pending: list[dict[str, np.ndarray]] = []
+    pending_rows = 0
+    try:
+        for chunk in reader:
+            block = {name: np.asarray(getattr(chunk, name)) for name in fields}
+            pending.append(block)
+            pending_rows += len(block[label])
+            threshold = max(shuffle_buffer, batch_size) if training else batch_size
+            if pending_rows < threshold:
+                continue
+            merged = _concat(pending, fields)
+            if training:
+                order = rng.permutation(pending_rows)
+                merged = {k: v[order] for k, v in merged.items()}
+            full = (pending_rows // batch_size) * batch_size
+            if wanted is not None:
+                full = min(full, wanted - emitted)
+            for start in range(0, full, batch_size):
+                yield _batch(merged, spec, label, start, start + batch_size)
+            emitted += full
+            pending = [{k: v[full:] for k, v in merged.items()}]
+            pending_rows -= full
+            if wanted is not None and emitted >= wanted:
+                return
+        if not training and pending_rows:
+            merged = _concat(pending, fields)
+            for start in range(0, pending_rows, batch_size):
+                yield _batch(merged, spec, label, start, min(start + batch_size, pending_rows))
+    finally:
+        reader.stop()
+        reader.join()
+
+
+def _open_reader(split: SplitFiles, fields: list[str], training: bool, seed: int, epoch: int, rank: int,
+                 num_ranks: int, reader_threads: int):
+    from petastorm import make_batch_reader
+
+    # Training reads the shard endlessly (the caller stops after its steps), each pass in a new
+    # seeded row-group order; evaluation reads it once, in file order.
+    return make_batch_reader(
+        list(split.files), schema_fields=fields, reader_pool_type="thread", workers_count=reader_threads,
+        shuffle_row_groups=training, seed=seed * 1_000_003 + epoch if training else seed,
+        num_epochs=None if training else 1,
+        cur_shard=rank if num_ranks > 1 else None, shard_count=num_ranks if num_ranks > 1 else None)
+
+
+def _concat(blocks: list[dict[str, np.ndarray]], fields: list[str]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([b[name] for b in blocks]) for name in fields}
+
+
+def _batch(columns: dict[str, np.ndarray], spec: FeatureSpec, label: str, start: int, end: int):
+    part = {k: v[start:end] for k, v in columns.items()}
+    return model_inputs(part, spec), np.asarray(part[label], dtype=np.float32).reshape(-1, 1)
+
+
+def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: str, rank: int = 0,
+                 num_ranks: int = 1, training: bool = True, first_epoch: int = 0, epochs: int = 1):
+    """A prefetched `tf.data.Dataset` of (inputs, label) batches for this rank.
+
+    For training it holds epochs `first_epoch .. epochs-1` back to back, each exactly
+    `steps_per_epoch(...)` batches, so Keras' `fit(steps_per_epoch=..., initial_epoch=first_epoch)`
+    walks through it epoch by epoch. For evaluation it is the rank's shard once; Keras iterates it
+    again each epoch.
+    """
+    import tensorflow as tf
+
+    cfg = training_cfg
+    check_shardable(split, num_ranks)
+    signature = ({name: tf.TensorSpec((None, 1), tf.float32) for name in spec.numeric}
+                 | {name: tf.TensorSpec((None, 1), tf.int32) for name in spec.categorical},
+                 tf.TensorSpec((None, 1), tf.float32))
+    common = dict(label=label, batch_size=cfg.batch_size, rank=rank, num_ranks=num_ranks, seed=cfg.seed,
+                  shuffle_buffer=cfg.shuffle_buffer, reader_threads=getattr(cfg, "reader_threads", 1))
+    if training:
+        steps = steps_per_epoch(split.rows, cfg.batch_size, num_ranks, cfg.max_train_rows)
+
+        def one_epoch(epoch):
+            return iter_batches(split, spec, training=True, epoch=int(epoch), steps=steps, **common)
+
+        dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+            lambda epoch: tf.data.Dataset.from_generator(one_epoch, args=(epoch,), output_signature=signature))
+    else:
+        dataset = tf.data.Dataset.from_generator(
+            lambda: iter_batches(split, spec, training=False, **common), output_signature=signature)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def cache_locally(split: SplitFiles, cache_root: str | None = None) -> SplitFiles:
+    """Copy the split's files to local disk once per table version; return the split reading them.
+
+    Used when `training.local_cache` is set, for storage that is slow to read row group by row group.
+    """
+    import pyarrow.fs as pafs
+
+    root = cache_root or os.path.join(tempfile.gettempdir(), "lakehouse-dl-cache")
+    folder = os.path.join(root, split.table.replace(".", "_"), f"v{split.version}", split.split)
+    os.makedirs(folder, exist_ok=True)
+    local = []
+    for uri in split.files:
+        target = os.path.join(folder, os.path.basename(uri))
+        if not os.path.exists(target):
+            fs, path = pafs.FileSystem.from_uri(uri)
+            # Copy under a temporary name and rename, so another rank never reads a half-written file.
+            partial = f"{target}.{os.getpid()}.partial"
+            with fs.open_input_stream(path) as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+            os.replace(partial, target)
+        local.append(f"file://{target}")
+    return SplitFiles(split.table, split.version, split.split, tuple(local), split.rows, split.row_groups)
+
+
+def split_to_dict(split: SplitFiles) -> dict:
+    """A JSON-ready description of the split read (table, version, files, rows)."""
+    return asdict(split)
