@@ -45,31 +45,36 @@ class NightlyContext:
 
 
 def stage_landing(ctx: NightlyContext) -> int:
+    """Deliver the feed up to tomorrow (here: seed it from the dataset's package)."""
     from pipelines import landing
 
-    summary = landing.seed(ctx.cfg, end=ctx.feed_end)
-    return int(summary.get("files_written", 0))
+    first = min(ctx.cfg.split(name)[0] for name in ctx.cfg.pipeline.splits)
+    days = [first + timedelta(days=i) for i in range((ctx.feed_end - first).days + 1)]
+    return sum(r.files_written for r in landing.seed(ctx.cfg, dates=days))
 
 
 def stage_ingest(ctx: NightlyContext) -> int:
     from pipelines import bronze
 
-    summary = bronze.ingest(ctx.cfg, ctx.spark, dates=None, run_id=ctx.run_id)
-    return int(summary.get("rows", 0))
+    ingested = bronze.ingest(ctx.cfg, ctx.spark, dates=None, run_id=ctx.run_id)
+    # Only the days whose files changed go on to clean and features (all of them on a resumed run).
+    ctx.notes["dates"] = sorted({d for r in ingested for d in r.dates})
+    return sum(r.rows for r in ingested)
 
 
 def stage_clean(ctx: NightlyContext) -> int:
     from pipelines import silver
 
-    summary = silver.clean(ctx.cfg, ctx.spark, dates=None, run_id=ctx.run_id)
-    return int(summary.get("rows", 0))
+    cleaned = silver.clean(ctx.cfg, ctx.spark, dates=ctx.notes.get("dates"), run_id=ctx.run_id)
+    ctx.notes["dates"] = sorted({d for r in cleaned for d in r.dates}) if "dates" in ctx.notes else None
+    return sum(r.silver_rows for r in cleaned)
 
 
 def stage_features(ctx: NightlyContext) -> int:
     from pipelines import gold
 
-    summary = gold.build_features(ctx.cfg, ctx.spark, dates=None)
-    return int(summary.get("rows", 0))
+    summary = gold.build_features(ctx.cfg, ctx.spark, dates=ctx.notes.get("dates"), lakehouse=ctx.lakehouse)
+    return int(summary.get("flight_features", 0))
 
 
 def stage_train(ctx: NightlyContext) -> int:

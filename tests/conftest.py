@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from standalone import standalone_cluster  # noqa: F401  (the real standalone cluster fixture)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

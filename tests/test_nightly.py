@@ -1,0 +1,189 @@
+"""The nightly job end to end on a small slice of 2013: every results table, idempotence, resume, lock,
+the notebooks, and spark-submit on a real standalone cluster.
+
+One lakehouse is built once for the module (a nightly run for 2013-02-20 that trains on January)
+and the tests read it; tests that change it work on a copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+RUN_DATE = date(2013, 2, 20)
+SLICE = [
+    "pipeline.splits.train=[2013-01-01,2013-02-05]",
+    "pipeline.splits.validation=[2013-02-06,2013-02-14]",
+    "pipeline.splits.test=[2013-02-15,2013-02-28]",
+    "training.epochs=2", "training.batch_size=256", "training.num_proc=2",
+    "nightly.score_days_back=3",
+    "spark.master=local[2]", "spark.shuffle_partitions=2",
+]
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def overrides(root: Path) -> list[str]:
+    return [f"lakehouse.root={root}", *SLICE]
+
+
+def counts(lakehouse) -> dict[str, int]:
+    return {t.name: t.rows for t in lakehouse.tables()}
+
+
+@pytest.fixture(scope="module")
+def nightly_lakehouse(tmp_path_factory, spark):
+    from pipelines.config import load_config
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.nightly import run_nightly
+
+    root = tmp_path_factory.mktemp("nightly") / "lakehouse"
+    cfg = load_config("local", overrides(root))
+    record = run_nightly(cfg, spark, RUN_DATE)
+    return cfg, Lakehouse.from_config(cfg, spark), record
+
+
+def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
+    from pipelines import registry
+
+    cfg, lh, record = nightly_lakehouse
+    assert record.status == "succeeded" and record.skipped == []
+    tables = counts(lh)
+    for name in ("bronze.flights", "silver.flights", "gold.model_input", "results.predictions",
+                 "results.metrics", "results.training_history", "results.models", "results.runs"):
+        assert tables.get(name, 0) > 0, f"{name} is missing or empty: {tables}"
+    # Every raw flight line of the delivered days is in bronze: Jan 1 .. the day after the run date.
+    landing = Path(cfg.lakehouse.landing)
+    raw_lines = sum(max(0, len(p.read_bytes().splitlines()) - 1) for p in landing.rglob("*.csv")
+                    if "flights" in p.parts)
+    rejected = tables.get("bronze.flights_rejected", 0)
+    assert tables["bronze.flights"] + rejected == raw_lines
+
+    model = registry.blessed(lh)
+    assert model is not None and Path(model.path).exists()
+    metrics = lh.table("results.metrics").read().toPandas()
+    assert {"dnn", "logreg", "gbt"} <= set(metrics["model"])
+    assert {"train", "validation", "test"} <= set(metrics["split"])
+    history = lh.table("results.training_history").read().toPandas()
+    assert sorted(history["epoch"]) == [1, 2] and (history["samples_per_second"] > 0).all()
+
+    preds = lh.table("results.predictions").read()
+    days = {r["date"] for r in preds.select("date").distinct().collect()}
+    assert date(2013, 2, 21) in days  # tomorrow's flights were scored
+    assert preds.filter("score < 0 OR score > 1").count() == 0
+    page = Path(record.report)
+    assert page.exists() and len(list(page.parent.glob("*.png"))) >= 4
+
+
+def test_running_the_same_date_again_changes_nothing(nightly_lakehouse, spark):
+    from pipelines.nightly import run_nightly
+
+    cfg, lh, _ = nightly_lakehouse
+    before = {t.name: (t.rows, t.version) for t in lh.tables()}
+    again = run_nightly(cfg, spark, RUN_DATE)
+    assert again.status == "succeeded" and set(again.skipped) == {
+        "landing", "ingest", "clean", "features", "train", "score", "evaluate", "report"}
+    after = {t.name: (t.rows, t.version) for t in lh.tables()}
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+
+
+def copy_of(nightly_lakehouse, tmp_path):
+    from pipelines.config import load_config
+
+    cfg, _, _ = nightly_lakehouse
+    root = tmp_path / "lakehouse"
+    shutil.copytree(cfg.lakehouse.root, root)
+    return load_config("local", overrides(root))
+
+
+def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lakehouse, tmp_path, spark, monkeypatch):
+    from pipelines import nightly
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.runs import last_run
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    next_day = date(2013, 2, 21)
+    calls = []
+    real_score = nightly.STAGE_FUNCTIONS["score"]
+
+    def broken_score(ctx):
+        calls.append("score")
+        raise OSError("disk full while scoring")
+
+    monkeypatch.setitem(nightly.STAGE_FUNCTIONS, "score", broken_score)
+    with pytest.raises(nightly.StageError, match="stage 'score'.*disk full.*Run the same command again"):
+        nightly.run_nightly(cfg, spark, next_day)
+    failed = last_run(lh, "nightly", next_day)
+    assert failed["status"] == "failed" and "disk full" in failed["error"]
+
+    monkeypatch.setitem(nightly.STAGE_FUNCTIONS, "score", real_score)
+    resumed = nightly.run_nightly(cfg, spark, next_day)
+    assert resumed.status == "succeeded"
+    assert set(resumed.skipped) == {"landing", "ingest", "clean", "features", "train"}
+    assert last_run(lh, "nightly", next_day)["status"] == "succeeded"
+    # The model trained for the day before is reused (retrain_every_days), nothing new registered.
+    assert len([e for e in __import__("pipelines.registry", fromlist=["x"]).entries(lh)]) == 1
+    preds = lh.table("results.predictions").read()
+    assert preds.filter("date = '2013-02-22'").count() > 0
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):
+    from pipelines.runs import LakehouseLock
+
+    cfg, _, _ = nightly_lakehouse
+    with LakehouseLock(cfg.lakehouse.root, "nightly", "run-holding-the-lakehouse"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", "nightly", "--date", "2013-02-21",
+             *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root))), [])],
+            capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "held by run run-holding-the-lakehouse" in proc.stderr
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (PROJECT / "notebooks").glob("*.ipynb")))
+def test_notebooks_run_on_the_slice(nightly_lakehouse, notebook):
+    import nbformat
+    from nbclient import NotebookClient
+
+    cfg, _, _ = nightly_lakehouse
+    nb = nbformat.read(PROJECT / "notebooks" / notebook, as_version=4)
+    env_before = dict(os.environ)
+    os.environ["LAKEHOUSE_DL_SET"] = " ".join(overrides(Path(cfg.lakehouse.root)))
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PROJECT)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    images = sum(1 for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+                 if "image/png" in out.get("data", {}))
+    assert images >= 1, f"{notebook} drew no plot"
+
+
+@pytest.mark.cluster
+def test_nightly_through_spark_submit_on_a_standalone_cluster(nightly_lakehouse, tmp_path, standalone_cluster, spark):
+    from pipelines.config import load_config
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.runs import last_run
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    dist = subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], capture_output=True,
+                          text=True, cwd=PROJECT, check=True)
+    zip_path = next(PROJECT.glob("dist/lakehouse_dl-*.zip"))
+    next_day = "2013-02-21"
+    args = ["--date", next_day, *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root))
+                                       if not o.startswith("spark.master")), [])]
+    proc = standalone_cluster.submit(PROJECT / "jobs" / "nightly.py", *args, py_files=[zip_path],
+                                     env={"LAKEHOUSE_DL_CONF": str(PROJECT / "conf")}, timeout_s=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:], dist.stdout)
+    lh = Lakehouse.from_config(load_config("local", overrides(Path(cfg.lakehouse.root))), spark)
+    run = last_run(lh, "nightly", date.fromisoformat(next_day))
+    assert run["status"] == "succeeded"
+    assert lh.table("results.predictions").read().filter("date = '2013-02-22'").count() > 0
