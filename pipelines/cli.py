@@ -128,6 +128,7 @@ def _add_stage_commands(sub) -> None:
 # Modules that contribute subcommands through `add_commands(sub, common, dates)`.
 STAGE_COMMAND_MODULES = [
     "pipelines.commands.data",
+    "pipelines.commands.features",
     "pipelines.commands.train",
     "pipelines.commands.nightly",
 ]

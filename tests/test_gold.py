@@ -1,0 +1,318 @@
+"""Gold: leak-free history, the weather and plane joins, the feature spec, gold.model_input's contract."""
+from __future__ import annotations
+
+import argparse
+from datetime import date, datetime, timezone
+
+import pytest
+from silver_fixtures import flight_rows, plane_rows, silver_tables, weather_rows, write_silver
+
+from pipelines.features import categorical, numeric
+from pipelines.features.nycflights13 import HISTORY_GROUPS, flight_features
+from pipelines.gold import apply_feature_spec, build_features, fit_feature_spec, spec_rows
+
+OUTCOMES = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
+TARGETS = ("label", "arr_delay")
+
+
+def by_flight(df) -> dict[int, dict]:
+    return {r["flight_id"]: r.asDict() for r in df.collect()}
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+# ------------------------------------------------------------------------------------------------
+# Features on hand-made rows
+
+
+def test_history_features_equal_hand_computed_values(spark):
+    d = lambda day: date(2013, 1, day)  # noqa: E731
+    flights = flight_rows(spark, [
+        {"date": d(1), "sched_dep_time": 900, "arr_delay": 20.0},
+        {"date": d(1), "sched_dep_time": 900, "arr_delay": 0.0},
+        {"date": d(2), "sched_dep_time": 1000, "arr_delay": 45.0, "carrier": "B6", "dest": "BOS"},
+        {"date": d(3), "sched_dep_time": 900, "arr_delay": 30.0},
+        {"date": d(3), "sched_dep_time": 900, "arr_delay": None},  # cancelled
+        {"date": d(9), "sched_dep_time": 900, "arr_delay": 10.0, "dest": "ORD"},
+        {"date": d(9), "sched_dep_time": 900, "arr_delay": None, "dest": "ORD"},  # cancelled
+        {"date": d(9), "sched_dep_time": 1000, "arr_delay": 100.0, "carrier": "AA", "origin": "JFK", "dest": "LAX"},
+        {"date": d(10), "sched_dep_time": 900, "arr_delay": -5.0},  # same day: never in the history
+        {"date": d(10), "sched_dep_time": 1000, "arr_delay": 60.0, "flight": 999},
+    ])
+    planes = plane_rows(spark, [{"tailnum": "N14228"}])
+    weather = weather_rows(spark, [{"origin": "EWR", "time_hour": utc(2013, 1, 10, 15)}])
+    features = flight_features(flights, weather, planes, dates=[d(10)])
+    row = features.filter("flight = 999").first().asDict()
+
+    # EWR-IAH: days 3..9 hold one arrived flight (30, late); days 1..9 hold 20, 0 and 30.
+    assert row["route_late_rate_7d"] == 1.0 and row["route_mean_delay_7d"] == 30.0
+    assert row["route_late_rate_28d"] == pytest.approx(2 / 3) and row["route_mean_delay_28d"] == pytest.approx(50 / 3)
+    # UA: 30 and 10 within 7 days, plus 20 and 0 within 28; cancelled flights count in neither.
+    assert row["carrier_late_rate_7d"] == 0.5 and row["carrier_mean_delay_7d"] == 20.0
+    assert row["carrier_late_rate_28d"] == 0.5 and row["carrier_mean_delay_28d"] == 15.0
+    # EWR at 10h: only the B6 flight of day 2, which is 8 days back.
+    assert row["origin_hour_late_rate_7d"] is None and row["origin_hour_mean_delay_7d"] is None
+    assert row["origin_hour_late_rate_28d"] == 1.0 and row["origin_hour_mean_delay_28d"] == 45.0
+    # EWR on day 9: two flights scheduled (one cancelled); JFK's does not count.
+    assert row["origin_flights_prev_day"] == 2.0
+    assert row["label"] == 1.0 and row["arr_delay"] == 60.0
+    assert features.count() == 2
+
+
+def test_weather_is_the_scheduled_hours_or_an_earlier_one_and_planes_join_on_tailnum(spark):
+    jan5 = date(2013, 1, 5)
+    flights = flight_rows(spark, [
+        {"date": jan5, "sched_dep_time": 905, "tailnum": "N1"},        # 14:00 UTC
+        {"date": jan5, "sched_dep_time": 1130, "tailnum": "N404"},     # 16:00 UTC, hour missing
+        {"date": jan5, "sched_dep_time": 2000, "tailnum": None},       # 01:00 UTC, 3 hours missing
+        # 01:30 on the autumn clock change, the second (standard time) 01:00 hour: 06:00 UTC.
+        {"date": date(2013, 11, 3), "sched_dep_time": 130, "tailnum": "N2"},
+    ])
+    weather = weather_rows(spark, [
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 13), "temp": 20.0},
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 14), "temp": 30.0},
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 15), "temp": 99.0},
+        {"origin": "JFK", "time_hour": utc(2013, 1, 6, 1), "temp": 1.0},     # another airport
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 22), "temp": 5.0},    # 3 hours before
+        {"origin": "EWR", "time_hour": utc(2013, 1, 6, 2), "temp": 7.0},     # after departure
+        {"origin": "EWR", "time_hour": utc(2013, 11, 3, 5), "temp": 50.0},   # 01:00 daylight time
+        {"origin": "EWR", "time_hour": utc(2013, 11, 3, 6), "temp": 60.0},   # 01:00 standard time
+    ])
+    planes = plane_rows(spark, [{"tailnum": "N1", "year": 2004, "seats": 55},
+                                {"tailnum": "N2", "year": None, "seats": 20, "engine": "Turbo-prop"}])
+    rows = sorted(flight_features(flights, weather, planes).collect(), key=lambda r: (r["date"], r["sched_minute_of_day"]))
+    at_0905, at_1130, at_2000, dst = rows
+
+    assert (at_0905["weather_known"], at_0905["temp"]) == (1.0, 30.0)
+    assert (at_1130["weather_known"], at_1130["temp"]) == (1.0, 99.0)
+    assert (at_2000["weather_known"], at_2000["temp"]) == (0.0, None)
+    assert dst["temp"] == 60.0
+    assert (at_0905["plane_known"], at_0905["plane_age"], at_0905["plane_seats"]) == (1.0, 9.0, 55.0)
+    assert (at_1130["plane_known"], at_1130["plane_age"], at_1130["plane_engine"]) == (0.0, None, None)
+    assert (at_2000["plane_known"], at_2000["plane_type"]) == (0.0, None)
+    # Known plane, unknown build year: known, no age.
+    assert (dst["plane_known"], dst["plane_age"], dst["plane_engine"]) == (1.0, None, "Turbo-prop")
+    assert (at_0905["sched_hour"], at_0905["sched_minute_of_day"], at_0905["weekday"]) == (9, 545, "Sat")
+    assert (dst["month"], dst["day_of_year"], dst["route"]) == (11, 307, "EWR-IAH")
+
+
+# ------------------------------------------------------------------------------------------------
+# No leakage, on real rows
+
+
+def test_no_leakage_from_the_flights_own_outcome_or_later_days(spark):
+    from pyspark.sql import functions as F
+
+    day = date(2013, 1, 8)
+    tables = silver_tables(spark, date(2013, 1, 1), date(2013, 1, 12))
+    flights, weather, planes = tables["flights"].cache(), tables["weather"].cache(), tables["planes"]
+    target = (flights.filter((F.col("date") == day) & F.col("arr_delay").isNotNull() & F.col("tailnum_known"))
+              .orderBy("flight_id").first())
+    before = by_flight(flight_features(flights, weather, planes).filter(F.col("date") <= day))
+
+    # The flight's own actual times and delays, every other flight of its day, and everything
+    # after: all changed, some later rows gone, some weather after its scheduled hour changed.
+    is_target = F.col("flight_id") == target["flight_id"]
+    later = F.col("date") > day
+    same_day = (F.col("date") == day) & ~is_target
+    changed = flights
+    for column, shift in zip(OUTCOMES, (7, 120.0, 133, 240.0, 30.0)):
+        changed = changed.withColumn(column, F.when(is_target | later | same_day, F.col(column) + shift)
+                                     .otherwise(F.col(column)))
+    changed = changed.filter(~later | (F.col("flight") % 3 != 0))
+    after_departure = F.col("time_hour") > F.lit(target["time_hour"])
+    changed_weather = (weather.withColumn("temp", F.when(after_departure, F.col("temp") + 40).otherwise(F.col("temp")))
+                       .filter(~(later & (F.col("hour") % 2 == 0))))
+    after = by_flight(flight_features(changed, changed_weather, planes).filter(F.col("date") <= day))
+
+    assert set(after) == set(before)
+    ours = target["flight_id"]
+    features_only = lambda row: {k: v for k, v in row.items() if k not in TARGETS}  # noqa: E731
+    assert features_only(after[ours]) == features_only(before[ours])
+    assert after[ours]["arr_delay"] == before[ours]["arr_delay"] + 240.0
+    for flight_id, row in before.items():
+        if row["date"] < day:
+            assert after[flight_id] == row, flight_id
+    # The check has teeth: the history and the weather columns are filled for this flight.
+    assert before[ours]["route_late_rate_7d"] is not None and before[ours]["weather_known"] == 1.0
+    for group in HISTORY_GROUPS:
+        assert f"{group}_mean_delay_28d" in before[ours]
+    flights.unpersist()
+    weather.unpersist()
+
+
+# ------------------------------------------------------------------------------------------------
+# The feature spec
+
+
+def _features(spark, rows: list[tuple]):
+    """A tiny features table: (date, flight_id, carrier, distance, arr_delay) rows."""
+    df = spark.createDataFrame(rows, "date date, flight_id long, carrier string, distance double, arr_delay double")
+    return df.selectExpr("*", "cast(arr_delay >= 15 as double) as label")
+
+
+COLUMNS = [categorical("carrier"), numeric("distance", flag=True)]
+TRAIN = (date(2013, 1, 1), date(2013, 1, 31))
+
+
+def test_categories_never_seen_in_training_map_to_index_zero(spark):
+    train = _features(spark, [(date(2013, 1, 2), 1, "UA", 100.0, 0.0), (date(2013, 1, 3), 2, "AA", 300.0, 30.0),
+                              (date(2013, 1, 3), 3, "UA", None, 5.0)])
+    spec = fit_feature_spec(train, TRAIN, COLUMNS)
+    carrier = next(r for r in spec_rows(spec) if r["name"] == "cat_carrier")
+    assert carrier["vocabulary"] == ["AA", "UA"] and carrier["vocab_size"] == 3
+
+    scoring = _features(spark, [(date(2013, 12, 1), 10, "AA", 400.0, 1.0), (date(2013, 12, 1), 11, "UA", None, 20.0),
+                                (date(2013, 12, 1), 12, "ZZ", 200.0, None), (date(2013, 12, 1), 13, None, 100.0, 3.0)])
+    model_rows = apply_feature_spec(scoring, spec)
+    assert [(f.name, f.dataType.simpleString()) for f in model_rows.schema] == [
+        ("flight_id", "bigint"), ("day", "int"), ("num_distance", "float"), ("num_distance_missing", "float"),
+        ("cat_carrier", "int"), ("label", "float"), ("arr_delay", "float")]
+    rows = by_flight(model_rows)
+    assert [rows[i]["cat_carrier"] for i in (10, 11, 12, 13)] == [1, 2, 0, 0]
+    # distance: mean 200 and population std 100 over the two known training values.
+    assert rows[10]["num_distance"] == pytest.approx(2.0) and rows[13]["num_distance"] == pytest.approx(-1.0)
+    assert (rows[11]["num_distance"], rows[11]["num_distance_missing"]) == (0.0, 1.0)
+    assert rows[10]["num_distance_missing"] == 0.0
+    assert (rows[12]["label"], rows[12]["arr_delay"], rows[11]["label"]) == (None, None, 1.0)
+    assert rows[10]["day"] == 20131201
+
+
+def test_spec_is_fitted_on_the_training_window_only(spark):
+    train_rows = [(date(2013, 1, 2), 1, "UA", 100.0, 0.0), (date(2013, 1, 31), 2, "AA", 400.0, 30.0),
+                  (date(2013, 1, 9), 6, "UA", 100.0, 0.0)]
+    validation = [(date(2013, 2, 1), 3, "DL", 5000.0, 100.0), (date(2013, 2, 2), 4, "UA", 150.0, 10.0)]
+    changed_validation = [(date(2013, 2, 1), 3, "ZZ", 9e9, 100.0), (date(2013, 3, 2), 5, "B6", None, 10.0)]
+    columns = [categorical("carrier"), numeric("distance", fill="median", flag=True)]
+
+    spec = spec_rows(fit_feature_spec(_features(spark, train_rows + validation), TRAIN, columns))
+    again = spec_rows(fit_feature_spec(_features(spark, train_rows + changed_validation), TRAIN, columns))
+    assert spec == again
+    distance = next(r for r in spec if r["name"] == "num_distance")
+    # 100, 100 and 400: mean 200, median 100, population std sqrt((100² + 100² + 200²) / 3).
+    assert (distance["mean"], distance["fill"], distance["train_rows"]) == (200.0, 100.0, 3)
+    assert distance["std"] == pytest.approx(20_000 ** 0.5)
+    assert next(r for r in spec if r["name"] == "cat_carrier")["vocabulary"] == ["AA", "UA"]
+    assert [r["name"] for r in spec] == ["num_distance", "num_distance_missing", "cat_carrier"]
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage through the lakehouse, on three weeks of real data (a minute or more on 2 cores)
+
+SPLITS = {"train": ["2013-01-01", "2013-01-14"], "validation": ["2013-01-15", "2013-01-17"],
+          "test": ["2013-01-18", "2013-01-20"]}
+
+
+@pytest.fixture(scope="module")
+def gold(spark, tmp_path_factory):
+    """Silver for 2013-01-01..20 and gold built from it once, with small row groups."""
+    from pipelines.config import load_config
+    from pipelines.lakehouse import Lakehouse
+
+    root = tmp_path_factory.mktemp("gold") / "lakehouse"
+    cfg = load_config("local", [f"lakehouse.root={root}", "lakehouse.row_group_rows=4000"])
+    cfg.pipeline.splits = dict(SPLITS)
+    lh = Lakehouse.from_config(cfg, spark)
+    write_silver(lh, silver_tables(spark, date(2013, 1, 1), date(2013, 1, 20)))
+    summary = build_features(cfg, spark, lakehouse=lh, log=None)
+    return cfg, lh, summary
+
+
+def counts(lh) -> dict[str, int]:
+    return {name: lh.table(name).count() for name in ("gold.flight_features", "gold.feature_spec", "gold.model_input")}
+
+
+@pytest.mark.slow
+def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cfg, lh, summary = gold
+    spec_names = [r["name"] for r in spec_rows(lh.table("gold.feature_spec").read())]
+    expected = pa.schema([("flight_id", pa.int64()), ("day", pa.int32()),
+                          *[(n, pa.float32() if n.startswith("num_") else pa.int32()) for n in spec_names],
+                          ("label", pa.float32()), ("arr_delay", pa.float32())])
+    assert all(n.startswith(("num_", "cat_")) for n in spec_names)
+    files = lh.table("gold.model_input").files()
+    assert files
+    for uri in files:
+        parquet = pq.ParquetFile(uri[len("file://"):])
+        assert [(f.name, f.type) for f in parquet.schema_arrow] == [(f.name, f.type) for f in expected]
+        groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+        assert all(n == cfg.lakehouse.row_group_rows for n in groups[:-1]) and groups[-1] <= cfg.lakehouse.row_group_rows
+        assert all(col.null_count == 0 for col in parquet.read().columns)
+    assert lh.table("gold.model_input").partition_by() == ["split"]
+    by_split = summary["model_input"]
+    assert set(by_split) == set(SPLITS)
+    assert sum(by_split.values()) == summary["flight_features"] - summary["unlabelled"]
+    days = lh.table("gold.model_input").read().groupBy("split").agg({"day": "min"}).collect()
+    assert {r["split"]: r["min(day)"] for r in days} == {"train": 20130101, "validation": 20130115, "test": 20130118}
+
+
+@pytest.mark.slow
+def test_rerunning_dates_changes_no_count_and_one_date_matches_the_full_run(gold):
+    from pyspark.sql import functions as F
+
+    cfg, lh, _ = gold
+    spark = lh.spark
+    first = counts(lh)
+    day = date(2013, 1, 18)
+    full_run = by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day))
+
+    summary = build_features(cfg, spark, dates=[day], lakehouse=lh, log=None)
+    assert summary["spec"] == "reused" and summary["flight_features"] == len(full_run)
+    assert counts(lh) == first
+    # Built from silver 28 days back only, the day's features equal those of the full run.
+    assert by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day)) == full_run
+
+    build_features(cfg, spark, lakehouse=lh, log=None)
+    assert counts(lh) == first
+
+
+@pytest.mark.slow
+def test_features_command_builds_a_date_and_prints_counts(gold, capsys):
+    from pipelines.cli import _common, _dates
+    from pipelines.commands import features
+
+    cfg, lh, _ = gold
+    parser = argparse.ArgumentParser()
+    features.add_commands(parser.add_subparsers(dest="command"), _common, _dates)
+    args = parser.parse_args(["features", "--date", "2013-01-16"])
+    before = counts(lh)
+    assert args.func(args, cfg) == 0
+    out = capsys.readouterr().out
+    assert "[features] gold.flight_features:" in out and "gold.model_input:" in out and "validation" in out
+    assert counts(lh) == before
+    with pytest.raises(SystemExit):
+        parser.parse_args(["features", "--date", "2013-02-30"])
+
+
+def test_missing_silver_is_a_clear_error(cfg, lakehouse, spark):
+    from pipelines.gold import FeaturesError
+
+    with pytest.raises(FeaturesError, match="silver.flights does not exist yet"):
+        build_features(cfg, spark, lakehouse=lakehouse, log=None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole year
+
+
+@pytest.mark.slow
+def test_full_year_of_real_flights(spark, cfg, lakehouse):
+    from pyspark.sql import functions as F
+
+    silver = silver_tables(spark)
+    write_silver(lakehouse, silver)
+    summary = build_features(cfg, spark, lakehouse=lakehouse)
+
+    flights = silver["flights"]
+    labelled = flights.filter(F.col("arr_delay").isNotNull())
+    assert summary["flight_features"] == flights.count() == 336_776
+    assert summary["unlabelled"] == flights.count() - labelled.count()
+    for name in cfg.pipeline.splits:
+        start, end = cfg.split(name)
+        assert summary["model_input"][name] == labelled.filter(F.col("date").between(start, end)).count(), name
+    assert summary["spec"] == "fitted" and summary["dates"] == 365
