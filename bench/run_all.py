@@ -1,0 +1,136 @@
+"""Run every benchmark, then print one table of every figure and ratio and write
+bench/results/summary.json and bench/results/summary.md (the table for the README, with the
+machine and the command).
+
+    python -m bench.run_all [--quick] [--only delta_io,input_pipeline] [--root ./lakehouse]
+
+Each benchmark runs in its own process (`python -m bench.<name>`), so one that fails leaves the
+others running and every one starts with a clean JVM and TensorFlow.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import RESULTS, machine_info, machine_line, print_table
+
+BENCHMARKS = ("delta_io", "input_pipeline", "horovod_scaling", "scale", "peer")
+
+
+def figures(name: str, r: dict) -> list[dict]:
+    """The headline rows of one benchmark's result: figure, value, unit, ratio, goal."""
+    rows = []
+
+    def add(figure, value, unit="", ratio=None, goal=None):
+        rows.append({"benchmark": name, "figure": figure, "value": value, "unit": unit, "ratio": ratio, "goal": goal})
+
+    if name == "delta_io":
+        for scale, s in r["scales"].items():
+            for op in ("write", "count", "scan"):
+                add(f"{scale} {op}: delta-rs vs Spark Parquet", f"{s[f'rs_{op}_rows_per_sec']:,} vs {s[f'pq_{op}_rows_per_sec']:,}",
+                    f"rows/s ({s[f'rs_{op}_mb_per_sec']} vs {s[f'pq_{op}_mb_per_sec']} MB/s)",
+                    s[f"ratio_{op}_delta_rs_to_parquet"])
+    elif name == "input_pipeline":
+        add(f"Petastorm on Delta v{r['snapshot']['version']} vs in-memory tensors ({r['source']['model_input']} model_input)",
+            f"{r['petastorm']['samples_per_sec']:,.0f} vs {r['in_memory']['samples_per_sec']:,.0f}", "samples/s",
+            r["ratio_petastorm_to_in_memory"], f">= {r['goal']}" + (" met" if r["goal_met"] else " missed"))
+        add("Petastorm vs in-memory row-by-row (shuffle+batch)",
+            f"{r['petastorm']['samples_per_sec']:,.0f} vs {r['in_memory_row_by_row']['samples_per_sec']:,.0f}",
+            "samples/s", r["ratio_petastorm_to_row_by_row"])
+    elif name == "horovod_scaling":
+        add("Horovod 2 procs × 1 thread vs 1 × 1 (steady state)",
+            f"{r['two_processes']['samples_per_sec_steady']:,.0f} vs {r['one_process']['samples_per_sec_steady']:,.0f}",
+            "samples/s", r["ratio_2_to_1"], f">= {r['goal']}" + (" met" if r["goal_met"] else " missed"))
+        add("Horovod wall time incl. start-up, 1 proc / 2 procs",
+            f"{r['one_process']['wall_seconds']:.0f} / {r['two_processes']['wall_seconds']:.0f}", "s", r["ratio_wall_1_to_2"])
+    elif name == "scale":
+        for g in r["growth"]:
+            cells = {k: v for k, v in g.items() if k != "stage"}
+            secs = " / ".join(f"{k.split()[0]} {v:,.1f}s" for k, v in cells.items() if k.endswith(" s") and v is not None)
+            lin = [v for k, v in cells.items() if "time /" in k]
+            add(f"{g['stage']} wall time", secs or "-", "(ratio: time ×N/×1 ÷ N; 1 = linear)", lin[-1] if lin else None)
+        for f, fr in r["factors"].items():
+            m = fr.get("memory", {})
+            add(f"{f} peak memory (driver Python / JVM / workers)",
+                f"{m.get('driver_python_peak_mib')} / {m.get('jvm_peak_mib')} / {m.get('workers_peak_mib')}", "MiB")
+    elif name == "peer":
+        for row in r["table"]:
+            add(f"{row['scale']} end to end: pipeline vs pandas+Keras", f"{row['pipeline s']} vs {row['peer s']}", "s",
+                row["pipeline/peer time"])
+            add(f"{row['scale']} validation AUC: pipeline vs pandas+Keras", f"{row['pipeline val AUC']} vs {row['peer val AUC']}")
+        lg = r["largest_scale_within_limit"]
+        add(f"largest scale within {r['memory_limit_gib']} GiB (tried {r['tried']})",
+            f"pipeline ×{lg['pipeline']}, peer ×{lg['peer']}")
+    return rows
+
+
+def markdown(rows: list[dict], machine: dict, command: str) -> str:
+    lines = [f"Machine: {machine_line(machine)}; {machine['os']}; "
+             + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()) + ".",
+             f"Command: `{command}` ({machine['taken_at']}).", "",
+             "| benchmark | figure | value | unit | ratio | goal |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [r["benchmark"], r["figure"], str(r["value"]), r["unit"] or "",
+                 "" if r["ratio"] is None else str(r["ratio"]), r["goal"] or ""]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes for every benchmark (a smoke test)")
+    p.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
+    p.add_argument("--root", default="lakehouse", help="lakehouse for input_pipeline and horovod_scaling")
+    p.add_argument("--summary-only", action="store_true",
+                   help="run nothing: rebuild the summary from the JSON files already in bench/results")
+    args = p.parse_args(argv)
+    chosen = [b for b in BENCHMARKS if not args.only or b in args.only.split(",")]
+    unknown = set(args.only.split(",")) - set(BENCHMARKS) if args.only else set()
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
+    command = "python -m bench.run_all" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    machine = machine_info()
+    if args.summary_only:
+        # The figures were taken earlier: describe them by the machine and flags they were taken with.
+        saved = [json.loads((RESULTS / f"{b}.json").read_text()) for b in chosen if (RESULTS / f"{b}.json").exists()]
+        if saved:
+            machine = saved[0]["machine"]
+            if any(s.get("quick") for s in saved) and "--quick" not in command:
+                command += " --quick"
+    status, rows = {}, []
+    for name in chosen:
+        cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else []),
+               *(["--root", args.root] if name in ("input_pipeline", "horovod_scaling") else [])]
+        print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+        started = time.time()
+        code = 0 if args.summary_only else subprocess.call(cmd)
+        status[name] = {"returncode": code, "seconds": round(time.time() - started, 1)}
+        path = RESULTS / f"{name}.json"
+        if code == 0 and path.exists():
+            try:
+                rows += figures(name, json.loads(path.read_text()))
+            except (KeyError, TypeError) as exc:
+                rows.append({"benchmark": name, "figure": f"result not summarised: {exc!r}", "value": "-",
+                             "unit": "", "ratio": None, "goal": None})
+        else:
+            rows.append({"benchmark": name, "figure": "failed", "value": f"exit code {code}", "unit": "",
+                         "ratio": None, "goal": None})
+    print("\n=== summary (" + machine_line(machine) + ")")
+    print_table(rows)
+    for name, s in status.items():
+        print(f"{name}: exit {s['returncode']} in {s['seconds']:.0f}s")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    summary = {"command": command, "quick": args.quick, "machine": machine, "benchmarks": status, "figures": rows}
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (RESULTS / "summary.md").write_text(markdown(rows, machine, command))
+    print(f"[bench] wrote {RESULTS / 'summary.json'} and {RESULTS / 'summary.md'}")
+    if any(s["returncode"] for s in status.values()):
+        sys.exit(1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

