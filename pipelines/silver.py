@@ -1,0 +1,364 @@
+"""Silver: bronze → `silver.<source>`: types fixed, one row per key, quality rules applied.
+
+Rows failing a blocking rule go to `silver.quarantine` with the rule, the reason and the run id;
+`ops.data_quality` counts, per run, table, date and rule, the rows checked and failed. Every run
+checks on the committed tables that bronze rows = silver rows + quarantined rows + duplicates
+removed, and fails loudly where they differ. Re-running a date replaces its rows everywhere.
+
+    >>> results = clean(cfg, spark, dates=[date(2013, 1, 1)])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Callable, Iterable
+
+from pipelines.bronze import AccountingError, new_run_id, rows_per_partition
+from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
+
+QUARANTINE = "silver.quarantine"
+DATA_QUALITY = "ops.data_quality"
+# Both are partitioned by source table and date, so a re-run of a date replaces its rows.
+BOOK_PARTITIONS = ["table", PARTITION_COLUMN]
+QUARANTINE_SCHEMA = ("table string, key string, rule string, reason string, row string, _run_id string, "
+                     "date date")
+DATA_QUALITY_SCHEMA = ("run_id string, table string, date date, rule string, rows_checked long, "
+                       "rows_failed long, blocking boolean")
+DUPLICATE_RULE = "duplicate_key"
+
+
+# --------------------------------------------------------------------------------------------
+# The stage's functions: DataFrames in, DataFrames out
+
+
+def fix_types(bronze, source: Source):
+    """Trim strings (a blank string is null) and cast every declared column to its declared type,
+    so silver holds the schema of the dataset file even where bronze was written by an older one."""
+    from pyspark.sql import functions as F
+
+    cols = []
+    for c in source.columns:
+        value = F.col(c.name)
+        if c.type == "string":
+            value = F.when(F.trim(value) == "", None).otherwise(F.trim(value))
+        cols.append(value.cast(c.spark_type).alias(c.name))
+    keep = [c for c in bronze.columns if c not in source.column_names]
+    return bronze.select(*cols, *keep)
+
+
+def _fail_column(rule: Rule) -> str:
+    return f"_fail_{rule.name}"
+
+
+def _failure(rule: Rule):
+    """(failed, reason) Columns of one rule; `failed` is true where the row breaks the rule."""
+    from pyspark.sql import functions as F
+
+    if rule.check == "not_null":
+        failed = None
+        for c in rule.columns:
+            failed = F.col(c).isNull() if failed is None else failed | F.col(c).isNull()
+        missing = F.concat_ws(", ", *[F.when(F.col(c).isNull(), F.lit(c)) for c in rule.columns])
+        return failed, F.concat(F.lit(f"{rule.name}: no value for "), missing)
+    if rule.check == "expression":
+        return ~F.coalesce(F.expr(rule.expr).cast("boolean"), F.lit(False)), F.lit(f"{rule.name}: not true: {rule.expr}")
+    col = rule.columns[0]
+    shown = F.coalesce(F.col(col).cast("string"), F.lit("null"))
+    if rule.check == "range":
+        out = F.lit(False)
+        if rule.min is not None:
+            out = out | (F.col(col) < F.lit(rule.min))
+        if rule.max is not None:
+            out = out | (F.col(col) > F.lit(rule.max))
+        bounds = f"[{_num(rule.min) if rule.min is not None else '-inf'}, {_num(rule.max) if rule.max is not None else 'inf'}]"
+        return F.col(col).isNotNull() & out, F.concat(F.lit(f"{rule.name}: {col}="), shown, F.lit(f" outside {bounds}"))
+    if rule.check == "allowed_values":
+        return (F.col(col).isNotNull() & ~F.col(col).isin(list(rule.values)),
+                F.concat(F.lit(f"{rule.name}: {col}="), shown, F.lit(f" not one of {', '.join(map(str, rule.values))}")))
+    if rule.check == "reference":
+        return (~F.col(f"_known_{rule.name}"),
+                F.concat(F.lit(f"{rule.name}: {col}="), shown, F.lit(f" is not in {rule.reference}")))
+    raise ValueError(f"unknown check {rule.check}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_rules(df, source: Source, references: dict | None = None):
+    """Add, per rule, `_fail_<rule>` (true where the row breaks it), and `_blocked`, `_rule` (the
+    first blocking rule broken) and `_reason` (every blocking rule broken, with the values).
+
+    `references` maps a reference rule's source name to its silver DataFrame; a reference rule
+    joins the distinct keys of that table (broadcast: reference tables are small).
+    """
+    from pyspark.sql import functions as F
+
+    references = references or {}
+    for rule in source.rules:
+        if rule.check != "reference":
+            continue
+        if rule.reference_source not in references:
+            raise ValueError(f"rule {rule.name} of {source.name} needs silver.{rule.reference_source}; "
+                             f"clean {rule.reference_source} first")
+        key = f"_key_{rule.name}"
+        keys = (references[rule.reference_source].select(F.col(rule.reference_column).alias(key))
+                .where(F.col(key).isNotNull()).distinct().withColumn(f"_hit_{rule.name}", F.lit(True)))
+        df = (df.join(F.broadcast(keys), df[rule.columns[0]] == keys[key], "left")
+              .withColumn(f"_known_{rule.name}", F.coalesce(F.col(f"_hit_{rule.name}"), F.lit(False)))
+              .drop(key, f"_hit_{rule.name}"))
+    reasons = []
+    for rule in source.rules:
+        failed, reason = _failure(rule)
+        df = df.withColumn(_fail_column(rule), failed)
+        if rule.blocking:
+            reasons.append((rule, reason))
+    blocked = F.lit(False)
+    for rule, _ in reasons:
+        blocked = blocked | F.col(_fail_column(rule))
+    first_rule = F.coalesce(*[F.when(F.col(_fail_column(r)), F.lit(r.name)) for r, _ in reasons], F.lit(None).cast("string")) \
+        if reasons else F.lit(None).cast("string")
+    reason = F.concat_ws("; ", *[F.when(F.col(_fail_column(r)), why) for r, why in reasons]) if reasons else F.lit("")
+    return (df.withColumn("_blocked", blocked)
+            .withColumn("_rule", first_rule)
+            .withColumn("_reason", F.when(F.col("_blocked"), reason)))
+
+
+def mark_duplicates(df, source: Source):
+    """Add `_duplicate`: true on every row that passed the blocking rules but repeats the key of
+    another such row (per date for a daily feed). The row kept is the one ingested last, then by
+    file name and content, so the choice does not depend on Spark's ordering."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    key = list(source.primary_key)
+    if source.daily and PARTITION_COLUMN not in key:
+        key.append(PARTITION_COLUMN)
+    order = []
+    for c in ("_ingest_time", "_source_file"):
+        if c in df.columns:
+            order.append(F.col(c).desc())
+    order.append(F.xxhash64(*source.column_names).desc())
+    window = Window.partitionBy(F.col("_blocked"), *key).orderBy(*order)
+    return (df.withColumn("_n", F.row_number().over(window))
+            .withColumn("_duplicate", ~F.col("_blocked") & (F.col("_n") > 1)).drop("_n"))
+
+
+def silver_rows(checked, source: Source):
+    """The rows that passed every blocking rule, once per key: declared columns, `date`, the id,
+    the rule flags (true = passed) and `<column>_missing` flags."""
+    from pyspark.sql import functions as F
+
+    cols = [F.col(c) for c in source.column_names]
+    if source.daily:
+        cols.append(F.col(PARTITION_COLUMN))
+    if source.id_column:
+        cols.append(F.xxhash64(*source.primary_key).alias(source.id_column))
+    for rule in source.rules:
+        if rule.flag:
+            cols.append((~F.col(_fail_column(rule))).alias(rule.flag))
+    for c in source.column_names:
+        if source.missing_policy(c).silver_flag:
+            cols.append(F.col(c).isNull().alias(f"{c}_missing"))
+    return checked.filter(~F.col("_blocked") & ~F.col("_duplicate")).select(*cols)
+
+
+def quarantine_rows(checked, source: Source, run_id: str):
+    """The rows that broke a blocking rule, as `silver.quarantine` holds them: the key and the
+    whole bronze row as JSON, the first rule broken and every reason."""
+    from pyspark.sql import functions as F
+
+    bronze_cols = [c for c in checked.columns if not c.startswith(("_fail_", "_known_")) and
+                   c not in ("_blocked", "_rule", "_reason", "_duplicate")]
+    day = F.col(PARTITION_COLUMN) if source.daily else F.lit(None).cast("date")
+    return (checked.filter(F.col("_blocked"))
+            .select(F.lit(source.name).alias("table"),
+                    F.to_json(F.struct(*[F.col(c) for c in source.primary_key])).alias("key"),
+                    F.col("_rule").alias("rule"), F.col("_reason").alias("reason"),
+                    F.to_json(F.struct(*[F.col(c) for c in bronze_cols])).alias("row"),
+                    F.lit(run_id).alias("_run_id"), day.alias(PARTITION_COLUMN)))
+
+
+def quality_counts(checked, source: Source) -> dict:
+    """{date or None: {"rows": n, "blocked": n, "duplicates": n, <rule>: failed}} in one Spark job."""
+    from pyspark.sql import functions as F
+
+    aggs = [F.count(F.lit(1)).alias("rows"), F.sum(F.col("_blocked").cast("long")).alias("blocked"),
+            F.sum(F.col("_duplicate").cast("long")).alias("duplicates")]
+    aggs += [F.sum(F.col(_fail_column(r)).cast("long")).alias(r.name) for r in source.rules]
+    grouped = checked.groupBy(PARTITION_COLUMN) if source.daily else checked.groupBy()
+    out = {}
+    for row in grouped.agg(*aggs).collect():
+        d = row.asDict()
+        day = d.pop(PARTITION_COLUMN, None)
+        out[day] = {k: int(v or 0) for k, v in d.items()}
+    return out
+
+
+def quality_rows(counts: dict, source: Source, run_id: str) -> list[tuple]:
+    """`ops.data_quality` rows: per date and rule, rows checked and failed; duplicates are checked
+    on the rows that passed the blocking rules."""
+    out = []
+    for day, c in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        for rule in source.rules:
+            out.append((run_id, source.name, day, rule.name, c["rows"], c[rule.name], rule.blocking))
+        out.append((run_id, source.name, day, DUPLICATE_RULE, c["rows"] - c["blocked"], c["duplicates"], True))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The clean run
+
+
+@dataclass
+class CleanResult:
+    """What one clean run did to one source."""
+    table: str
+    dates: list[date] = field(default_factory=list)
+    bronze_rows: int = 0
+    silver_rows: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    failed: dict[str, int] = field(default_factory=dict)     # non-blocking rules: rows that broke them
+    skipped: bool = False                                     # a reference table whose bronze did not change
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        if self.skipped:
+            return f"[clean] {self.table}: unchanged since the last clean (bronze has not changed) in {self.seconds:.1f}s"
+        flagged = ", ".join(f"{k} {v:,}" for k, v in self.failed.items() if v)
+        return (f"[clean] {self.table}: {self.silver_rows:,} rows of {self.bronze_rows:,} in bronze "
+                f"({self.quarantined:,} quarantined, {self.duplicates:,} duplicates removed"
+                + (f"; flagged: {flagged}" if flagged else "") + f") in {self.seconds:.1f}s")
+
+
+def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
+          sources: Iterable[str] | None = None, run_id: str | None = None,
+          log: Callable[[str], None] | None = print) -> list[CleanResult]:
+    """Clean bronze into silver for every source (or `sources`), reference tables first.
+
+    Daily feeds: the `dates` given, or every date bronze holds. Reference tables are cleaned whole,
+    and skipped when neither their bronze table nor their declaration changed since the last clean.
+
+        >>> clean(cfg, spark, dates=[date(2013, 1, 1)])
+    """
+    from pipelines.lakehouse import Lakehouse
+
+    dataset = dataset or dataset_for(cfg)
+    run_id = run_id or new_run_id("clean")
+    lh = Lakehouse.from_config(cfg, spark)
+    dates = sorted(set(dates)) if dates is not None else None
+    wanted = set(sources) if sources is not None else set(dataset.sources)
+    for name in wanted:
+        dataset.source(name)
+    results = []
+    for source in dataset.clean_order():
+        if source.name not in wanted:
+            continue
+        result = clean_source(lh, source, dates, run_id)
+        if log:
+            log(result.line())
+        results.append(result)
+    return results
+
+
+def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> CleanResult:
+    """Clean one source (see `clean`)."""
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    bronze_table = lh.table(f"bronze.{source.name}")
+    silver_table = lh.table(f"silver.{source.name}")
+    result = CleanResult(silver_table.name)
+    if not bronze_table.exists():
+        raise ValueError(f"{bronze_table.name} does not exist yet: run `lakehouse-dl ingest` first")
+    stamp = _stamp(source, bronze_table.version())
+    if not source.daily and silver_table.exists() and silver_table.history(1)[0].get("description", "").endswith(stamp):
+        result.skipped = True
+        result.seconds = time.time() - started
+        return result
+
+    bronze = bronze_table.read()
+    if source.daily:
+        result.dates = dates if dates is not None else sorted(d for d in rows_per_partition(bronze_table) if d)
+        bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    references = {r.reference_source: lh.table(f"silver.{r.reference_source}").read()
+                  for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
+    checked = mark_duplicates(check_rules(fix_types(bronze, source), source, references), source).persist()
+    try:
+        counts = quality_counts(checked, source)
+        description = f"clean {run_id} {stamp}"
+        if source.daily:
+            silver_table.write(silver_rows(checked, source), mode="overwrite", partition_by=[PARTITION_COLUMN],
+                               partitions={PARTITION_COLUMN: result.dates}, description=description)
+            book = {"table": [source.name], PARTITION_COLUMN: result.dates}
+        else:
+            silver_table.write(silver_rows(checked, source), mode="overwrite", schema_mode="overwrite",
+                               description=description)
+            book = {"table": [source.name]}
+        if _quarantine_changes(lh, source, result.dates, counts):
+            lh.table(QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
+                                       partition_by=BOOK_PARTITIONS, partitions=book, description=description)
+        dq = lh.spark.createDataFrame(quality_rows(counts, source, run_id), DATA_QUALITY_SCHEMA)
+        lh.table(DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
+                                     description=description)
+    finally:
+        checked.unpersist()
+    result.bronze_rows = sum(c["rows"] for c in counts.values())
+    result.quarantined = sum(c["blocked"] for c in counts.values())
+    result.duplicates = sum(c["duplicates"] for c in counts.values())
+    result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
+    result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
+    verify_accounting(lh, source, result.dates if source.daily else None,
+                      {d: c["duplicates"] for d, c in counts.items()})
+    result.seconds = time.time() - started
+    return result
+
+
+def _quarantine_changes(lh, source: Source, dates: list[date], counts: dict) -> bool:
+    """False when this run quarantines nothing and the quarantine holds nothing for its dates
+    (the usual case), so the table is not rewritten for nothing."""
+    table = lh.table(QUARANTINE)
+    if not table.exists() or any(c["blocked"] for c in counts.values()):
+        return True
+    held = rows_per_partition(table, ("table", PARTITION_COLUMN))
+    return any(n for (name, day), n in held.items() if name == source.name and (not source.daily or day in dates))
+
+
+def _stamp(source: Source, bronze_version: int) -> str:
+    """What a silver commit was built from: the bronze version and the source's declaration."""
+    digest = hashlib.sha256(json.dumps(asdict(source), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"from bronze.{source.name} v{bronze_version} declaration {digest}"
+
+
+def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
+    if not lh.table(f"silver.{rule.reference_source}").exists():
+        raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but silver.{rule.reference_source} "
+                         f"does not exist yet: ingest and clean {rule.reference_source} first")
+    return True
+
+
+def verify_accounting(lh, source: Source, dates: list[date] | None, duplicates: dict) -> None:
+    """On the committed tables: bronze rows = silver rows + quarantined rows + duplicates removed,
+    per date for a daily feed (whole table otherwise). Raises AccountingError where not."""
+    bronze = lh.table(f"bronze.{source.name}")
+    silver = lh.table(f"silver.{source.name}")
+    quarantine = rows_per_partition(lh.table(QUARANTINE), ("table", PARTITION_COLUMN))
+    problems = []
+    if source.daily:
+        b, s = rows_per_partition(bronze), rows_per_partition(silver)
+        for day in dates:
+            q = quarantine.get((source.name, day), 0)
+            dup = duplicates.get(day, 0)
+            if b.get(day, 0) != s.get(day, 0) + q + dup:
+                problems.append(f"{day}: bronze {b.get(day, 0)} != silver {s.get(day, 0)} + quarantined {q} + duplicates {dup}")
+    else:
+        q = sum(n for (table, _), n in quarantine.items() if table == source.name)
+        dup = sum(duplicates.values())
+        if bronze.count() != silver.count() + q + dup:
+            problems.append(f"bronze {bronze.count()} != silver {silver.count()} + quarantined {q} + duplicates {dup}")
+    if problems:
+        raise AccountingError(f"silver.{source.name}: rows are lost or counted twice: " + "; ".join(problems[:10]))

