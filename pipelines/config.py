@@ -44,7 +44,7 @@ class LakehouseConfig:
     landing: str = "landing"
     engine: Literal["auto", "delta-rs", "jvm"] = "auto"
     target_file_rows: int = 500_000
-    row_group_rows: int = 16_384
+    row_group_rows: int = 4_096
     vacuum_retention_hours: int = 168
 
 

@@ -102,7 +102,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
     """
     from pipelines.config import config_hash
     from pipelines.lakehouse import Lakehouse
-    from pipelines.tensors import load_feature_spec, pin_snapshot
+    from pipelines.tensors import check_shardable, load_feature_spec, pin_snapshot
 
     started = time.time()
     num_proc = num_proc or cfg.training.num_proc
@@ -115,6 +115,9 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         table_version = state["table_versions"]["gold.model_input"]
         spec_version = state["table_versions"][FEATURE_SPEC]
     snapshot = pin_snapshot(lakehouse, table_version)
+    # Fail here, with the reason, rather than as N worker processes exiting non-zero.
+    for split in ("train", "validation"):
+        check_shardable(snapshot.splits[split], num_proc)
     spec = load_feature_spec(lakehouse, snapshot, spec_version)
     if not state:
         state = {
