@@ -61,6 +61,7 @@ class TrainingConfig:
     use_gpu: bool = False
     head: Literal["classification", "regression"] = "classification"
     hidden_units: list[int] = field(default_factory=lambda: [128, 64])
+    wide: bool = True
     dropout: float = 0.1
     l2: float = 1e-5
     embedding_dim: int = 8

@@ -44,8 +44,18 @@ def build_model(spec: FeatureSpec, training_cfg):
             # A tf.random.Generator-backed dropout keeps its state in a variable, which the epoch
             # checkpoint saves: a resumed run draws the same masks as an uninterrupted one.
             x = tf.keras.layers.Dropout(cfg.dropout, force_generator=True, name=f"dropout_{i}")(x)
-    activation = "sigmoid" if cfg.head == "classification" else None
-    output = tf.keras.layers.Dense(1, activation=activation, name=label_for(cfg))(x)
+    activation = "sigmoid" if cfg.head == "classification" else "linear"
+    logit = tf.keras.layers.Dense(1, name="deep_logit")(x)
+    if cfg.wide:
+        # Wide & deep (Cheng et al., 2016): a linear term over the numeric columns and one weight
+        # per category, added to the MLP's output. The model then contains the logistic
+        # regression it is measured against, and the MLP learns what the linear part misses.
+        wide = [tf.keras.layers.Dense(1, use_bias=False, name="wide_numeric")(parts[0])] if spec.numeric else []
+        for name, size in spec.categorical.items():
+            weight = tf.keras.layers.Embedding(size, 1, name=f"{name}_wide")(inputs[name])
+            wide.append(tf.keras.layers.Flatten(name=f"{name}_wide_weight")(weight))
+        logit = tf.keras.layers.Add(name="wide_and_deep")([logit, *wide])
+    output = tf.keras.layers.Activation(activation, name=label_for(cfg))(logit)
     return tf.keras.Model(inputs=inputs, outputs=output, name="flight_delay")
 
 

@@ -50,7 +50,7 @@ def stage_landing(ctx: NightlyContext) -> int:
 
     first = min(ctx.cfg.split(name)[0] for name in ctx.cfg.pipeline.splits)
     days = [first + timedelta(days=i) for i in range((ctx.feed_end - first).days + 1)]
-    return sum(r.files_written for r in landing.seed(ctx.cfg, dates=days))
+    return sum(r.rows for r in landing.seed(ctx.cfg, dates=days))
 
 
 def stage_ingest(ctx: NightlyContext) -> int:
