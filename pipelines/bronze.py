@@ -66,24 +66,30 @@ _TRUE = {"true", "t", "1", "yes"}
 _FALSE = {"false", "f", "0", "no"}
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as a reason quotes it: cut short, since the raw line already keeps all of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
 def _from_text(text: str, typ: str) -> Any:
     """The value of one field's text as `typ`; raises ValueError with a short reason."""
     if typ == "string":
         return text
     if typ in ("int", "long"):
         if not _INT.fullmatch(text):
-            raise ValueError(f"{text!r} is not an integer")
+            raise ValueError(f"{_shown(text)} is not an integer")
         value = int(text)
         lo, hi = _BOUNDS[typ]
         if not lo <= value <= hi:
-            raise ValueError(f"{text!r} does not fit in {typ}")
+            raise ValueError(f"{_shown(text)} does not fit in {typ}")
         return value
     if typ == "double":
         if not _DOUBLE.fullmatch(text):
-            raise ValueError(f"{text!r} is not a number")
+            raise ValueError(f"{_shown(text)} is not a number")
         value = float(text)
         if not math.isfinite(value):
-            raise ValueError(f"{text!r} is not a finite number")
+            raise ValueError(f"{_shown(text)} is not a finite number")
         return value
     if typ == "boolean":
         low = text.lower()
@@ -91,17 +97,17 @@ def _from_text(text: str, typ: str) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise ValueError(f"{text!r} is not true or false")
+        raise ValueError(f"{_shown(text)} is not true or false")
     if typ == "date":
         try:
             return date.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+            raise ValueError(f"{_shown(text)} is not a date (YYYY-MM-DD)") from None
     if typ == "timestamp":
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            raise ValueError(f"{text!r} is not an ISO timestamp") from None
+            raise ValueError(f"{_shown(text)} is not an ISO timestamp") from None
         # A timestamp without an offset is taken as UTC, the lakehouse's one time zone.
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     raise ValueError(f"unknown type {typ}")
@@ -113,28 +119,28 @@ def _from_value(value: Any, typ: str) -> Any:
         return _from_text(value, typ)
     if typ in ("int", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{value!r} is not an integer")
+            raise ValueError(f"{_shown(value)} is not an integer")
         lo, hi = _BOUNDS[typ]
         if not lo <= value <= hi:
-            raise ValueError(f"{value!r} does not fit in {typ}")
+            raise ValueError(f"{_shown(value)} does not fit in {typ}")
         return value
     if typ == "double":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a finite number")
+            raise ValueError(f"{_shown(value)} is not a finite number")
         return float(value)
     if typ == "boolean":
         if not isinstance(value, bool):
-            raise ValueError(f"{value!r} is not true or false")
+            raise ValueError(f"{_shown(value)} is not true or false")
         return value
     if typ == "date":
         if isinstance(value, datetime) or not isinstance(value, date):
-            raise ValueError(f"{value!r} is not a date")
+            raise ValueError(f"{_shown(value)} is not a date")
         return value
     if typ == "timestamp":
         if not isinstance(value, datetime):
-            raise ValueError(f"{value!r} is not a timestamp")
+            raise ValueError(f"{_shown(value)} is not a timestamp")
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    raise ValueError(f"{value!r} is not a {typ}")
+    raise ValueError(f"{_shown(value)} is not a {typ}")
 
 
 def split_lines(content: bytes) -> list[bytes]:

@@ -51,10 +51,17 @@ def baseline_scores(df, fitted):
 
 def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
     from pipelines.baselines import fit_baselines, model_input_frames
-    from pipelines.training import train
+    from pipelines.training import RESULT_FILE, TrainingResult, model_dir_for, train
 
     threshold = cfg.training.threshold
-    result = train(cfg, spark, model_version=model_version_for(cfg, run_date))
+    version_name = model_version_for(cfg, run_date)
+    finished = os.path.join(model_dir_for(cfg, version_name), RESULT_FILE)
+    if os.path.exists(finished):
+        # Trained by a run that died before registering it: measure and register that model.
+        print(f"[train] model {version_name} was trained by an earlier attempt; registering it")
+        result = TrainingResult(**json.load(open(finished)))
+    else:
+        result = train(cfg, spark, model_version=version_name)
     version = result.table_versions["gold.model_input"]
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
     print(f"[train] baselines: logistic regression and gradient-boosted trees on gold.model_input v{version}")

@@ -57,8 +57,9 @@ def stage_ingest(ctx: NightlyContext) -> int:
     from pipelines import bronze
 
     ingested = bronze.ingest(ctx.cfg, ctx.spark, dates=None, run_id=ctx.run_id)
-    # Only the days whose files changed go on to clean and features (all of them on a resumed run).
-    ctx.notes["dates"] = sorted({d for r in ingested for d in r.dates})
+    # Only the days whose files changed go on to clean and features. None (every day) when no
+    # file changed: a run killed after ingest committed must still clean what it ingested.
+    ctx.notes["dates"] = sorted({d for r in ingested for d in r.dates}) or None
     return sum(r.rows for r in ingested)
 
 
@@ -66,7 +67,7 @@ def stage_clean(ctx: NightlyContext) -> int:
     from pipelines import silver
 
     cleaned = silver.clean(ctx.cfg, ctx.spark, dates=ctx.notes.get("dates"), run_id=ctx.run_id)
-    ctx.notes["dates"] = sorted({d for r in cleaned for d in r.dates}) if "dates" in ctx.notes else None
+    ctx.notes["dates"] = sorted({d for r in cleaned for d in r.dates}) if ctx.notes.get("dates") else None
     return sum(r.silver_rows for r in cleaned)
 
 

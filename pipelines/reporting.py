@@ -79,7 +79,8 @@ def feature_drift(lakehouse, run_date: date):
         return None
     numeric = [r.asDict() for r in spec.read().filter(F.col("kind") == "numeric").collect()]
     df = features.read().filter(F.col("date") <= F.lit(run_date))
-    cols = [r for r in numeric if r["source"] in df.columns]
+    # One row per source column: its `_missing` flag column shares the source but is no drift signal.
+    cols = [r for r in numeric if r["transform"] == "standardize" and r["source"] in df.columns]
     days = [r["date"] for r in df.select("date").distinct().orderBy(F.desc("date")).limit(2).collect()]
     if len(days) < 2 or not cols:
         return None
