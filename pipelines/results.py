@@ -55,9 +55,13 @@ def write_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
 
 
 def write_history(lakehouse, run_id: str, model_version: str, history: list[dict]) -> None:
-    rows = [{"run_id": run_id, "model_version": model_version, **{k: h.get(k) for k in (
-        "epoch", "loss", "auc", "val_loss", "val_auc", "samples_per_second", "seconds", "learning_rate")}}
-        for h in history]
+    # Names as pipelines.training records them → names of the table's columns.
+    names = {"epoch": "epoch", "loss": "loss", "auc": "auc", "val_loss": "val_loss", "val_auc": "val_auc",
+             "samples_per_sec": "samples_per_second", "seconds": "seconds", "lr": "learning_rate"}
+    rows = [{"run_id": run_id, "model_version": model_version,
+             **{column: (None if h.get(key) is None else (int(h[key]) if key == "epoch" else float(h[key])))
+                for key, column in names.items()}}
+            for h in history]
     replace_rows(lakehouse, HISTORY, HISTORY_SCHEMA, rows, key=("run_id", "model_version", "epoch"))
 
 

@@ -77,8 +77,9 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     metrics = lh.table("results.metrics").read().toPandas()
     assert {"dnn", "logreg", "gbt"} <= set(metrics["model"])
     assert {"train", "validation", "test"} <= set(metrics["split"])
-    history = lh.table("results.training_history").read().toPandas()
-    assert 1 <= len(history) <= 6 and list(history["epoch"]) == list(range(1, len(history) + 1)) and (history["samples_per_second"] > 0).all()
+    history = lh.table("results.training_history").read().orderBy("epoch").toPandas()
+    assert 1 <= len(history) <= 6 and list(history["epoch"]) == list(range(1, len(history) + 1))
+    assert (history["samples_per_second"] > 0).all() and (history["learning_rate"] > 0).all()
 
     preds = lh.table("results.predictions").read()
     days = {r["date"] for r in preds.select("date").distinct().collect()}
