@@ -34,6 +34,14 @@ def run_train(args, cfg) -> int:
         version = result.table_versions["gold.model_input"]
         frames = model_input_frames(Lakehouse.from_config(cfg, spark), version)
         baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
+        # The model's AUC over the whole validation split, computed like the baselines' (the
+        # epoch lines show the mean of each rank's AUC on its shard, which is close, not equal).
+        from pipelines.evaluation import binary_metrics
+        from pipelines.modeling import dnn_scores
+
+        scored = dnn_scores(frames["validation"], result.model_path, cfg.training.threshold)
+        result.best_metrics = {**result.best_metrics,
+                               "val_auc": binary_metrics(scored, cfg.training.threshold).auc}
     for line in summary_lines(result, baselines):
         print(line)
     if args.json:
