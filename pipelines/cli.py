@@ -116,13 +116,7 @@ def _add_stage_commands(sub) -> None:
     import importlib
 
     for module_name in STAGE_COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        module.add_commands(sub, _common, _dates)
+        importlib.import_module(module_name).add_commands(sub, _common, _dates)
 
 
 # Modules that contribute subcommands through `add_commands(sub, common, dates)`.
