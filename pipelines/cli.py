@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import date, timedelta
@@ -129,6 +130,9 @@ STAGE_COMMAND_MODULES = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before Spark starts, so its Python workers and the Horovod ranks inherit it: TensorFlow's
+    # start-up notices would otherwise bury the epoch lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
