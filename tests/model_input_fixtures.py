@@ -129,4 +129,9 @@ def training_config(root, *overrides: str):
 
     return load_config("local", [f"lakehouse.root={root}", "spark.master=local[2]", "training.batch_size=128",
                                  "training.hidden_units=[32,16]", "training.epochs=3", "training.shuffle_buffer=1000",
+                                 # The tests' own optimisation settings, independent of the defaults
+                                 # tuned for the full year: a few thousand rows learn in 3 epochs.
+                                 "training.learning_rate=0.001", "training.dropout=0.1", "training.l2=0.00001",
+                                 "training.embedding_dim=8", "training.warmup_epochs=1",
+                                 "training.early_stopping_patience=2",
                                  *overrides])
