@@ -62,16 +62,16 @@ class TrainingConfig:
     head: Literal["classification", "regression"] = "classification"
     hidden_units: list[int] = field(default_factory=lambda: [128, 64])
     wide: bool = True
-    dropout: float = 0.1
-    l2: float = 1e-5
-    embedding_dim: int = 8
+    dropout: float = 0.3
+    l2: float = 1e-4
+    embedding_dim: int = 4
     optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
     momentum: float = 0.9
-    learning_rate: float = 1e-3
-    warmup_epochs: int = 1
-    batch_size: int = 512
-    epochs: int = 6
-    early_stopping_patience: int = 2
+    learning_rate: float = 2e-4
+    warmup_epochs: int = 0
+    batch_size: int = 2048
+    epochs: int = 16
+    early_stopping_patience: int = 4
     shuffle_buffer: int = 10_000
     seed: int = 42
     local_cache: bool = False
