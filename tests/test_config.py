@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, config_hash, load_config
+from pipelines.config import ConfigError, TrainingConfig, config_hash, load_config
 
 
 def make_conf(root: Path, files: dict[str, dict | str]) -> Path:
@@ -40,7 +40,7 @@ def test_layers_merge_base_then_environment_then_set(conf, tmp_path):
     assert cfg.training.epochs == 3                     # local overrides base
     assert cfg.training.batch_size == 512               # base kept where local is silent
     assert cfg.training.hidden_units == [128, 64]
-    assert cfg.training.learning_rate == 1e-3           # the dataclass default where no file speaks
+    assert cfg.training.learning_rate == TrainingConfig().learning_rate  # the dataclass default where no file speaks
     assert cfg.env == "local"
 
     cfg = load_config("local", ["training.epochs=2", "training.hidden_units=[8]",
