@@ -331,13 +331,18 @@ def _csv_values(text: str, source: Source, names: list[str], types: list[str],
     if order is not None:
         fields = [fields[j] for j in order]
     nulls = source.csv.null_values
+    return _typed(zip(names, types, fields), _from_text, lambda v: v in nulls)
+
+
+def _typed(fields, convert, is_null) -> tuple[tuple | None, str | None]:
+    """Convert (name, type, raw) triples; every field of the wrong type is named in one reason."""
     values, errors = [], []
-    for name, typ, text_value in zip(names, types, fields):
-        if text_value in nulls:
+    for name, typ, raw in fields:
+        if is_null(raw):
             values.append(None)
             continue
         try:
-            values.append(_from_text(text_value, typ))
+            values.append(convert(raw, typ))
         except ValueError as exc:
             values.append(None)
             errors.append(f"{name}: {exc}")
@@ -363,20 +368,8 @@ def _record_values(record: dict, names: list[str], types: list[str],
     extra = [k for k in record if k not in names]
     if extra:
         return None, f"fields not in the declared columns: {', '.join(map(str, extra))}"
-    values, errors = [], []
-    for name, typ in zip(names, types):
-        value = record.get(name)
-        if value is None or (isinstance(value, str) and value in nulls):
-            values.append(None)
-            continue
-        try:
-            values.append(_from_value(value, typ))
-        except ValueError as exc:
-            values.append(None)
-            errors.append(f"{name}: {exc}")
-    if errors:
-        return None, "wrong type: " + "; ".join(errors)
-    return tuple(values), None
+    return _typed(((name, typ, record.get(name)) for name, typ in zip(names, types)), _from_value,
+                  lambda v: v is None or (isinstance(v, str) and v in nulls))
 
 
 def _parse_parquet(content: bytes, source: Source) -> ParsedFile:
