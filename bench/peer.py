@@ -17,7 +17,11 @@ passes `--memory-limit-gib` (default: the machine's memory less 1 GiB) it is sto
 scale is reported as not finishing. `--probe 30,100` tries larger scales to find the largest each
 finishes.
 
-    python -m bench.peer [--factors 1,10] [--probe 30,100] [--quick]
+    python -m bench.peer [--factors 1,10] [--probe 30,100] [--quick] [--pipeline-from bench/results/scale.json]
+
+`--pipeline-from` takes the pipeline side of a factor from a `bench.scale` result written with the
+same window, epochs and settings (as `bench.run_all` does, which runs scale first), instead of
+running every stage a second time; factors it lacks are run here.
 """
 from __future__ import annotations
 
@@ -270,6 +274,19 @@ def pipeline_seconds(result: dict) -> float | None:
     return round(result.get("spark_start_seconds", 0) + sum(s["seconds"] for s in stages.values()), 2)
 
 
+def scale_runs(path: str | None, window, epochs: int, extra: list[str]) -> dict:
+    """The finished factors of a bench.scale result taken with the same window, epochs and settings
+    (early stopping cannot cut such a run short: scale trains exactly `epochs` epochs)."""
+    if not path or not Path(path).exists():
+        return {}
+    r = json.loads(Path(path).read_text())
+    same_window = r.get("window") == ([str(d) for d in window] if window else "2013 (whole year)")
+    if not (same_window and r.get("epochs") == epochs and r.get("extra", []) == extra):
+        print(f"[peer] {path} was taken with other settings: running the pipeline side here")
+        return {}
+    return {f: run for f, run in r.get("factors", {}).items() if pipeline_seconds(run) is not None}
+
+
 def _rounded(value, places: int = 4):
     return round(value, places) if isinstance(value, float) else value
 
@@ -284,6 +301,7 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, help="training.epochs for both sides (default: the configuration's)")
     p.add_argument("--memory-limit-gib", type=float, default=default_memory_limit_gib())
     p.add_argument("--driver-memory", default="8g")
+    p.add_argument("--pipeline-from", help="a bench.scale result whose runs stand for the pipeline side")
     p.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_out", help=argparse.SUPPRESS)
     p.add_argument("--_window", help=argparse.SUPPRESS)
@@ -301,6 +319,7 @@ def main(argv=None) -> dict:
 
     epochs_used = epochs or load_config("local").training.epochs
     extra = ["training.batch_size=128", "lakehouse.row_group_rows=2048"] if args.quick else []
+    reused = scale_runs(args.pipeline_from, window, epochs_used, extra)
     rows, runs = [], {}
     largest = {"peer": None, "pipeline": None}
     stopped: set[str] = set()
@@ -312,6 +331,9 @@ def main(argv=None) -> dict:
             print(f"[peer] ×{factor} {side} ...", flush=True)
             if side == "peer":
                 sides[side] = run_peer_in_subprocess(factor, window, epochs_used, args.memory_limit_gib, extra)
+            elif f"x{factor}" in reused:
+                print(f"[peer] ×{factor} pipeline: taken from {args.pipeline_from} (same window, epochs and settings)")
+                sides[side] = reused[f"x{factor}"]
             else:
                 sides[side] = run_in_subprocess(factor, window, epochs_used, args.driver_memory, args.memory_limit_gib,
                                                 [f"training.early_stopping_patience={load_config('local').training.early_stopping_patience}",
@@ -339,6 +361,7 @@ def main(argv=None) -> dict:
     result = {"quick": args.quick, "window": [str(d) for d in window] if window else "2013 (whole year)",
               "epochs": epochs_used, "memory_limit_gib": args.memory_limit_gib, "table": rows, "runs": runs,
               "largest_scale_within_limit": largest, "tried": [*factors, *probes],
+              "pipeline_from": {f: args.pipeline_from for f in reused if f in runs},
               "measured_how": "each side in its own watched process; end-to-end = read landing files to a trained "
                               "model (pipeline: Spark start + ingest + clean + features + train); data generation "
                               "excluded; val AUC at the best epoch by validation loss"}

@@ -2,7 +2,10 @@
 bench/results/summary.json and bench/results/summary.md (the table for the README, with the
 machine and the command).
 
-    python -m bench.run_all [--quick] [--only delta_io,input_pipeline] [--root ./lakehouse]
+    python -m bench.run_all [--quick] [--only delta_io,input_pipeline] [--root ./lakehouse] [--epochs 4]
+
+scale and peer train for the same `--epochs` (default 4; 2 with --quick), so that peer takes its
+pipeline side from scale's runs instead of running every stage twice.
 
 Each benchmark runs in its own process (`python -m bench.<name>`), so one that fails leaves the
 others running and every one starts with a clean JVM and TensorFlow.
@@ -84,6 +87,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="tiny sizes for every benchmark (a smoke test)")
     p.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--root", default="lakehouse", help="lakehouse for input_pipeline and horovod_scaling")
+    p.add_argument("--epochs", type=int, help="training epochs of scale and peer (default 4; 2 with --quick)")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: rebuild the summary from the JSON files already in bench/results")
     args = p.parse_args(argv)
@@ -91,7 +95,9 @@ def main(argv=None) -> dict:
     unknown = set(args.only.split(",")) - set(BENCHMARKS) if args.only else set()
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
-    command = "python -m bench.run_all" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+    epochs = args.epochs or (2 if args.quick else 4)
+    command = ("python -m bench.run_all" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
+               + (f" --root {args.root}" if args.root != "lakehouse" else "") + (f" --epochs {args.epochs}" if args.epochs else ""))
     machine = machine_info()
     if args.summary_only:
         # The figures were taken earlier: describe them by the machine and flags they were taken with.
@@ -103,7 +109,9 @@ def main(argv=None) -> dict:
     status, rows = {}, []
     for name in chosen:
         cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else []),
-               *(["--root", args.root] if name in ("input_pipeline", "horovod_scaling") else [])]
+               *(["--root", args.root] if name in ("input_pipeline", "horovod_scaling") else []),
+               *(["--epochs", str(epochs)] if name in ("scale", "peer") else []),
+               *(["--pipeline-from", str(RESULTS / "scale.json")] if name == "peer" and "scale" in chosen else [])]
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.time()
         code = 0 if args.summary_only else subprocess.call(cmd)

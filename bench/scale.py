@@ -363,7 +363,7 @@ def main(argv=None) -> dict:
     for n in notes:
         print(" -", n)
     result = {"quick": quick_flag(args), "window": [str(d) for d in window] if window else "2013 (whole year)",
-              "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "notes": notes,
+              "epochs": args.epochs, "extra": extra, "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "notes": notes,
               "measured_how": "each factor in a fresh process and lakehouse; wall time per stage call; "
                               "rows/s = rows the stage handled (ingest: flights+weather records; features: "
                               "flight rows; train: training rows × epochs) / seconds; RSS sampled every 0.2 s"}
