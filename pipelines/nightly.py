@@ -136,11 +136,11 @@ def stage_evaluate(ctx: NightlyContext) -> int:
         if subset.limit(1).count() == 0:
             continue
         m = binary_metrics(subset, threshold=ctx.cfg.training.threshold)
-        rows.append({"model_version": model_version, "model": "dnn", "split": "live", **m.as_dict()})
+        rows.append({"model_version": model_version, "model": "dnn", **m.as_dict()})
         print(f"[nightly] evaluate: {model_version} on {m.rows:,} scored flights up to {ctx.run_date}: "
               f"AUC {m.auc:.4f}, accuracy {m.accuracy:.4f}")
     if rows:
-        results.write_metrics(ctx.lakehouse, ctx.run_id, rows)
+        results.write_live_metrics(ctx.lakehouse, ctx.run_id, ctx.run_date, rows)
     return sum(r["rows"] for r in rows)
 
 

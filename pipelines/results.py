@@ -3,7 +3,9 @@
 `results.predictions` is partitioned by date and written by partition overwrite, so scoring a day
 again replaces its rows. `results.metrics` and `results.training_history` are keyed by run and
 model; writing them again for the same run replaces that run's rows (overwrite of the run's
-partition), so a resumed or repeated run never duplicates them.
+partition), so a resumed or repeated run never duplicates them. Live metrics belong to the run
+date rather than the run: evaluating a date again (a resumed or forced run, with a new run id)
+replaces the live rows that earlier runs of that date wrote.
 """
 from __future__ import annotations
 
@@ -54,6 +56,17 @@ def write_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
         key=("run_id", "model_version", "model", "split"))
 
 
+def write_live_metrics(lakehouse, run_id: str, run_date, rows: list[dict]) -> None:
+    """This run's live metrics (split "live"), replacing those of every earlier run of the same date."""
+    from pipelines.runs import run_id_prefix
+
+    prefix = run_id_prefix(run_id.split("-", 1)[0], run_date)
+    replace_rows(lakehouse, METRICS, METRICS_SCHEMA, [
+        {**r, "split": "live", "run_id": run_id, "created_at": datetime.now(timezone.utc)} for r in rows],
+        key=("run_id", "model_version", "model", "split"),
+        drop=lambda r: r["split"] == "live" and r["run_id"].startswith(prefix))
+
+
 def write_history(lakehouse, run_id: str, model_version: str, history: list[dict]) -> None:
     # Names as pipelines.training records them → names of the table's columns.
     names = {"epoch": "epoch", "loss": "loss", "auc": "auc", "val_loss": "val_loss", "val_auc": "val_auc",
@@ -65,8 +78,9 @@ def write_history(lakehouse, run_id: str, model_version: str, history: list[dict
     replace_rows(lakehouse, HISTORY, HISTORY_SCHEMA, rows, key=("run_id", "model_version", "epoch"))
 
 
-def replace_rows(lakehouse, name: str, schema: str, rows: list[dict], key: tuple) -> None:
+def replace_rows(lakehouse, name: str, schema: str, rows: list[dict], key: tuple, drop=None) -> None:
     """Keep every row whose `key` differs from the given rows', replace the others: one atomic commit.
+    `drop(row)`, when given, also removes the existing rows it is true for.
 
     For the small bookkeeping tables (tens of rows per run), so the rewrite goes through the driver.
     """
@@ -74,7 +88,8 @@ def replace_rows(lakehouse, name: str, schema: str, rows: list[dict], key: tuple
     replaced = {tuple(r[k] for k in key) for r in rows}
     kept = []
     if table.exists():
-        kept = [r.asDict() for r in table.read().collect() if tuple(r[k] for k in key) not in replaced]
+        kept = [r.asDict() for r in table.read().collect()
+                if tuple(r[k] for k in key) not in replaced and not (drop and drop(r.asDict()))]
     table.write(lakehouse.spark.createDataFrame(kept + rows, schema), mode="overwrite")
 
 

@@ -22,9 +22,14 @@ class LockHeldError(RuntimeError):
     """Another run holds the lakehouse."""
 
 
+def run_id_prefix(job: str, run_date: date | None = None) -> str:
+    """What every run id of `job` for `run_date` starts with."""
+    return f"{job}-{run_date.isoformat() if run_date else 'all'}-"
+
+
 def new_run_id(job: str, run_date: date | None = None) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{job}-{run_date.isoformat() if run_date else 'all'}-{stamp}-{uuid.uuid4().hex[:6]}"
+    return f"{run_id_prefix(job, run_date)}{stamp}-{uuid.uuid4().hex[:6]}"
 
 
 class LakehouseLock:

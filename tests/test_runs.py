@@ -40,3 +40,22 @@ def test_run_record_and_stage_log(lakehouse):
     assert finished_stages(lakehouse, date(2013, 5, 2)) == set()
     run = lakehouse.table("results.runs").read().collect()[0]
     assert run["status"] == "succeeded" and json.loads(run["stage_rows"]) == {"ingest": 42}
+
+
+def test_evaluating_a_date_again_replaces_its_live_metrics(lakehouse):
+    """A run killed after evaluate wrote its metrics is resumed under a new run id: the live metrics
+    of that date are replaced, not duplicated, while other dates' and other splits' rows stay."""
+    from pipelines import results
+
+    day, other_day = date(2013, 5, 1), date(2013, 5, 2)
+    live = {"model_version": "v1", "model": "dnn", "rows": 100, "positives": 20, "auc": 0.7, "log_loss": 0.5,
+            "accuracy": 0.8, "precision": 0.5, "recall": 0.4, "f1": 0.44, "threshold": 0.5}
+    first, resumed, other = (new_run_id("nightly", d) for d in (day, day, other_day))
+    results.write_metrics(lakehouse, first, [{**live, "split": "test"}])
+    results.write_live_metrics(lakehouse, first, day, [live])
+    results.write_live_metrics(lakehouse, other, other_day, [live])
+    results.write_live_metrics(lakehouse, resumed, day, [{**live, "rows": 101}])
+
+    rows = results.read_metrics(lakehouse)
+    assert sorted((r["run_id"], r["split"], r["rows"]) for r in rows) == sorted([
+        (first, "test", 100), (other, "live", 100), (resumed, "live", 101)])
