@@ -46,7 +46,7 @@ def prepare(spark, cfg, real_root: str | None, rows: dict[str, int], seed: int =
 
     lh = Lakehouse.from_config(cfg, spark)
     if real_root and Lakehouse(real_root).table("gold.model_input").exists():
-        real = Lakehouse(real_root)
+        real = Lakehouse(str(Path(real_root).resolve()))   # the links must not be relative
         for name in ("gold.model_input", "gold.feature_spec"):
             target = Path(lh.path(name))
             target.parent.mkdir(parents=True, exist_ok=True)

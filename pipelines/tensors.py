@@ -302,8 +302,8 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
 
     For training it holds epochs `first_epoch .. epochs-1` back to back, each exactly
     `steps_per_epoch(...)` batches, so Keras' `fit(steps_per_epoch=..., initial_epoch=first_epoch)`
-    walks through it epoch by epoch. For evaluation it is the rank's shard once; Keras iterates it
-    again each epoch.
+    walks through it epoch by epoch. For evaluation it is the rank's shard once, kept in memory
+    after the first pass (validation splits are small), so every epoch sees the same batches.
     """
     import tensorflow as tf
 
@@ -323,8 +323,12 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
         dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(
             lambda epoch: tf.data.Dataset.from_generator(one_epoch, args=(epoch,), output_signature=signature))
     else:
+        # Keras counts the batches of the first validation pass and expects exactly as many in every
+        # later epoch; a pass that came up short would stop this rank alone and break Horovod's
+        # collectives (seen once in a benchmark run, on epoch 4 of 4). The first pass is cached, so every
+        # epoch validates on the same batches, and later epochs do not read the files again.
         dataset = tf.data.Dataset.from_generator(
-            lambda: iter_batches(split, spec, training=False, **common), output_signature=signature)
+            lambda: iter_batches(split, spec, training=False, **common), output_signature=signature).cache()
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -107,6 +107,26 @@ def test_dataset_holds_the_requested_epochs_back_to_back(snapshot, spec, cfg):
     assert sum(int(y.shape[0]) for _, y in val) == 1000
 
 
+def test_validation_batches_are_the_same_every_epoch_without_reading_again(snapshot, spec, cfg):
+    """Keras expects every validation pass to have as many batches as the first: after the first
+    pass the batches come from memory, identical, even with the files gone."""
+    import os
+
+    split = snapshot.splits["validation"]
+    cfg.training.batch_size = 64
+    val = tensors.make_dataset(split, spec, cfg.training, label="label", rank=1, num_ranks=2, training=False)
+    first = [y.numpy().ravel().tolist() for _, y in val]
+    paths = [f.removeprefix("file://") for f in split.files]
+    for p in paths:
+        os.rename(p, p + ".away")
+    try:
+        again = [y.numpy().ravel().tolist() for _, y in val]
+    finally:
+        for p in paths:
+            os.rename(p + ".away", p)
+    assert len(first) > 1 and again == first
+
+
 def test_too_few_row_groups_for_the_ranks_is_a_clear_error(snapshot, spec):
     val = snapshot.splits["validation"]
     with pytest.raises(TensorInputError, match="2 Parquet row group.*3 ranks.*row_group_rows"):
