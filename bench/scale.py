@@ -334,6 +334,9 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--driver-memory", default="8g", help="spark.driver.memory (local mode: the whole Spark)")
     p.add_argument("--memory-limit-gib", type=float, default=None, help="stop a factor whose processes pass this RSS")
+    p.add_argument("--reuse-finished", action="store_true",
+                   help="keep the factors that finished in bench/results/scale.json (same window, epochs and "
+                        "settings) and run only the others")
     p.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_out", help=argparse.SUPPRESS)
     p.add_argument("--_root", help=argparse.SUPPRESS)
@@ -351,8 +354,11 @@ def main(argv=None) -> dict:
     if args.x100 and 100 not in factors:
         factors.append(100)
     extra = ["training.batch_size=128", "lakehouse.row_group_rows=2048"] if args.quick else []
-    results = {}
+    results = finished_factors(window, args.epochs, extra, factors) if args.reuse_finished else {}
     for factor in factors:
+        if factor in results:
+            print(f"[scale] ×{factor}: kept from bench/results/scale.json (finished every stage)", flush=True)
+            continue
         print(f"[scale] ×{factor}: generating and running every stage ...", flush=True)
         results[factor] = run_in_subprocess(factor, window, args.epochs, args.driver_memory,
                                             args.memory_limit_gib, extra)
@@ -369,6 +375,28 @@ def main(argv=None) -> dict:
                               "flight rows; train: training rows × epochs) / seconds; RSS sampled every 0.2 s"}
     write_result("scale", result)
     return result
+
+
+def finished_factors(window, epochs: int, extra: list[str], factors: list[int]) -> dict[int, dict]:
+    """The factors of the last scale.json, taken with the same window, epochs and settings, that ran every stage."""
+    from bench.common import RESULTS
+
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return {}
+    r = json.loads(path.read_text())
+    same = (r.get("window") == ([str(d) for d in window] if window else "2013 (whole year)")
+            and r.get("epochs") == epochs and r.get("extra", []) == extra)
+    if not same:
+        print(f"[scale] {path} was taken with other settings: running every factor", flush=True)
+        return {}
+    kept = {}
+    for f in factors:
+        run = r.get("factors", {}).get(f"x{f}", {})
+        if "failed" not in run and all("seconds" in run.get("stages", {}).get(s, {}) for s in STAGES):
+            run["taken_at"] = r.get("machine", {}).get("taken_at")
+            kept[f] = run
+    return kept
 
 
 def quick_flag(args) -> bool:
