@@ -268,10 +268,9 @@ def run_peer_in_subprocess(factor: int, window, epochs: int | None, limit_gib: f
 
 def pipeline_seconds(result: dict) -> float | None:
     """End-to-end seconds of the pipeline run: Spark start-up plus every stage (generation left out)."""
-    stages = result.get("stages", {})
-    if "failed" in result or any("error" in s for s in stages.values()) or len(stages) < 4:
-        return None
-    return round(result.get("spark_start_seconds", 0) + sum(s["seconds"] for s in stages.values()), 2)
+    from bench.scale import pipeline_total
+
+    return None if "failed" in result else pipeline_total(result)
 
 
 def scale_runs(path: str | None, window, epochs: int, extra: list[str]) -> dict:
