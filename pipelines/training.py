@@ -369,7 +369,8 @@ def _keras_callback_base():
 
 
 class Throughput(_keras_callback_base()):
-    """Adds `samples_per_sec` (this rank's training rate times the number of ranks) and `seconds`.
+    """Adds `samples_per_sec` (this rank's training rate times the number of ranks), `seconds`, and
+    `cpu_cores` (CPU seconds of this process per second of training).
 
     It runs before Horovod's metric averaging, so the logged value is the sum over ranks.
     """
@@ -381,16 +382,21 @@ class Throughput(_keras_callback_base()):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start, self._train_end = time.perf_counter(), 0.0
+        self._cpu_start, self._cpu_train_end = time.process_time(), 0.0
 
     def on_test_begin(self, logs=None):
-        self._train_end = self._train_end or time.perf_counter()
+        if not self._train_end:
+            self._train_end, self._cpu_train_end = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
         train_seconds = (self._train_end or end) - self._start
         if logs is not None:
             logs["samples_per_sec"] = self.samples / max(train_seconds, 1e-9)
             logs["seconds"] = end - self._start
+            # Cores this process kept busy while training (TensorFlow, the reader's threads, Horovod's
+            # background thread), averaged over ranks like the other logs.
+            logs["cpu_cores"] = ((self._cpu_train_end or cpu_end) - self._cpu_start) / max(train_seconds, 1e-9)
 
 
 class WarmupSchedule(_keras_callback_base()):

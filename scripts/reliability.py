@@ -42,7 +42,7 @@ Stages: landing, ingest, clean, features, train, score, evaluate, report.
 What "identical" means (the rule): for every table of the lakehouse, the row count and a sha256 of
 its rows, sorted, after leaving out what legitimately differs between two runs of the same data:
   - run identity and wall-clock time: run ids, `*_at` timestamps, `_ingest_time`, seconds and
-    samples per second (also inside JSON columns such as `results.models.metrics`);
+    samples per second and busy cores (also inside JSON columns such as `results.models.metrics`);
   - model versions, model paths, code version and config hash: the lakehouse root is part of the
     configuration, so each run's model version differs even for the same model;
   - Delta table versions recorded in rows (`*_version`): a killed run may have committed versions
@@ -74,7 +74,7 @@ EXTRA_POINTS = {"ingest:mid": "[ingest] bronze.flights:", "train:baselines": "[t
 
 VOLATILE = {"_ingest_time", "_run_id", "run_id", "ingested_at", "scored_at", "created_at", "started_at",
             "ended_at", "finished_at", "seconds", "stage_seconds", "wall_seconds", "samples_per_sec",
-            "samples_per_second", "model_version", "path", "code_version", "config_hash"}
+            "samples_per_second", "cpu_cores", "model_version", "path", "code_version", "config_hash"}
 BOOKKEEPING = {"results.runs": ("job", "run_date", "status"), "ops.stage_log": ("run_date", "stage")}
 
 
