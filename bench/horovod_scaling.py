@@ -44,7 +44,7 @@ def train_both(cfg, spark) -> dict:
 def run(root: str | None, quick: bool, epochs: int | None, rows: int | None) -> dict:
     from bench.model_input import prepare
 
-    epochs = epochs or (2 if quick else 4)
+    epochs = epochs or (2 if quick else 6)
     rows = rows or (16_384 if quick else 200_000)
     scratch = scratch_dir("horovod_scaling")
     cfg = bench_config(scratch, "spark.master=local[2]", "training.threads_per_proc=1",

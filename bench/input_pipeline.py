@@ -115,7 +115,7 @@ def run(root: str | None, quick: bool, epochs: int | None, rows: int | None, thr
     from pipelines.model import label_for
     from pipelines.tensors import load_feature_spec, make_dataset, pin_snapshot, steps_per_epoch
 
-    epochs = epochs or (2 if quick else 4)
+    epochs = epochs or (2 if quick else 6)
     rows = rows or (20_000 if quick else 200_000)
     scratch = scratch_dir("input_pipeline")
     cfg = bench_config(scratch, "spark.master=local[2]", f"training.max_train_rows={rows}",

@@ -47,6 +47,11 @@ def figures(name: str, r: dict) -> list[dict]:
         add("Horovod 2 procs × 1 thread vs 1 × 1 (steady state)",
             f"{r['two_processes']['samples_per_sec_steady']:,.0f} vs {r['one_process']['samples_per_sec_steady']:,.0f}",
             "samples/s", r["ratio_2_to_1"], f">= {r['goal']}" + (" met" if r["goal_met"] else " missed"))
+        if "cpu_cores_total" in r["one_process"]:
+            add("busy cores while training, 1 proc / 2 procs (of the machine's "
+                f"{r.get('cores_on_machine', '?')})",
+                f"{r['one_process']['cpu_cores_total']} / {r['two_processes']['cpu_cores_total']}", "cores",
+                ratio_or_none(r["two_processes"]["cpu_cores_total"], r["one_process"]["cpu_cores_total"]))
         add("Horovod wall time incl. start-up, 1 proc / 2 procs",
             f"{r['one_process']['wall_seconds']:.0f} / {r['two_processes']['wall_seconds']:.0f}", "s", r["ratio_wall_1_to_2"])
     elif name == "scale":
@@ -70,11 +75,21 @@ def figures(name: str, r: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], machine: dict, command: str) -> str:
+def ratio_or_none(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def markdown(rows: list[dict], machine: dict, command: str, taken: dict[str, tuple[str, str]] | None = None) -> str:
+    """The README table. `taken` (benchmark → (command, time)) lists each benchmark's own command
+    when the figures come from more than one invocation (--summary-only)."""
     lines = [f"Machine: {machine_line(machine)}; {machine['os']}; "
-             + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()) + ".",
-             f"Command: `{command}` ({machine['taken_at']}).", "",
-             "| benchmark | figure | value | unit | ratio | goal |", "| --- | --- | --- | --- | --- | --- |"]
+             + ", ".join(f"{k} {v}" for k, v in machine["packages"].items()) + "."]
+    if taken and len({c for c, _ in taken.values()}) > 1:
+        lines += ["Commands (each benchmark's own run, `python -m bench.run_all --summary-only` then built this table):", ""]
+        lines += [f"- {name}: `{cmd}` ({when})" for name, (cmd, when) in taken.items()]
+    else:
+        lines.append(f"Command: `{command}` ({machine['taken_at']}).")
+    lines += ["", "| benchmark | figure | value | unit | ratio | goal |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         cells = [r["benchmark"], r["figure"], str(r["value"]), r["unit"] or "",
                  "" if r["ratio"] is None else str(r["ratio"]), r["goal"] or ""]
@@ -99,9 +114,11 @@ def main(argv=None) -> dict:
     command = ("python -m bench.run_all" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
                + (f" --root {args.root}" if args.root != "lakehouse" else "") + (f" --epochs {args.epochs}" if args.epochs else ""))
     machine = machine_info()
+    taken = None
     if args.summary_only:
         # The figures were taken earlier: describe them by the machine and flags they were taken with.
         saved = [json.loads((RESULTS / f"{b}.json").read_text()) for b in chosen if (RESULTS / f"{b}.json").exists()]
+        taken = {s["benchmark"]: (s.get("command", "?"), s["machine"]["taken_at"]) for s in saved}
         if saved:
             machine = saved[0]["machine"]
             if any(s.get("quick") for s in saved) and "--quick" not in command:
@@ -133,7 +150,7 @@ def main(argv=None) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = {"command": command, "quick": args.quick, "machine": machine, "benchmarks": status, "figures": rows}
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (RESULTS / "summary.md").write_text(markdown(rows, machine, command))
+    (RESULTS / "summary.md").write_text(markdown(rows, machine, command, taken))
     print(f"[bench] wrote {RESULTS / 'summary.json'} and {RESULTS / 'summary.md'}")
     if any(s["returncode"] for s in status.values()):
         sys.exit(1)
