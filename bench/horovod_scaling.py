@@ -50,9 +50,9 @@ def run(root: str | None, quick: bool, epochs: int | None, rows: int | None) -> 
     cfg = bench_config(scratch, "spark.master=local[2]", "training.threads_per_proc=1",
                        f"training.epochs={epochs}", "training.early_stopping_patience=0",
                        f"training.max_train_rows={rows}",
-                       *(["lakehouse.row_group_rows=1024"] if quick else []))
+                       *(["lakehouse.model_input_row_group_rows=1024"] if quick else []))
     spark = start_spark(cfg, "horovod_scaling")
-    _, source = prepare(spark, cfg, root, {"train": rows, "validation": max(rows // 10, 4 * cfg.lakehouse.row_group_rows)})
+    _, source = prepare(spark, cfg, root, {"train": rows, "validation": max(rows // 10, 4 * cfg.lakehouse.model_input_row_group_rows)})
     print(f"[horovod] model_input: {source['model_input']}; {rows:,} training rows per epoch, {epochs} epochs, "
           f"batch {cfg.training.batch_size} per rank, 1 thread per process", flush=True)
     runs = {}

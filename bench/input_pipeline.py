@@ -119,7 +119,7 @@ def run(root: str | None, quick: bool, epochs: int | None, rows: int | None, thr
     rows = rows or (20_000 if quick else 200_000)
     scratch = scratch_dir("input_pipeline")
     cfg = bench_config(scratch, "spark.master=local[2]", f"training.max_train_rows={rows}",
-                       *([f"lakehouse.row_group_rows={4096}"] if quick else []))
+                       *([f"lakehouse.model_input_row_group_rows={4096}"] if quick else []))
     threads = threads or cfg.training.threads_per_proc
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)

@@ -63,7 +63,7 @@ def prepare(spark, cfg, real_root: str | None, rows: dict[str, int], seed: int =
 
 
 def write_synthetic(lh, cfg, rows: dict[str, int], seed: int = 7) -> None:
-    """gold.model_input (partitioned by split, row groups of lakehouse.row_group_rows) and
+    """gold.model_input (partitioned by split, row groups of lakehouse.model_input_row_group_rows) and
     gold.feature_spec with the real model's columns: the fixture's learnable columns stand in for
     distance, the scheduled time, temperature, carrier and origin; the rest are noise of the same types."""
     import numpy as np
@@ -104,9 +104,10 @@ def write_synthetic(lh, cfg, rows: dict[str, int], seed: int = 7) -> None:
     # Files roll over between Arrow batches only: batches of one row group keep row groups whole.
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous = spark.conf.get(key)
-    spark.conf.set(key, str(cfg.lakehouse.row_group_rows))
+    spark.conf.set(key, str(cfg.lakehouse.model_input_row_group_rows))
     try:
-        lh.table("gold.model_input").write(df, mode="overwrite", partition_by=["split"])
+        lh.table("gold.model_input").write(df, mode="overwrite", partition_by=["split"],
+                                           row_group_rows=cfg.lakehouse.model_input_row_group_rows)
     finally:
         spark.conf.set(key, previous)
 

@@ -317,7 +317,7 @@ def main(argv=None) -> dict:
     from pipelines.config import load_config
 
     epochs_used = epochs or load_config("local").training.epochs
-    extra = ["training.batch_size=128", "lakehouse.row_group_rows=2048"] if args.quick else []
+    extra = ["training.batch_size=128", "lakehouse.model_input_row_group_rows=2048"] if args.quick else []
     reused = scale_runs(args.pipeline_from, window, epochs_used, extra)
     rows, runs = [], {}
     largest = {"peer": None, "pipeline": None}

@@ -362,7 +362,7 @@ def main(argv=None) -> dict:
     factors = [1, 2] if args.quick else [int(f) for f in args.factors.split(",")]
     if args.x100 and 100 not in factors:
         factors.append(100)
-    extra = ["training.batch_size=128", "lakehouse.row_group_rows=2048"] if args.quick else []
+    extra = ["training.batch_size=128", "lakehouse.model_input_row_group_rows=2048"] if args.quick else []
     results = finished_factors(window, args.epochs, extra, factors) if args.reuse_finished else {}
     for factor in factors:
         if factor in results:

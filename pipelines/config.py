@@ -44,7 +44,8 @@ class LakehouseConfig:
     landing: str = "landing"
     engine: Literal["auto", "delta-rs", "jvm"] = "auto"
     target_file_rows: int = 500_000
-    row_group_rows: int = 4_096
+    row_group_rows: int = 131_072
+    model_input_row_group_rows: int = 4_096
     vacuum_retention_hours: int = 168
 
 
@@ -303,7 +304,7 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         fail("training.dropout", f"must be in [0, 1), got {cfg.training.dropout}")
     if not 0 < cfg.training.threshold < 1:
         fail("training.threshold", f"must be in (0, 1), got {cfg.training.threshold}")
-    for key in ("target_file_rows", "row_group_rows"):
+    for key in ("target_file_rows", "row_group_rows", "model_input_row_group_rows"):
         if getattr(cfg.lakehouse, key) < 1:
             fail(f"lakehouse.{key}", "must be at least 1")
     for name, window in cfg.pipeline.splits.items():

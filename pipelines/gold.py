@@ -232,7 +232,7 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     touched = list(splits) if reason else [
         name for name, (start, end) in splits.items() if any(start <= d <= end for d in days)]
     by_split = _write_model_input(lh, module, labelled, spec_df, {n: splits[n] for n in touched},
-                                  replace_all=bool(reason))
+                                  replace_all=bool(reason), row_group_rows=cfg.lakehouse.model_input_row_group_rows)
     summary["model_input"] = by_split
     summary["seconds"] = time.time() - started
     split_text = " / ".join(f"{name} {by_split.get(name, 0):,}" for name in splits)
@@ -282,8 +282,9 @@ def _labelled(lh, module):
 
 
 def _write_model_input(lh, module, labelled, spec_df, splits: dict[str, tuple[date, date]],
-                       replace_all: bool) -> dict[str, int]:
-    """Rewrite the `splits` of gold.model_input (the whole table when `replace_all`); rows per split."""
+                       replace_all: bool, row_group_rows: int) -> dict[str, int]:
+    """Rewrite the `splits` of gold.model_input (the whole table when `replace_all`) in row groups of
+    `row_group_rows`, the unit Petastorm shards training by; rows per split."""
     from pyspark.sql import functions as F
 
     table = lh.table(MODEL_INPUT_TABLE)
@@ -297,10 +298,10 @@ def _write_model_input(lh, module, labelled, spec_df, splits: dict[str, tuple[da
         if replace_all:
             # A new spec may bring other columns: the whole table is replaced, schema included.
             table.write(rows, mode="overwrite", partition_by=["split"], schema_mode="overwrite",
-                        description=description)
+                        description=description, row_group_rows=row_group_rows)
         else:
             table.write(rows, mode="overwrite", partition_by=["split"], partitions={"split": list(splits)},
-                        description=description)
+                        description=description, row_group_rows=row_group_rows)
     return rows_by_partition(table, "split") if table.exists() else {}
 
 

@@ -206,7 +206,7 @@ def check_shardable(split: SplitFiles, num_ranks: int) -> None:
         raise TensorInputError(
             f"{split.table} v{split.version} split '{split.split}' has {split.row_groups} Parquet row group(s) but "
             f"training runs {num_ranks} ranks, and Petastorm shards by row group, so a rank would get no rows. "
-            "Rewrite the table with a smaller lakehouse.row_group_rows, or lower training.num_proc.")
+            "Rewrite the table with a smaller lakehouse.model_input_row_group_rows, or lower training.num_proc.")
 
 
 def model_inputs(columns: Mapping[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:

@@ -212,7 +212,7 @@ def gold(spark, tmp_path_factory):
     from pipelines.lakehouse import Lakehouse
 
     root = tmp_path_factory.mktemp("gold") / "lakehouse"
-    cfg = load_config("local", [f"lakehouse.root={root}", "lakehouse.row_group_rows=4000"])
+    cfg = load_config("local", [f"lakehouse.root={root}", "lakehouse.model_input_row_group_rows=4000"])
     cfg.pipeline.splits = dict(SPLITS)
     lh = Lakehouse.from_config(cfg, spark)
     write_silver(lh, silver_tables(spark, date(2013, 1, 1), date(2013, 1, 20)))
@@ -241,7 +241,7 @@ def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
         parquet = pq.ParquetFile(uri[len("file://"):])
         assert [(f.name, f.type) for f in parquet.schema_arrow] == [(f.name, f.type) for f in expected]
         groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
-        assert all(n == cfg.lakehouse.row_group_rows for n in groups[:-1]) and groups[-1] <= cfg.lakehouse.row_group_rows
+        assert all(n == cfg.lakehouse.model_input_row_group_rows for n in groups[:-1]) and groups[-1] <= cfg.lakehouse.model_input_row_group_rows
         assert all(col.null_count == 0 for col in parquet.read().columns)
     assert lh.table("gold.model_input").partition_by() == ["split"]
     by_split = summary["model_input"]

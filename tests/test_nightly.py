@@ -31,7 +31,7 @@ SLICE = [
     "nightly.score_days_back=3",
     "spark.master=local[2]", "spark.shuffle_partitions=2",
     # A week of validation rows must still give each of the 2 Horovod ranks its own row groups.
-    "lakehouse.row_group_rows=1024",
+    "lakehouse.model_input_row_group_rows=1024",
 ]
 PROJECT = Path(__file__).resolve().parents[1]
 

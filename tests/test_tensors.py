@@ -129,7 +129,7 @@ def test_validation_batches_are_the_same_every_epoch_without_reading_again(snaps
 
 def test_too_few_row_groups_for_the_ranks_is_a_clear_error(snapshot, spec):
     val = snapshot.splits["validation"]
-    with pytest.raises(TensorInputError, match="2 Parquet row group.*3 ranks.*row_group_rows"):
+    with pytest.raises(TensorInputError, match="2 Parquet row group.*3 ranks.*model_input_row_group_rows"):
         next(tensors.iter_batches(val, spec, label="label", batch_size=10, rank=0, num_ranks=3, training=False))
     with pytest.raises(TensorInputError, match="cannot give each of 2 rank"):
         tensors.steps_per_epoch(100, 64, 2)

@@ -264,7 +264,7 @@ class DeltaRsEngine:
     # -- write ---------------------------------------------------------------------------------
     def write(self, df, path: str, mode: str, partition_by: list[str] | None,
               partitions: dict[str, list] | None, schema_mode: str | None,
-              description: str | None = None) -> int:
+              description: str | None = None, row_group_rows: int | None = None) -> int:
         from deltalake import Schema
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
         from deltalake.exceptions import CommitFailedError, DeltaError
@@ -308,7 +308,7 @@ class DeltaRsEngine:
         arrow_schema = to_arrow_schema(df.schema)
         writer = make_file_writer(local_path(path), write_id, partition_by,
                                   arrow_schema.serialize().to_pybytes(),
-                                  self.target_file_rows, self.row_group_rows, allowed)
+                                  self.target_file_rows, row_group_rows or self.row_group_rows, allowed)
         if partition_by:
             df = df.repartition(*partition_by)
         else:

@@ -65,7 +65,7 @@ class Table:
     def write(self, df, mode: Literal["append", "overwrite"] = "append",
               partition_by: list[str] | None = None, partitions: dict[str, list] | None = None,
               schema_mode: Literal["merge", "overwrite"] | None = None,
-              description: str | None = None) -> int:
+              description: str | None = None, row_group_rows: int | None = None) -> int:
         """Write `df` in one atomic commit and return the new version.
 
         mode="append" adds rows; mode="overwrite" replaces the table, or, with `partitions`
@@ -79,7 +79,8 @@ class Table:
         if partitions and mode != "overwrite":
             raise ValueError("partitions= names what an overwrite replaces; use mode='overwrite'")
         return self.engine.write(df, self.path, mode=mode, partition_by=partition_by,
-                                 partitions=partitions, schema_mode=schema_mode, description=description)
+                                 partitions=partitions, schema_mode=schema_mode, description=description,
+                                 row_group_rows=row_group_rows)
 
     # -- snapshot metadata (delta-rs reads tables of either engine) -------------------------------
     def delta(self, version: int | None = None, timestamp: datetime | str | None = None):
@@ -142,7 +143,8 @@ class JvmDeltaEngine:
             reader = reader.option("timestampAsOf", str(timestamp))
         return reader.load(path)
 
-    def write(self, df, path, mode, partition_by, partitions, schema_mode, description=None) -> int:
+    def write(self, df, path, mode, partition_by, partitions, schema_mode, description=None,
+              row_group_rows=None) -> int:   # Spark's Parquet writer sizes row groups in bytes
         writer = df.write.format("delta").mode(mode)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
