@@ -207,6 +207,9 @@ def test_time_travel_by_version_and_by_timestamp(lakehouse, spark):
     assert sorted_rows(table.read(timestamp=as_of_v1.replace(tzinfo=None)), "flight_id") == [(1,), (2,)]
     just_after_v0 = datetime.fromtimestamp(stamps[0] / 1000, tz=timezone.utc) + timedelta(milliseconds=1)
     assert sorted_rows(table.read(timestamp=just_after_v0.isoformat()), "flight_id") == [(1,)]
+    before_v0 = datetime.fromtimestamp(stamps[0] / 1000, tz=timezone.utc) - timedelta(milliseconds=1)
+    with pytest.raises(ValueError, match="before the table's first commit"):
+        table.read(timestamp=before_v0)
 
 
 def test_reading_a_table_that_does_not_exist_says_so(lakehouse):

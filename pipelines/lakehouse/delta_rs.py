@@ -223,11 +223,30 @@ class DeltaRsEngine:
         if version is not None:
             dt.load_as_version(version)
         elif timestamp is not None:
-            ts = datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
-            if ts.tzinfo is None:
-                ts = ts.replace(tzinfo=timezone.utc)
-            dt.load_as_version(ts)
+            dt.load_as_version(DeltaRsEngine.version_as_of(dt, timestamp))
         return dt
+
+    @staticmethod
+    def version_as_of(dt, timestamp: datetime | str) -> int:
+        """The latest version committed at or before `timestamp` (naive means UTC).
+
+        Commits are dated by their own `commitInfo.timestamp`, the time `history()` shows, so a
+        timestamp read off the history always finds that version. delta-rs would date them by the
+        log files' modification times, which come a few milliseconds later and made reads at a
+        commit's own timestamp land on the version before it.
+        """
+        ts = datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=timezone.utc)
+        target_ms = (ts - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+        commits = {h["version"]: h["timestamp"] for h in dt.history() if "timestamp" in h}
+        earlier = [version for version, ms in commits.items() if ms <= target_ms]
+        if not earlier:
+            first = datetime.fromtimestamp(min(commits.values()) / 1000, tz=timezone.utc)
+            raise ValueError(
+                f"{ts.isoformat()} is before the table's first commit ({first.isoformat()})"
+            )
+        return max(earlier)
 
     @staticmethod
     def spark_schema(dt):
