@@ -187,6 +187,38 @@ def _header_problem(found: list[str], expected: list[str]) -> tuple[str | None, 
     return f"header does not match the declared columns: {'; '.join(parts)}", None
 
 
+def _csv_header(first_line: bytes, source: Source) -> tuple[str | None, list[int] | None]:
+    """(reason, None) when a CSV header is unreadable or names other columns, else (None, order)."""
+    encoding = source.csv.encoding
+    try:
+        header = first_line.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return f"header is not valid {encoding}: {exc.reason} at byte {exc.start}", None
+    fields, problem = _split_csv(header.lstrip("\ufeff"), source)
+    if problem:
+        return f"header: {problem}", None
+    return _header_problem([f.strip() for f in fields], source.column_names)
+
+
+def header_reason(content: bytes, source: Source) -> str | None:
+    """Why a raw file's header (a CSV's first line, a Parquet file's columns) is refused, or None.
+
+    Read on the driver for every delivered file, so that a file with a bad header and no records
+    after it (a binary blob without a line break, say) is refused by name, not reported empty.
+    """
+    if not content:
+        return None
+    if source.format == "parquet":
+        import io
+
+        import pyarrow.parquet as pq
+
+        return _header_problem(pq.ParquetFile(io.BytesIO(content)).schema_arrow.names, source.column_names)[0]
+    if source.format == "csv" and source.csv.header:
+        return _csv_header(split_lines(content)[0], source)[0]
+    return None
+
+
 def parse_file(content: bytes, source: Source) -> ParsedFile:
     """Parse one raw file of `source` into typed rows and rejected records.
 
@@ -212,13 +244,7 @@ def parse_file(content: bytes, source: Source) -> ParsedFile:
     start, header_reason, order = 0, None, None
     if source.format == "csv" and source.csv.header:
         start = 1
-        try:
-            header = lines[0].decode(encoding)
-        except UnicodeDecodeError as exc:
-            header, header_reason = "", f"header is not valid {encoding}: {exc.reason} at byte {exc.start}"
-        if header_reason is None:
-            fields, problem = _split_csv(header.lstrip("\ufeff"), source)
-            header_reason, order = (problem, None) if problem else _header_problem([f.strip() for f in fields], names)
+        header_reason, order = _csv_header(lines[0], source)
         if header_reason:
             out.warning = header_reason
     out.records = len(lines) - start
@@ -564,6 +590,7 @@ class _Delivery:
     sha256: str
     size: int
     records: int
+    header_reason: str | None = None
 
 
 def ingest(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
@@ -626,7 +653,8 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     deliveries = []
     for f in files:
         content = f.read_bytes()
-        deliveries.append(_Delivery(f, hashlib.sha256(content).hexdigest(), len(content), count_records(content, source)))
+        deliveries.append(_Delivery(f, hashlib.sha256(content).hexdigest(), len(content), count_records(content, source),
+                                    header_reason(content, source)))
     changed = [d for d in deliveries if d.file.path not in known or known[d.file.path][0] != d.sha256]
     if not changed:
         result.files_skipped = len(deliveries)
@@ -642,17 +670,19 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     result.files_ingested = len(changed)
     result.files_reread = len(read) - len(changed)
     result.files_skipped = len(deliveries) - len(read)
-    result.empty_files = [d.file.path for d in changed if d.records == 0]
+    result.empty_files = [d.file.path for d in changed if d.records == 0 and not d.header_reason]
 
     parsed = parse_files(lh.spark, source, [d.file for d in read]).persist()
     try:
         per_file = _counts_per_file(parsed)
         _check_parsed(table.name, read, per_file)
-        for path, (_, _, header_reason) in sorted(per_file.items()):
-            if header_reason:
-                result.refused_files.append(path)
+        for d in sorted(read, key=lambda d: d.file.path):
+            if d.header_reason:
+                result.refused_files.append(d.file.path)
                 if log:
-                    log(f"[ingest] {table.name}: {path}: {header_reason}; all its rows are rejected")
+                    what = (f"all its {d.records} records are rejected" if d.records
+                            else "it holds no record after it")
+                    log(f"[ingest] {table.name}: {d.file.path}: {d.header_reason}; {what}")
         good = bronze_rows(parsed, source, run_id, ingest_time)
         if source.daily:
             table.write(good, mode="overwrite", partition_by=[PARTITION_COLUMN],
@@ -679,7 +709,7 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     return result
 
 
-_NONE = (0, 0, None)
+_NONE = (0, 0)
 
 
 def _missing_dates(files: list[LandingFile], dates: list[date] | None,
@@ -712,23 +742,22 @@ def small_table(table, columns: list[str]):
     return table.delta().to_pyarrow_table(columns=columns)
 
 
-def _counts_per_file(parsed) -> dict[str, tuple[int, int, str | None]]:
-    """{file: (rows, rejected records, the reason where its header was refused)} in one Spark job."""
+def _counts_per_file(parsed) -> dict[str, tuple[int, int]]:
+    """{file: (rows, rejected records)} in one Spark job."""
     from pyspark.sql import functions as F
 
     reason = F.col("_reason")
     rows = (parsed.groupBy("_source_file")
             .agg(F.sum(reason.isNull().cast("long")).alias("good"),
-                 F.sum(reason.isNotNull().cast("long")).alias("bad"),
-                 F.max(F.when(reason.startswith("header "), reason)).alias("header"))
+                 F.sum(reason.isNotNull().cast("long")).alias("bad"))
             .collect())
-    return {r["_source_file"]: (int(r["good"]), int(r["bad"]), r["header"]) for r in rows}
+    return {r["_source_file"]: (int(r["good"]), int(r["bad"])) for r in rows}
 
 
 def _check_parsed(table: str, read: list[_Delivery], per_file: dict[str, tuple[int, int]]) -> None:
     """Every record the driver counted in a file came out of the parse, as a row or a rejection."""
     def parsed_records(path: str) -> int:
-        good, bad, _ = per_file.get(path, _NONE)
+        good, bad = per_file.get(path, _NONE)
         return good + bad
 
     wrong = [f"{d.file.path}: {d.records} records, parsed {parsed_records(d.file.path)}"

@@ -137,6 +137,25 @@ def test_json_lines_and_parquet_parse_by_the_same_schema(tmp_path):
     parsed = bronze.parse_file(buf.getvalue(), parquet)
     assert (parsed.records, [r["tailnum"] for r in parsed.rows()]) == (2, ["N1", "N2"])
     assert bronze.count_records(buf.getvalue(), parquet) == 2
+    assert bronze.header_reason(buf.getvalue(), parquet) is None
+    extra = io.BytesIO()
+    pq.write_table(pa.table({"tailnum": ["N1"], "wings": [2]}), extra)
+    assert bronze.header_reason(extra.getvalue(), parquet).startswith(
+        "header does not match the declared columns: extra column wings; missing columns year")
+
+
+def test_the_header_is_judged_without_parsing_the_records():
+    """The driver reads each delivered file's header, so a file with a bad header is refused even
+    when no record follows it (a binary blob without a line break)."""
+    import gzip
+
+    assert bronze.header_reason(csv_file(flight_line(date(2013, 1, 1), 1)).encode(), FLIGHTS) is None
+    assert bronze.header_reason(b"", FLIGHTS) is None
+    assert bronze.header_reason(HEADER.encode(), FLIGHTS) is None
+    blob = gzip.compress(b"\xff" + csv_file().encode(), mtime=0)
+    assert bronze.header_reason(blob, FLIGHTS).startswith("header is not valid utf-8")
+    assert bronze.header_reason(b'"year,month\n', FLIGHTS).startswith("header: malformed CSV")
+    assert bronze.header_reason((HEADER + ",gate\n").encode(), FLIGHTS).endswith("extra column gate")
 
 
 # ------------------------------------------------------------------------------------------------

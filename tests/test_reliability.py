@@ -103,6 +103,7 @@ CORPUS_EXPECTED = {
     day(10): (0, 0, None),
     day(11): (2, 1, "expected 19 fields, found 13"),
     day(13): (0, 2, "not valid utf-8: byte 0x"),
+    day(14): (0, 0, None),
 }
 
 
@@ -218,12 +219,11 @@ def test_rule_breakers_are_quarantined_with_the_rule_and_a_repeated_line_is_a_du
 def test_a_refused_file_is_named_in_the_ingest_messages(corpus_lakehouse):
     _, _, _, ingested, _, messages = corpus_lakehouse
     result = ingested["bronze.flights"]
-    # The garbage file is not among them: each of its lines fails to decode on its own first.
-    assert result.refused_files == [rel(day(5)), rel(day(6)), rel(day(8))]
-    for d in (5, 6, 8):
+    # Extra and missing columns, UTF-16, binary garbage and a gzip stream: each header is refused.
+    assert result.refused_files == [rel(day(d)) for d in (5, 6, 8, 13, 14)]
+    for d in (5, 6, 8, 13, 14):
         assert any(m.startswith(f"[ingest] bronze.flights: {rel(day(d))}: header ") for m in messages), d
-    # (The gzip stream of day 14 is listed as empty too: see the xfail test below.)
-    assert rel(day(10)) in result.empty_files and "empty" in result.line()
+    assert result.empty_files == [rel(day(10))] and "1 empty" in result.line()
 
 
 def test_a_10mb_field_is_kept_whole_where_it_is_a_string_and_rejected_where_it_is_a_number(corpus_lakehouse):
@@ -259,14 +259,15 @@ def test_a_gzip_named_csv_gz_is_not_a_delivery_and_its_day_is_reported_missing(c
     assert any(m.startswith("[ingest] bronze.flights: no file for 2013-01-12") for m in messages)
 
 
-@pytest.mark.xfail(strict=True, reason="a binary file without a line break counts 0 records (its one 'line' is "
-                                       "the header), so bronze.ingest reports it as empty instead of refusing it; "
-                                       "the header problem is only surfaced through rejected records")
 def test_a_gzip_stream_under_the_csv_name_is_refused_not_reported_empty(corpus_lakehouse):
-    _, _, delivered, ingested, _, _ = corpus_lakehouse
+    """Its bytes hold no line break, so its one 'line' is the header and no record follows it:
+    the header is read on the driver, so the file is refused by name all the same."""
+    _, _, delivered, ingested, _, messages = corpus_lakehouse
     assert b"\n" not in delivered[day(14)]
     result = ingested["bronze.flights"]
     assert rel(day(14)) in result.refused_files and rel(day(14)) not in result.empty_files
+    [said] = [m for m in messages if rel(day(14)) in m]
+    assert "header is not valid utf-8" in said and said.endswith("it holds no record after it")
 
 
 def test_the_same_file_name_with_other_content_replaces_its_day_in_bronze_silver_and_quarantine(
