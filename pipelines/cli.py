@@ -126,6 +126,7 @@ STAGE_COMMAND_MODULES = [
     "pipelines.commands.features",
     "pipelines.commands.train",
     "pipelines.commands.nightly",
+    "pipelines.commands.maintain",
 ]
 
 

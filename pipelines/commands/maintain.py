@@ -1,0 +1,33 @@
+"""`lakehouse-dl maintain`: compact small files and vacuum unreferenced ones (pipelines/maintenance.py)."""
+from __future__ import annotations
+
+import sys
+
+
+def add_commands(sub, common, dates) -> None:
+    p = sub.add_parser("maintain", help="compact small files and vacuum files no kept version needs "
+                                        "(holds the nightly lock; no Spark)")
+    common(p)
+    p.add_argument("--retention-hours", type=int, metavar="H",
+                   help="delete unreferenced files older than this (default: lakehouse.vacuum_retention_hours)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be compacted and deleted; change nothing")
+    p.set_defaults(func=run_maintain)
+
+
+def run_maintain(args, cfg) -> int:
+    from pipelines.lakehouse import Lakehouse
+    from pipelines.maintenance import maintain
+    from pipelines.runs import LakehouseLock, LockHeldError, new_run_id
+
+    hours = cfg.lakehouse.vacuum_retention_hours if args.retention_hours is None else args.retention_hours
+    if hours < 0:
+        print(f"error: --retention-hours must be at least 0, got {hours}", file=sys.stderr)
+        return 2
+    lakehouse = Lakehouse.from_config(cfg)
+    try:
+        with LakehouseLock(cfg.lakehouse.root, "nightly", new_run_id("maintain")):
+            maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run)
+    except LockHeldError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    return 0

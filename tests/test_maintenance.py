@@ -1,0 +1,113 @@
+"""`lakehouse-dl maintain`: compaction and vacuum on real Delta tables, the registry's pinned versions
+kept, nothing changed on a rerun, and the nightly lock respected."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from pipelines import registry
+from pipelines.lakehouse.delta_rs import files_and_bytes
+from pipelines.maintenance import maintain
+from pipelines.runs import LakehouseLock
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def on_disk(table) -> set[str]:
+    return {p.name for p in Path(table.path).glob("**/*.parquet")}
+
+
+def live_files(table) -> int:
+    return files_and_bytes(table.delta())[0]
+
+
+def rows(table, *cols) -> list[tuple]:
+    return sorted(tuple(r[c] for c in cols) for r in table.read().collect())
+
+
+def build(lakehouse, spark):
+    """Appends (one small file each), a partition overwritten twice, model_input at two versions
+    with the older one pinned by a registered model."""
+    log = lakehouse.table("ops.stage_log")
+    for i in range(5):
+        log.write(spark.createDataFrame([(f"run{i}", "ingest", i)], "run_id string, stage string, rows long"),
+                  mode="append")
+    flights = lakehouse.table("silver.flights")
+    for delay in (1.0, 2.0, 3.0):
+        flights.write(spark.createDataFrame([(1, date(2013, 1, 1), delay), (2, date(2013, 1, 2), delay)],
+                                            "flight_id long, date date, delay double"),
+                      mode="overwrite", partition_by=["date"])
+    model_input = lakehouse.table("gold.model_input")
+    for n in (3, 4):
+        model_input.write(spark.createDataFrame([(i, float(i)) for i in range(n)], "row_id long, x double"),
+                          mode="overwrite")
+    entry = registry.ModelEntry("m1", datetime(2026, 1, 1, tzinfo=timezone.utc), "run0", date(2013, 1, 2),
+                                "/models/m1", "gold.model_input", 0, "hash", "code", "{}", "blessed", "first")
+    registry.register(lakehouse, entry)
+    return log, flights, model_input
+
+
+def test_maintenance_compacts_appends_vacuums_stale_files_and_keeps_pinned_versions(lakehouse, spark):
+    log, flights, model_input = build(lakehouse, spark)
+    log_rows, flight_rows = rows(log, "run_id", "rows"), rows(flights, "flight_id", "delay")
+    assert live_files(log) == 5 and len(on_disk(flights)) == 6
+    model_input_files = on_disk(model_input)
+    assert len(model_input_files) > live_files(model_input)   # version 0's files are unreferenced now
+
+    said: list[str] = []
+    done = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000, log=said.append)}
+
+    # The appended table: five files into one, the same rows, one OPTIMIZE commit, old files gone.
+    assert (done["ops.stage_log"].files_before, done["ops.stage_log"].files_after) == (5, 1)
+    assert live_files(log) == 1 and len(on_disk(log)) == 1 and rows(log, "run_id", "rows") == log_rows
+    assert "OPTIMIZE" in [h["operation"] for h in log.history()]
+    # The overwritten partitions: nothing to compact, the files of the older versions deleted.
+    assert done["silver.flights"].compacted == 0 and len(done["silver.flights"].vacuumed) == 4
+    assert len(on_disk(flights)) == 2 and rows(flights, "flight_id", "delay") == flight_rows
+    # gold.model_input is never compacted, and the version the registry pins survives vacuum.
+    assert done["gold.model_input"].kept_versions == [0] and done["gold.model_input"].vacuumed == []
+    assert on_disk(model_input) == model_input_files
+    assert model_input.read(version=0).count() == 3 and model_input.read().count() == 4
+    assert any(s.startswith("[maintain] 4 tables: 10 → 6 live files, deleted 9 unreferenced") for s in said), said
+
+    # A rerun finds nothing to do and commits nothing.
+    versions = {name: lakehouse.table(name).version() for name in done}
+    again = maintain(lakehouse, retention_hours=0, row_group_rows=1000, log=None)
+    assert all(m.compacted == 0 and m.vacuumed == [] for m in again)
+    assert {name: lakehouse.table(name).version() for name in done} == versions
+
+
+def test_the_default_retention_keeps_recent_files_and_a_dry_run_changes_nothing(lakehouse, spark):
+    log, flights, _ = build(lakehouse, spark)
+    before = {name: (lakehouse.table(name).version(), on_disk(lakehouse.table(name)))
+              for name in ("ops.stage_log", "silver.flights", "gold.model_input")}
+    dry = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000, dry_run=True, log=None)}
+    assert dry["ops.stage_log"].compacted == 5 and len(dry["silver.flights"].vacuumed) == 4
+    assert {name: (lakehouse.table(name).version(), on_disk(lakehouse.table(name))) for name in before} == before
+
+    # A week's retention: compaction happens, but every replaced file is too young to delete.
+    done = {m.table: m for m in maintain(lakehouse, retention_hours=168, row_group_rows=1000, log=None)}
+    assert done["ops.stage_log"].files_after == 1 and all(m.vacuumed == [] for m in done.values())
+    assert len(on_disk(log)) == 6 and len(on_disk(flights)) == 6
+
+
+def test_the_command_refuses_while_a_nightly_run_holds_the_lakehouse(cfg, lakehouse, spark):
+    build(lakehouse, spark)
+    command = [sys.executable, "-m", "pipelines.cli", "maintain", "--set", f"lakehouse.root={cfg.lakehouse.root}",
+               "--retention-hours", "0"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    with LakehouseLock(cfg.lakehouse.root, "nightly", "nightly-2013-01-02-test"):
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "refused: the lakehouse is held by run nightly-2013-01-02-test" in proc.stderr
+    assert live_files(lakehouse.table("ops.stage_log")) == 5
+
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[maintain] ops.stage_log: 5 → 1 live files (5 compacted), deleted 5 unreferenced" in proc.stdout
+    assert live_files(lakehouse.table("ops.stage_log")) == 1
+    bad = subprocess.run([*command[:-1], "-1"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "--retention-hours must be at least 0" in bad.stderr
