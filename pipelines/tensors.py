@@ -235,6 +235,23 @@ def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size
     file order, the last batch possibly short. The order depends only on (seed, epoch, rank), so a
     resumed run reads what an uninterrupted one would.
     """
+    for x, y in iter_blocks(split, spec, label=label, batch_size=batch_size, rank=rank, num_ranks=num_ranks,
+                            training=training, epoch=epoch, seed=seed, steps=steps,
+                            shuffle_buffer=shuffle_buffer, reader_threads=reader_threads):
+        for start in range(0, len(y), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in x.items()}, y[start:start + batch_size]
+
+
+def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size: int, rank: int = 0,
+                num_ranks: int = 1, training: bool = True, epoch: int = 0, seed: int = 0,
+                steps: int | None = None, shuffle_buffer: int = 10_000, reader_threads: int = 1
+                ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """The batches of `iter_batches`, back to back in blocks of whole batches (the last one of an
+    evaluation pass possibly short): cut them with `tf.data.Dataset.rebatch(batch_size)`.
+
+    Handing tf.data one block per shuffle buffer instead of one batch at a time keeps the Python
+    generator, which holds the GIL, off the training step's path for all but one batch in ~20.
+    """
     check_shardable(split, num_ranks)
     fields = [*spec.inputs, label]
     reader = _open_reader(split, fields, training, seed, epoch, rank, num_ranks, reader_threads)
@@ -258,20 +275,14 @@ def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size
             full = (pending_rows // batch_size) * batch_size
             if wanted is not None:
                 full = min(full, wanted - emitted)
-            # Convert the block once, then hand out views of it: converting batch by batch cost
-            # ~3 ms per batch of Python on the training step's critical path.
-            x, y = _batch(merged, spec, label, 0, full)
-            for start in range(0, full, batch_size):
-                yield {k: v[start:start + batch_size] for k, v in x.items()}, y[start:start + batch_size]
+            yield _batch(merged, spec, label, 0, full)
             emitted += full
             pending = [{k: v[full:] for k, v in merged.items()}]
             pending_rows -= full
             if wanted is not None and emitted >= wanted:
                 return
         if not training and pending_rows:
-            merged = _concat(pending, fields)
-            for start in range(0, pending_rows, batch_size):
-                yield _batch(merged, spec, label, start, min(start + batch_size, pending_rows))
+            yield _batch(_concat(pending, fields), spec, label, 0, pending_rows)
     finally:
         reader.stop()
         reader.join()
@@ -321,17 +332,19 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
         steps = steps_per_epoch(split.rows, cfg.batch_size, num_ranks, cfg.max_train_rows)
 
         def one_epoch(epoch):
-            return iter_batches(split, spec, training=True, epoch=int(epoch), steps=steps, **common)
+            return iter_blocks(split, spec, training=True, epoch=int(epoch), steps=steps, **common)
 
         dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(
-            lambda epoch: tf.data.Dataset.from_generator(one_epoch, args=(epoch,), output_signature=signature))
+            lambda epoch: tf.data.Dataset.from_generator(one_epoch, args=(epoch,), output_signature=signature)
+            .rebatch(cfg.batch_size))
     else:
         # Keras counts the batches of the first validation pass and expects exactly as many in every
         # later epoch; a pass that came up short would stop this rank alone and break Horovod's
         # collectives (seen once in a benchmark run, on epoch 4 of 4). The first pass is cached, so every
         # epoch validates on the same batches, and later epochs do not read the files again.
-        dataset = tf.data.Dataset.from_generator(
-            lambda: iter_batches(split, spec, training=False, **common), output_signature=signature).cache()
+        dataset = (tf.data.Dataset.from_generator(lambda: iter_blocks(split, spec, training=False, **common),
+                                                  output_signature=signature)
+                   .rebatch(cfg.batch_size).cache())
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
