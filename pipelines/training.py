@@ -106,6 +106,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
 
     started = time.time()
     num_proc = num_proc or cfg.training.num_proc
+    _check_horovod_build_early()
     model_version = model_version or new_model_version()
     model_dir = model_dir_for(cfg, model_version)
     lakehouse = Lakehouse.from_config(cfg, spark)
@@ -176,6 +177,23 @@ def _steady_rate(history: list[dict], initial_epoch: int) -> float:
     ran = [h for h in history if h["epoch"] > initial_epoch]
     steady = ran[1:] or ran or history
     return round(sum(h["samples_per_sec"] for h in steady) / max(1, len(steady)), 1)
+
+
+def _check_horovod_build_early() -> None:
+    """Run Horovod's "was Gloo built?" check now, while this process has not trained yet.
+
+    `horovod.spark.run` asks it by forking this process and importing `horovod.tensorflow` in the
+    child, then reading the answer from a queue; the answer is cached per process. Forked from a
+    process whose TensorFlow and Petastorm threads are running (after a training in this process,
+    as `bench.horovod_scaling` and notebooks do), the child can die before answering, and the run
+    fails with a bare `queue.Empty` (horovod/horovod#2161, #1831). Asked here first, with the
+    arguments `horovod.spark.run` will use (verbose < 2 → False), later runs read the cache.
+    """
+    try:
+        from horovod.common.util import gloo_built
+    except ImportError:
+        return
+    gloo_built(verbose=False)
 
 
 def _run_horovod(plan: TrainingPlan, spark, num_proc: int) -> list[dict]:
