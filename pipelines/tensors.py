@@ -249,8 +249,9 @@ def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size:
     """The batches of `iter_batches`, back to back in blocks of whole batches (the last one of an
     evaluation pass possibly short): cut them with `tf.data.Dataset.rebatch(batch_size)`.
 
-    Handing tf.data one block per shuffle buffer instead of one batch at a time keeps the Python
-    generator, which holds the GIL, off the training step's path for all but one batch in ~20.
+    Handing tf.data one block per shuffle buffer instead of one batch at a time means the Python
+    generator, which holds the GIL, competes with the training step once per block (about five
+    batches of 2,048) instead of once per batch: bench.input_pipeline went from 0.86 to 0.96.
     """
     check_shardable(split, num_ranks)
     fields = [*spec.inputs, label]
