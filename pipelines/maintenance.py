@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from pipelines.lakehouse import Lakehouse, Table
 from pipelines.lakehouse.delta_rs import files_and_bytes, local_path
+from pipelines.registry import MODELS
 
 # Tables whose file layout is part of their contract.
 NOT_COMPACTED = ("gold.model_input",)
-MODELS = "results.models"
 
 
 @dataclass
@@ -40,8 +41,6 @@ class Maintained:
     compacted: int = 0          # files rewritten by compaction (dry run: that share a partition)
     vacuumed: list[str] = field(default_factory=list)   # files deleted (or, dry run, that would be)
     kept_versions: list[int] = field(default_factory=list)
-    version_before: int = 0
-    version_after: int = 0
     note: str = ""
 
     def line(self, dry_run: bool) -> str:
@@ -75,11 +74,8 @@ def sharing_a_partition(dt) -> int:
 
     actions = pa.table(dt.get_add_actions(flatten=True))
     keys = [c for c in actions.column_names if c.startswith("partition.")]
-    per_partition: dict[tuple, int] = {}
-    for row in actions.select(keys).to_pylist() if keys else [{}] * actions.num_rows:
-        key = tuple(row.values())
-        per_partition[key] = per_partition.get(key, 0) + 1
-    return sum(n for n in per_partition.values() if n > 1)
+    partitions = [tuple(row.values()) for row in actions.select(keys).to_pylist()] if keys else [()] * actions.num_rows
+    return sum(n for n in Counter(partitions).values() if n > 1)
 
 
 def maintain_table(table: Table, retention_hours: int, keep_versions: list[int], row_group_rows: int,
@@ -89,7 +85,7 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
 
     dt = table.delta()
     files_before, _ = files_and_bytes(dt)
-    out = Maintained(table.name, files_before, files_before, version_before=dt.version())
+    out = Maintained(table.name, files_before, files_before)
     if table.name in NOT_COMPACTED:
         out.note = "not compacted (its row groups are Petastorm's shard unit)"
     elif dry_run:
@@ -109,7 +105,6 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
     if out.vacuumed and not dry_run:
         dt.vacuum(dry_run=False, **options)
     out.files_after, _ = files_and_bytes(dt)
-    out.version_after = dt.version()
     return out
 
 
@@ -119,9 +114,8 @@ def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dr
     started = time.time()
     pinned = pinned_versions(lakehouse)
     done = []
-    for info in lakehouse.tables():
-        result = maintain_table(lakehouse.table(info.name), retention_hours, pinned.get(info.name, []),
-                                row_group_rows, dry_run)
+    for name in lakehouse.table_names():
+        result = maintain_table(lakehouse.table(name), retention_hours, pinned.get(name, []), row_group_rows, dry_run)
         done.append(result)
         if log and (result.compacted or result.vacuumed or result.kept_versions):
             log(result.line(dry_run))

@@ -219,8 +219,8 @@ class Lakehouse:
         path = self.path(name)
         return Table(name, path, _LazyEngine(self))
 
-    def tables(self) -> list[TableInfo]:
-        """Every table in the lakehouse, by layer and name."""
+    def table_names(self) -> list[str]:
+        """The name of every table in the lakehouse, by layer and name, without opening them."""
         out = []
         root = local_path(self.root)
         for layer in LAYERS:
@@ -230,7 +230,16 @@ class Lakehouse:
             for name in sorted(os.listdir(folder)):
                 path = os.path.join(folder, name)
                 if os.path.isdir(os.path.join(path, "_delta_log")) and DeltaRsEngine.exists(path):
-                    out.append(Table(f"{layer}.{name}", path, None).info(layer))
+                    out.append(f"{layer}.{name}")
+        return out
+
+    def tables(self) -> list[TableInfo]:
+        """Every table in the lakehouse, by layer and name."""
+        root = local_path(self.root)
+        out = []
+        for name in self.table_names():
+            layer, table = name.split(".", 1)
+            out.append(Table(name, os.path.join(root, layer, table), None).info(layer))
         return out
 
     def drop(self, name: str) -> None:
