@@ -201,8 +201,8 @@ def bench_config(root: str | Path, *overrides: str):
 
 
 def start_spark(cfg, app: str):
-    """The SparkSession of `cfg` (pipelines.spark.build_spark), named after the benchmark."""
-    from pipelines.spark import build_spark
+    """The SparkSession of `cfg` (pipelines.storage.spark.build_spark), named after the benchmark."""
+    from pipelines.storage.spark import build_spark
 
     return build_spark(cfg, app_name=f"bench-{app}")
 

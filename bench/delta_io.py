@@ -84,7 +84,7 @@ def run(scales: list[int], repeats: int, quick: bool) -> dict:
     folder = scratch_dir("delta_io")
     cfg = bench_config(folder / "lakehouse", "lakehouse.engine=delta-rs")
     spark = start_spark(cfg, "delta_io")
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     lh = Lakehouse.from_config(cfg, spark)
     limit = 20_000 if quick else None

@@ -1,5 +1,5 @@
 """Horovod: training samples/s with 2 Horovod processes of 1 thread each against 1 process of 1
-thread, same model and data, through `pipelines.training.train(num_proc=1)` and `(num_proc=2)`.
+thread, same model and data, through `pipelines.ml.training.train(num_proc=1)` and `(num_proc=2)`.
 
 How it is measured: `train` logs, per epoch, the samples of all ranks over the epoch's training
 seconds (validation left out; the `Throughput` callback). The steady-state rate is the mean of
@@ -23,7 +23,7 @@ GOAL = 1.8
 
 def train_both(cfg, spark) -> dict:
     """Train with 1 process, then with 2; the rates and wall times of each."""
-    from pipelines.training import train
+    from pipelines.ml.training import train
 
     runs = {}
     # One process first: it trains in this process, before anything else starts TensorFlow here.

@@ -1,11 +1,11 @@
 """Input pipeline: training samples/s when the model reads a pinned Delta snapshot through
-Petastorm (`pipelines.tensors.make_dataset`), against the same model fed from tensors already in
+Petastorm (`pipelines.ml.tensors.make_dataset`), against the same model fed from tensors already in
 memory (`tf.data.Dataset.from_tensor_slices` of the same rows), which is the upper limit. The
 in-memory feed gathers whole batches from the tensors (the fastest feed; the ratio is against it);
 the row-by-row `from_tensor_slices` → shuffle → batch feed is reported beside it.
 
 How: one process, TensorFlow limited to `--threads` threads (training.threads_per_proc, as one
-Horovod rank runs). Both runs train `pipelines.model.build_model` from the same feature spec, with
+Horovod rank runs). Both runs train `pipelines.ml.model.build_model` from the same feature spec, with
 the same seed, batch size and steps per epoch, for `--epochs` epochs; the rate is samples over
 training time of every epoch but the first (which traces the graph and fills the buffers).
 Goal: Petastorm / in-memory >= 0.9.
@@ -49,7 +49,7 @@ def load_rows(split, spec, label: str):
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    from pipelines.tensors import model_inputs
+    from pipelines.ml.inputs import model_inputs
 
     columns = [*spec.inputs, label]
     tables = []
@@ -94,7 +94,7 @@ def fit_rate(dataset, spec, training_cfg, epochs: int, steps: int) -> dict:
     """Train a fresh model on `dataset`; samples/s per epoch and the steady rate (epochs 2..n)."""
     import tensorflow as tf
 
-    from pipelines.model import build_model, compile_model, make_optimizer
+    from pipelines.ml.model import build_model, compile_model, make_optimizer
 
     tf.keras.utils.set_random_seed(training_cfg.seed)
     model = build_model(spec, training_cfg)
@@ -112,8 +112,8 @@ def run(root: str | None, quick: bool, epochs: int | None, rows: int | None, thr
     import tensorflow as tf
 
     from bench.model_input import prepare
-    from pipelines.model import label_for
-    from pipelines.tensors import load_feature_spec, make_dataset, pin_snapshot, steps_per_epoch
+    from pipelines.ml.model import label_for
+    from pipelines.ml.tensors import load_feature_spec, make_dataset, pin_snapshot, steps_per_epoch
 
     epochs = epochs or (2 if quick else 6)
     rows = rows or (20_000 if quick else 200_000)

@@ -21,9 +21,9 @@ REAL_VOCAB_SIZES = {"cat_carrier": 17, "cat_origin": 4, "cat_dest": 105, "cat_ro
 
 def real_columns(cfg) -> tuple[list[str], dict[str, int]]:
     """The numeric model columns the real features produce (flags included) and the categorical
-    ones with their vocabulary sizes, from pipelines/features/nycflights13.py and the dataset YAML."""
-    from pipelines.features import feature_module
-    from pipelines.gold import model_columns
+    ones with their vocabulary sizes, from pipelines/datasets/features/nycflights13.py and the dataset YAML."""
+    from pipelines.datasets.features import feature_module
+    from pipelines.stages.gold import model_columns
 
     numeric, categorical = [], {}
     for col in model_columns(cfg, feature_module(cfg.pipeline.dataset)):
@@ -42,7 +42,7 @@ def prepare(spark, cfg, real_root: str | None, rows: dict[str, int], seed: int =
     When `real_root` holds gold.model_input, its two gold tables are linked in (read in place);
     otherwise a synthetic table of `rows` per split is written. Returns (lakehouse, description).
     """
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     lh = Lakehouse.from_config(cfg, spark)
     if real_root and Lakehouse(real_root).table("gold.model_input").exists():

@@ -2,12 +2,12 @@
 fit, against the pipeline (Spark + Delta + Petastorm + Horovod), on the same landing files.
 
 The peer reads the landing CSVs (the ones `bench.scale` generates, in `landing seed`'s layout),
-deduplicates flights on their key, computes the features of pipelines/features/nycflights13.py
+deduplicates flights on their key, computes the features of pipelines/datasets/features/nycflights13.py
 with pandas (calendar, carrier/origin/dest/route, distance, plane, the weather at the scheduled
 hour or up to 2 hours before, the 7/28-day late rates and mean delays per route, carrier and
 origin-hour, the origin's flights the day before), fits the same feature spec on the training
-window (`pipelines.gold.model_columns`: same columns and missing-value policies), and trains
-`pipelines.model.build_model` for `training.epochs` epochs with the same early stopping.
+window (`pipelines.stages.gold.model_columns`: same columns and missing-value policies), and trains
+`pipelines.ml.model.build_model` for `training.epochs` epochs with the same early stopping.
 The pipeline side is `bench.scale`'s run of every stage with the same epochs.
 
 Reported at ×1 and ×10: end-to-end seconds of each (data generation excluded; Spark start-up
@@ -58,7 +58,7 @@ def read_landing(landing: Path) -> dict:
 
 
 def features(raw: dict, late_minutes: int = 15, windows=(7, 28), lookback_hours: int = 2):
-    """The readable features, one row per flight, as pipelines/features/nycflights13.py defines them."""
+    """The readable features, one row per flight, as pipelines/datasets/features/nycflights13.py defines them."""
     import numpy as np
     import pandas as pd
 
@@ -176,10 +176,10 @@ def run_peer(landing: Path, cfg) -> dict:
     import pandas as pd
     import tensorflow as tf
 
-    from pipelines.features import feature_module
-    from pipelines.gold import model_columns
-    from pipelines.model import build_model, compile_model, make_optimizer
-    from pipelines.tensors import FeatureSpec
+    from pipelines.datasets.features import feature_module
+    from pipelines.stages.gold import model_columns
+    from pipelines.ml.model import build_model, compile_model, make_optimizer
+    from pipelines.ml.inputs import FeatureSpec
 
     times = {}
     t = time.perf_counter()

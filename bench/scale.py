@@ -140,7 +140,7 @@ def _csv(frame) -> bytes:
 def write_landing(tables: dict, cfg) -> dict:
     """Write the grown tables into cfg's landing folder as `landing seed` lays them out; files and rows."""
     from pipelines.datasets import dataset_for
-    from pipelines.landing import split_by_date
+    from pipelines.stages.landing import split_by_date
 
     dataset = dataset_for(cfg)
     landing = Path(cfg.lakehouse.landing)
@@ -227,23 +227,23 @@ def run_factor(factor: int, window: tuple[date, date] | None, root: Path, epochs
 def _run_stage(stage: str, cfg, spark) -> dict:
     """Run one pipeline stage through its public function; the rows it handled where it says."""
     if stage == "ingest":
-        from pipelines import bronze
+        from pipelines.stages import bronze
 
-        results = bronze.ingest(cfg, spark, log=None)
+        results = bronze.ingest(cfg, spark)
         return {"rows": sum(r.rows for r in results), "rejected": sum(r.rejected for r in results)}
     if stage == "clean":
         from pipelines import silver   # built by a teammate; a missing module fails this stage only
 
-        results = silver.clean(cfg, spark, dates=None, log=None)
+        results = silver.clean(cfg, spark, dates=None)
         return {"rows": sum(r.bronze_rows for r in results),
                 "quarantined": sum(r.quarantined for r in results),
                 "duplicates": sum(r.duplicates for r in results)}
     if stage == "features":
-        from pipelines import gold
+        from pipelines.stages import gold
 
-        summary = gold.build_features(cfg, spark, dates=None, log=None)
+        summary = gold.build_features(cfg, spark, dates=None)
         return {"rows": summary.get("flight_features"), "model_input": summary.get("model_input")}
-    from pipelines.training import train
+    from pipelines.ml.training import train
 
     result = train(cfg, spark, verbose=False)
     best = result.best_metrics

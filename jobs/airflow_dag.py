@@ -37,7 +37,7 @@ with DAG(
                    "LAKEHOUSE_LANDING": Variable.get("lakehouse_landing", "/data/landing"),
                    "SPARK_MASTER": Variable.get("spark_master", "local[*]")}
     nightly = BashOperator(task_id="nightly", bash_command=SPARK_SUBMIT, env=cluster_env, append_env=True)
-    # Compaction and vacuum after the night's writes (pipelines/maintenance.py): no Spark, seconds.
+    # Compaction and vacuum after the night's writes (pipelines/ops/maintenance.py): no Spark, seconds.
     maintain = BashOperator(task_id="maintain",
                             bash_command="cd {{ var.value.lakehouse_dl_home }} && "
                                          "LAKEHOUSE_DL_CONF=$PWD/dist/conf PYTHONPATH=dist/lakehouse_dl-0.1.0.zip "

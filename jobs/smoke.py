@@ -8,8 +8,8 @@ import json
 import sys
 
 from pipelines.config import load_config
-from pipelines.lakehouse import Lakehouse
-from pipelines.spark import build_spark
+from pipelines.storage import Lakehouse
+from pipelines.storage.spark import build_spark
 
 
 def pipelines_location(_):

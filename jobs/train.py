@@ -1,6 +1,6 @@
 """spark-submit entry point of one stage, `lakehouse-dl train`.
 
-    spark-submit ... jobs/train.py --env cluster --date 2013-12-30
+    spark-submit ... jobs/train.py --env cluster --table-version 12   # default: the latest version
 """
 import sys
 

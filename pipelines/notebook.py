@@ -17,11 +17,13 @@ def open_lakehouse(*overrides: str):
         >>> lh.table("silver.flights").read().count()
     """
     from pipelines.config import load_config
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.spark import build_spark
+    from pipelines.console import configure_logging
+    from pipelines.storage import Lakehouse
+    from pipelines.storage.spark import build_spark
 
     env = os.environ.get("LAKEHOUSE_DL_ENV", "local")
     sets = shlex.split(os.environ.get("LAKEHOUSE_DL_SET", "")) + list(overrides)
     cfg = load_config(env, sets)
+    configure_logging()   # the stages' progress lines appear under the cell
     spark = build_spark(cfg, app_name="lakehouse-dl notebook")
     return cfg, spark, Lakehouse.from_config(cfg, spark)

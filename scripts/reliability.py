@@ -201,7 +201,7 @@ def _normal(value):
 def fingerprints(root: Path, overrides: list[str]) -> dict[str, tuple[int, str]]:
     """{table: (rows, sha256 of its normalised rows, sorted)} for every table under `root`."""
     from pipelines.config import load_config
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     cfg = load_config("local", [f"lakehouse.root={root}", *overrides])
     lakehouse = Lakehouse.from_config(cfg)
@@ -280,13 +280,13 @@ class Suite:
     def seed_baseline(self) -> None:
         """The raw files every run starts from, seeded once from the package: the days the nightly
         landing stage delivers (first split day to the day after the run date)."""
-        from pipelines import landing
+        from pipelines.stages import landing
         from pipelines.config import load_config
 
         cfg = load_config("local", [f"lakehouse.root={self.work / 'seed'}", *self.overrides])
         first = min(cfg.split(name)[0] for name in cfg.pipeline.splits)
         days = [first + timedelta(days=i) for i in range((self.run_date + timedelta(days=1) - first).days + 1)]
-        landing.seed(cfg, dates=days, log=None)
+        landing.seed(cfg, dates=days)
         shutil.copytree(cfg.lakehouse.landing, self.landing)
         shutil.rmtree(self.work / "seed")
 

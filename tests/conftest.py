@@ -17,7 +17,7 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 def spark():
     """The session-wide local SparkSession, built by the project's own builder."""
     from pipelines.config import load_config
-    from pipelines.spark import build_spark
+    from pipelines.storage.spark import build_spark
 
     cfg = load_config("local", ["spark.master=local[2]", "spark.shuffle_partitions=2",
                                 "spark.conf.spark.ui.showConsoleProgress=false"])
@@ -37,6 +37,6 @@ def cfg(tmp_path):
 @pytest.fixture
 def lakehouse(cfg, spark):
     """An empty lakehouse under tmp_path, with the test session's Spark."""
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     return Lakehouse.from_config(cfg, spark)

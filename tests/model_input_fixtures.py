@@ -65,7 +65,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
     import pandas as pd
     from pyspark.sql import types as T
 
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     spark = lakehouse.spark
     rows = rows or {"train": 4000, "validation": 1000}
@@ -116,7 +116,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
 
 def model_input_lakehouse(spark, root, **kwargs):
     """A Lakehouse at `root` holding the tiny model_input and feature spec (see `write_model_input`)."""
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     lakehouse = Lakehouse(str(root), spark, "delta-rs")
     write_model_input(lakehouse, **kwargs)

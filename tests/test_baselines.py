@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from model_input_fixtures import model_input_lakehouse
-from pipelines.baselines import feature_columns, fit_baselines, model_input_frames
+from pipelines.ml.baselines import feature_columns, fit_baselines, model_input_frames
 
 
 @pytest.fixture(scope="module")

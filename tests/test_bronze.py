@@ -8,10 +8,12 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pytest
+from log_lines import log_lines
 
-from pipelines import bronze, cli
+from pipelines.stages import bronze
+from pipelines import cli
 from pipelines.datasets import load_dataset
-from pipelines.lakehouse import Lakehouse
+from pipelines.storage import Lakehouse
 
 FLIGHTS = load_dataset("nycflights13").source("flights")
 HEADER = ("year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,sched_arr_time,arr_delay,carrier,flight,"
@@ -189,8 +191,8 @@ def bad_week(spark, tmp_path_factory):
                                   header=HEADER.replace(",minute", "")))
     deliver(landing, d4, b"")
     deliver(landing, d6, csv_file(flight_line(d6, 1), flight_line(d6, 2)))
-    messages: list[str] = []
-    [result] = bronze.ingest(cfg, spark, dates=DAYS, sources=["flights"], log=messages.append)
+    with log_lines() as messages:
+        [result] = bronze.ingest(cfg, spark, dates=DAYS, sources=["flights"])
     return Lakehouse.from_config(cfg, spark), result, messages
 
 
@@ -257,11 +259,11 @@ def test_the_same_file_delivered_twice_is_skipped(cfg, spark, lakehouse):
     landing = Path(cfg.lakehouse.landing)
     day = DAYS[0]
     deliver(landing, day, csv_file(flight_line(day, 1), "1,2,3"))
-    [first] = bronze.ingest(cfg, spark, dates=[day], sources=["flights"], log=None)
+    [first] = bronze.ingest(cfg, spark, dates=[day], sources=["flights"])
     tables = ("bronze.flights", "bronze.flights_rejected", "ops.ingest_log")
     before = versions(lakehouse, *tables)
     deliver(landing, day, csv_file(flight_line(day, 1), "1,2,3"))       # the same bytes again
-    [second] = bronze.ingest(cfg, spark, dates=[day], sources=["flights"], log=None)
+    [second] = bronze.ingest(cfg, spark, dates=[day], sources=["flights"])
     assert (first.files_ingested, first.rows, first.rejected) == (1, 1, 1)
     assert (second.files_ingested, second.files_skipped, second.rows) == (0, 1, 0)
     assert versions(lakehouse, *tables) == before
@@ -273,12 +275,12 @@ def test_a_replaced_file_replaces_the_rows_it_brought(cfg, spark, lakehouse):
     d1, d2 = DAYS[0], DAYS[1]
     deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, dep_delay="x"), flight_line(d1, 3)))
     deliver(landing, d2, csv_file(flight_line(d2, 7)))
-    bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"], log=None)
+    bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"])
     day2_before = read_rows(lakehouse, "bronze.flights")
     day2_before = [r for r in day2_before if r["date"] == d2]
 
     deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, dep_delay="5")))   # corrected, one fewer
-    [result] = bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"], log=None)
+    [result] = bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"])
     assert (result.files_ingested, result.files_skipped, result.dates) == (1, 1, [d1])
     rows = read_rows(lakehouse, "bronze.flights")
     assert sorted((r["flight"], r["dep_delay"]) for r in rows if r["date"] == d1) == [(1, 2.0), (2, 5.0)]

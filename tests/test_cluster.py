@@ -42,7 +42,7 @@ def test_the_cluster_has_two_registered_workers(standalone_cluster):
 
 
 def test_spark_submit_writes_a_table_the_test_reads_back(standalone_cluster, dist, tmp_path, spark):
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     root, report = tmp_path / "lakehouse", tmp_path / "smoke.json"
     result = standalone_cluster.submit(

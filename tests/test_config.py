@@ -2,25 +2,37 @@
 errors that name the file and the key."""
 from __future__ import annotations
 
+import shutil
 from datetime import date
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipelines.config import ConfigError, TrainingConfig, config_hash, load_config
+from pipelines.config import PROJECT_ROOT, ConfigError, base_value, config_hash, load_config
 
 
 def make_conf(root: Path, files: dict[str, dict | str]) -> Path:
-    """A conf/ folder under `root` with the given `<layer>/<file>.yaml` contents."""
+    """A conf/ folder under `root`: the project's conf/base (which declares every key), with the
+    given `<layer>/<file>.yaml` contents merged over it (a string replaces the file as it is)."""
     conf = root / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", conf / "base")
     for name, content in files.items():
         path = conf / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict) and path.exists():
+            content = _merged(yaml.safe_load(path.read_text()) or {}, content)
         path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
     (conf / "base").mkdir(parents=True, exist_ok=True)
     (conf / "local").mkdir(parents=True, exist_ok=True)
     return conf
+
+
+def _merged(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for key, value in new.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 @pytest.fixture
@@ -40,7 +52,7 @@ def test_layers_merge_base_then_environment_then_set(conf, tmp_path):
     assert cfg.training.epochs == 3                     # local overrides base
     assert cfg.training.batch_size == 512               # base kept where local is silent
     assert cfg.training.hidden_units == [128, 64]
-    assert cfg.training.learning_rate == TrainingConfig().learning_rate  # the dataclass default where no file speaks
+    assert cfg.training.learning_rate == base_value("training.learning_rate")  # conf/base where no file speaks
     assert cfg.env == "local"
 
     cfg = load_config("local", ["training.epochs=2", "training.hidden_units=[8]",
@@ -48,7 +60,8 @@ def test_layers_merge_base_then_environment_then_set(conf, tmp_path):
                       conf_root=conf)
     assert cfg.training.epochs == 2 and cfg.training.hidden_units == [8]
     assert cfg.training.use_gpu is True
-    assert cfg.spark.conf == {"spark.sql.shuffle.partitions": "3"}
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
+    assert cfg.spark.conf["spark.sql.adaptive.enabled"] == "true"  # conf/base's other properties kept
     assert cfg.split("train") == (date(2013, 1, 1), date(2013, 9, 30))
     assert cfg.root == tmp_path / "lh" and cfg.landing == tmp_path / "lh" / "landing"
 

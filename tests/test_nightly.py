@@ -47,8 +47,8 @@ def counts(lakehouse) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def nightly_lakehouse(tmp_path_factory, spark):
     from pipelines.config import load_config
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.nightly import run_nightly
+    from pipelines.storage import Lakehouse
+    from pipelines.flows.nightly import run_nightly
 
     root = tmp_path_factory.mktemp("nightly") / "lakehouse"
     cfg = load_config("local", overrides(root))
@@ -57,7 +57,7 @@ def nightly_lakehouse(tmp_path_factory, spark):
 
 
 def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
-    from pipelines import registry
+    from pipelines.ml import registry
 
     cfg, lh, record = nightly_lakehouse
     assert record.status == "succeeded" and record.skipped == []
@@ -90,15 +90,26 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
 
 
 def test_running_the_same_date_again_changes_nothing(nightly_lakehouse, spark):
-    from pipelines.nightly import run_nightly
+    from pipelines.flows.nightly import run_nightly
 
     cfg, lh, _ = nightly_lakehouse
-    before = {t.name: (t.rows, t.version) for t in lh.tables()}
+    before = {t.name: (t.rows, t.version, contents(lh, t.name)) for t in lh.tables()}
     again = run_nightly(cfg, spark, RUN_DATE)
     assert again.status == "succeeded" and set(again.skipped) == {
         "landing", "ingest", "clean", "features", "train", "score", "evaluate", "report"}
-    after = {t.name: (t.rows, t.version) for t in lh.tables()}
-    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    after = {t.name: (t.rows, t.version, contents(lh, t.name)) for t in lh.tables()}
+    # Same tables, same row counts, same versions (no commit at all), same rows.
+    assert after.keys() == before.keys()
+    for name in before:
+        assert after[name] == before[name], f"{name} changed: {before[name][:2]} -> {after[name][:2]}"
+
+
+def contents(lh, name: str) -> str:
+    """A digest of a table's rows, whatever their order."""
+    import hashlib
+
+    rows = sorted(repr(sorted(r.items())) for r in lh.table(name).to_arrow().to_pylist())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def copy_of(nightly_lakehouse, tmp_path):
@@ -111,27 +122,27 @@ def copy_of(nightly_lakehouse, tmp_path):
 
 
 def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lakehouse, tmp_path, spark, monkeypatch):
-    from pipelines import nightly
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.runs import last_run
+    from pipelines.flows import nightly
+    from pipelines.storage import Lakehouse
+    from pipelines.ops.runs import last_run
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     lh = Lakehouse.from_config(cfg, spark)
     next_day = date(2013, 2, 21)
     calls = []
-    real_score = nightly.STAGE_FUNCTIONS["score"]
+    real_score = nightly.STAGES["score"]
 
     def broken_score(ctx):
         calls.append("score")
         raise OSError("disk full while scoring")
 
-    monkeypatch.setitem(nightly.STAGE_FUNCTIONS, "score", broken_score)
+    monkeypatch.setitem(nightly.STAGES, "score", broken_score)
     with pytest.raises(nightly.StageError, match="stage 'score'.*disk full.*Run the same command again"):
         nightly.run_nightly(cfg, spark, next_day)
     failed = last_run(lh, "nightly", next_day)
     assert failed["status"] == "failed" and "disk full" in failed["error"]
 
-    monkeypatch.setitem(nightly.STAGE_FUNCTIONS, "score", real_score)
+    monkeypatch.setitem(nightly.STAGES, "score", real_score)
     resumed = nightly.run_nightly(cfg, spark, next_day)
     assert resumed.status == "succeeded"
     assert set(resumed.skipped) == {"landing", "ingest", "clean", "features", "train"}
@@ -143,7 +154,7 @@ def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lak
 
 
 def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):
-    from pipelines.runs import LakehouseLock
+    from pipelines.storage import LakehouseLock
 
     cfg, _, _ = nightly_lakehouse
     with LakehouseLock(cfg.lakehouse.root, "nightly", "run-holding-the-lakehouse"):
@@ -177,8 +188,8 @@ def test_notebooks_run_on_the_slice(nightly_lakehouse, notebook):
 @pytest.mark.cluster
 def test_nightly_through_spark_submit_on_a_standalone_cluster(nightly_lakehouse, tmp_path, standalone_cluster, spark):
     from pipelines.config import load_config
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.runs import last_run
+    from pipelines.storage import Lakehouse
+    from pipelines.ops.runs import last_run
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     dist = subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], capture_output=True,

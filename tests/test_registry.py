@@ -1,7 +1,7 @@
 """The blessing rule and the registry's history of statuses."""
 import json
 
-from pipelines import registry
+from pipelines.ml import registry
 
 
 def entry(version, status, auc):

@@ -14,9 +14,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from log_lines import log_lines
 
-from pipelines import bronze, landing, silver
-from pipelines.lakehouse import Lakehouse
+from pipelines.stages import bronze, landing, silver
+from pipelines.storage import Lakehouse
 
 PROJECT = Path(__file__).resolve().parents[1]
 HEADER = ("year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,sched_arr_time,arr_delay,carrier,flight,"
@@ -114,7 +115,7 @@ def corpus_lakehouse(spark, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus") / "lakehouse"
     cfg = load_config("local", [f"lakehouse.root={root}", "spark.master=local[2]"])
-    landing.seed(cfg, dates=GOOD_DAYS, log=None)
+    landing.seed(cfg, dates=GOOD_DAYS)
     delivered = corpus()
     land = Path(cfg.lakehouse.landing)
     for d, content in delivered.items():
@@ -125,9 +126,9 @@ def corpus_lakehouse(spark, tmp_path_factory):
     feed_path(land, day(12), ".csv.gz").write_bytes(gzip.compress(csv_text(line(day(12), 1)).encode()))
     for d in GOOD_DAYS:
         delivered[d] = feed_path(land, d).read_bytes()
-    messages: list[str] = []
-    ingested = {r.table: r for r in bronze.ingest(cfg, spark, dates=None, log=messages.append)}
-    cleaned = {r.table: r for r in silver.clean(cfg, spark, dates=None, log=messages.append)}
+    with log_lines() as messages:
+        ingested = {r.table: r for r in bronze.ingest(cfg, spark, dates=None)}
+        cleaned = {r.table: r for r in silver.clean(cfg, spark, dates=None)}
     return cfg, Lakehouse.from_config(cfg, spark), delivered, ingested, cleaned, messages
 
 
@@ -284,8 +285,8 @@ def test_the_same_file_name_with_other_content_replaces_its_day_in_bronze_silver
     # Day 4 again, corrected: the bad types fixed, the rule breakers gone, one new bad line.
     feed_path(Path(cfg.lakehouse.landing), d4).write_text(
         csv_text(line(d4, 1), line(d4, 2), line(d4, 8), line(d4, 9, carrier="ZZ"), "2013,1,4"))
-    [result] = bronze.ingest(cfg, spark, dates=None, sources=["flights"], log=None)
-    silver.clean(cfg, spark, dates=result.dates, log=None)
+    [result] = bronze.ingest(cfg, spark, dates=None, sources=["flights"])
+    silver.clean(cfg, spark, dates=result.dates)
     assert (result.files_ingested, result.dates) == (1, [d4])
     assert silver_books(lh)[d4] == (4, 3, 1, 0)
     assert rejected_reasons(lh)[rel(d4)] == ["expected 19 fields, found 3"]

@@ -6,8 +6,8 @@ from datetime import date
 
 import pytest
 
-from pipelines.runs import (LakehouseLock, LockHeldError, RunRecord, finished_stages, log_stage, new_run_id,
-                            record_run)
+from pipelines.storage import LakehouseLock, LockHeldError
+from pipelines.ops.runs import RunRecord, finished_stages, log_stage, new_run_id, record_run
 
 
 def test_second_holder_is_refused_with_the_holder_named(tmp_path):
@@ -45,7 +45,7 @@ def test_run_record_and_stage_log(lakehouse):
 def test_evaluating_a_date_again_replaces_its_live_metrics(lakehouse):
     """A run killed after evaluate wrote its metrics is resumed under a new run id: the live metrics
     of that date are replaced, not duplicated, while other dates' and other splits' rows stay."""
-    from pipelines import results
+    from pipelines.ml import results
 
     day, other_day = date(2013, 5, 1), date(2013, 5, 2)
     live = {"model_version": "v1", "model": "dnn", "rows": 100, "positives": 20, "auc": 0.7, "log_loss": 0.5,

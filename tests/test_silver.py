@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import bronze, landing, silver
-from pipelines.bronze import AccountingError
+from pipelines.stages import bronze, landing, silver
+from pipelines.stages.accounting import AccountingError, verify_silver
 from pipelines.datasets import load_dataset
 
 SHOP = {
@@ -73,8 +73,8 @@ def shop(cfg, tmp_path):
 
 
 def run(cfg, spark, dataset, dates=None):
-    bronze.ingest(cfg, spark, dates=dates, dataset=dataset, log=None)
-    return {r.table: r for r in silver.clean(cfg, spark, dates=dates, dataset=dataset, log=None)}
+    bronze.ingest(cfg, spark, dates=dates, dataset=dataset)
+    return {r.table: r for r in silver.clean(cfg, spark, dates=dates, dataset=dataset)}
 
 
 def counts(lh, *names: str) -> dict[str, int]:
@@ -139,14 +139,14 @@ def test_running_a_date_again_replaces_its_rows(cfg, spark, lakehouse, shop):
 def test_accounting_that_does_not_add_up_fails_loudly(cfg, spark, lakehouse, shop):
     run(cfg, spark, shop)
     orders = shop.source("orders")
-    silver.verify_accounting(lakehouse, orders, [DAY], {DAY: 1})
+    verify_silver(lakehouse, orders, [DAY], {DAY: 1})
     with pytest.raises(AccountingError, match=r"2024-03-01: bronze 9 != silver 4 \+ quarantined 4 \+ duplicates 0"):
-        silver.verify_accounting(lakehouse, orders, [DAY], {DAY: 0})
+        verify_silver(lakehouse, orders, [DAY], {DAY: 0})
 
 
 def test_clean_before_ingest_says_what_to_run(cfg, spark, shop):
     with pytest.raises(ValueError, match="run `lakehouse-dl ingest` first"):
-        silver.clean(cfg, spark, dataset=shop, sources=["stores"], log=None)
+        silver.clean(cfg, spark, dataset=shop, sources=["stores"])
 
 
 def test_rules_on_a_literal_frame(spark, shop):
@@ -168,9 +168,9 @@ def test_rules_on_a_literal_frame(spark, shop):
 @pytest.mark.slow
 def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lakehouse):
     days = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]
-    landing.seed(cfg, dates=days, log=None)
-    bronze.ingest(cfg, spark, dates=days, log=None)
-    results = {r.table: r for r in silver.clean(cfg, spark, dates=days, log=None)}
+    landing.seed(cfg, dates=days)
+    bronze.ingest(cfg, spark, dates=days)
+    results = {r.table: r for r in silver.clean(cfg, spark, dates=days)}
     flights = results["silver.flights"]
     assert flights.bronze_rows == lakehouse.table("bronze.flights").count() == 2699   # 842 + 943 + 914 lines
     assert flights.bronze_rows == flights.silver_rows + flights.quarantined + flights.duplicates
@@ -185,7 +185,7 @@ def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lake
     tables = [t.name for t in lakehouse.tables()]
     before = counts(lakehouse, *tables)
     bronze_version = lakehouse.table("bronze.flights").version()
-    bronze.ingest(cfg, spark, dates=[days[1]], log=None)
-    silver.clean(cfg, spark, dates=[days[1]], log=None)
+    bronze.ingest(cfg, spark, dates=[days[1]])
+    silver.clean(cfg, spark, dates=[days[1]])
     assert counts(lakehouse, *tables) == before
     assert lakehouse.table("bronze.flights").version() == bronze_version     # nothing new: nothing written

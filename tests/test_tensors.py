@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from model_input_fixtures import CATEGORICAL, NUMERIC, model_input_lakehouse, write_model_input
-from pipelines import tensors
-from pipelines.tensors import SplitFiles, TensorInputError
+from pipelines.ml import tensors
+from pipelines.ml.tensors import SplitFiles
+from pipelines.ml.inputs import TensorInputError
 
 
 @pytest.fixture(scope="module")

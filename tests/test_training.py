@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from model_input_fixtures import model_input_lakehouse, training_config
-from pipelines import tensors
-from pipelines.model import build_model, compile_model, load_model, make_optimizer
-from pipelines.training import STATE_FILE, TrainingError, read_state, train
+from pipelines.ml import tensors
+from pipelines.ml.model import build_model, compile_model, load_model, make_optimizer
+from pipelines.ml.training import STATE_FILE, TrainingError, read_state, train
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,11 @@ class StopAfterEpoch(tf.keras.callbacks.Callback):
             raise RuntimeError(f"simulated failure after epoch {self.epoch}")
 
 
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
 def constant_predictor_loss(labels: np.ndarray) -> float:
     p = labels.mean()
     return float(-(p * math.log(p) + (1 - p) * math.log(1 - p)))
@@ -47,7 +52,7 @@ def constant_predictor_loss(labels: np.ndarray) -> float:
 def test_single_process_learns_saves_and_is_reproducible(root, reference):
     cfg = training_config(root)
     val = tensors.pin_snapshot(tensors_lakehouse(root)).splits["validation"]
-    spec = tensors.FeatureSpec.from_dict(json.load(open(os.path.join(reference.model_dir, "feature_spec.json"))))
+    spec = tensors.FeatureSpec.from_dict(read_json(os.path.join(reference.model_dir, "feature_spec.json")))
     labels = np.concatenate([y.ravel() for _, y in tensors.iter_batches(
         val, spec, label="label", batch_size=500, training=False)])
 
@@ -59,7 +64,7 @@ def test_single_process_learns_saves_and_is_reproducible(root, reference):
     assert reference.rows == {"train": 4000, "validation": 1000}
     assert reference.samples_per_sec > 0 and reference.wall_seconds > 0
     assert reference.model_path == os.path.join(root, "models", "reference", "model.keras")
-    saved = json.load(open(os.path.join(reference.model_dir, "result.json")))
+    saved = read_json(os.path.join(reference.model_dir, "result.json"))
     assert saved["best_epoch"] == reference.best_epoch
 
     # The saved model is the best epoch's weights and predicts like the model in memory did.
@@ -74,7 +79,7 @@ def test_single_process_learns_saves_and_is_reproducible(root, reference):
 
 
 def tensors_lakehouse(root):
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.storage import Lakehouse
 
     return Lakehouse(root)
 
@@ -105,7 +110,7 @@ def test_resume_continues_the_epoch_count_and_ends_like_an_uninterrupted_run(roo
 
 def test_train_command_parses_and_summarises(root, reference):
     from pipelines.cli import build_parser
-    from pipelines.commands.train import summary_lines
+    from pipelines.cli.train import summary_lines
 
     args = build_parser().parse_args(["train", "--model-version", "m1", "--table-version", "3", "--baselines", "none"])
     assert (args.model_version, args.table_version, args.baselines) == ("m1", 3, "none")
@@ -130,7 +135,7 @@ def test_two_horovod_processes_take_the_same_step_as_one_process_on_the_joined_b
     assert result.num_proc == 2 and len(result.history) == 1 and os.path.exists(result.model_path)
 
     snap = tensors.pin_snapshot(tensors_lakehouse(root))
-    spec = tensors.FeatureSpec.from_dict(json.load(open(os.path.join(result.model_dir, "feature_spec.json"))))
+    spec = tensors.FeatureSpec.from_dict(read_json(os.path.join(result.model_dir, "feature_spec.json")))
     batches = [next(tensors.iter_batches(snap.splits["train"], spec, label="label", batch_size=64, rank=r,
                                          num_ranks=2, training=True, epoch=0, seed=cfg.training.seed, steps=1,
                                          shuffle_buffer=cfg.training.shuffle_buffer)) for r in range(2)]

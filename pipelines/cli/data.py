@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import time
 
+from pipelines.cli.common import date_range, spark_for
+from pipelines.config import ConfigError
+from pipelines.datasets import dataset_for
+
 
 def add_commands(sub, common, dates) -> None:
     """Add the landing, ingest and clean subcommands to the `lakehouse-dl` parser."""
@@ -31,17 +35,12 @@ def add_commands(sub, common, dates) -> None:
 
 
 def _dates_or_none(args):
-    from pipelines.cli import date_range
-
     return date_range(args) or None
 
 
 def _dataset(cfg, sources: list[str] | None):
     """The configured dataset, checked before Spark starts; SystemExit with a clear message if the
     dataset file is wrong or --source names a source it does not declare."""
-    from pipelines.config import ConfigError
-    from pipelines.datasets import dataset_for
-
     try:
         dataset = dataset_for(cfg)
     except ConfigError as exc:
@@ -54,7 +53,7 @@ def _dataset(cfg, sources: list[str] | None):
 
 
 def run_landing_seed(args, cfg) -> int:
-    from pipelines import landing
+    from pipelines.stages import landing
 
     results = landing.seed(cfg, dates=_dates_or_none(args), dataset=_dataset(cfg, None))
     print(f"[landing] {sum(r.files_written for r in results):,} files written, "
@@ -63,8 +62,7 @@ def run_landing_seed(args, cfg) -> int:
 
 
 def run_ingest(args, cfg) -> int:
-    from pipelines import bronze
-    from pipelines.cli import spark_for
+    from pipelines.stages import bronze
 
     days = _dates_or_none(args)
     dataset = _dataset(cfg, args.sources)
@@ -77,8 +75,7 @@ def run_ingest(args, cfg) -> int:
 
 
 def run_clean(args, cfg) -> int:
-    from pipelines import silver
-    from pipelines.cli import spark_for
+    from pipelines.stages import silver
 
     days = _dates_or_none(args)
     dataset = _dataset(cfg, args.sources)

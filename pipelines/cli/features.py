@@ -1,6 +1,8 @@
 """`lakehouse-dl features`: silver → gold.flight_features, gold.feature_spec, gold.model_input."""
 from __future__ import annotations
 
+from pipelines.cli.common import date_range, spark_for
+
 
 def add_commands(sub, common, dates) -> None:
     """Add the `features` subcommand to the `lakehouse-dl` parser."""
@@ -18,8 +20,7 @@ def add_commands(sub, common, dates) -> None:
 
 
 def run_features(args, cfg) -> int:
-    from pipelines.cli import date_range, spark_for
-    from pipelines.gold import FeaturesError, build_features
+    from pipelines.stages.gold import FeaturesError, build_features
 
     days = date_range(args) or None
     spark = spark_for(cfg, "features")

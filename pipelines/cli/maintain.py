@@ -1,4 +1,4 @@
-"""`lakehouse-dl maintain`: compact small files and vacuum unreferenced ones (pipelines/maintenance.py)."""
+"""`lakehouse-dl maintain`: compact small files and vacuum unreferenced ones (pipelines/ops/maintenance.py)."""
 from __future__ import annotations
 
 import sys
@@ -15,9 +15,9 @@ def add_commands(sub, common, dates) -> None:
 
 
 def run_maintain(args, cfg) -> int:
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.maintenance import maintain
-    from pipelines.runs import LakehouseLock, LockHeldError, new_run_id
+    from pipelines.ops.maintenance import maintain
+    from pipelines.ops.runs import new_run_id
+    from pipelines.storage import Lakehouse, LakehouseLock, LockHeldError
 
     hours = cfg.lakehouse.vacuum_retention_hours if args.retention_hours is None else args.retention_hours
     if hours < 0:

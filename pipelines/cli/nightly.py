@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from datetime import date
 
+from pipelines.cli.common import date_range, spark_for
+
 
 def add_commands(sub, common, dates) -> None:
     p = sub.add_parser("nightly", help="the whole chain for one day: landing → … → report (idempotent, resumable)")
@@ -26,8 +28,7 @@ def add_commands(sub, common, dates) -> None:
 
 
 def run_nightly_command(args, cfg) -> int:
-    from pipelines.cli import date_range, spark_for
-    from pipelines.nightly import run_nightly
+    from pipelines.flows.nightly import run_nightly
 
     days = date_range(args)
     if len(days) != 1:
@@ -36,8 +37,7 @@ def run_nightly_command(args, cfg) -> int:
 
 
 def run_backfill_command(args, cfg) -> int:
-    from pipelines.cli import date_range, spark_for
-    from pipelines.nightly import run_backfill
+    from pipelines.flows.nightly import run_backfill
 
     days = date_range(args)
     if not days:
@@ -46,8 +46,7 @@ def run_backfill_command(args, cfg) -> int:
 
 
 def run_main_command(args, cfg) -> int:
-    from pipelines.cli import spark_for
-    from pipelines.nightly import run_nightly
+    from pipelines.flows.nightly import run_nightly
 
     day = date.fromisoformat(cfg.nightly.default_date)
     return _guarded(lambda: run_nightly(cfg, spark_for(cfg, "run"), day, force=args.force), cfg)
@@ -55,8 +54,8 @@ def run_main_command(args, cfg) -> int:
 
 def _guarded(job, cfg) -> int:
     """Run the job; print the summary on success, one clear line on failure; exit code for schedulers."""
-    from pipelines.nightly import StageError
-    from pipelines.runs import LockHeldError
+    from pipelines.flows.stages import StageError
+    from pipelines.storage import LockHeldError
 
     try:
         record = job()
@@ -71,9 +70,8 @@ def _guarded(job, cfg) -> int:
 
 
 def print_summary(cfg, record) -> None:
-    from pipelines import registry, results
-    from pipelines.cli import spark_for
-    from pipelines.lakehouse import Lakehouse
+    from pipelines.ml import registry, results
+    from pipelines.storage import Lakehouse
 
     lakehouse = Lakehouse.from_config(cfg, spark_for(cfg, "summary"))
     print()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pipelines.cli.common import spark_for
+
 
 def add_commands(sub, common, dates) -> None:
     """Add the `train` subcommand."""
@@ -19,29 +21,16 @@ def add_commands(sub, common, dates) -> None:
 
 
 def run_train(args, cfg) -> int:
-    from pipelines.baselines import fit_baselines, model_input_frames
-    from pipelines.cli import spark_for
-    from pipelines.lakehouse import Lakehouse
-    from pipelines.training import train
+    from pipelines.ml.candidate import compare_with_baselines
+    from pipelines.ml.training import train
+    from pipelines.storage import Lakehouse
 
     kinds = cfg.training.baselines if args.baselines is None else [
         k.strip() for k in args.baselines.split(",") if k.strip() and k.strip() != "none"]
     spark = spark_for(cfg, "train")
     result = train(cfg, spark, model_version=args.model_version, table_version=args.table_version,
                    spec_version=args.spec_version)
-    baselines = {}
-    if kinds and cfg.training.head == "classification":
-        version = result.table_versions["gold.model_input"]
-        frames = model_input_frames(Lakehouse.from_config(cfg, spark), version)
-        baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
-        # The model's AUC over the whole validation split, computed like the baselines' (the
-        # epoch lines show the mean of each rank's AUC on its shard, which is close, not equal).
-        from pipelines.evaluation import binary_metrics
-        from pipelines.modeling import dnn_scores
-
-        scored = dnn_scores(frames["validation"], result.model_path, cfg.training.threshold)
-        result.best_metrics = {**result.best_metrics,
-                               "val_auc": binary_metrics(scored, cfg.training.threshold).auc}
+    baselines = compare_with_baselines(cfg, spark, Lakehouse.from_config(cfg, spark), result, kinds)
     for line in summary_lines(result, baselines):
         print(line)
     if args.json:

@@ -2,7 +2,7 @@
 
 `conf/base/*.yaml` holds what every environment shares; `conf/<env>/*.yaml` overrides only what
 differs; `--set key=value` overrides single keys. Every value is checked against the dataclasses
-below before Spark starts, and an error names the file and the key that caused it. Values may
+of `pipelines.config.settings` before Spark starts, and an error names the file and the key that caused it. Values may
 refer to environment variables as `${NAME}` (the only place secrets may come from).
 
     >>> cfg = load_config(env="local", overrides=["training.epochs=2"])
@@ -15,109 +15,20 @@ import dataclasses
 import os
 import re
 import typing
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pipelines.config.settings import Config
+
+# The project folder: conf/ and the default lakehouse lie beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names where."""
-
-
-@dataclass
-class SparkConfig:
-    app_name: str = "lakehouse-dl"
-    master: str = "local[*]"
-    log_level: str = "WARN"
-    shuffle_partitions: int = 8
-    conf: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class LakehouseConfig:
-    root: str = "./lakehouse"
-    landing: str = "landing"
-    engine: Literal["auto", "delta-rs", "jvm"] = "auto"
-    target_file_rows: int = 500_000
-    row_group_rows: int = 131_072
-    model_input_row_group_rows: int = 4_096
-    vacuum_retention_hours: int = 168
-
-
-@dataclass
-class PipelineConfig:
-    dataset: str = "nycflights13"
-    splits: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass
-class TrainingConfig:
-    num_proc: int = 2
-    threads_per_proc: int = 1
-    use_gpu: bool = False
-    head: Literal["classification", "regression"] = "classification"
-    hidden_units: list[int] = field(default_factory=lambda: [128, 64])
-    wide: bool = True
-    dropout: float = 0.3
-    l2: float = 1e-4
-    embedding_dim: int = 4
-    optimizer: Literal["adam", "sgd", "rmsprop"] = "adam"
-    momentum: float = 0.9
-    learning_rate: float = 2e-4
-    warmup_epochs: int = 0
-    batch_size: int = 2048
-    epochs: int = 16
-    early_stopping_patience: int = 4
-    shuffle_buffer: int = 10_000
-    seed: int = 42
-    local_cache: bool = False
-    max_train_rows: int = 0
-    threshold: float = 0.5
-    regression_loss: Literal["huber", "mse"] = "huber"
-    huber_delta: float = 15.0
-    reader_threads: int = 1
-    baselines: list[Literal["logreg", "gbt"]] = field(default_factory=lambda: ["logreg"])
-
-
-@dataclass
-class NightlyConfig:
-    retrain_every_days: int = 7
-    # Besides tomorrow, score this many earlier days again (their outcomes feed the live metrics).
-    score_days_back: int = 7
-    # The date `lakehouse-dl run` (and `make run`) runs the nightly job for.
-    default_date: str = "2013-12-30"
-
-
-@dataclass
-class Config:
-    env: str = "local"
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    lakehouse: LakehouseConfig = field(default_factory=LakehouseConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    nightly: NightlyConfig = field(default_factory=NightlyConfig)
-
-    @property
-    def root(self) -> Path:
-        """The lakehouse root as an absolute path."""
-        return Path(self.lakehouse.root)
-
-    @property
-    def landing(self) -> Path:
-        return Path(self.lakehouse.landing)
-
-    def split(self, name: str) -> tuple[date, date]:
-        """The inclusive (start, end) dates of a split named in `pipeline.splits`."""
-        start, end = self.pipeline.splits[name]
-        return date.fromisoformat(start), date.fromisoformat(end)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,11 +159,13 @@ def _build(cls: type, data: Any, origin: dict[str, str], prefix: str) -> Any:
         if key not in names:
             dotted = f"{prefix}{key}"
             raise ConfigError(f"{_where(origin, dotted)}: unknown key '{dotted}' (allowed here: {', '.join(sorted(names))})")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], origin, f"{prefix}{f.name}")
-    return cls(**kwargs)
+    missing = [f"{prefix}{f.name}" for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise ConfigError(f"key{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+                          f"{'are' if len(missing) > 1 else 'is'} not set in any layer: conf/base declares every key "
+                          "with its default value")
+    return cls(**{f.name: _coerce(hints[f.name], data[f.name], origin, f"{prefix}{f.name}")
+                  for f in dataclasses.fields(cls)})
 
 
 def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str) -> Any:
@@ -353,3 +266,17 @@ def config_hash(cfg: Config) -> str:
     import json
 
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def base_value(key: str) -> Any:
+    """The value `conf/base` gives a dotted key: the default, for code built without a Config
+    (a `Lakehouse(root, spark)` opened in a notebook or test)."""
+    merged: dict[str, Any] = {}
+    for path in sorted((conf_dir() / "base").glob("*.yaml")):
+        _merge(merged, _read_yaml(path), {}, str(path), prefix="")
+    value: Any = merged
+    for part in _split_key(key):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"conf/base does not declare the key '{key}'")
+        value = value[part]
+    return value

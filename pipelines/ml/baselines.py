@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import time
 
+from pipelines import catalog
+from pipelines.catalog import MODEL_INPUT
+
 BASELINES = ("logreg", "gbt")
 
 
 def model_input_frames(lakehouse, version: int, splits: tuple[str, ...] = ("train", "validation"),
-                       table: str = "gold.model_input") -> dict:
+                       table: str = MODEL_INPUT) -> dict:
     """The rows of each split of `table` at `version`, as Spark DataFrames (the model's exact inputs)."""
     from pyspark.sql import functions as F
 
+    [split_column] = catalog.entry(table).partition_by
     df = lakehouse.table(table).read(version=version)
-    return {split: df.filter(F.col("split") == split) for split in splits}
+    return {split: df.filter(F.col(split_column) == split) for split in splits}
 
 
 def feature_columns(columns: list[str]) -> tuple[list[str], list[str]]:

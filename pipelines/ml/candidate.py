@@ -1,6 +1,6 @@
 """Train a candidate, measure it against the MLlib baselines, and register it: the nightly train stage.
 
-The candidate (Horovod + Petastorm, `pipelines.training.train`), a logistic regression and
+The candidate (Horovod + Petastorm, `pipelines.ml.training.train`), a logistic regression and
 gradient-boosted trees are all measured on the same pinned `gold.model_input` version, on the
 train, validation and test splits. The candidate is blessed only when its validation AUC beats
 both the logistic regression and the blessed model (measured again on the same rows).
@@ -8,15 +8,22 @@ both the logistic regression and the blessed model (measured again on the same r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import date
 
-from pipelines import registry, results
-from pipelines.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.catalog import MODEL_INPUT
+from pipelines.config import config_hash
+from pipelines.ml import registry, results
+from pipelines.ml.baselines import fit_baselines, model_input_frames
+from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.scoring import score
+from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-ROC_FILE = "roc_test.json"
 
 
 @dataclass
@@ -28,43 +35,34 @@ class Candidate:
 
 def model_version_for(cfg, run_date: date) -> str:
     """Stable per date and configuration, so a nightly run that failed mid-training resumes it."""
-    from pipelines.config import config_hash
-
     return f"{run_date:%Y%m%d}-{config_hash(cfg)[:8]}"
 
 
 def dnn_scores(df, model_path: str, threshold: float):
     """`df` scored by the saved model: flight_id, label, score, predicted_label."""
-    from pipelines.scoring import score
-
     return score(df, model_path, threshold=threshold, key_columns=("flight_id", "label"))
 
 
 def baseline_scores(df, fitted):
     """`df` scored by a fitted MLlib pipeline: flight_id, label, score (probability of late)."""
     from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
 
     return fitted.transform(df).select("flight_id", "label",
                                        vector_to_array("probability")[1].alias("score"))
 
 
 def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
-    from pipelines.baselines import fit_baselines, model_input_frames
-    from pipelines.training import RESULT_FILE, TrainingResult, model_dir_for, train
-
     threshold = cfg.training.threshold
     version_name = model_version_for(cfg, run_date)
-    finished = os.path.join(model_dir_for(cfg, version_name), RESULT_FILE)
-    if os.path.exists(finished):
+    result = read_result(model_dir_for(cfg, version_name))
+    if result is not None:
         # Trained by a run that died before registering it: measure and register that model.
-        print(f"[train] model {version_name} was trained by an earlier attempt; registering it")
-        result = TrainingResult(**json.load(open(finished)))
+        log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
     else:
         result = train(cfg, spark, model_version=version_name)
-    version = result.table_versions["gold.model_input"]
+    version = result.table_versions[MODEL_INPUT]
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
-    print(f"[train] baselines: logistic regression and gradient-boosted trees on gold.model_input v{version}")
+    log.info(f"[train] baselines: logistic regression and gradient-boosted trees on {MODEL_INPUT} v{version}")
     baselines = fit_baselines(spark, frames["train"], frames["validation"], seed=cfg.training.seed)
 
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold)}
@@ -75,7 +73,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     metrics, roc = [], {}
     for split in SPLITS:
         if frames[split].limit(1).count() == 0:
-            print(f"[train] no {split} rows in gold.model_input v{version}: no {split} metrics")
+            log.info(f"[train] no {split} rows in {MODEL_INPUT} v{version}: no {split} metrics")
             continue
         for name, scorer in scorers.items():
             scored = scorer(frames[split]).cache()
@@ -104,7 +102,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     summary = {f"{split}_{m['model']}_auc": m["auc"] for split in SPLITS for m in metrics if m["split"] == split}
     entry = registry.ModelEntry(
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
-        path=result.model_path, training_table="gold.model_input", training_version=version,
+        path=result.model_path, training_table=MODEL_INPUT, training_version=version,
         config_hash=result.config_hash, code_version=registry.code_version(),
         metrics=json.dumps({"validation_auc": auc("dnn"), "logreg_validation_auc": auc("logreg"),
                             "gbt_validation_auc": auc("gbt"), "best_epoch": result.best_epoch,
@@ -114,8 +112,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     registry.register(lakehouse, entry)
     for frame in frames.values():
         frame.unpersist()
-    print(f"[train] model {result.model_version}: {status} ({reason})")
-    _print_comparison(metrics)
+    log.info(f"[train] model {result.model_version}: {status} ({reason})")
+    for line in comparison_lines(metrics):
+        log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
 
 
@@ -125,18 +124,36 @@ def _auc_of(entry: registry.ModelEntry, validation, threshold: float) -> float |
         return binary_metrics(dnn_scores(validation, entry.path, threshold), threshold).auc
     except Exception as exc:  # a model of an older feature spec may not accept today's columns
         recorded = entry.metric.get("validation_auc")
-        print(f"[train] blessed model {entry.model_version} cannot score today's validation rows ({exc}); "
-              f"comparing with its recorded validation AUC {recorded}")
+        log.warning(f"[train] blessed model {entry.model_version} cannot score today's validation rows ({exc}); "
+                    f"comparing with its recorded validation AUC {recorded}")
         return recorded
 
 
-def _print_comparison(metrics: list[dict]) -> None:
+def comparison_lines(metrics: list[dict]) -> list[str]:
+    """The AUC of every model on every split, as a small table (one line per model)."""
     models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n))
     splits = [s for s in SPLITS if any(m["split"] == s for m in metrics)]
-    print("[train] AUC        " + "".join(f"{s:>12}" for s in splits))
+    lines = ["[train] AUC        " + "".join(f"{s:>12}" for s in splits)]
     for model in models:
         cells = []
         for s in splits:
             v = next((m["auc"] for m in metrics if m["model"] == model and m["split"] == s), float("nan"))
             cells.append(f"{v:>12.4f}")
-        print(f"[train] {model:10}" + "".join(cells))
+        lines.append(f"[train] {model:10}" + "".join(cells))
+    return lines
+
+
+def compare_with_baselines(cfg, spark, lakehouse, result: TrainingResult, kinds: list[str]) -> dict[str, dict]:
+    """Fit the baselines `kinds` on the rows `result` was trained on and measure the model's AUC
+    over the whole validation split the same way (`lakehouse-dl train`); returns the baselines'
+    results and sets `result.best_metrics["val_auc"]` to that AUC.
+
+    The epoch lines show the mean of each rank's AUC on its shard, which is close, not equal.
+    """
+    if not kinds or cfg.training.head != "classification":
+        return {}
+    frames = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT])
+    baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
+    scored = dnn_scores(frames["validation"], result.model_path, cfg.training.threshold)
+    result.best_metrics = {**result.best_metrics, "val_auc": binary_metrics(scored, cfg.training.threshold).auc}
+    return baselines

@@ -6,7 +6,9 @@ columns, and an MLP with a late-arrival (sigmoid) or arrival-delay (regression) 
 """
 from __future__ import annotations
 
-from pipelines.tensors import FeatureSpec
+import os
+
+from pipelines.ml.inputs import FeatureSpec
 
 # The target column of model_input for each head.
 LABELS = {"classification": "label", "regression": "arr_delay"}
@@ -106,8 +108,26 @@ def compile_model(model, training_cfg, optimizer) -> None:
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
-def load_model(path: str):
-    """A saved model (`<root>/models/<model_version>/model.keras`) ready for `predict`, without optimizer."""
-    import tensorflow as tf
+# Loaded models of this process, by path and file time: Spark reuses its Python workers, so a
+# scoring task loads a model once per worker, not once per batch.
+_LOADED: dict[tuple[str, float], object] = {}
 
-    return tf.keras.models.load_model(path, compile=False)
+
+def load_model(path: str):
+    """A saved model (`<root>/models/<model_version>/model.keras`) ready for `predict`, without
+    optimizer; loaded once per process (again if the file changed). Training's evaluation,
+    scoring, the candidate's metrics and notebooks all load models through here.
+
+        >>> model = load_model(entry.path)
+        >>> model.predict(model_inputs(frame, spec_of_model(model)))
+    """
+    key = (path, os.path.getmtime(path))
+    model = _LOADED.get(key)
+    if model is None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        model = tf.keras.models.load_model(path, compile=False)
+        _LOADED.clear()   # one model at a time is what every caller needs; keeps a worker's memory flat
+        _LOADED[key] = model
+    return model

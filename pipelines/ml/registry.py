@@ -11,9 +11,9 @@ import subprocess
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 
+from pipelines import __version__
+from pipelines.catalog import MODELS
 from pipelines.config import PROJECT_ROOT
-
-MODELS = "results.models"
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, config_hash string, code_version string, metrics string, "
           "status string, reason string")
@@ -41,8 +41,6 @@ class ModelEntry:
 
 def code_version() -> str:
     """The git commit of the code (with -dirty when changed), or the package version outside git."""
-    from pipelines import __version__
-
     try:
         sha = subprocess.run(["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=5).stdout.strip()

@@ -9,11 +9,11 @@ replaces the live rows that earlier runs of that date wrote.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
-PREDICTIONS = "results.predictions"
-METRICS = "results.metrics"
-HISTORY = "results.training_history"
+from pipelines.catalog import HISTORY, METRICS, MODEL_INPUT, PARTITION_COLUMN, PREDICTIONS
+from pipelines.ml.evaluation import binary_metrics
+from pipelines.ops.runs import run_id_prefix
 
 METRICS_SCHEMA = ("run_id string, model_version string, model string, split string, rows long, positives long, "
                   "auc double, log_loss double, accuracy double, precision double, recall double, f1 double, "
@@ -43,54 +43,37 @@ def write_predictions(lakehouse, scored, model_version: str, run_id: str, featur
         df.unpersist()
         return 0
     rows = df.count()
-    lakehouse.table(PREDICTIONS).write(df, mode="overwrite", partition_by=["date"],
-                                       partitions={"date": [d.isoformat() for d in dates]})
+    lakehouse.table(PREDICTIONS).write(df, mode="overwrite", partition_by=[PARTITION_COLUMN],
+                                       partitions={PARTITION_COLUMN: [d.isoformat() for d in dates]})
     df.unpersist()
     return rows
 
 
 def write_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
     """Replace this run's metric rows for the (model, split) pairs given, in one commit."""
-    replace_rows(lakehouse, METRICS, METRICS_SCHEMA, [
+    lakehouse.table(METRICS).replace_rows([
         {**r, "run_id": run_id, "created_at": datetime.now(timezone.utc)} for r in rows],
-        key=("run_id", "model_version", "model", "split"))
+        METRICS_SCHEMA, key=("run_id", "model_version", "model", "split"))
 
 
 def write_live_metrics(lakehouse, run_id: str, run_date, rows: list[dict]) -> None:
     """This run's live metrics (split "live"), replacing those of every earlier run of the same date."""
-    from pipelines.runs import run_id_prefix
-
     prefix = run_id_prefix(run_id.split("-", 1)[0], run_date)
-    replace_rows(lakehouse, METRICS, METRICS_SCHEMA, [
+    lakehouse.table(METRICS).replace_rows([
         {**r, "split": "live", "run_id": run_id, "created_at": datetime.now(timezone.utc)} for r in rows],
-        key=("run_id", "model_version", "model", "split"),
+        METRICS_SCHEMA, key=("run_id", "model_version", "model", "split"),
         drop=lambda r: r["split"] == "live" and r["run_id"].startswith(prefix))
 
 
 def write_history(lakehouse, run_id: str, model_version: str, history: list[dict]) -> None:
-    # Names as pipelines.training records them → names of the table's columns.
+    # Names as pipelines.ml.training records them → names of the table's columns.
     names = {"epoch": "epoch", "loss": "loss", "auc": "auc", "val_loss": "val_loss", "val_auc": "val_auc",
              "samples_per_sec": "samples_per_second", "seconds": "seconds", "lr": "learning_rate"}
     rows = [{"run_id": run_id, "model_version": model_version,
              **{column: (None if h.get(key) is None else (int(h[key]) if key == "epoch" else float(h[key])))
                 for key, column in names.items()}}
             for h in history]
-    replace_rows(lakehouse, HISTORY, HISTORY_SCHEMA, rows, key=("run_id", "model_version", "epoch"))
-
-
-def replace_rows(lakehouse, name: str, schema: str, rows: list[dict], key: tuple, drop=None) -> None:
-    """Keep every row whose `key` differs from the given rows', replace the others: one atomic commit.
-    `drop(row)`, when given, also removes the existing rows it is true for.
-
-    For the small bookkeeping tables (tens of rows per run), so the rewrite goes through the driver.
-    """
-    table = lakehouse.table(name)
-    replaced = {tuple(r[k] for k in key) for r in rows}
-    kept = []
-    if table.exists():
-        kept = [r.asDict() for r in table.read().collect()
-                if tuple(r[k] for k in key) not in replaced and not (drop and drop(r.asDict()))]
-    table.write(lakehouse.spark.createDataFrame(kept + rows, schema), mode="overwrite")
+    lakehouse.table(HISTORY).replace_rows(rows, HISTORY_SCHEMA, key=("run_id", "model_version", "epoch"))
 
 
 def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
@@ -101,3 +84,25 @@ def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
     if run_id:
         df = df.filter(df.run_id == run_id)
     return [r.asDict() for r in df.orderBy("split", "model").collect()]
+
+
+def live_metrics(lakehouse, first_day: date, last_day: date, threshold: float) -> list[dict]:
+    """Metrics of the predictions for `first_day`..`last_day` whose outcomes have arrived (in
+    `gold.model_input`), per model version that scored them."""
+    from pyspark.sql import functions as F
+
+    preds = lakehouse.table(PREDICTIONS)
+    if not preds.exists():
+        return []
+    outcomes = lakehouse.table(MODEL_INPUT).read().select("flight_id", "label")
+    scored = (preds.read().filter((F.col("day") >= int(first_day.strftime("%Y%m%d")))
+                                  & (F.col("day") <= int(last_day.strftime("%Y%m%d"))))
+              .join(outcomes, "flight_id"))
+    rows = []
+    for (model_version,) in scored.select("model_version").distinct().collect():
+        subset = scored.filter(F.col("model_version") == model_version)
+        if subset.limit(1).count() == 0:
+            continue
+        m = binary_metrics(subset, threshold=threshold)
+        rows.append({"model_version": model_version, "model": "dnn", **m.as_dict()})
+    return rows

@@ -1,44 +1,15 @@
 """Distributed batch scoring: executors load the saved model once per Python worker and score Arrow batches.
 
 Nothing is collected to the driver: `score` returns a lazy DataFrame of key, score and predicted
-label, which the caller writes to `results.predictions` by partition overwrite.
+label, which the caller writes to `results.predictions` by partition overwrite. The rows become
+tensors through `pipelines.ml.inputs.model_inputs`, as in training, with the spec read off the
+model itself, so a model always scores with the inputs it was built for.
 """
 from __future__ import annotations
 
-import os
+from datetime import date
 
-# One loaded model per Python worker process and model path (Spark reuses its Python workers,
-# so a model is loaded once per worker, not once per batch).
-_MODELS: dict[str, object] = {}
-
-
-def load_model(path: str):
-    """Load a saved Keras model (cached per process)."""
-    model = _MODELS.get(path)
-    if model is None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        model = tf.keras.models.load_model(path, compile=False)
-        _MODELS[path] = model
-    return model
-
-
-def model_inputs(model, frame) -> dict:
-    """The pandas columns the model's named inputs ask for, as arrays of the right dtype."""
-    import numpy as np
-
-    inputs = {}
-    for tensor in model.inputs:
-        name = tensor.name.split(":")[0]
-        dtype = np.int32 if tensor.dtype.is_integer else np.float32
-        values = frame[name].to_numpy()
-        if dtype is np.float32:
-            values = np.nan_to_num(values.astype(np.float32))
-        inputs[name] = values.astype(dtype)
-    return inputs
+from pipelines.catalog import MODEL_INPUT
 
 
 def score(df, model_path: str, threshold: float = 0.5, key_columns: tuple[str, ...] = ("flight_id", "day"),
@@ -55,14 +26,36 @@ def score(df, model_path: str, threshold: float = 0.5, key_columns: tuple[str, .
         StructField("score", DoubleType(), False), StructField("predicted_label", IntegerType(), False)])
 
     def score_batches(frames):
+        import tensorflow as tf
+
+        from pipelines.ml.inputs import model_inputs, spec_of_model
+        from pipelines.ml.model import load_model
+
+        try:
+            # One thread per Python worker: Spark already runs one worker per core.
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+        except RuntimeError:
+            pass   # TensorFlow already started in this worker
         model = load_model(model_path)
+        spec = spec_of_model(model)
         for frame in frames:
             if frame.empty:
                 continue
-            probs = model.predict(model_inputs(model, frame), batch_size=batch_size, verbose=0).reshape(-1)
+            probs = model.predict(model_inputs(frame, spec), batch_size=batch_size, verbose=0).reshape(-1)
             out = frame[list(key_columns)].copy()
             out["score"] = probs.astype("float64")
             out["predicted_label"] = (probs >= threshold).astype("int32")
             yield out
 
     return df.mapInPandas(score_batches, out_schema)
+
+
+def score_days(lakehouse, model_path: str, days: list[date], threshold: float) -> tuple[object, int]:
+    """The rows of `gold.model_input`'s latest version dated `days`, scored; (scores, version read)."""
+    from pyspark.sql import functions as F
+
+    table = lakehouse.table(MODEL_INPUT)
+    version = table.version()
+    rows = table.read(version=version).filter(F.col("day").isin([int(d.strftime("%Y%m%d")) for d in days]))
+    return score(rows, model_path, threshold=threshold), version

@@ -14,23 +14,20 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
+
+from pipelines import catalog
+from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
+from pipelines.ml.inputs import CATEGORICAL_PREFIX, FeatureSpec, TensorInputError, feature_spec_from_rows, model_inputs
 
 # Petastorm 0.13 calls pyarrow's legacy dataset API, which warns on every reader and row group.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"petastorm(\.|$)")
 
-MODEL_INPUT = "gold.model_input"
-FEATURE_SPEC = "gold.feature_spec"
-SPLIT_COLUMN = "split"
-NUMERIC_PREFIX = "num_"
-CATEGORICAL_PREFIX = "cat_"
-
-
-class TensorInputError(ValueError):
-    """The pinned snapshot cannot feed training as asked; the message says what to change."""
+# gold.model_input's partition column: which split a file's rows belong to.
+[SPLIT_COLUMN] = catalog.entry(MODEL_INPUT).partition_by
 
 
 @dataclass(frozen=True)
@@ -57,26 +54,6 @@ class Snapshot:
     categorical_max: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The model's inputs: numeric columns and categorical columns with their embedding sizes."""
-
-    numeric: tuple[str, ...]
-    categorical: dict[str, int]
-    version: int | None = None
-
-    @property
-    def inputs(self) -> tuple[str, ...]:
-        return (*self.numeric, *self.categorical)
-
-    def to_dict(self) -> dict:
-        return {"numeric": list(self.numeric), "categorical": dict(self.categorical), "version": self.version}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "FeatureSpec":
-        return cls(tuple(data["numeric"]), {k: int(v) for k, v in data["categorical"].items()}, data.get("version"))
-
-
 # --------------------------------------------------------------------------------------------
 # Pinning a snapshot
 
@@ -88,19 +65,15 @@ def pin_snapshot(lakehouse, version: int | None = None, splits: tuple[str, ...] 
 
         >>> pin_snapshot(lakehouse, version=3).splits["train"].rows
     """
-    import pyarrow as pa
-
     t = lakehouse.table(table)
     if not t.exists():
         raise TensorInputError(f"table {table} does not exist yet under {lakehouse.root}; build the gold tables first")
-    dt = t.delta(version)
-    pinned = dt.version()
-    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    pinned = t.version() if version is None else version
+    actions = t.add_actions(pinned)
     key = f"partition.{SPLIT_COLUMN}"
     if actions and key not in actions[0]:
         raise TensorInputError(f"{table} v{pinned} is not partitioned by '{SPLIT_COLUMN}', as gold.model_input must be")
     columns = tuple(f.name for f in t.schema(pinned).fields if f.name != SPLIT_COLUMN)
-    root = dt.table_uri.rstrip("/")
     by_split: dict[str, SplitFiles] = {}
     cat_max: dict[str, int] = {}
     for split in splits:
@@ -108,7 +81,7 @@ def pin_snapshot(lakehouse, version: int | None = None, splits: tuple[str, ...] 
         if not chosen:
             present = sorted({str(a[key]) for a in actions})
             raise TensorInputError(f"{table} v{pinned} has no files for split '{split}' (splits present: {', '.join(present) or 'none'})")
-        files = tuple(_file_uri(root, a["path"]) for a in chosen)
+        files = tuple(a["path"] for a in chosen)
         rows = int(sum(a["num_records"] or 0 for a in chosen))
         by_split[split] = SplitFiles(table, pinned, split, files, rows, count_row_groups(files))
         for a in chosen:
@@ -116,15 +89,6 @@ def pin_snapshot(lakehouse, version: int | None = None, splits: tuple[str, ...] 
                 if column.startswith(CATEGORICAL_PREFIX) and a.get(f"max.{column}") is not None:
                     cat_max[column] = max(cat_max.get(column, 0), int(a[f"max.{column}"]))
     return Snapshot(table, pinned, columns, by_split, cat_max)
-
-
-def _file_uri(root: str, path: str) -> str:
-    from urllib.parse import unquote
-
-    if "://" in path:
-        return path
-    uri = f"{root}/{unquote(path)}"
-    return uri if "://" in uri else f"file://{uri}"
 
 
 def count_row_groups(files: tuple[str, ...] | list[str]) -> int:
@@ -145,42 +109,10 @@ def load_feature_spec(lakehouse, snapshot: Snapshot, version: int | None = None)
     t = lakehouse.table(FEATURE_SPEC)
     if not t.exists():
         raise TensorInputError(f"table {FEATURE_SPEC} does not exist yet under {lakehouse.root}; build the gold tables first")
-    dt = t.delta(version)
-    pinned = dt.version()
-    # The spec is one small unpartitioned table: delta-rs reads it without Spark (notebooks, workers).
-    rows = dt.to_pyarrow_table().to_pylist()
+    pinned = t.version() if version is None else version
+    # The spec is one small table: read on the driver without Spark (notebooks, workers).
+    rows = t.to_arrow(version=pinned).to_pylist()
     return feature_spec_from_rows(rows, snapshot.columns, pinned, snapshot.categorical_max)
-
-
-def feature_spec_from_rows(rows: list[Mapping], columns: tuple[str, ...] | list[str], version: int | None = None,
-                           categorical_max: Mapping[str, int] | None = None) -> FeatureSpec:
-    """Model inputs: the table's num_* and cat_* columns; each cat_* column's embedding size comes from
-    its feature-spec row (`vocab_size`, or the vocabulary plus the out-of-vocabulary index 0).
-
-    A spec row may name the column (`cat_carrier`) or the feature (`carrier`).
-    """
-    by_name: dict[str, Mapping] = {}
-    for row in rows:
-        by_name[row["name"]] = row
-        by_name.setdefault(CATEGORICAL_PREFIX + row["name"], row)
-    numeric = tuple(c for c in columns if c.startswith(NUMERIC_PREFIX))
-    categorical: dict[str, int] = {}
-    for column in (c for c in columns if c.startswith(CATEGORICAL_PREFIX)):
-        row = by_name.get(column)
-        if row is None:
-            raise TensorInputError(f"model input column {column} has no row in {FEATURE_SPEC}, so its vocabulary size is unknown")
-        vocabulary = row.get("vocabulary") or []
-        # Index 0 means out of vocabulary, so a vocabulary of n words needs n + 1 embedding rows;
-        # taking the larger reading of vocab_size is safe whichever convention the spec follows.
-        size = max(int(row.get("vocab_size") or 0), len(vocabulary) + 1)
-        seen = (categorical_max or {}).get(column)
-        if seen is not None and seen >= size:
-            raise TensorInputError(f"{column} holds index {seen} but {FEATURE_SPEC} v{version} gives it {size} values; "
-                                   "the feature spec and model_input versions do not belong together")
-        categorical[column] = size
-    if not numeric and not categorical:
-        raise TensorInputError(f"no num_* or cat_* columns among {', '.join(columns)}")
-    return FeatureSpec(numeric, categorical, version)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,21 +139,6 @@ def check_shardable(split: SplitFiles, num_ranks: int) -> None:
             f"{split.table} v{split.version} split '{split.split}' has {split.row_groups} Parquet row group(s) but "
             f"training runs {num_ranks} ranks, and Petastorm shards by row group, so a rank would get no rows. "
             "Rewrite the table with a smaller lakehouse.model_input_row_group_rows, or lower training.num_proc.")
-
-
-def model_inputs(columns: Mapping[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """The model's named inputs from columns of model_input rows: (n, 1) float32 / int32 arrays.
-
-    Categorical indices beyond the model's vocabulary read as 0 (out of vocabulary), as the
-    features stage writes unknown values.
-    """
-    out: dict[str, np.ndarray] = {}
-    for name in spec.numeric:
-        out[name] = np.nan_to_num(np.asarray(columns[name], dtype=np.float32)).reshape(-1, 1)
-    for name, size in spec.categorical.items():
-        values = np.asarray(columns[name], dtype=np.int32).reshape(-1, 1)
-        out[name] = np.where((values < 0) | (values >= size), 0, values).astype(np.int32)
-    return out
 
 
 def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size: int, rank: int = 0,
@@ -329,7 +246,7 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
                  | {name: tf.TensorSpec((None, 1), tf.int32) for name in spec.categorical},
                  tf.TensorSpec((None, 1), tf.float32))
     common = dict(label=label, batch_size=cfg.batch_size, rank=rank, num_ranks=num_ranks, seed=cfg.seed,
-                  shuffle_buffer=cfg.shuffle_buffer, reader_threads=getattr(cfg, "reader_threads", 1))
+                  shuffle_buffer=cfg.shuffle_buffer, reader_threads=cfg.reader_threads)
     if training:
         steps = steps_per_epoch(split.rows, cfg.batch_size, num_ranks, cfg.max_train_rows)
 

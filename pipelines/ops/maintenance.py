@@ -18,17 +18,18 @@ Spark: delta-rs does the work on the driver.
 """
 from __future__ import annotations
 
-import os
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pipelines.lakehouse import Lakehouse, Table
-from pipelines.lakehouse.delta_rs import files_and_bytes, local_path
-from pipelines.registry import MODELS
+from pipelines import catalog
+from pipelines.storage import Lakehouse, Table
+
+log = logging.getLogger(__name__)
 
 # Tables whose file layout is part of their contract.
-NOT_COMPACTED = ("gold.model_input",)
+NOT_COMPACTED = (catalog.MODEL_INPUT,)
 
 
 @dataclass
@@ -58,58 +59,44 @@ class Maintained:
 
 def pinned_versions(lakehouse: Lakehouse) -> dict[str, list[int]]:
     """{table: versions} that registered models were trained on."""
-    table = lakehouse.table(MODELS)
+    table = lakehouse.table(catalog.MODELS)
     if not table.exists():
         return {}
     pinned: dict[str, set[int]] = {}
-    for row in table.delta().to_pyarrow_table(columns=["training_table", "training_version"]).to_pylist():
+    for row in table.to_arrow(["training_table", "training_version"]).to_pylist():
         if row["training_table"] and row["training_version"] is not None:
             pinned.setdefault(row["training_table"], set()).add(int(row["training_version"]))
     return {name: sorted(versions) for name, versions in pinned.items()}
 
 
-def sharing_a_partition(dt) -> int:
+def sharing_a_partition(table: Table) -> int:
     """Live files that share their partition with another file: what compaction would merge."""
-    import pyarrow as pa
-
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    keys = [c for c in actions.column_names if c.startswith("partition.")]
-    partitions = [tuple(row.values()) for row in actions.select(keys).to_pylist()] if keys else [()] * actions.num_rows
-    return sum(n for n in Counter(partitions).values() if n > 1)
+    partitions = Counter(tuple(v for k, v in sorted(a.items()) if k.startswith("partition."))
+                         for a in table.add_actions())
+    return sum(n for n in partitions.values() if n > 1)
 
 
 def maintain_table(table: Table, retention_hours: int, keep_versions: list[int], row_group_rows: int,
                    dry_run: bool = False) -> Maintained:
     """Compact (unless the table's layout is fixed), then vacuum past `retention_hours`."""
-    from deltalake import WriterProperties
-
-    dt = table.delta()
-    files_before, _ = files_and_bytes(dt)
+    files_before, _ = table.size()
     out = Maintained(table.name, files_before, files_before)
     if table.name in NOT_COMPACTED:
         out.note = "not compacted (its row groups are Petastorm's shard unit)"
     elif dry_run:
-        out.compacted = sharing_a_partition(dt)
+        out.compacted = sharing_a_partition(table)
     else:
-        metrics = dt.optimize.compact(writer_properties=WriterProperties(max_row_group_size=row_group_rows))
-        out.compacted = int(metrics.get("numFilesRemoved", 0))
-        dt = table.delta()
+        out.compacted = int(table.compact(row_group_rows=row_group_rows).get("numFilesRemoved", 0))
     # The live versions within the retention are kept by vacuum itself; older pinned ones need naming.
-    out.kept_versions = [v for v in keep_versions if v < dt.version()]
-    options = dict(retention_hours=retention_hours, enforce_retention_duration=False,
-                   keep_versions=out.kept_versions or None)
-    # delta-rs lists every file the log tombstoned, deleted before or not: count those on disk, and
-    # vacuum (two commits: VACUUM START and END) only when there are some, so a rerun commits nothing.
-    root = local_path(table.path)
-    out.vacuumed = [f for f in dt.vacuum(dry_run=True, **options) if os.path.exists(os.path.join(root, f))]
-    if out.vacuumed and not dry_run:
-        dt.vacuum(dry_run=False, **options)
-    out.files_after, _ = files_and_bytes(dt)
+    latest = table.version()
+    out.kept_versions = [v for v in keep_versions if v < latest]
+    out.vacuumed = table.vacuum(retention_hours, dry_run=dry_run, keep_versions=out.kept_versions)
+    out.files_after, _ = table.size()
     return out
 
 
-def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False,
-             log=print) -> list[Maintained]:
+def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False
+             ) -> list[Maintained]:
     """Maintain every table of the lakehouse; one line per table, then a total."""
     started = time.time()
     pinned = pinned_versions(lakehouse)
@@ -117,12 +104,11 @@ def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dr
     for name in lakehouse.table_names():
         result = maintain_table(lakehouse.table(name), retention_hours, pinned.get(name, []), row_group_rows, dry_run)
         done.append(result)
-        if log and (result.compacted or result.vacuumed or result.kept_versions):
-            log(result.line(dry_run))
-    if log:
-        verb = "would delete" if dry_run else "deleted"
-        log(f"[maintain] {len(done)} tables: {sum(m.files_before for m in done):,} → "
-            f"{sum(m.files_after for m in done):,} live files, {verb} "
-            f"{sum(len(m.vacuumed) for m in done):,} unreferenced files older than {retention_hours} h, "
-            f"in {time.time() - started:.1f}s")
+        if result.compacted or result.vacuumed or result.kept_versions:
+            log.info(result.line(dry_run))
+    verb = "would delete" if dry_run else "deleted"
+    log.info(f"[maintain] {len(done)} tables: {sum(m.files_before for m in done):,} → "
+             f"{sum(m.files_after for m in done):,} live files, {verb} "
+             f"{sum(len(m.vacuumed) for m in done):,} unreferenced files older than {retention_hours} h, "
+             f"in {time.time() - started:.1f}s")
     return done

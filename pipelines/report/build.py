@@ -1,6 +1,10 @@
-"""Gathers what the nightly report shows from the tables, and writes it with `pipelines.report`.
+"""The nightly report: one HTML page with PNG plots a person can read in a minute, gathered from
+the tables (`plots` draws, `page` writes the HTML).
 
 Everything here is aggregated in Spark first; only small summaries reach the driver.
+
+    >>> build_report(cfg, spark, lakehouse, run_id, date(2013, 12, 30))
+    PosixPath('.../lakehouse/reports/nightly-2013-12-30-.../index.html')
 """
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ import os
 from datetime import date
 from pathlib import Path
 
-from pipelines import registry, report, results
-from pipelines.modeling import ROC_FILE
+from pipelines import catalog
+from pipelines.ml import registry, results
+from pipelines.ml.training.plan import ROC_FILE
+from pipelines.report import plots
+from pipelines.report.page import write_report
 
 
 def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
@@ -28,10 +35,10 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     if model is not None:
         summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
                     ("trained on", f"{model.training_table} v{model.training_version}")]
-        history = lakehouse.table(results.HISTORY).read().filter(F.col("model_version") == model.model_version)
+        history = lakehouse.table(catalog.HISTORY).read().filter(F.col("model_version") == model.model_version)
         rows = [r.asDict() for r in history.orderBy("epoch").collect()]
         if rows:
-            images["Training curves"] = report.plot_training_curves(rows, out / "training_curves.png")
+            images["Training curves"] = plots.plot_training_curves(rows, out / "training_curves.png")
             tables["Training history"] = [{k: r[k] for k in ("epoch", "loss", "auc", "val_loss", "val_auc",
                                                             "samples_per_second")} for r in rows]
         metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version]
@@ -40,25 +47,26 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"]))]
         roc_path = os.path.join(os.path.dirname(model.path), ROC_FILE)
         if os.path.exists(roc_path):
-            roc = json.load(open(roc_path))
-            images["ROC on the test window"] = report.plot_roc(
+            with open(roc_path) as fh:
+                roc = json.load(fh)
+            images["ROC on the test window"] = plots.plot_roc(
                 {k: (v["fpr"], v["tpr"], v["auc"]) for k, v in roc.items()}, out / "roc.png")
             if "dnn" in roc:
                 cal = roc["dnn"]["calibration"]
-                images["Calibration on the test window"] = report.plot_calibration(
+                images["Calibration on the test window"] = plots.plot_calibration(
                     cal["mean_score"], cal["observed"], out / "calibration.png")
 
-    quality = lakehouse.table("ops.data_quality")
+    quality = lakehouse.table(catalog.DATA_QUALITY)
     if quality.exists():
         dq = (quality.read().groupBy("date", "rule").agg(F.sum("rows_failed").alias("rows_failed"))
               .orderBy("date").toPandas())
         dq["date"] = pd.to_datetime(dq["date"])
-        images["Data quality over time"] = report.plot_quality(dq, out / "data_quality.png")
+        images["Data quality over time"] = plots.plot_quality(dq, out / "data_quality.png")
 
     drift = feature_drift(lakehouse, run_date)
     if drift is not None:
         frame, day_a, day_b = drift
-        images["Feature drift"] = report.plot_drift(frame, day_a, day_b, out / "drift.png")
+        images["Feature drift"] = plots.plot_drift(frame, day_a, day_b, out / "drift.png")
 
     live = [m for m in results.read_metrics(lakehouse, run_id) if m["split"] == "live"]
     if live:
@@ -66,7 +74,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
             {k: m[k] for k in ("model_version", "rows", "auc", "accuracy", "precision", "recall")} for m in live]
     tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
                         for t in lakehouse.tables()]
-    return report.write_report(out, f"lakehouse-dl nightly {run_date}", summary, tables, images)
+    return write_report(out, f"lakehouse-dl nightly {run_date}", summary, tables, images)
 
 
 def feature_drift(lakehouse, run_date: date):
@@ -74,7 +82,7 @@ def feature_drift(lakehouse, run_date: date):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    features, spec = lakehouse.table("gold.flight_features"), lakehouse.table("gold.feature_spec")
+    features, spec = lakehouse.table(catalog.FEATURES), lakehouse.table(catalog.FEATURE_SPEC)
     if not (features.exists() and spec.exists()):
         return None
     numeric = [r.asDict() for r in spec.read().filter(F.col("kind") == "numeric").collect()]

@@ -1,12 +1,10 @@
-"""The per-run report: one HTML page with PNG plots a person can read in a minute.
+"""The report's plots: training curves, ROC and calibration of the model against the baselines,
+data-quality counts over time, and feature drift between the latest two days.
 
-Training curves, ROC and calibration of the model against the baselines, data-quality counts
-over time, and feature drift between the latest two days. Plot functions take small pandas /
-list inputs (already aggregated in Spark) and write PNG files; `write_report` assembles the page.
+Each function takes small pandas / list inputs (already aggregated in Spark) and writes a PNG.
 """
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import matplotlib
@@ -90,36 +88,3 @@ def plot_drift(drift, day_a: str, day_b: str, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def write_report(out_dir: Path, title: str, summary: list[tuple[str, str]], tables: dict[str, list[dict]],
-                 images: dict[str, Path]) -> Path:
-    """Write `index.html` in `out_dir`: a summary list, tables of metrics, then the plots."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-             "text-align:right;font-size:13px}th{background:#f3f3f3}img{max-width:100%;margin:1em 0}</style>",
-             f"</head><body><h1>{html.escape(title)}</h1><ul>"]
-    parts += [f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary]
-    parts.append("</ul>")
-    for name, rows in tables.items():
-        if not rows:
-            continue
-        cols = list(rows[0])
-        parts.append(f"<h2>{html.escape(name)}</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
-        for r in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>")
-        parts.append("</table>")
-    for caption, img in images.items():
-        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(Path(img).name)}' alt='{html.escape(caption)}'>")
-    parts.append("</body></html>")
-    page = out_dir / "index.html"
-    page.write_text("\n".join(parts))
-    return page
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)

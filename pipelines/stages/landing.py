@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import time
 import zipfile
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from pipelines.datasets import Dataset, Source, dataset_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,7 @@ def package_data_folder(dataset: Dataset) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / dataset.seed_folder
 
 
-def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
-         log: Callable[[str], None] | None = print) -> list[SeedResult]:
+def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = None) -> list[SeedResult]:
     """Fill `cfg.landing` from the dataset's seed package; returns one result per source.
 
     Daily feeds become one CSV per date (the original header, values and NA kept byte for byte);
@@ -116,8 +118,7 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
             _deliver(landing / source.path_for(), raw, result)
             result.rows += max(0, raw.count(b"\n") - 1 + (0 if raw.endswith(b"\n") or not raw else 1))
         result.seconds = time.time() - started
-        if log:
-            log(result.line())
+        log.info(result.line())
         results.append(result)
     return results
 

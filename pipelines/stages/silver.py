@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from typing import Callable, Iterable
+from typing import Iterable
 
-from pipelines.bronze import AccountingError, new_run_id, rows_per_partition
+from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
+from pipelines.ops.runs import new_run_id
+from pipelines.stages.accounting import verify_silver
+from pipelines.storage import Lakehouse
 
-QUARANTINE = "silver.quarantine"
-DATA_QUALITY = "ops.data_quality"
-# Both are partitioned by source table and date, so a re-run of a date replaces its rows.
-BOOK_PARTITIONS = ["table", PARTITION_COLUMN]
+log = logging.getLogger(__name__)
+
+# Both bookkeeping tables are partitioned by source table and date, so a re-run of a date
+# replaces its rows.
+BOOK_PARTITIONS = list(catalog.entry(catalog.QUARANTINE).partition_by)
 QUARANTINE_SCHEMA = ("table string, key string, rule string, reason string, row string, _run_id string, "
                      "date date")
 DATA_QUALITY_SCHEMA = ("run_id string, table string, date date, rule string, rows_checked long, "
@@ -237,7 +242,7 @@ class CleanResult:
 
 def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
           sources: Iterable[str] | None = None, run_id: str | None = None,
-          log: Callable[[str], None] | None = print) -> list[CleanResult]:
+) -> list[CleanResult]:
     """Clean bronze into silver for every source (or `sources`), reference tables first.
 
     Daily feeds: the `dates` given, or every date bronze holds. Reference tables are cleaned whole,
@@ -245,8 +250,6 @@ def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | No
 
         >>> clean(cfg, spark, dates=[date(2013, 1, 1)])
     """
-    from pipelines.lakehouse import Lakehouse
-
     dataset = dataset or dataset_for(cfg)
     run_id = run_id or new_run_id("clean")
     lh = Lakehouse.from_config(cfg, spark)
@@ -259,8 +262,7 @@ def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | No
         if source.name not in wanted:
             continue
         result = clean_source(lh, source, dates, run_id)
-        if log:
-            log(result.line())
+        log.info(result.line())
         results.append(result)
     return results
 
@@ -270,8 +272,8 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
     from pyspark.sql import functions as F
 
     started = time.time()
-    bronze_table = lh.table(f"bronze.{source.name}")
-    silver_table = lh.table(f"silver.{source.name}")
+    bronze_table = lh.table(catalog.bronze(source.name))
+    silver_table = lh.table(catalog.silver(source.name))
     result = CleanResult(silver_table.name)
     if not bronze_table.exists():
         raise ValueError(f"{bronze_table.name} does not exist yet: run `lakehouse-dl ingest` first")
@@ -283,9 +285,9 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
 
     bronze = bronze_table.read()
     if source.daily:
-        result.dates = dates if dates is not None else sorted(d for d in rows_per_partition(bronze_table) if d)
+        result.dates = dates if dates is not None else sorted(d for d in bronze_table.rows_per_partition(PARTITION_COLUMN) if d)
         bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
-    references = {r.reference_source: lh.table(f"silver.{r.reference_source}").read()
+    references = {r.reference_source: lh.table(catalog.silver(r.reference_source)).read()
                   for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
     checked = mark_duplicates(check_rules(fix_types(bronze, source), source, references), source).persist()
     try:
@@ -300,10 +302,10 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
                                description=description)
             book = {"table": [source.name]}
         if _quarantine_changes(lh, source, result.dates, counts):
-            lh.table(QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
+            lh.table(catalog.QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
                                        partition_by=BOOK_PARTITIONS, partitions=book, description=description)
         dq = lh.spark.createDataFrame(quality_rows(counts, source, run_id), DATA_QUALITY_SCHEMA)
-        lh.table(DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
+        lh.table(catalog.DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
                                      description=description)
     finally:
         checked.unpersist()
@@ -312,8 +314,8 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
     result.duplicates = sum(c["duplicates"] for c in counts.values())
     result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
     result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
-    verify_accounting(lh, source, result.dates if source.daily else None,
-                      {d: c["duplicates"] for d, c in counts.items()})
+    verify_silver(lh, source, result.dates if source.daily else None,
+                  {d: c["duplicates"] for d, c in counts.items()})
     result.seconds = time.time() - started
     return result
 
@@ -321,44 +323,21 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
 def _quarantine_changes(lh, source: Source, dates: list[date], counts: dict) -> bool:
     """False when this run quarantines nothing and the quarantine holds nothing for its dates
     (the usual case), so the table is not rewritten for nothing."""
-    table = lh.table(QUARANTINE)
+    table = lh.table(catalog.QUARANTINE)
     if not table.exists() or any(c["blocked"] for c in counts.values()):
         return True
-    held = rows_per_partition(table, ("table", PARTITION_COLUMN))
+    held = table.rows_per_partition(("table", PARTITION_COLUMN))
     return any(n for (name, day), n in held.items() if name == source.name and (not source.daily or day in dates))
 
 
 def _stamp(source: Source, bronze_version: int) -> str:
     """What a silver commit was built from: the bronze version and the source's declaration."""
     digest = hashlib.sha256(json.dumps(asdict(source), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"from bronze.{source.name} v{bronze_version} declaration {digest}"
+    return f"from {catalog.bronze(source.name)} v{bronze_version} declaration {digest}"
 
 
 def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
-    if not lh.table(f"silver.{rule.reference_source}").exists():
-        raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but silver.{rule.reference_source} "
+    if not lh.table(catalog.silver(rule.reference_source)).exists():
+        raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but {catalog.silver(rule.reference_source)} "
                          f"does not exist yet: ingest and clean {rule.reference_source} first")
     return True
-
-
-def verify_accounting(lh, source: Source, dates: list[date] | None, duplicates: dict) -> None:
-    """On the committed tables: bronze rows = silver rows + quarantined rows + duplicates removed,
-    per date for a daily feed (whole table otherwise). Raises AccountingError where not."""
-    bronze = lh.table(f"bronze.{source.name}")
-    silver = lh.table(f"silver.{source.name}")
-    quarantine = rows_per_partition(lh.table(QUARANTINE), ("table", PARTITION_COLUMN))
-    problems = []
-    if source.daily:
-        b, s = rows_per_partition(bronze), rows_per_partition(silver)
-        for day in dates:
-            q = quarantine.get((source.name, day), 0)
-            dup = duplicates.get(day, 0)
-            if b.get(day, 0) != s.get(day, 0) + q + dup:
-                problems.append(f"{day}: bronze {b.get(day, 0)} != silver {s.get(day, 0)} + quarantined {q} + duplicates {dup}")
-    else:
-        q = sum(n for (table, _), n in quarantine.items() if table == source.name)
-        dup = sum(duplicates.values())
-        if bronze.count() != silver.count() + q + dup:
-            problems.append(f"bronze {bronze.count()} != silver {silver.count()} + quarantined {q} + duplicates {dup}")
-    if problems:
-        raise AccountingError(f"silver.{source.name}: rows are lost or counted twice: " + "; ".join(problems[:10]))

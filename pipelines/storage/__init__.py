@@ -1,7 +1,13 @@
-"""The Delta table layer: the only code that reads or writes tables (see table.py)."""
-from pipelines.lakehouse.errors import (ConcurrentWriteError, LakehouseError, SchemaMismatchError,
-                                        TableNotFoundError)
-from pipelines.lakehouse.table import Lakehouse, Table, TableInfo, tables_json
+"""Storage: the Delta tables (one `Table` API over two engines), the lakehouse lock and the
+SparkSession. The only layer that reads or writes table files.
 
-__all__ = ["Lakehouse", "Table", "TableInfo", "tables_json", "LakehouseError", "TableNotFoundError",
-           "SchemaMismatchError", "ConcurrentWriteError"]
+    >>> from pipelines.storage import Lakehouse
+    >>> Lakehouse.from_config(cfg, spark).table("silver.flights").read(version=3)
+"""
+from pipelines.storage.errors import ConcurrentWriteError, LakehouseError, SchemaMismatchError, TableNotFoundError
+from pipelines.storage.lakehouse import Lakehouse, tables_json
+from pipelines.storage.lock import LakehouseLock, LockHeldError
+from pipelines.storage.table import Table, TableInfo
+
+__all__ = ["Lakehouse", "Table", "TableInfo", "tables_json", "LakehouseLock", "LockHeldError", "LakehouseError",
+           "TableNotFoundError", "SchemaMismatchError", "ConcurrentWriteError"]

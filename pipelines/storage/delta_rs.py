@@ -1,197 +1,23 @@
 """The embedded Delta engine: Spark executors write Parquet, the driver commits them with delta-rs.
 
 A write is one Delta transaction however many executors took part: every task writes its rows
-into files named after the write's id and returns what it wrote (path, size, rows, statistics);
-the driver then commits all the files in one `deltalake` transaction. A job that fails before the
-commit leaves the table at its previous version, and the files its tasks wrote are deleted.
+into files named after the write's id and returns what it wrote (path, size, rows, statistics;
+`pipelines.storage.file_writer`); the driver then commits all the files in one `deltalake`
+transaction. A job that fails before the commit leaves the table at its previous version, and the
+files its tasks wrote are deleted.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
-from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote
+from datetime import datetime, timedelta, timezone
 
-from pipelines.lakehouse.errors import ConcurrentWriteError, TableNotFoundError
-
-# Delta writes a null partition value as this folder name (the Hive convention).
-NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
-# Statistics on strings longer than this are left out, as the JVM writer truncates them.
-STATS_STRING_LIMIT = 32
-
-WRITE_RESULT_SCHEMA = (
-    "path string, size long, num_records long, partition_values string, stats string"
-)
-
-
-def local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-# --------------------------------------------------------------------------------------------
-# Executor side
-
-
-def partition_dir(names: list[str], values: tuple) -> str:
-    parts = []
-    for name, value in zip(names, values):
-        text = NULL_PARTITION if value is None else quote(_partition_string(value), safe="")
-        parts.append(f"{name}={text}")
-    return "/".join(parts)
-
-
-def _partition_string(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") if value.tzinfo else value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def file_stats(table) -> dict[str, Any]:
-    """numRecords, minValues, maxValues and nullCount of a pyarrow Table, as Delta stores them."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    nulls: dict[str, int] = {}
-    for name, column in zip(table.column_names, table.columns):
-        typ = column.type
-        if pa.types.is_nested(typ):
-            continue
-        nulls[name] = column.null_count
-        if column.null_count == len(column) or pa.types.is_boolean(typ) or pa.types.is_binary(typ):
-            continue
-        if pa.types.is_floating(typ) and pc.any(pc.is_nan(column)).as_py():
-            continue
-        mm = pc.min_max(column).as_py()
-        lo, hi = mm["min"], mm["max"]
-        if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-            if len(lo) > STATS_STRING_LIMIT or len(hi) > STATS_STRING_LIMIT:
-                continue
-        mins[name], maxs[name] = _stat_json(lo), _stat_json(hi, round_up=True)
-    return {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
-
-
-def _stat_json(value: Any, round_up: bool = False) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        if round_up and value.microsecond % 1000:
-            # The log keeps milliseconds: a maximum cut down to the millisecond would be below the
-            # file's real maximum, and a reader skipping files by it would miss that row.
-            value += timedelta(microseconds=1000 - value.microsecond % 1000)
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
-
-
-OUTSIDE_PARTITIONS = "got a row outside them"
-
-
-def make_file_writer(table_root: str, write_id: str, partition_by: list[str], arrow_schema_bytes: bytes,
-                     target_file_rows: int, row_group_rows: int, allowed: dict[str, list[str]] | None = None):
-    """The function a Spark task runs (through `mapInArrow`) to write its rows as Parquet files.
-
-    With `allowed` (a partition overwrite), a row outside those partition values fails the task,
-    so the check costs no second pass over the data.
-    """
-
-    def write_task(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-        from pyspark import TaskContext
-
-        schema = pa.ipc.read_schema(pa.py_buffer(arrow_schema_bytes))
-        data_schema = pa.schema([f for f in schema if f.name not in partition_by])
-        ctx = TaskContext.get()
-        task = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
-        open_files: dict[tuple, dict] = {}
-        results: list[dict] = []
-
-        def close(key: tuple) -> None:
-            f = open_files.pop(key)
-            table = pa.concat_tables(f["tables"]) if f["tables"] else data_schema.empty_table()
-            if table.num_rows > f["written"]:
-                f["writer"].write_table(table.slice(f["written"]), row_group_size=row_group_rows)
-            f["writer"].close()
-            stats = file_stats(table)
-            results.append({
-                "path": f["rel"], "size": os.path.getsize(f["abs"]), "num_records": table.num_rows,
-                "partition_values": json.dumps(dict(zip(partition_by, [_partition_string(v) for v in key]))),
-                "stats": json.dumps(stats),
-            })
-
-        def write_rows(key: tuple, part) -> None:
-            f = open_files.get(key)
-            if f is None:
-                folder = partition_dir(partition_by, key)
-                name = f"part-{write_id}-{task}-{len(results) + len(open_files):04d}.snappy.parquet"
-                rel = f"{folder}/{name}" if folder else name
-                absolute = os.path.join(table_root, rel)
-                os.makedirs(os.path.dirname(absolute), exist_ok=True)
-                writer = pq.ParquetWriter(absolute, data_schema, compression="snappy")
-                f = open_files[key] = {"writer": writer, "rel": rel, "abs": absolute, "rows": 0, "written": 0,
-                                       "tables": []}
-            part = part.select(data_schema.names).cast(data_schema)
-            f["tables"].append(part)
-            f["rows"] += part.num_rows
-            # Spark hands batches of its own size (10,000 rows, fewer per partition value): rows
-            # wait until a full row group of row_group_rows is there, as Petastorm shards by row group.
-            full = (f["rows"] - f["written"]) // row_group_rows * row_group_rows
-            if full:
-                f["writer"].write_table(pa.concat_tables(f["tables"]).slice(f["written"], full),
-                                        row_group_size=row_group_rows)
-                f["written"] += full
-            if f["rows"] >= target_file_rows:
-                close(key)
-
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            table = pa.Table.from_batches([batch]).cast(schema)
-            if not partition_by:
-                write_rows((), table)
-                continue
-            keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist()
-            for key in keys:
-                mask = None
-                for name in partition_by:
-                    col = table[name]
-                    cond = pc.is_null(col) if key[name] is None else pc.equal(col, pa.scalar(key[name], col.type))
-                    mask = cond if mask is None else pc.and_(mask, cond)
-                rows = table.filter(mask)
-                if allowed and any(_partition_string(key[c]) not in vals for c, vals in allowed.items()):
-                    raise ValueError(f"overwrite of partitions {allowed} {OUTSIDE_PARTITIONS}: "
-                                     f"{rows.slice(0, 1).to_pylist()[0]}")
-                write_rows(tuple(key[n] for n in partition_by), rows)
-        for key in list(open_files):
-            close(key)
-        if results:
-            yield pa.RecordBatch.from_pylist(results, schema=pa.schema([
-                ("path", pa.string()), ("size", pa.int64()), ("num_records", pa.int64()),
-                ("partition_values", pa.string()), ("stats", pa.string())]))
-
-    return write_task
-
-
-# --------------------------------------------------------------------------------------------
-# Driver side
+from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
+from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
+                                           partition_string)
+from pipelines.storage.paths import local_path
 
 
 class DeltaRsEngine:
@@ -199,7 +25,7 @@ class DeltaRsEngine:
 
     name = "delta-rs"
 
-    def __init__(self, spark, target_file_rows: int = 500_000, row_group_rows: int = 16_384):
+    def __init__(self, spark, target_file_rows: int, row_group_rows: int):
         self.spark = spark
         self.target_file_rows = target_file_rows
         self.row_group_rows = row_group_rows
@@ -289,7 +115,7 @@ class DeltaRsEngine:
         from deltalake.exceptions import CommitFailedError, DeltaError
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        from pipelines.lakehouse.schema import check_schema, merge_schemas
+        from pipelines.storage.schema import check_schema, merge_schemas
 
         existed = self.exists(path)
         if existed:
@@ -320,7 +146,7 @@ class DeltaRsEngine:
         allowed = None
         if partitions:
             _check_partition_spec(partitions, partition_by, path)
-            allowed = {c: [_partition_string(v) for v in vals] for c, vals in partitions.items()}
+            allowed = {c: [partition_string(v) for v in vals] for c, vals in partitions.items()}
 
         os.makedirs(local_path(path), exist_ok=True)
         write_id = uuid.uuid4().hex[:12]
@@ -445,7 +271,7 @@ def _check_partition_spec(partitions: dict[str, list], partition_by: list[str], 
 
 
 def _partition_filters(partitions: dict[str, list], schema) -> list[tuple]:
-    return [(col, "in", [_partition_string(v) for v in values]) for col, values in partitions.items()]
+    return [(col, "in", [partition_string(v) for v in values]) for col, values in partitions.items()]
 
 
 def _remove_files_of(root: str, write_id: str, keep: set[str] | None = None) -> None:
@@ -477,7 +303,3 @@ def files_and_bytes(dt) -> tuple[int, int]:
 
     actions = pa.table(dt.get_add_actions(flatten=True))
     return actions.num_rows, int(sum(actions.column("size_bytes").to_pylist())) if actions.num_rows else 0
-
-
-def ceil_div(a: int, b: int) -> int:
-    return max(1, math.ceil(a / b))

@@ -1,7 +1,7 @@
 """Schema enforcement: compare what a write brings with what the table holds."""
 from __future__ import annotations
 
-from pipelines.lakehouse.errors import SchemaMismatchError
+from pipelines.storage.errors import SchemaMismatchError
 
 
 def check_schema(table_schema, data_schema, path: str, allow_new_columns: bool = False) -> None:

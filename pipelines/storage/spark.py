@@ -29,11 +29,10 @@ def build_spark(cfg: Config, app_name: str | None = None, master: str | None = N
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
     if not _submitted_by_spark_submit():
         builder = builder.master(master)
+    # What correctness needs, whatever the configuration says; the rest is cfg.spark.conf (conf/base).
     settings = {
         # delta-rs refuses Arrow timestamps tagged "Etc/UTC"; plain "UTC" is what Delta expects.
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.sql.adaptive.enabled": "true",
         "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",

@@ -1,27 +1,25 @@
-"""One object per Delta table and one for the lakehouse that holds them.
+"""One object per Delta table: read a version, write, history, counts, small reads, maintenance.
 
-This is the only code that reads or writes tables. Stages get DataFrames from `Table.read` and
-hand DataFrames to `Table.write`; they never see a path.
+This and `pipelines.storage.lakehouse` are the only code that reads or writes tables. Stages get
+DataFrames from `Table.read` and hand DataFrames to `Table.write`; they never see a path, and
+what they need from the Delta log (rows per partition, the files of a version, a small table on
+the driver) is a verb here.
 
-    >>> lh = Lakehouse.from_config(cfg, spark)
-    >>> flights = lh.table("bronze.flights")
+    >>> flights = lakehouse.table("bronze.flights")
     >>> flights.write(df, mode="overwrite", partitions={"date": ["2013-01-02"]})
     >>> flights.read(version=0).count()
+    >>> flights.rows_per_partition()            # {date(2013, 1, 2): 842, ...}, from the log alone
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Literal
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Callable, Literal
 
-from pipelines.lakehouse.delta_rs import DeltaRsEngine, files_and_bytes, local_path, rows_in
-from pipelines.lakehouse.errors import TableNotFoundError
-
-LAYERS = ("bronze", "silver", "gold", "results", "ops")
+from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, rows_in
+from pipelines.storage.errors import TableNotFoundError
+from pipelines.storage.paths import file_uri, local_path
 
 
 @dataclass
@@ -39,7 +37,7 @@ class TableInfo:
 
 
 class Table:
-    """A Delta table: read a version, write, history, vacuum, compaction."""
+    """A Delta table: read a version, write, history, counts, small reads, vacuum, compaction."""
 
     def __init__(self, name: str, path: str, engine):
         self.name = name
@@ -47,12 +45,13 @@ class Table:
         self.engine = engine
 
     def __repr__(self) -> str:
-        return f"Table({self.name!r}, {self.path!r}, engine={self.engine.name})"
+        return f"Table({self.name!r}, {self.path!r}, engine={self.engine.name if self.engine else None})"
 
     def exists(self) -> bool:
         """True once the table has a first commit."""
         return DeltaRsEngine.exists(self.path)
 
+    # -- read and write (Spark) -------------------------------------------------------------------
     def read(self, version: int | None = None, timestamp: datetime | str | None = None):
         """A Spark DataFrame of the latest version, of `version`, or as of `timestamp` (time travel).
 
@@ -82,9 +81,26 @@ class Table:
                                  partitions=partitions, schema_mode=schema_mode, description=description,
                                  row_group_rows=row_group_rows)
 
-    # -- snapshot metadata (delta-rs reads tables of either engine) -------------------------------
+    def replace_rows(self, rows: list[dict], schema: str, key: tuple[str, ...],
+                     drop: Callable[[dict], bool] | None = None) -> int:
+        """Keep every row whose `key` differs from the given rows', replace the others, in one
+        commit; `drop(row)`, when given, also removes the existing rows it is true for.
+
+        For small bookkeeping tables (tens of rows per run): the rewrite goes through the driver.
+
+            >>> lh.table("results.runs").replace_rows([row], RUNS_SCHEMA, key=("job", "run_date"))
+        """
+        replaced = {tuple(r[k] for k in key) for r in rows}
+        kept = []
+        if self.exists():
+            kept = [r for r in (row.asDict() for row in self.read().collect())
+                    if tuple(r[k] for k in key) not in replaced and not (drop and drop(r))]
+        return self.write(self.engine.spark.createDataFrame(kept + rows, schema), mode="overwrite")
+
+    # -- the Delta log (delta-rs reads tables of either engine; no Spark) ------------------------
     def delta(self, version: int | None = None, timestamp: datetime | str | None = None):
-        """The `deltalake.DeltaTable` at a version, for what this API does not cover."""
+        """The `deltalake.DeltaTable` at a version: the engine underneath, for the storage layer
+        and for exploring. The rest of the package asks the verbs of this class instead."""
         return DeltaRsEngine.open(self.path, version, timestamp)
 
     def version(self) -> int:
@@ -93,6 +109,18 @@ class Table:
     def files(self, version: int | None = None) -> list[str]:
         """Absolute URIs of the data files of a version: what Petastorm reads."""
         return [f if "://" in f else f"file://{f}" for f in self.delta(version).file_uris()]
+
+    def add_actions(self, version: int | None = None) -> list[dict]:
+        """One dict per data file of a version: `path` (absolute URI), `size_bytes`, `num_records`,
+        and `partition.<column>`, `min.<column>`, `max.<column>`, `null_count.<column>`."""
+        import pyarrow as pa
+
+        dt = self.delta(version)
+        root = dt.table_uri
+        actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+        for a in actions:
+            a["path"] = file_uri(root, a["path"])
+        return actions
 
     def schema(self, version: int | None = None):
         return DeltaRsEngine.spark_schema(self.delta(version))
@@ -108,15 +136,82 @@ class Table:
         """Rows in a version, from the log's statistics (no data is read)."""
         return rows_in(self.delta(version))
 
-    def vacuum(self, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
-        """Delete files no version within `retention_hours` refers to; returns them."""
-        return self.delta().vacuum(retention_hours=retention_hours, dry_run=dry_run,
-                                   enforce_retention_duration=False)
+    def size(self, version: int | None = None) -> tuple[int, int]:
+        """(data files, bytes) of a version, from the log."""
+        return files_and_bytes(self.delta(version))
 
-    def compact(self, target_size_bytes: int = 128 * 1024 * 1024, partitions: dict[str, list] | None = None) -> dict:
-        """Rewrite small files into fewer large ones (data unchanged, one new version)."""
+    def rows_per_partition(self, columns: tuple[str, ...] | list[str] | str | None = None,
+                           version: int | None = None) -> dict:
+        """Rows per partition value, from the log's file statistics (no data is read).
+
+        `columns` defaults to the table's partition columns. Keys are the value of one column, or a
+        tuple of values for several, typed by the schema (a `date` column gives `date`s, a null
+        partition None).
+
+            >>> lh.table("silver.quarantine").rows_per_partition(("table", "date"))
+        """
+        columns = [columns] if isinstance(columns, str) else list(columns or self.partition_by())
+        types = {f.name: f.dataType.typeName() for f in self.schema(version).fields}
+        out: dict = {}
+        for a in self.add_actions(version):
+            key = tuple(_typed(a.get(f"partition.{c}"), types.get(c)) for c in columns)
+            key = key[0] if len(columns) == 1 else key
+            out[key] = out.get(key, 0) + int(a.get("num_records") or 0)
+        return out
+
+    def to_arrow(self, columns: list[str] | None = None, version: int | None = None):
+        """A small table (bookkeeping, the feature spec, the registry) as a pyarrow Table, read
+        on the driver without Spark. Partition columns are filled from the log's values."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = self.schema(version)
+        wanted = columns or schema.fieldNames()
+        parts_by = self.partition_by()
+        arrow_types = {f.name: _arrow_type(f.dataType.typeName()) for f in schema.fields}
+        tables = []
+        for a in self.add_actions(version):
+            stored = [c for c in wanted if c not in parts_by]
+            table = pq.read_table(local_path(a["path"]), columns=stored)
+            for c in wanted:
+                if c in parts_by:
+                    value = _typed(a.get(f"partition.{c}"), schema[c].dataType.typeName())
+                    table = table.append_column(c, pa.array([value] * table.num_rows, arrow_types.get(c)))
+            tables.append(table.select(wanted))
+        if not tables:
+            return pa.table({c: pa.array([], arrow_types.get(c)) for c in wanted})
+        return pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+
+    def to_pandas(self, columns: list[str] | None = None, version: int | None = None):
+        """`to_arrow` as a pandas DataFrame (notebooks; works on partitioned tables with pyarrow 14)."""
+        return self.to_arrow(columns, version).to_pandas()
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def vacuum(self, retention_hours: int, dry_run: bool = False, keep_versions: list[int] | None = None) -> list[str]:
+        """Delete the files no version within `retention_hours` (nor one of `keep_versions`) refers
+        to; returns them (with `dry_run`, the ones it would delete). Commits nothing when there is
+        nothing to delete, so running it twice changes nothing."""
+        options = dict(retention_hours=retention_hours, enforce_retention_duration=False,
+                       keep_versions=keep_versions or None)
+        dt = self.delta()
+        # delta-rs lists every file the log tombstoned, deleted before or not: count those on disk,
+        # and vacuum (two commits: VACUUM START and END) only when there are some.
+        root = local_path(self.path)
+        listed = [f for f in dt.vacuum(dry_run=True, **options) if os.path.exists(os.path.join(root, f))]
+        if listed and not dry_run:
+            dt.vacuum(dry_run=False, **options)
+        return listed
+
+    def compact(self, row_group_rows: int | None = None, partitions: dict[str, list] | None = None,
+                target_size_bytes: int | None = None) -> dict:
+        """Rewrite small files into fewer large ones (data unchanged, one new version, none when
+        there is nothing to compact); returns delta-rs's metrics (`numFilesRemoved`, ...)."""
+        from deltalake import WriterProperties
+
         filters = [(c, "in", [str(v) for v in vals]) for c, vals in (partitions or {}).items()] or None
-        return self.delta().optimize.compact(partition_filters=filters, target_size=target_size_bytes)
+        props = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
+        return self.delta().optimize.compact(partition_filters=filters, target_size=target_size_bytes,
+                                             writer_properties=props)
 
     def info(self, layer: str) -> TableInfo:
         dt = self.delta()
@@ -127,139 +222,22 @@ class Table:
                          last.get("operation", "?"), ts, list(dt.metadata().partition_columns))
 
 
-class JvmDeltaEngine:
-    """Delta through Spark's own `format("delta")`: used where the Delta jars are on the classpath."""
-
-    name = "jvm"
-
-    def __init__(self, spark):
-        self.spark = spark
-
-    def read(self, path: str, version=None, timestamp=None):
-        reader = self.spark.read.format("delta")
-        if version is not None:
-            reader = reader.option("versionAsOf", version)
-        elif timestamp is not None:
-            reader = reader.option("timestampAsOf", str(timestamp))
-        return reader.load(path)
-
-    def write(self, df, path, mode, partition_by, partitions, schema_mode, description=None,
-              row_group_rows=None) -> int:   # Spark's Parquet writer sizes row groups in bytes
-        writer = df.write.format("delta").mode(mode)
-        if partition_by:
-            writer = writer.partitionBy(*partition_by)
-        if partitions:
-            clauses = [f"{c} IN ({', '.join(repr(str(v)) for v in vals)})" for c, vals in partitions.items()]
-            writer = writer.option("replaceWhere", " AND ".join(clauses))
-        if schema_mode == "merge":
-            writer = writer.option("mergeSchema", "true")
-        elif schema_mode == "overwrite":
-            writer = writer.option("overwriteSchema", "true")
-        if description:
-            writer = writer.option("userMetadata", description)
-        writer.save(path)
-        from delta.tables import DeltaTable
-
-        return DeltaTable.forPath(self.spark, path).history(1).collect()[0]["version"]
+def _typed(value: Any, type_name: str | None) -> Any:
+    """A partition value of the log (a string) as the column's type."""
+    if value is None or not isinstance(value, str):
+        return value
+    if type_name == "date":
+        return date.fromisoformat(value)
+    if type_name in ("integer", "long", "short", "byte"):
+        return int(value)
+    if type_name == "boolean":
+        return value == "true"
+    return value
 
 
-def jvm_delta_available(spark) -> bool:
-    """True when the Delta classes load in this Spark (a cluster submitted with the Delta jars)."""
-    try:
-        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
-        return True
-    except Exception:
-        return False
+def _arrow_type(type_name: str):
+    import pyarrow as pa
 
-
-def choose_engine(spark, engine: str, target_file_rows: int = 500_000, row_group_rows: int = 16_384):
-    if engine == "auto":
-        engine = "jvm" if jvm_delta_available(spark) else "delta-rs"
-    if engine == "jvm":
-        if not jvm_delta_available(spark):
-            raise RuntimeError("lakehouse.engine is 'jvm' but the Delta classes are not on Spark's classpath; "
-                               "submit with --packages io.delta:delta-spark_2.12:3.3.2 or set lakehouse.engine=delta-rs")
-        return JvmDeltaEngine(spark)
-    return DeltaRsEngine(spark, target_file_rows, row_group_rows)
-
-
-class Lakehouse:
-    """The lakehouse root: tables are named `<layer>.<name>` and live at `<root>/<layer>/<name>`."""
-
-    def __init__(self, root: str | Path, spark=None, engine: str = "delta-rs",
-                 target_file_rows: int = 500_000, row_group_rows: int = 16_384):
-        self.root = str(root)
-        self.spark = spark
-        self._engine_name = engine
-        self._engine = None
-        self.target_file_rows = target_file_rows
-        self.row_group_rows = row_group_rows
-
-    @classmethod
-    def from_config(cls, cfg, spark=None) -> "Lakehouse":
-        lk = cfg.lakehouse
-        return cls(lk.root, spark, lk.engine, lk.target_file_rows, lk.row_group_rows)
-
-    @property
-    def engine(self):
-        if self._engine is None:
-            if self.spark is None:
-                raise RuntimeError("this Lakehouse was opened without Spark; reads and writes need a SparkSession")
-            self._engine = choose_engine(self.spark, self._engine_name, self.target_file_rows, self.row_group_rows)
-        return self._engine
-
-    def path(self, name: str) -> str:
-        layer, _, table = name.partition(".")
-        if not table or layer not in LAYERS:
-            raise ValueError(f"table names are '<layer>.<name>' with a layer of {', '.join(LAYERS)}; got {name!r}")
-        return os.path.join(self.root, layer, table)
-
-    def table(self, name: str) -> Table:
-        """The table `<layer>.<name>` (it may not exist yet: `exists()` tells)."""
-        path = self.path(name)
-        return Table(name, path, _LazyEngine(self))
-
-    def table_names(self) -> list[str]:
-        """The name of every table in the lakehouse, by layer and name, without opening them."""
-        out = []
-        root = local_path(self.root)
-        for layer in LAYERS:
-            folder = os.path.join(root, layer)
-            if not os.path.isdir(folder):
-                continue
-            for name in sorted(os.listdir(folder)):
-                path = os.path.join(folder, name)
-                if os.path.isdir(os.path.join(path, "_delta_log")) and DeltaRsEngine.exists(path):
-                    out.append(f"{layer}.{name}")
-        return out
-
-    def tables(self) -> list[TableInfo]:
-        """Every table in the lakehouse, by layer and name."""
-        root = local_path(self.root)
-        out = []
-        for name in self.table_names():
-            layer, table = name.split(".", 1)
-            out.append(Table(name, os.path.join(root, layer, table), None).info(layer))
-        return out
-
-    def drop(self, name: str) -> None:
-        """Delete a table and its files (tests and `reset` only)."""
-        shutil.rmtree(local_path(self.path(name)), ignore_errors=True)
-
-
-class _LazyEngine:
-    """Lets `Table` objects exist without Spark (metadata only) and pick the engine on first write."""
-
-    def __init__(self, lakehouse: Lakehouse):
-        self._lh = lakehouse
-
-    @property
-    def name(self) -> str:
-        return self._lh._engine_name
-
-    def __getattr__(self, attr):
-        return getattr(self._lh.engine, attr)
-
-
-def tables_json(infos: list[TableInfo]) -> str:
-    return json.dumps([asdict(i) for i in infos], indent=2)
+    return {"date": pa.date32(), "integer": pa.int32(), "long": pa.int64(), "short": pa.int16(),
+            "byte": pa.int8(), "boolean": pa.bool_(), "string": pa.string(), "double": pa.float64(),
+            "float": pa.float32()}.get(type_name)

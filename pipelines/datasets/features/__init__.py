@@ -1,6 +1,6 @@
 """Dataset-specific feature builders: one module per dataset, found by the dataset's name.
 
-`pipelines.gold` is generic; what a dataset brings is one module here that declares
+`pipelines.stages.gold` is generic; what a dataset brings is one module here that declares
 what it reads and which of its columns the model sees:
 
     SOURCES          {argument name: silver table}, e.g. {"flights": "silver.flights", ...}
@@ -18,10 +18,11 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Literal
 
-# How a null numeric value is filled in the model input, with a statistic of the training window
-# (or zero); `flag` adds a 0/1 column saying it was missing. Nulls stay nulls in the readable
+from pipelines.datasets.dataset import FILLS
+
+# A null numeric value is filled in the model input with a statistic of the training window (or
+# zero, FILLS); `flag` adds a 0/1 column saying it was missing. Nulls stay nulls in the readable
 # features table: a fixed-width float column is the first place that cannot hold them.
-FILLS = ("mean", "median", "mode", "zero")
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,15 @@ def with_declared_policies(columns: list[ModelColumn], dataset) -> list[ModelCol
 
 
 def feature_module(dataset: str) -> ModuleType:
-    """The features module of a dataset, `pipelines.features.<dataset>`, checked for what gold uses."""
-    name = f"pipelines.features.{dataset}"
+    """The features module of a dataset, `pipelines.datasets.features.<dataset>`, checked for what gold uses."""
+    name = f"pipelines.datasets.features.{dataset}"
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise
         raise ValueError(f"dataset {dataset!r} has no features module: add {name.replace('.', '/')}.py "
-                         f"(see pipelines/features/__init__.py for what it declares)") from None
+                         f"(see pipelines/datasets/features/__init__.py for what it declares)") from None
     missing = [attr for attr in ("SOURCES", "DATED_SOURCES", "HISTORY_DAYS", "KEY", "TARGET", "MODEL_COLUMNS", "build")
                if not hasattr(module, attr)]
     if missing:

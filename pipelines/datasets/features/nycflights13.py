@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from pipelines.features import categorical, numeric
+from pipelines import catalog
+from pipelines.datasets.features import categorical, numeric
 
-SOURCES = {"flights": "silver.flights", "weather": "silver.weather", "planes": "silver.planes"}
+SOURCES = {name: catalog.silver(name) for name in ("flights", "weather", "planes")}
 DATED_SOURCES = ("flights", "weather")
 KEY = "flight_id"
 TARGET = "arr_delay"

@@ -1,0 +1,97 @@
+"""Every table of the lakehouse, named once: its layer, partitioning, the stage that writes it.
+
+Code asks the catalog for a table's name and never spells one; a table's folder is
+`<root>/<layer>/<name>` (`pipelines.storage.Lakehouse`).
+
+    >>> MODEL_INPUT
+    'gold.model_input'
+    >>> bronze("flights"), rejected("flights"), silver("flights")
+    ('bronze.flights', 'bronze.flights_rejected', 'silver.flights')
+    >>> entry("bronze.weather").partition_by
+    ('date',)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAYERS = ("bronze", "silver", "gold", "results", "ops")
+# The partition column of every daily table: the date of the file a row arrived in.
+PARTITION_COLUMN = "date"
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One table: its name, how it is partitioned, which module writes it, and what it holds."""
+
+    name: str
+    partition_by: tuple[str, ...]
+    owner: str
+    content: str
+
+    @property
+    def layer(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+def bronze(source: str) -> str:
+    """The raw rows of one source, typed by the declared schema, with lineage columns."""
+    return f"bronze.{source}"
+
+
+def rejected(source: str) -> str:
+    """The records of one source that did not parse, with their raw text and the reason."""
+    return f"bronze.{source}_rejected"
+
+
+def silver(source: str) -> str:
+    """The cleaned, deduplicated rows of one source."""
+    return f"silver.{source}"
+
+
+INGEST_LOG = "ops.ingest_log"
+QUARANTINE = "silver.quarantine"
+DATA_QUALITY = "ops.data_quality"
+FEATURES = "gold.flight_features"
+FEATURE_SPEC = "gold.feature_spec"
+MODEL_INPUT = "gold.model_input"
+PREDICTIONS = "results.predictions"
+METRICS = "results.metrics"
+HISTORY = "results.training_history"
+MODELS = "results.models"
+RUNS = "results.runs"
+STAGE_LOG = "ops.stage_log"
+
+_FIXED = [
+    TableEntry(INGEST_LOG, (), "stages.bronze", "one row per raw file ingested: path, sha256, rows, rejected"),
+    TableEntry(QUARANTINE, ("table", PARTITION_COLUMN), "stages.silver", "rows failing a blocking rule, with the rule and reason"),
+    TableEntry(DATA_QUALITY, ("table", PARTITION_COLUMN), "stages.silver", "rows checked and failed per table, date and rule"),
+    TableEntry(FEATURES, (PARTITION_COLUMN,), "stages.gold", "readable features, one row per entity, key and label"),
+    TableEntry(FEATURE_SPEC, (), "stages.gold", "how each model column is encoded, fitted on the training window"),
+    TableEntry(MODEL_INPUT, ("split",), "stages.gold", "fixed-width model-ready rows: what Petastorm reads"),
+    TableEntry(PREDICTIONS, (PARTITION_COLUMN,), "ml.results", "scores of the blessed model per key and day"),
+    TableEntry(METRICS, (), "ml.results", "AUC, log loss, accuracy, ... per run, model and split"),
+    TableEntry(HISTORY, (), "ml.results", "one row per training epoch"),
+    TableEntry(MODELS, (), "ml.registry", "the model registry: one row per trained model and its status"),
+    TableEntry(RUNS, (), "ops.runs", "one row per job and date: status, stage times and counts"),
+    TableEntry(STAGE_LOG, (), "ops.runs", "the finished stages of each date, which a resumed run skips"),
+]
+TABLES: dict[str, TableEntry] = {e.name: e for e in _FIXED}
+
+
+def entry(name: str, daily: bool = True) -> TableEntry:
+    """The catalog entry of a table, the per-source bronze and silver tables included (`daily`:
+    the source is a daily feed, partitioned by date, not a reference table).
+
+    Raises KeyError for a name the catalog does not know.
+    """
+    if name in TABLES:
+        return TABLES[name]
+    layer, _, table = name.partition(".")
+    if layer == "bronze" and table.endswith("_rejected"):
+        return TableEntry(name, (), "stages.bronze", f"rejected records of source {table[:-len('_rejected')]}")
+    partition_by = (PARTITION_COLUMN,) if daily else ()
+    if layer == "bronze" and table:
+        return TableEntry(name, partition_by, "stages.bronze", f"raw rows of source {table}")
+    if layer == "silver" and table:
+        return TableEntry(name, partition_by, "stages.silver", f"clean rows of source {table}")
+    raise KeyError(f"{name!r} is not a table of the catalog (pipelines/catalog.py)")

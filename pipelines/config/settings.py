@@ -1,0 +1,102 @@
+"""The typed configuration: one dataclass per section of `conf/`.
+
+The values, defaults included, live only in the YAML files: `conf/base/*.yaml` declares every
+key, so these classes carry types and no values (a key missing from every layer is an error that
+names it). Loading, merging and validation are in `pipelines.config.loader`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class SparkConfig:
+    app_name: str
+    master: str
+    log_level: str
+    shuffle_partitions: int
+    conf: dict[str, str]
+
+
+@dataclass
+class LakehouseConfig:
+    root: str
+    landing: str
+    engine: Literal["auto", "delta-rs", "jvm"]
+    target_file_rows: int
+    row_group_rows: int
+    model_input_row_group_rows: int
+    vacuum_retention_hours: int
+
+
+@dataclass
+class PipelineConfig:
+    dataset: str
+    splits: dict[str, list[str]]
+
+
+@dataclass
+class TrainingConfig:
+    num_proc: int
+    threads_per_proc: int
+    use_gpu: bool
+    head: Literal["classification", "regression"]
+    hidden_units: list[int]
+    wide: bool
+    dropout: float
+    l2: float
+    embedding_dim: int
+    optimizer: Literal["adam", "sgd", "rmsprop"]
+    momentum: float
+    learning_rate: float
+    warmup_epochs: int
+    batch_size: int
+    epochs: int
+    early_stopping_patience: int
+    shuffle_buffer: int
+    seed: int
+    local_cache: bool
+    max_train_rows: int
+    threshold: float
+    regression_loss: Literal["huber", "mse"]
+    huber_delta: float
+    reader_threads: int
+    baselines: list[Literal["logreg", "gbt"]]
+
+
+@dataclass
+class NightlyConfig:
+    retrain_every_days: int
+    score_days_back: int
+    default_date: str
+
+
+@dataclass
+class Config:
+    env: str
+    spark: SparkConfig
+    lakehouse: LakehouseConfig
+    pipeline: PipelineConfig
+    training: TrainingConfig
+    nightly: NightlyConfig
+
+    @property
+    def root(self) -> Path:
+        """The lakehouse root as an absolute path."""
+        return Path(self.lakehouse.root)
+
+    @property
+    def landing(self) -> Path:
+        return Path(self.lakehouse.landing)
+
+    def split(self, name: str) -> tuple[date, date]:
+        """The inclusive (start, end) dates of a split named in `pipeline.splits`."""
+        start, end = self.pipeline.splits[name]
+        return date.fromisoformat(start), date.fromisoformat(end)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

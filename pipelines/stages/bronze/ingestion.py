@@ -1,0 +1,240 @@
+"""Bronze: raw landing files → `bronze.<source>`, typed by the declared schema, with lineage.
+
+Every record of a raw file ends up either in `bronze.<source>` or, as its raw text with the
+reason, in `bronze.<source>_rejected`; the run checks that against the files' own line counts and
+fails loudly where it does not hold (`pipelines.stages.accounting`). `ops.ingest_log` remembers
+each file's checksum, so a file already ingested is skipped and a changed one replaces the rows of
+its date.
+
+    >>> results = ingest(cfg, spark, dates=[date(2013, 1, 1)])
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable
+
+from pipelines import catalog
+from pipelines.datasets import PARTITION_COLUMN, Dataset, Source, dataset_for
+from pipelines.ops.runs import new_run_id
+from pipelines.stages.accounting import check_parsed, verify_bronze
+from pipelines.stages.bronze.parse import count_records, header_reason
+from pipelines.stages.bronze.task import bronze_rows, parse_files, rejected_rows
+from pipelines.stages.landing import LandingFile, find_files
+from pipelines.storage import Lakehouse
+
+log = logging.getLogger(__name__)
+
+INGEST_LOG_SCHEMA = ("source string, path string, sha256 string, size long, rows long, rejected long, "
+                     "run_id string, ingested_at timestamp")
+REJECTED_SCHEMA = ("_source_file string, line_number long, raw_line string, reason string, "
+                   "_run_id string, _ingest_time timestamp")
+LINEAGE_COLUMNS = ["_source_file", "_ingest_time", "_run_id"]
+
+
+# --------------------------------------------------------------------------------------------
+# The ingest run
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run did to one source."""
+    table: str
+    files_found: int = 0
+    files_ingested: int = 0          # new or changed files, parsed and committed
+    files_skipped: int = 0           # already ingested with the same checksum
+    files_reread: int = 0            # unchanged files read again because their date had a new file
+    rows: int = 0                    # rows committed to bronze by this run
+    rejected: int = 0                # records committed to the rejected table by this run
+    dates: list[date] = field(default_factory=list)           # partitions rewritten
+    missing_dates: list[date] = field(default_factory=list)   # asked for (or in a gap) but no file
+    empty_files: list[str] = field(default_factory=list)
+    refused_files: list[str] = field(default_factory=list)    # whose header did not match: all rows rejected
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        files = self.files_ingested + self.files_reread
+        text = (f"[ingest] {self.table}: {self.rows:,} rows from {files:,} file{'s' if files != 1 else ''} "
+                f"({self.rejected:,} rejected, {self.files_skipped:,} skipped as already ingested")
+        if self.empty_files:
+            text += f", {len(self.empty_files)} empty"
+        if self.refused_files:
+            text += f", {len(self.refused_files)} with a header that does not match"
+        if self.missing_dates:
+            text += f", no file for {len(self.missing_dates)} day{'s' if len(self.missing_dates) > 1 else ''}"
+        return text + f") in {self.seconds:.1f}s"
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    file: LandingFile
+    sha256: str
+    size: int
+    records: int
+    header_reason: str | None = None
+
+
+def ingest(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
+           sources: Iterable[str] | None = None, run_id: str | None = None) -> list[IngestResult]:
+    """Ingest the landing files of every source (or of `sources`) into bronze; one result each.
+
+    Daily feeds: only files of `dates` when given, every file in the landing folder otherwise.
+    Reference tables are ingested whenever their file changed. A file already ingested with the
+    same checksum is skipped; a new or changed file rewrites the bronze partition of its date (with
+    the other files of that date), so running a date twice changes nothing.
+
+        >>> ingest(cfg, spark, dates=[date(2013, 1, 1)])
+    """
+    dataset = dataset or dataset_for(cfg)
+    run_id = run_id or new_run_id("ingest")
+    lh = Lakehouse.from_config(cfg, spark)
+    dates = sorted(set(dates)) if dates is not None else None
+    names = list(sources) if sources is not None else list(dataset.sources)
+    for name in names:
+        dataset.source(name)
+    results = []
+    ingested = ingested_files(lh)
+    # Without asked-for dates, a day is expected when any daily feed delivered a file for it.
+    delivered = None if dates is not None else sorted(
+        {f.date for s in dataset.daily_sources for f in find_files(cfg.lakehouse.landing, s)})
+    for name in names:
+        result = ingest_source(lh, cfg.lakehouse.landing, dataset.source(name), dates, run_id, ingested,
+                               delivered)
+        log.info(result.line())
+        results.append(result)
+    return results
+
+
+def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, run_id: str,
+                  ingested: dict[str, dict[str, tuple[str, int]]] | None = None,
+                  delivered: list[date] | None = None) -> IngestResult:
+    """Ingest one source's new and changed landing files (see `ingest`). A day of `dates` (or,
+    without dates, of `delivered`: the days other feeds have) with no file is reported missing."""
+    started = time.time()
+    ingest_time = datetime.now(timezone.utc).replace(microsecond=0)
+    table = lh.table(catalog.bronze(source.name))
+    result = IngestResult(table.name)
+    files = find_files(landing, source, dates if source.daily else None)
+    result.files_found = len(files)
+    if source.daily:
+        result.missing_dates = _missing_dates(files, dates, delivered)
+        for day in result.missing_dates:
+            log.info(f"[ingest] {table.name}: no file for {day} in {os.path.join(landing, source.path_for(day))}; "
+                     f"nothing ingested for that day")
+    elif not files:
+        log.info(f"[ingest] {table.name}: no file matches {os.path.join(landing, source.path)}; nothing ingested")
+
+    known = (ingested if ingested is not None else ingested_files(lh)).get(source.name, {}) if table.exists() else {}
+    deliveries = []
+    for f in files:
+        content = f.read_bytes()
+        deliveries.append(_Delivery(f, hashlib.sha256(content).hexdigest(), len(content), count_records(content, source),
+                                    header_reason(content, source)))
+    changed = [d for d in deliveries if d.file.path not in known or known[d.file.path][0] != d.sha256]
+    if not changed:
+        result.files_skipped = len(deliveries)
+        result.seconds = time.time() - started
+        return result
+    # A partition is rewritten whole, so every file of a date with a new file is read again.
+    if source.daily:
+        result.dates = sorted({d.file.date for d in changed})
+        read = [d for d in deliveries if d.file.date in set(result.dates)]
+    else:
+        read = deliveries
+    changed_paths = {d.file.path for d in changed}
+    result.files_ingested = len(changed)
+    result.files_reread = len(read) - len(changed)
+    result.files_skipped = len(deliveries) - len(read)
+    result.empty_files = [d.file.path for d in changed if d.records == 0 and not d.header_reason]
+
+    parsed = parse_files(lh.spark, source, [d.file for d in read]).persist()
+    try:
+        per_file = _counts_per_file(parsed)
+        check_parsed(table.name, [(d.file.path, d.records) for d in read], per_file)
+        for d in sorted(read, key=lambda d: d.file.path):
+            if d.header_reason:
+                result.refused_files.append(d.file.path)
+                what = f"all its {d.records} records are rejected" if d.records else "it holds no record after it"
+                log.info(f"[ingest] {table.name}: {d.file.path}: {d.header_reason}; {what}")
+        good = bronze_rows(parsed, source, run_id, ingest_time)
+        if source.daily:
+            table.write(good, mode="overwrite", partition_by=[PARTITION_COLUMN],
+                        partitions={PARTITION_COLUMN: result.dates}, description=f"ingest {run_id}")
+        else:
+            table.write(good, mode="overwrite", description=f"ingest {run_id}")
+        # Rejected records of the files read again are replaced; a file ingested before without
+        # any (the log says how many) has none to replace.
+        had_rejected = any(known.get(d.file.path, (None, 0))[1] for d in read)
+        fresh = sum(per_file.get(d.file.path, _NONE)[1] for d in read)
+        _replace_rejected(lh, source, rejected_rows(parsed, run_id, ingest_time), {d.file.path for d in read},
+                          run_id, needed=had_rejected or fresh > 0)
+        log_rows = [(source.name, d.file.path, d.sha256, d.size, per_file.get(d.file.path, _NONE)[0],
+                     per_file.get(d.file.path, _NONE)[1], run_id, ingest_time)
+                    for d in read if d.file.path in changed_paths]
+        lh.table(catalog.INGEST_LOG).write(lh.spark.createDataFrame(log_rows, INGEST_LOG_SCHEMA), mode="append",
+                                   description=f"ingest {run_id}")
+    finally:
+        parsed.unpersist()
+    result.rows = sum(per_file.get(d.file.path, _NONE)[0] for d in read)
+    result.rejected = sum(per_file.get(d.file.path, _NONE)[1] for d in read)
+    verify_bronze(lh, source, read_files=[(d.file, d.records) for d in read], dates=result.dates)
+    result.seconds = time.time() - started
+    return result
+
+
+_NONE = (0, 0)
+
+
+def _missing_dates(files: list[LandingFile], dates: list[date] | None,
+                   delivered: list[date] | None) -> list[date]:
+    have = {f.date for f in files}
+    expected = set(dates if dates is not None else (delivered or []))
+    if have and dates is None:
+        # A gap between the first and last delivered day is missing too.
+        first, last = min(have), max(have)
+        expected |= {first + timedelta(days=i) for i in range((last - first).days + 1)}
+    return sorted(expected - have)
+
+
+def ingested_files(lh) -> dict[str, dict[str, tuple[str, int]]]:
+    """{source: {path: (sha256, rejected records)}} of each file as it was last ingested."""
+    log_table = lh.table(catalog.INGEST_LOG)
+    if not log_table.exists():
+        return {}
+    out: dict[str, dict[str, tuple[str, int]]] = {}
+    rows = log_table.to_arrow(["source", "path", "sha256", "rejected", "ingested_at", "run_id"]).to_pylist()
+    # Oldest first, so each file's latest ingest wins.
+    for r in sorted(rows, key=lambda r: (r["ingested_at"], r["run_id"])):
+        out.setdefault(r["source"], {})[r["path"]] = (r["sha256"], int(r["rejected"] or 0))
+    return out
+
+
+def _counts_per_file(parsed) -> dict[str, tuple[int, int]]:
+    """{file: (rows, rejected records)} in one Spark job."""
+    from pyspark.sql import functions as F
+
+    reason = F.col("_reason")
+    rows = (parsed.groupBy("_source_file")
+            .agg(F.sum(reason.isNull().cast("long")).alias("good"),
+                 F.sum(reason.isNotNull().cast("long")).alias("bad"))
+            .collect())
+    return {r["_source_file"]: (int(r["good"]), int(r["bad"])) for r in rows}
+
+
+def _replace_rejected(lh, source: Source, new_rejected, paths: set[str], run_id: str, needed: bool) -> None:
+    """Replace the rejected records of the files read again by this run's ones (a small table,
+    rewritten whole); `needed` is False when there is nothing to remove and nothing to add."""
+    from pyspark.sql import functions as F
+
+    table = lh.table(catalog.rejected(source.name))
+    if not table.exists():
+        table.write(new_rejected, mode="overwrite", description=f"ingest {run_id}")
+        return
+    if not needed:
+        return
+    kept = table.read().filter(~F.col("_source_file").isin(sorted(paths)))
+    table.write(kept.unionByName(new_rejected), mode="overwrite", description=f"ingest {run_id}")

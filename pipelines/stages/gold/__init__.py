@@ -1,0 +1,10 @@
+"""Gold: silver → `gold.flight_features`, `gold.feature_spec`, `gold.model_input`.
+
+`spec` fits and applies the feature spec (pure transforms); `build` is the stage (reads silver,
+writes the three tables).
+"""
+from pipelines.stages.gold.build import build_features, model_columns
+from pipelines.stages.gold.spec import FeaturesError, apply_feature_spec, fit_feature_spec, spec_rows, split_column
+
+__all__ = ["build_features", "model_columns", "FeaturesError", "fit_feature_spec", "apply_feature_spec", "spec_rows",
+           "split_column"]

@@ -1,0 +1,64 @@
+"""Delta through Spark's own `format("delta")`, for clusters submitted with the Delta jars, and
+the choice between it and the embedded delta-rs engine (`lakehouse.engine`)."""
+from __future__ import annotations
+
+from pipelines.storage.delta_rs import DeltaRsEngine
+
+
+class JvmDeltaEngine:
+    """Delta through Spark's own `format("delta")`: used where the Delta jars are on the classpath."""
+
+    name = "jvm"
+
+    def __init__(self, spark):
+        self.spark = spark
+
+    def read(self, path: str, version=None, timestamp=None):
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        elif timestamp is not None:
+            reader = reader.option("timestampAsOf", str(timestamp))
+        return reader.load(path)
+
+    def write(self, df, path, mode, partition_by, partitions, schema_mode, description=None,
+              row_group_rows=None) -> int:   # Spark's Parquet writer sizes row groups in bytes
+        writer = df.write.format("delta").mode(mode)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if partitions:
+            clauses = [f"{c} IN ({', '.join(repr(str(v)) for v in vals)})" for c, vals in partitions.items()]
+            writer = writer.option("replaceWhere", " AND ".join(clauses))
+        if schema_mode == "merge":
+            writer = writer.option("mergeSchema", "true")
+        elif schema_mode == "overwrite":
+            writer = writer.option("overwriteSchema", "true")
+        if description:
+            writer = writer.option("userMetadata", description)
+        writer.save(path)
+        from delta.tables import DeltaTable
+
+        return DeltaTable.forPath(self.spark, path).history(1).collect()[0]["version"]
+
+
+def jvm_delta_available(spark) -> bool:
+    """True when the Delta classes load in this Spark (a cluster submitted with the Delta jars)."""
+    try:
+        spark._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        return True
+    except Exception:
+        return False
+
+
+def choose_engine(spark, engine: str, target_file_rows: int, row_group_rows: int):
+    """The engine `lakehouse.engine` names: "auto" is the JVM one where its classes load, else delta-rs."""
+    if engine == "auto":
+        engine = "jvm" if jvm_delta_available(spark) else "delta-rs"
+    if engine == "jvm":
+        if not jvm_delta_available(spark):
+            raise RuntimeError("lakehouse.engine is 'jvm' but the Delta classes are not on Spark's classpath; "
+                               "submit with --packages io.delta:delta-spark_2.12:3.3.2 or set lakehouse.engine=delta-rs")
+        return JvmDeltaEngine(spark)
+    return DeltaRsEngine(spark, target_file_rows, row_group_rows)
+
+
