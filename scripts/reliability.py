@@ -339,7 +339,7 @@ class Suite:
             out.problems.append(f"outlived the process group: {'; '.join(survivors)}")
         rerun = self.complete(root, "rerun.log")
         out.rerun_rc = rerun.proc.returncode
-        out.rerun_note = "stale lock taken over" if rerun.seen("[lock] taking over a stale lock") else "lock not stale?"
+        out.rerun_note = "stale lock taken over" if rerun.seen("warning: [lock] taking over a stale lock") else "lock not stale?"
         if rerun.seen("[nightly] resuming"):
             out.rerun_note += ", resumed"
         if out.rerun_rc != 0:

@@ -1,6 +1,7 @@
 """Shared fixtures: one SparkSession for the whole test session, a fresh lakehouse per test."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -11,6 +12,26 @@ from standalone import standalone_cluster  # noqa: F401  (the real standalone cl
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was():
+    """A test that runs the command line in-process (which configures logging and exports the level
+    and format for child processes) leaves logging as it found it for the next test."""
+    from pipelines.console import FORMAT_ENV, LEVEL_ENV
+
+    logger = logging.getLogger("pipelines")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    env = {name: os.environ.get(name) for name in (LEVEL_ENV, FORMAT_ENV)}
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

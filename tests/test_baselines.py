@@ -21,16 +21,16 @@ def test_frames_are_the_splits_of_the_pinned_version(frames):
 
 @pytest.mark.slow
 def test_logreg_scores_auc_on_validation(spark, frames):
-    results = fit_baselines(spark, frames["train"], frames["validation"], kinds=("logreg",), max_iter=20)
+    results = fit_baselines(spark, frames["train"], frames["validation"], kinds=("logreg",), seed=42, max_iter=20)
     metrics = results["logreg"]
     # The fixture's label depends on the features, so a linear model finds most of it.
     assert metrics["val_auc"] > 0.75
     assert 0.5 < metrics["train_auc"] <= 1 and metrics["features"] == 6 and metrics["seconds"] > 0
     with pytest.raises(ValueError, match="unknown baseline"):
-        fit_baselines(spark, frames["train"], frames["validation"], kinds=("forest",))
+        fit_baselines(spark, frames["train"], frames["validation"], kinds=("forest",), seed=42)
 
 
 @pytest.mark.slow
 def test_gbt_scores_auc_on_validation(spark, frames):
-    results = fit_baselines(spark, frames["train"], frames["validation"], kinds=("gbt",), max_iter=10)
+    results = fit_baselines(spark, frames["train"], frames["validation"], kinds=("gbt",), seed=42, max_iter=10)
     assert set(results) == {"gbt"} and results["gbt"]["val_auc"] > 0.75

@@ -117,3 +117,25 @@ def test_config_prints_the_merged_configuration(tmp_path, capsys):
     assert printed["training"]["epochs"] == 2
     assert printed["lakehouse"]["root"] == str(tmp_path)
     assert printed["env"] == "local"
+
+
+def test_log_format_json_gives_one_json_object_per_library_line(tmp_path, capsys):
+    root = tmp_path / "lakehouse"
+    assert main(["landing", "seed", "--date", "2013-01-01", "--set", f"lakehouse.root={root}",
+                 "--log-format", "json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    logged = [json.loads(line) for line in out if line.startswith("{")]
+    assert {r["logger"] for r in logged} == {"pipelines.stages.landing"}
+    assert all(r["level"] == "INFO" and r["time"].endswith("Z") for r in logged)
+    assert any(r["message"].startswith("[landing] flights: 1 file") for r in logged)
+    # The command's own closing line stays a line a person reads.
+    assert [line for line in out if not line.startswith("{")] == [
+        f"[landing] 5 files written, 0 unchanged under {root / 'landing'}"]
+
+
+def test_quiet_leaves_the_library_lines_out_and_verbose_keeps_them(tmp_path, capsys):
+    root = tmp_path / "lakehouse"
+    assert main(["landing", "seed", "--date", "2013-01-01", "--set", f"lakehouse.root={root}", "-q"]) == 0
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("[landing] flights")]
+    assert main(["landing", "seed", "--date", "2013-01-01", "--set", f"lakehouse.root={root}", "-v"]) == 0
+    assert "[landing] flights: 1 file (0 written, 1 unchanged)" in capsys.readouterr().out

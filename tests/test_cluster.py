@@ -29,7 +29,7 @@ def dist(tmp_path_factory):
 
 def test_make_dist_zips_the_package_and_copies_conf(dist):
     names = zipfile.ZipFile(dist).namelist()
-    assert "pipelines/__init__.py" in names and "pipelines/lakehouse/delta_rs.py" in names
+    assert "pipelines/__init__.py" in names and "pipelines/storage/delta_rs.py" in names and "pipelines/cli/__main__.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert (dist.parent / "conf" / "base" / "lakehouse.yaml").is_file()
 

@@ -234,3 +234,11 @@ def test_the_cluster_environment_without_its_variables_says_which(monkeypatch):
     with pytest.raises(ConfigError, match=r"cluster/\w+\.yaml: key '[a-z_.]+' needs the environment variable "
                                           r"(LAKEHOUSE_ROOT|LAKEHOUSE_LANDING|SPARK_MASTER)"):
         load_config("cluster")
+
+
+def test_a_key_no_layer_sets_is_named_as_missing(tmp_path):
+    conf = make_conf(tmp_path, {})
+    text = (conf / "base" / "training.yaml").read_text().replace("  seed: 42\n", "")
+    (conf / "base" / "training.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="key 'training.seed' is not set in any layer: conf/base declares every key"):
+        load_config("local", conf_root=conf)

@@ -40,4 +40,4 @@ def test_roc_and_calibration_are_monotone_and_complete(scored):
 
 def test_empty_scores_are_refused(spark):
     with pytest.raises(ValueError, match="empty"):
-        binary_metrics(spark.createDataFrame([], "score double, label int"))
+        binary_metrics(spark.createDataFrame([], "score double, label int"), threshold=0.5)

@@ -5,6 +5,7 @@ import argparse
 from datetime import date, datetime, timezone
 
 import pytest
+from log_lines import log_lines
 from silver_fixtures import flight_rows, plane_rows, silver_tables, weather_rows, write_silver
 
 from pipelines.datasets.features import categorical, numeric
@@ -272,7 +273,7 @@ def test_rerunning_dates_changes_no_count_and_one_date_matches_the_full_run(gold
 
 
 @pytest.mark.slow
-def test_features_command_builds_a_date_and_prints_counts(gold, capsys):
+def test_features_command_builds_a_date_and_logs_counts(gold):
     from pipelines.cli.common import add_common, add_dates
     from pipelines.cli import features
 
@@ -281,8 +282,9 @@ def test_features_command_builds_a_date_and_prints_counts(gold, capsys):
     features.add_commands(parser.add_subparsers(dest="command"), add_common, add_dates)
     args = parser.parse_args(["features", "--date", "2013-01-16"])
     before = counts(lh)
-    assert args.func(args, cfg) == 0
-    out = capsys.readouterr().out
+    with log_lines() as lines:
+        assert args.func(args, cfg) == 0
+    out = "\n".join(lines)
     assert "[features] gold.flight_features:" in out and "gold.model_input:" in out and "validation" in out
     assert counts(lh) == before
     with pytest.raises(SystemExit):

@@ -148,7 +148,7 @@ def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lak
     assert set(resumed.skipped) == {"landing", "ingest", "clean", "features", "train"}
     assert last_run(lh, "nightly", next_day)["status"] == "succeeded"
     # The model trained for the day before is reused (retrain_every_days), nothing new registered.
-    assert len([e for e in __import__("pipelines.registry", fromlist=["x"]).entries(lh)]) == 1
+    assert len([e for e in __import__("pipelines.ml.registry", fromlist=["x"]).entries(lh)]) == 1
     preds = lh.table("results.predictions").read()
     assert preds.filter("date = '2013-02-22'").count() > 0
 

@@ -76,7 +76,7 @@ def test_training_and_scoring_feed_the_model_the_same_tensors(spark, tmp_path):
         np.testing.assert_array_equal(trained[name], scored_inputs[name])
 
     expected = model.predict(trained, verbose=0).reshape(-1)
-    scores = score(rows, path).toPandas().sort_values("flight_id")["score"].to_numpy()
+    scores = score(rows, path, threshold=0.5).toPandas().sort_values("flight_id")["score"].to_numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
     # One rule for categories the model does not know: negative or beyond its vocabulary → 0.

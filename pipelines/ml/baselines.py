@@ -1,7 +1,7 @@
 """Spark MLlib baselines on the model's own features: the bar the neural model has to clear.
 
     >>> frames = model_input_frames(lakehouse, version=3)
-    >>> fit_baselines(spark, frames["train"], frames["validation"])["logreg"]["val_auc"]
+    >>> fit_baselines(spark, frames["train"], frames["validation"], seed=cfg.training.seed)["logreg"]["val_auc"]
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def feature_columns(columns: list[str]) -> tuple[list[str], list[str]]:
     return ([c for c in columns if c.startswith("num_")], [c for c in columns if c.startswith("cat_")])
 
 
-def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = BASELINES, label: str = "label",
-                  seed: int = 42, max_iter: int = 50) -> dict[str, dict]:
+def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = BASELINES, label: str = "label", *,
+                  seed: int, max_iter: int = 50) -> dict[str, dict]:
     """Fit each baseline in `kinds` on `train_df` and score AUC on train and validation.
 
     logreg: logistic regression on num_* plus a one-hot encoding of each cat_* index (index 0,

@@ -28,7 +28,7 @@ class BinaryMetrics:
         return asdict(self)
 
 
-def binary_metrics(df, threshold: float = 0.5, score_col: str = "score", label_col: str = "label") -> BinaryMetrics:
+def binary_metrics(df, threshold: float, score_col: str = "score", label_col: str = "label") -> BinaryMetrics:
     """All metrics in one pass over `df` (plus the binned pass that gives the AUC)."""
     from pyspark.sql import functions as F
 

@@ -12,13 +12,13 @@ from datetime import date
 from pipelines.catalog import MODEL_INPUT
 
 
-def score(df, model_path: str, threshold: float = 0.5, key_columns: tuple[str, ...] = ("flight_id", "day"),
+def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = ("flight_id", "day"),
           batch_size: int = 4096):
     """Score `df` (model-input rows) with the model at `model_path`.
 
     Returns a DataFrame of `key_columns` + `score` (float) + `predicted_label` (int).
 
-        >>> preds = score(lh.table("gold.model_input").read().filter("day = 20131231"), path)
+        >>> preds = score(lh.table("gold.model_input").read().filter("day = 20131231"), path, cfg.training.threshold)
     """
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
