@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 import shlex
 
+from pipelines.config import load_config
+from pipelines.console import configure_logging
+from pipelines.storage import Lakehouse
+from pipelines.storage.spark import build_spark
+
 
 def open_lakehouse(*overrides: str):
     """Return (cfg, spark, lakehouse) for the configured environment.
@@ -16,11 +21,6 @@ def open_lakehouse(*overrides: str):
         >>> cfg, spark, lh = open_lakehouse()
         >>> lh.table("silver.flights").read().count()
     """
-    from pipelines.config import load_config
-    from pipelines.console import configure_logging
-    from pipelines.storage import Lakehouse
-    from pipelines.storage.spark import build_spark
-
     env = os.environ.get("LAKEHOUSE_DL_ENV", "local")
     sets = shlex.split(os.environ.get("LAKEHOUSE_DL_SET", "")) + list(overrides)
     cfg = load_config(env, sets)

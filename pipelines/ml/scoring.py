@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import date
 
 from pipelines.catalog import MODEL_INPUT
+from pipelines.ml.inputs import model_inputs, spec_of_model
+from pipelines.ml.model import load_model
 
 
 def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = ("flight_id", "day"),
@@ -27,9 +29,6 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = 
 
     def score_batches(frames):
         import tensorflow as tf
-
-        from pipelines.ml.inputs import model_inputs, spec_of_model
-        from pipelines.ml.model import load_model
 
         try:
             # One thread per Python worker: Spark already runs one worker per core.

@@ -18,6 +18,7 @@ from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
 from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
 from pipelines.storage.paths import local_path
+from pipelines.storage.schema import check_schema, merge_schemas
 
 
 class DeltaRsEngine:
@@ -114,8 +115,6 @@ class DeltaRsEngine:
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
         from deltalake.exceptions import CommitFailedError, DeltaError
         from pyspark.sql.pandas.types import to_arrow_schema
-
-        from pipelines.storage.schema import check_schema, merge_schemas
 
         existed = self.exists(path)
         if existed:

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.catalog import LAYERS
+from pipelines.config import base_value
 from pipelines.storage.delta_rs import DeltaRsEngine
 from pipelines.storage.jvm import choose_engine
 from pipelines.storage.paths import local_path
@@ -26,8 +27,6 @@ class Lakehouse:
     def __init__(self, root: str | Path, spark=None, engine: str | None = None,
                  target_file_rows: int | None = None, row_group_rows: int | None = None):
         """`engine`, `target_file_rows` and `row_group_rows` left out take conf/base's values."""
-        from pipelines.config import base_value
-
         self.root = str(root)
         self.spark = spark
         self._engine_name = engine or base_value("lakehouse.engine")

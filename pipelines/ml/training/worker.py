@@ -9,6 +9,9 @@ import logging
 import os
 from typing import Any
 
+from pipelines.console import configure_logging, configured
+from pipelines.ml.model import build_model, compile_model, dropout_generators, label_for, make_optimizer
+from pipelines.ml.tensors import cache_locally, make_dataset, steps_per_epoch
 from pipelines.ml.training.plan import CHECKPOINT_PREFIX, MODEL_FILE, TrainingPlan, read_state
 
 log = logging.getLogger(__name__)
@@ -24,9 +27,7 @@ def run_training(plan: TrainingPlan) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from pipelines.console import configure_logging, configured
-    from pipelines.ml.model import build_model, compile_model, dropout_generators, label_for, make_optimizer
-    from pipelines.ml.tensors import cache_locally, make_dataset, steps_per_epoch
+    # The callbacks derive from Keras' Callback: importing them starts TensorFlow, here only.
     from pipelines.ml.training.callbacks import EpochProgress, Throughput, WarmupSchedule
 
     cfg = plan.training
@@ -123,8 +124,6 @@ def _configure_devices(tf, cfg, local_rank: int) -> None:
 def _export_best(plan: TrainingPlan, best_epoch: int) -> None:
     """Save the best epoch's weights as the model (`model.keras`), atomically, without optimizer."""
     import tensorflow as tf
-
-    from pipelines.ml.model import build_model
 
     export = build_model(plan.spec, plan.training)
     path = os.path.join(plan.model_dir, "checkpoints", f"{CHECKPOINT_PREFIX}-{best_epoch}")
