@@ -40,17 +40,14 @@ def build(out: Path) -> Path:
     return archive
 
 
-def submit_command(archive: Path, job: str = "jobs/nightly.py", env: str = "cluster") -> str:
-    """The spark-submit command line for a job on a cluster, with this build's code and conf."""
-    conf = archive.parent / "conf"
+def submit_command(archive: Path, job: str = "jobs/nightly.py", env: str = "cluster-cpu") -> str:
+    """The spark-submit command line for a job on a cluster, with this build's code. The job finds
+    the conf/ beside the zip by itself (LAKEHOUSE_DL_CONF points elsewhere when set)."""
     lines = [
-        # The driver reads conf/ from beside the zip; a job's relative paths never point into it.
-        f"LAKEHOUSE_DL_CONF={shlex.quote(str(conf.resolve()))} \\",
         '  spark-submit --master "$SPARK_MASTER" \\',
-        f"  --packages {DELTA_PACKAGE} \\",
         f"  --py-files {shlex.quote(str(archive.resolve()))} \\",
-        "  --conf spark.sql.session.timeZone=UTC \\",
         f"  {job} --env {env}",
+        f"# with the JVM Delta engine and GPUs: --env cluster and --packages {DELTA_PACKAGE} (README)",
     ]
     return "\n".join(lines)
 

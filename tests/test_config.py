@@ -228,6 +228,35 @@ def test_the_cluster_environment_loads_when_its_variables_are_set(tmp_path, monk
     assert cfg.spark.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
 
 
+def test_the_cpu_cluster_environment_runs_the_cluster_path_with_delta_rs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKEHOUSE_ROOT", str(tmp_path / "shared" / "lakehouse"))
+    monkeypatch.setenv("LAKEHOUSE_LANDING", str(tmp_path / "shared" / "lakehouse" / "landing"))
+    monkeypatch.setenv("SPARK_MASTER", "spark://head:7077")
+    cfg = load_config("cluster-cpu")
+    assert (cfg.lakehouse.engine, cfg.training.use_gpu, cfg.training.num_proc) == ("delta-rs", False, 2)
+    assert "spark.sql.extensions" not in cfg.spark.conf and cfg.spark.master == "spark://head:7077"
+
+
+def test_imported_from_the_dist_zip_the_configuration_is_the_conf_beside_it(tmp_path):
+    """spark-submit --py-files dist/lakehouse_dl-<v>.zip: the driver finds dist/conf by itself."""
+    import subprocess
+    import sys
+    import zipfile
+
+    dist = tmp_path / "dist"
+    shutil.copytree(PROJECT_ROOT / "conf", dist / "conf")
+    archive = dist / "lakehouse_dl-test.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in (PROJECT_ROOT / "pipelines").rglob("*.py"):
+            zf.write(path, str(path.relative_to(PROJECT_ROOT)))
+    probe = ("import pipelines, pipelines.config as c; "
+             "print(pipelines.__file__); print(c.PROJECT_ROOT); print(c.conf_dir())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "LAKEHOUSE_DL_CONF"}
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(archive)}, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [str(archive / "pipelines" / "__init__.py"), str(dist), str(dist / "conf")]
+
+
 def test_the_cluster_environment_without_its_variables_says_which(monkeypatch):
     for name in ("LAKEHOUSE_ROOT", "LAKEHOUSE_LANDING", "SPARK_MASTER"):
         monkeypatch.delenv(name, raising=False)

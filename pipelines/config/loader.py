@@ -23,8 +23,11 @@ import yaml
 
 from pipelines.config.settings import Config
 
-# The project folder: conf/ and the default lakehouse lie beside the package.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# The project folder: conf/ and the default lakehouse lie beside the package. Imported from the zip
+# `make dist` builds (spark-submit --py-files), it is the folder holding the zip, dist/, where
+# `make dist` put conf/: a job on a cluster finds its configuration without LAKEHOUSE_DL_CONF.
+_ABOVE_PACKAGE = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = _ABOVE_PACKAGE.parent if _ABOVE_PACKAGE.is_file() else _ABOVE_PACKAGE
 
 
 class ConfigError(ValueError):
@@ -36,7 +39,8 @@ class ConfigError(ValueError):
 
 
 def conf_dir() -> Path:
-    """The configuration folder: $LAKEHOUSE_DL_CONF, else `conf/` beside the package."""
+    """The configuration folder: $LAKEHOUSE_DL_CONF, else `conf/` beside the package (or beside
+    the zip it was imported from)."""
     return Path(os.environ.get("LAKEHOUSE_DL_CONF", PROJECT_ROOT / "conf"))
 
 

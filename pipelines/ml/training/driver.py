@@ -16,9 +16,12 @@ import uuid
 from dataclasses import asdict
 from datetime import datetime, timezone
 
+import cloudpickle
+
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.ml.tensors import check_shardable, load_feature_spec, pin_snapshot
+from pipelines.ml.training.launch import rank_entry, shipped_files
 from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STATE_FILE, TrainingError, TrainingPlan,
                                         TrainingResult, model_dir_for, read_state, write_json)
 from pipelines.ml.training.worker import run_training
@@ -106,6 +109,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         num_proc=num_proc, wall_seconds=round(time.time() - started, 2),
         samples_per_sec=_steady_rate(history, chief["initial_epoch"]),
         config_hash=state["config_hash"],
+        ranks=[{k: r[k] for k in ("rank", "host", "pid", "cwd", "package")} for r in per_rank],
         weights=[r.get("weights") for r in per_rank] if return_weights else None)
     write_json(os.path.join(model_dir, RESULT_FILE), result.to_dict())
     return result
@@ -145,7 +149,9 @@ def _run_horovod(plan: TrainingPlan, spark, num_proc: int) -> list[dict]:
     if slots < num_proc:
         raise TrainingError(f"training.num_proc={num_proc} needs {num_proc} Spark task slots but this Spark has "
                             f"{slots}; lower training.num_proc or give Spark more cores")
-    results = horovod.spark.run(run_training, args=(plan,), num_proc=num_proc, use_gloo=True,
+    # The plan travels as bytes, unpickled by each rank once the shipped package is on its path.
+    results = horovod.spark.run(rank_entry, args=(cloudpickle.dumps(plan), shipped_files(spark)),
+                                num_proc=num_proc, use_gloo=True,
                                 verbose=1 if plan.verbose else 0,
                                 start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")))
     if len(results) != num_proc or any(r is None for r in results):

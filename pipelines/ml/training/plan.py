@@ -62,6 +62,8 @@ class TrainingResult:
     wall_seconds: float
     samples_per_sec: float
     config_hash: str
+    # Where each rank ran: rank, host, pid, working folder, the package file it imported.
+    ranks: list[dict] = field(default_factory=list)
     weights: list | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:

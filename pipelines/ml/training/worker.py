@@ -89,7 +89,7 @@ def run_training(plan: TrainingPlan) -> dict:
     if hvd is not None:
         # Nobody returns before every rank finished its last step (a late failure fails the job).
         hvd_tf.allreduce(tf.constant(0.0), name="training_done")
-    out: dict[str, Any] = {"rank": rank}
+    out: dict[str, Any] = {"rank": rank, **where_this_process_runs()}
     if rank == 0:
         _export_best(plan, progress.best_epoch)
         out.update(history=progress.history, best_epoch=progress.best_epoch, initial_epoch=initial_epoch,
@@ -131,3 +131,13 @@ def _export_best(plan: TrainingPlan, best_epoch: int) -> None:
     partial = os.path.join(plan.model_dir, f"partial-{os.getpid()}.{MODEL_FILE}")
     export.save(partial)
     os.replace(partial, os.path.join(plan.model_dir, MODEL_FILE))
+
+
+def where_this_process_runs() -> dict:
+    """Host, pid, working folder and the package file this process imported: on a cluster, each
+    rank's folder is its executor's, and the package comes from the zip shipped with --py-files."""
+    import socket
+
+    import pipelines
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(), "package": pipelines.__file__}
