@@ -260,3 +260,78 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(
           f"({trained.epochs_run} epochs, {trained.samples_per_sec:,.0f} samples/s); the same training in local "
           f"mode: {local.wall_seconds:.1f}s ({local.epochs_run} epochs, {local.samples_per_sec:,.0f} samples/s); "
           f"the whole submit {time.time() - started:.0f}s")
+
+
+def executor_pid(workdir: Path) -> int | None:
+    """The pid of the executor JVM working in `workdir` (a worker's folder), if one runs."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(str(workdir)) and b"CoarseGrainedExecutorBackend" in cmdline:
+            return int(entry)
+    return None
+
+
+@pytest.mark.cluster
+def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_submit_resumes(
+        nightly_lakehouse, tmp_path, standalone_cluster, spark):
+    """SIGKILL of the executor one Horovod rank runs in, after the first epoch's checkpoint: the submit
+    fails naming the lost executor, nothing is registered, and the same submit again resumes from
+    the checkpoint and registers the model."""
+    import signal
+
+    from pipelines.config import load_config
+    from pipelines.ml import registry
+    from pipelines.ml.training import read_result
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    root = Path(cfg.lakehouse.root)
+    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], cwd=PROJECT, check=True,
+                   capture_output=True)
+    zip_path = next(PROJECT.glob("dist/lakehouse_dl-*.zip"))
+    next_day = "2013-02-21"
+    env = {**standalone_cluster.env(), "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_LANDING": str(root / "landing"),
+           "SPARK_MASTER": standalone_cluster.master_url}
+    env.pop("LAKEHOUSE_DL_CONF", None)
+    # Six epochs without early stopping, so the kill lands while the ranks are training.
+    sets = [o for o in overrides(root) if not o.startswith(("spark.master", "lakehouse.root"))]
+    sets += ["nightly.retrain_every_days=1", "training.epochs=6", "training.early_stopping_patience=0",
+             "spark.conf.spark.ui.showConsoleProgress=false"]
+    cmd = [str(standalone_cluster.home / "bin" / "spark-submit"), "--master", standalone_cluster.master_url,
+           "--py-files", str(zip_path), "jobs/nightly.py", "--env", "cluster-cpu", "--date", next_day,
+           *sum((["--set", o] for o in sets), [])]
+
+    with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=out, stderr=err)
+        killed = None
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None and killed is None:
+            states = [json.loads(p.read_text()) for p in root.glob("models/20130221-*/state.json")]
+            if any(s.get("epochs_done", 0) >= 1 for s in states):
+                killed = executor_pid(standalone_cluster.workdir / "work-1")
+                assert killed, "no executor runs in work-1"
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.5)
+        assert killed, "training never checkpointed an epoch: " + (tmp_path / "first.err").read_text()[-3000:]
+        code = first.wait(timeout=600)
+    # spark-submit hands the Python driver's stderr to its stdout.
+    said = (tmp_path / "first.out").read_text() + (tmp_path / "first.err").read_text()
+    assert code == 1, said[-4000:]
+    assert "FAILED: stage 'train'" in said and "Spark lost executor " in said, said[-4000:]
+    assert "Command exited with code 137" in said and "epoch(s) are checkpointed" in said
+    lh = Lakehouse.from_config(load_config("local", overrides(root)), spark)
+    assert not [e for e in registry.entries(lh) if e.run_date == date.fromisoformat(next_day)]
+
+    again = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
+    [model] = [e for e in registry.entries(lh) if e.run_date == date.fromisoformat(next_day)]
+    resumed = read_result(os.path.dirname(model.path))
+    assert resumed.initial_epoch >= 1 and resumed.history[-1]["epoch"] == 6
+    assert sorted(Path(r["cwd"]).relative_to(standalone_cluster.workdir).parts[0] for r in resumed.ranks) == [
+        "work-0", "work-1"]

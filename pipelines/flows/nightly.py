@@ -56,7 +56,7 @@ def run_nightly(cfg: Config, spark, run_date: date, force: bool = False) -> RunR
                         out["rows"] = STAGES[stage](ctx)
                 except Exception as exc:
                     raise StageError(f"stage '{stage}' of the nightly run for {run_date} failed: "
-                                     f"{type(exc).__name__}: {exc}. Run the same command again to resume "
+                                     f"{type(exc).__name__}: {str(exc).rstrip('.')}. Run the same command again to resume "
                                      f"from this stage.") from exc
                 log_stage(lakehouse, record, stage)
             record.status = "succeeded"

@@ -49,3 +49,38 @@ def build_spark(cfg: Config, app_name: str | None = None, master: str | None = N
 def _submitted_by_spark_submit() -> bool:
     # spark-submit starts the driver with these set; the master it was given must win.
     return "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
+
+
+def executors(spark) -> dict[str, dict]:
+    """The application's executors by id (the driver left out), from Spark's own REST API:
+    `hostPort`, `isActive`, `removeReason`, ... Empty when the web UI is off (`spark.ui.enabled`)."""
+    import json
+    import urllib.request
+
+    sc = spark.sparkContext
+    if not sc.uiWebUrl:
+        return {}
+    url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/allexecutors"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            listed = json.loads(response.read())
+    except (OSError, ValueError):
+        return {}
+    return {e["id"]: e for e in listed if e.get("id") != "driver"}
+
+
+def lost_executors(spark, before: dict[str, dict], wait_s: float = 20.0) -> list[str]:
+    """Executors active in `before` that are gone now, as "executor 1 on 127.0.0.1:41234 (reason)".
+
+    Spark hears of a lost executor a moment after the tasks on it fail: wait up to `wait_s` for it.
+    """
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        now = executors(spark)
+        lost = [f"executor {i} on {e.get('hostPort', '?')} ({now[i].get('removeReason') or 'removed'})"
+                for i, e in before.items() if e.get("isActive") and i in now and not now[i].get("isActive")]
+        if lost or not before or time.monotonic() > deadline:
+            return lost
+        time.sleep(1.0)

@@ -26,6 +26,7 @@ from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STAT
                                         TrainingResult, model_dir_for, read_state, write_json)
 from pipelines.ml.training.worker import run_training
 from pipelines.storage import Lakehouse
+from pipelines.storage.spark import executors, lost_executors
 
 
 def new_model_version() -> str:
@@ -80,6 +81,8 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
                         return_weights=return_weights, callbacks=tuple(callbacks))
     model_path = os.path.join(model_dir, MODEL_FILE)
     had_model = os.path.exists(model_path)
+    # The executors the ranks will run in, to name the one a failure lost.
+    watched = executors(spark) if spark is not None and num_proc > 1 else {}
     try:
         if num_proc == 1:
             per_rank = [run_training(plan)]
@@ -92,8 +95,10 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         done = (read_state(model_dir) or {}).get("epochs_done", 0)
         if isinstance(exc, KeyboardInterrupt):
             raise
+        lost = lost_executors(spark, watched) if watched else []
+        cause = f"Spark lost {', '.join(lost)}. " if lost else ""
         raise TrainingError(
-            f"training of model {model_version} failed ({num_proc} process(es)): {type(exc).__name__}: {exc}\n"
+            f"training of model {model_version} failed ({num_proc} process(es)): {cause}{type(exc).__name__}: {exc}\n"
             f"No model was produced. {done} epoch(s) are checkpointed under {model_dir}; run again with "
             f"model version {model_version} to resume from there.") from exc
 
