@@ -110,6 +110,28 @@ def test_a_header_in_another_order_is_read_by_name():
     assert row["flight"] == 1 and row["carrier"] == "UA" and row["year"] == 2013
 
 
+def test_a_short_binary_file_is_refused_by_its_header_not_a_crash():
+    """A few bytes of non-UTF-8 and a line break: Arrow's reader accepted the bytes as a header
+    and then failed on the column names (UnicodeDecodeError), killing the whole ingest."""
+    content = b"\x00\x9f\xff\xfe binary garbage \x00\x01\n\x80\x81\x82\n"
+    assert bronze.header_reason(content, FLIGHTS) == "header is not valid utf-8: invalid start byte at byte 1"
+    parsed = bronze.parse_file(content, FLIGHTS)
+    assert parsed.records == 1 and parsed.good.num_rows == 0
+    [(number, raw, reason)] = parsed.rejected
+    assert number == 2 and reason.startswith("not valid utf-8: byte 0x80")
+
+
+def test_a_short_binary_file_among_good_ones_is_refused_by_name_and_the_others_ingested(cfg, spark, lakehouse):
+    landing = Path(cfg.lakehouse.landing)
+    d1, d2 = date(2013, 1, 1), date(2013, 1, 2)
+    deliver(landing, d1, b"\x00\x9f\xff\xfe binary garbage \x00\x01\n\x80\x81\x82\n")
+    deliver(landing, d2, csv_file(flight_line(d2, 1), flight_line(d2, 2)))
+    with log_lines() as messages:
+        [result] = bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"])
+    assert result.refused_files == ["flights/2013/01/01.csv"] and result.rows == 2 and result.rejected == 1
+    assert any("flights/2013/01/01.csv: header is not valid utf-8" in m for m in messages)
+
+
 def test_an_empty_file_has_no_records():
     parsed = bronze.parse_file(b"", FLIGHTS)
     assert (parsed.records, parsed.good.num_rows, parsed.rejected) == (0, 0, [])
@@ -240,7 +262,8 @@ def test_an_empty_file_and_a_day_without_a_file_are_reported_not_fatal(bad_week)
     assert result.empty_files == ["flights/2013/01/04.csv"]
     assert result.missing_dates == [date(2013, 1, 5)]
     assert any("no file for 2013-01-05" in m for m in messages)
-    assert "1 empty" in result.line() and "no file for 1 day" in result.line()
+    assert "1 empty (flights/2013/01/04.csv)" in result.line() and "no file for 1 day" in result.line()
+    assert "[ingest] bronze.flights: flights/2013/01/04.csv is empty: no record to ingest" in messages
     assert result.dates == [d for d in DAYS if d != date(2013, 1, 5)]
 
 

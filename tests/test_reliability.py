@@ -258,6 +258,9 @@ def test_a_gzip_named_csv_gz_is_not_a_delivery_and_its_day_is_reported_missing(c
     assert not any(p.endswith(".gz") for p in paths)
     assert day(12) in ingested["bronze.flights"].missing_dates
     assert any(m.startswith("[ingest] bronze.flights: no file for 2013-01-12") for m in messages)
+    # The file that lies there under another name is named, so the sender can be told.
+    [said] = [m for m in messages if "no file for 2013-01-12" in m]
+    assert "flights/2013/01/12.csv.gz lies there under another name" in said, said
 
 
 def test_a_gzip_stream_under_the_csv_name_is_refused_not_reported_empty(corpus_lakehouse):

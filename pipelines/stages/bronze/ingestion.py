@@ -61,7 +61,8 @@ class IngestResult:
         text = (f"[ingest] {self.table}: {self.rows:,} rows from {files:,} file{'s' if files != 1 else ''} "
                 f"({self.rejected:,} rejected, {self.files_skipped:,} skipped as already ingested")
         if self.empty_files:
-            text += f", {len(self.empty_files)} empty"
+            shown = ", ".join(self.empty_files[:3]) + (", ..." if len(self.empty_files) > 3 else "")
+            text += f", {len(self.empty_files)} empty ({shown})"
         if self.refused_files:
             text += f", {len(self.refused_files)} with a header that does not match"
         if self.missing_dates:
@@ -123,8 +124,8 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     if source.daily:
         result.missing_dates = _missing_dates(files, dates, delivered)
         for day in result.missing_dates:
-            log.info(f"[ingest] {table.name}: no file for {day} in {os.path.join(landing, source.path_for(day))}; "
-                     f"nothing ingested for that day")
+            log.info(f"[ingest] {table.name}: no file for {day} in {os.path.join(landing, source.path_for(day))}"
+                     f"{_other_names(landing, source.path_for(day))}; nothing ingested for that day")
     elif not files:
         log.info(f"[ingest] {table.name}: no file matches {os.path.join(landing, source.path)}; nothing ingested")
 
@@ -150,6 +151,8 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     result.files_reread = len(read) - len(changed)
     result.files_skipped = len(deliveries) - len(read)
     result.empty_files = [d.file.path for d in changed if d.records == 0 and not d.header_reason]
+    for path in result.empty_files:
+        log.info(f"[ingest] {table.name}: {path} is empty: no record to ingest")
 
     parsed = parse_files(lh.spark, source, [d.file for d in read]).persist()
     try:
@@ -187,6 +190,19 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
 
 
 _NONE = (0, 0)
+
+
+def _other_names(landing: str, expected: str) -> str:
+    """What lies where a day's file was expected under another name (`02.csv.gz` beside a missing
+    `02.csv`), said so the sender can be told; empty when nothing does."""
+    folder, name = os.path.split(os.path.join(landing, expected))
+    stem = name.split(".", 1)[0]
+    try:
+        others = sorted(n for n in os.listdir(folder) if n != name and n.split(".", 1)[0] == stem)
+    except OSError:
+        return ""
+    rel = os.path.dirname(expected)
+    return "".join(f" ({'/'.join(filter(None, [rel, n]))} lies there under another name)" for n in others)
 
 
 def _missing_dates(files: list[LandingFile], dates: list[date] | None,

@@ -282,6 +282,10 @@ def _parse_csv_arrow(content: bytes, source: Source, records: int) -> ParsedFile
     opts = source.csv
     if records <= 0 or opts.encoding.lower().replace("_", "-") not in ("utf-8", "utf8") or not opts.header:
         return None
+    try:
+        content.split(b"\n", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None   # a header Arrow would take but not name: the line parser refuses it by name
     schema = _arrow_schema(source)
     try:
         table = pcsv.read_csv(
