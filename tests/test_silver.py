@@ -144,6 +144,25 @@ def test_accounting_that_does_not_add_up_fails_loudly(cfg, spark, lakehouse, sho
         verify_silver(lakehouse, orders, [DAY], {DAY: 0})
 
 
+def test_a_redelivery_that_rejects_every_record_empties_its_day_in_silver_too(cfg, spark, lakehouse, shop):
+    """Two days ingested and cleaned; day one delivered again under the same name with no record
+    that parses; ingest and clean run with no dates, as a user would: silver must follow bronze."""
+    land = Path(cfg.lakehouse.landing)
+    (land / "orders" / "2024" / "03" / "02.csv").write_text("order_id,day,store,amount\n4,2024-03-02,S1,7\n")
+    run(cfg, spark, shop)
+    assert lakehouse.table("silver.orders").rows_per_partition("date")[DAY] == 4
+    (land / "orders" / "2024" / "03" / "01.csv").write_text("order_id,day,store,amount\nnot,a,valid\nrow\n")
+    results = run(cfg, spark, shop)
+    assert lakehouse.table("bronze.orders").rows_per_partition("date").get(DAY, 0) == 0
+    assert lakehouse.table("bronze.orders_rejected").count() == 2
+    silver_days = lakehouse.table("silver.orders").rows_per_partition("date")
+    assert silver_days.get(DAY, 0) == 0 and silver_days[date(2024, 3, 2)] == 1
+    assert lakehouse.table("silver.quarantine").rows_per_partition(("table", "date")).get(("orders", DAY), 0) == 0
+    # What the command prints matches the table.
+    orders = results["silver.orders"]
+    assert DAY in orders.dates and orders.silver_rows == 1 and orders.bronze_rows == 1
+
+
 def test_clean_before_ingest_says_what_to_run(cfg, spark, shop):
     with pytest.raises(ValueError, match="run `lakehouse-dl ingest` first"):
         silver.clean(cfg, spark, dataset=shop, sources=["stores"])

@@ -285,7 +285,14 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> C
 
     bronze = bronze_table.read()
     if source.daily:
-        result.dates = dates if dates is not None else sorted(d for d in bronze_table.rows_per_partition(PARTITION_COLUMN) if d)
+        if dates is None:
+            # Every day bronze holds, and every day silver still holds that bronze no longer does
+            # (a redelivered file whose every record was rejected): that day is cleaned to empty.
+            held = set(bronze_table.rows_per_partition(PARTITION_COLUMN))
+            if silver_table.exists():
+                held |= set(silver_table.rows_per_partition(PARTITION_COLUMN))
+            dates = sorted(d for d in held if d)
+        result.dates = dates
         bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
     references = {r.reference_source: lh.table(catalog.silver(r.reference_source)).read()
                   for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
