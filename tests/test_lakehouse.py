@@ -429,6 +429,45 @@ def test_a_job_failing_mid_write_leaves_the_previous_version_and_no_files(cfg, s
     assert data_files(table.path) == before
 
 
+# Each step between the executors' files and the commit, made to fail in turn, on both paths.
+COMMON_STEPS = ["deltalake.transaction.AddAction", "deltalake.Schema", "deltalake.transaction.CommitProperties"]
+WRITE_STEPS = ([("new table", s) for s in COMMON_STEPS + ["deltalake.transaction.create_table_with_add_actions"]]
+               + [("existing table", s) for s in COMMON_STEPS + ["pipelines.storage.delta_rs._partition_filters",
+                                                                 "deltalake.DeltaTable.create_write_transaction"]])
+
+
+@pytest.mark.parametrize("case, step", WRITE_STEPS, ids=[f"{c}: {s.rsplit('.', 1)[1]}" for c, s in WRITE_STEPS])
+def test_a_failure_at_any_step_of_the_commit_leaves_no_file_and_the_last_version(lakehouse, spark, monkeypatch,
+                                                                               case, step):
+    import importlib
+    import types
+
+    table = lakehouse.table("bronze.flights")
+    existing = case == "existing table"
+    if existing:
+        table.write(flights_df(spark, [(1, D1, "AA", 1.0)]), partition_by=["date"])
+    before = data_files(table.path) if existing else set()
+
+    def broken(*args, **kwargs):
+        raise OSError(f"injected failure in {step}")
+
+    owner, _, name = step.rpartition(".")
+    if name == "Schema":   # a Rust class: stand in an object whose from_json fails
+        monkeypatch.setattr(importlib.import_module(owner), name, types.SimpleNamespace(from_json=broken))
+    elif name == "create_write_transaction":
+        monkeypatch.setattr(importlib.import_module("deltalake").DeltaTable, name, broken)
+    else:
+        monkeypatch.setattr(importlib.import_module(owner), name, broken)
+    how = {"mode": "overwrite", "partitions": {"date": [D2]}} if existing else {"partition_by": ["date"]}
+    with pytest.raises(OSError, match="injected failure"):
+        table.write(flights_df(spark, [(2, D2, "DL", 2.0), (3, D2, "UA", 3.0)]), **how)
+    assert data_files(table.path) == before
+    if existing:
+        assert table.version() == 0 and sorted_rows(table.read(), "flight_id") == [(1,)]
+    else:
+        assert not table.exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # Layout: compaction, vacuum, file sizes
 

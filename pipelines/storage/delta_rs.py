@@ -170,18 +170,19 @@ class DeltaRsEngine:
                 line = next(l for l in message.splitlines() if OUTSIDE_PARTITIONS in l)
                 raise ValueError(f"{path}: {line[line.index('overwrite of partitions'):]}") from None
             raise
-        # Tasks that were retried or speculated leave files no result points at: delete them.
-        kept = {row["path"] for row in written}
-        _remove_files_of(local_path(path), write_id, keep=kept)
-
-        now = int(time.time() * 1000)
-        actions = [AddAction(row["path"], row["size"], json.loads(row["partition_values"]), now, True, row["stats"])
-                   for row in written]
-        delta_schema = Schema.from_json(target_schema.json())
-        props = CommitProperties(custom_metadata={"engine": "lakehouse-dl/delta-rs", "writeId": write_id,
-                                                  **({"description": description} if description else {})})
-        filters = _partition_filters(partitions, df.schema) if partitions else None
+        # From here to the commit, any failure deletes every file of this write: the table stays at
+        # its last version with no file of a write that never committed (tests inject one at each step).
         try:
+            # Tasks that were retried or speculated leave files no result points at: delete them.
+            kept = {row["path"] for row in written}
+            _remove_files_of(local_path(path), write_id, keep=kept)
+            now = int(time.time() * 1000)
+            actions = [AddAction(row["path"], row["size"], json.loads(row["partition_values"]), now, True,
+                                 row["stats"]) for row in written]
+            delta_schema = Schema.from_json(target_schema.json())
+            props = CommitProperties(custom_metadata={"engine": "lakehouse-dl/delta-rs", "writeId": write_id,
+                                                      **({"description": description} if description else {})})
+            filters = _partition_filters(partitions, df.schema) if partitions else None
             if not existed:
                 try:
                     create_table_with_add_actions(path, delta_schema, actions, mode="error",
@@ -200,7 +201,7 @@ class DeltaRsEngine:
                     dt = self.open(path)
             dt.create_write_transaction(actions, mode, delta_schema, partition_by=partition_by or None,
                                         partition_filters=filters, commit_properties=props)
-            return _version_of_write(path, write_id, dt.version())
+            read_version = dt.version()
         except CommitFailedError as exc:
             _remove_files_of(local_path(path), write_id)
             raise ConcurrentWriteError(
@@ -209,6 +210,8 @@ class DeltaRsEngine:
         except BaseException:
             _remove_files_of(local_path(path), write_id)
             raise
+        # Committed: the files belong to the table now, whatever happens next.
+        return _version_of_write(path, write_id, read_version)
 
 
 def _collect_in_group(sc, df, group: str, description: str) -> list:
