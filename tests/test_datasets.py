@@ -117,6 +117,15 @@ def test_a_new_dataset_is_configuration_only(tmp_path):
     ({"rules": [{"name": "r", "check": "not_null", "columns": ["store"]}]}, "sources.orders.rules[0].blocking", "required"),
     ({"missing": {"amount": {"fill": "average"}}}, "sources.orders.missing.amount.fill", "mean"),
     ({"missing": {"price": "keep"}}, "sources.orders.missing.price", "not a known key"),
+    # Spark matches names ignoring case: these would fail at the first write (AMBIGUOUS_REFERENCE).
+    ({"columns": {"order_id": "long", "Date": "date", "store": "string", "amount": "double"}},
+     "sources.orders.columns.Date", "the partition column 'date' differ only in case"),
+    ({"columns": {"order_id": "long", "Store": "string", "store": "string", "amount": "double"}},
+     "sources.orders.columns.store", "'Store' differ only in case"),
+    ({"columns": {"order_id": "long", "store": "string", "amount": "double", "Order_Key": "long"}},
+     "sources.orders.columns.Order_Key", "the id column 'order_key' differ only in case"),
+    ({"columns": {"order_id": "long", "store": "string", "amount": "double", "STORE_KNOWN": "boolean"}},
+     "sources.orders.columns.STORE_KNOWN", "the flag column 'store_known' differ only in case"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, change, key, words):
     path = write_yaml(tmp_path, toy(**change))

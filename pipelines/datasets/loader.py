@@ -173,7 +173,23 @@ class _Parser:
         clash = sorted({f for f in flags if flags.count(f) > 1 or f in known or f == id_column})
         if clash:
             self.fail(f"{key}.rules", f"adds flag columns that clash with other columns: {', '.join(clash)}")
+        self.case_clashes(key, names, [("the partition column", partition_by), ("the id column", id_column),
+                                       *[("the flag column", f) for f in flags]])
         return src
+
+    def case_clashes(self, key: str, names: list[str], added: list[tuple[str, str | None]]) -> None:
+        """Spark compares column names ignoring case: two names that differ only in case would fail
+        the first write (AMBIGUOUS_REFERENCE) after its files are written. Refuse them here."""
+        seen: dict[str, str] = {}
+        for name in names:
+            other = seen.setdefault(name.lower(), name)
+            if other != name:
+                self.fail(f"{key}.columns.{name}", f"and the column '{other}' differ only in case, which Spark "
+                                                   "does not tell apart; rename one in the files")
+        for role, name in added:
+            if name and name.lower() in seen and seen[name.lower()] != name:
+                self.fail(f"{key}.columns.{seen[name.lower()]}", f"and {role} '{name}' differ only in case, which "
+                                                                "Spark does not tell apart; rename the column")
 
     def columns(self, value: Any, key: str) -> tuple[Column, ...]:
         # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`.
