@@ -138,3 +138,30 @@ def test_errors_name_the_file_and_the_key(tmp_path, change, key, words):
 def test_an_unknown_dataset_lists_the_declared_ones():
     with pytest.raises(ConfigError, match="nycflights13"):
         load_dataset("no_such_dataset")
+
+
+def test_string_columns_take_the_dataset_limit_or_their_own_and_get_a_blocking_length_rule(tmp_path):
+    data = toy(columns={"order_id": "long", "store": {"type": "string", "max_length": 8}, "amount": "double",
+                        "note": "string"})
+    data["max_string_length"] = 100
+    orders = load_dataset(write_yaml(tmp_path, data)).source("orders")
+    assert {c.name: c.max_length for c in orders.columns} == {"order_id": None, "store": 8, "amount": None,
+                                                               "note": 100}
+    rules = {r.name: r for r in orders.rules if r.check == "max_length"}
+    assert set(rules) == {"store_max_length", "note_max_length"} and rules["store_max_length"].blocking
+    assert rules["store_max_length"].max == 8
+    nycflights13 = load_dataset("nycflights13").source("flights")
+    assert {c.name: c.max_length for c in nycflights13.columns if c.type == "string"} == {
+        "carrier": 1000, "tailnum": 1000, "origin": 1000, "dest": 1000}
+
+
+@pytest.mark.parametrize("columns, key, words", [
+    ({"order_id": {"type": "long", "max_length": 5}}, "sources.orders.columns.order_id.max_length", "string columns"),
+    ({"order_id": "long", "store": {"type": "string", "max_length": 0}}, "sources.orders.columns.store.max_length",
+     "at least 1"),
+])
+def test_a_wrong_length_limit_names_the_key(tmp_path, columns, key, words):
+    path = write_yaml(tmp_path, toy(columns={**columns, "store": columns.get("store", "string"), "amount": "double"}))
+    with pytest.raises(ConfigError) as err:
+        load_dataset(path)
+    assert f"'{key}'" in str(err.value) and words in str(err.value)

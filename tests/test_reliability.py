@@ -227,13 +227,20 @@ def test_a_refused_file_is_named_in_the_ingest_messages(corpus_lakehouse):
     assert result.empty_files == [rel(day(10))] and "1 empty" in result.line()
 
 
-def test_a_10mb_field_is_kept_whole_where_it_is_a_string_and_rejected_where_it_is_a_number(corpus_lakehouse):
+def test_a_10mb_field_is_quarantined_where_it_is_a_string_and_rejected_where_it_is_a_number(corpus_lakehouse):
     _, lh, _, _, _, _ = corpus_lakehouse
     from pyspark.sql import functions as F
 
-    [big] = (lh.table("silver.flights").read().filter(F.col("date") == day(9)).filter(F.col("flight") == 2)
-             .select(F.length("tailnum").alias("n"), "tailnum_known").collect())
-    assert (big["n"], big["tailnum_known"]) == (TEN_MB, False)   # kept, flagged as an unknown plane
+    # Bronze keeps it whole (a value of the declared type); silver holds strings up to the dataset's
+    # max_string_length (1,000) and quarantines the row, with the length, not the value, as the reason.
+    [big] = (lh.table("bronze.flights").read().filter(F.col("date") == day(9)).filter(F.col("flight") == 2)
+             .select(F.length("tailnum").alias("n")).collect())
+    assert big["n"] == TEN_MB
+    assert lh.table("silver.flights").read().filter(F.col("date") == day(9)).filter(F.col("flight") == 2).count() == 0
+    [held] = (lh.table("silver.quarantine").read().filter((F.col("table") == "flights") & (F.col("date") == day(9)))
+              .filter(F.col("rule") == "tailnum_max_length").collect())
+    assert held["reason"] == f"tailnum_max_length: tailnum has {TEN_MB} characters, more than 1000"
+    assert len(held["row"]) > TEN_MB   # the row itself is kept whole in the quarantine
     [rejected] = lh.table("bronze.flights_rejected").read().filter(f"_source_file = '{rel(day(9))}'").collect()
     assert rejected["line_number"] == 4 and len(rejected["raw_line"]) == len(line(day(9), 3, dep_delay="9" * TEN_MB))
 

@@ -29,6 +29,9 @@ DATE_PLACEHOLDERS = {"{yyyy}": (r"(?P<year>\d{4})", "[0-9][0-9][0-9][0-9]"),
 class Column:
     name: str
     type: str
+    # Longest value a string column takes (its own `max_length`, else the dataset's
+    # `max_string_length`); silver quarantines longer ones. None: no limit.
+    max_length: int | None = None
 
     @property
     def spark_type(self) -> str:
@@ -52,7 +55,9 @@ class Rule:
     not_null: every column in `columns` has a value. range: `column` lies in [min, max] (null passes).
     allowed_values: `column` is one of `values` (null passes). reference: `column` is a key of another
     source (`reference: planes.tailnum`); a null value is not a known key, so it fails.
-    expression: a Spark SQL boolean `expr` is true (false or null fails). A blocking rule sends the
+    expression: a Spark SQL boolean `expr` is true (false or null fails). max_length: the string
+    `column` has at most `max` characters (null passes); declared through the columns' lengths, not
+    as a rule of its own (`<column>_max_length`, blocking). A blocking rule sends the
     failing rows to quarantine; a non-blocking one only counts them and, with `flag`, adds a boolean
     column that is true where the rule passed.
     """

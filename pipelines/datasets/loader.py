@@ -97,13 +97,15 @@ class _Parser:
 
     # -- the dataset --------------------------------------------------------------------------
     def dataset(self, data: Any) -> Dataset:
-        data = self.mapping(data, "", {"name", "description", "seed", "sources"}, {"name", "sources"})
+        data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources"},
+                            {"name", "sources"})
         name = self.string(data["name"], "name")
+        max_length = self.length(data.get("max_string_length"), "max_string_length")
         seed = self.mapping(data.get("seed", {}), "seed", {"package", "folder"})
         sources_raw = self.mapping(data["sources"], "sources", set(data["sources"] or {}))
         if not sources_raw:
             self.fail("sources", "must declare at least one source")
-        sources = {n: self.source(str(n), v, f"sources.{n}") for n, v in sources_raw.items()}
+        sources = {n: self.source(str(n), v, f"sources.{n}", max_length) for n, v in sources_raw.items()}
         for src in sources.values():
             for i, rule in enumerate(src.rules):
                 if rule.reference:
@@ -120,7 +122,14 @@ class _Parser:
         ds.clean_order()
         return ds
 
-    def source(self, name: str, data: Any, key: str) -> Source:
+    def length(self, value: Any, key: str) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(key, f"must be a whole number of characters, at least 1, got {value!r}")
+        return value
+
+    def source(self, name: str, data: Any, key: str, max_length: int | None = None) -> Source:
         data = self.mapping(data, key, {"path", "format", "csv", "columns", "primary_key", "partition_by",
                                         "id_column", "rules", "missing", "seed"},
                             {"path", "format", "columns", "primary_key"})
@@ -130,7 +139,7 @@ class _Parser:
         fmt = data["format"]
         if fmt not in FORMATS:
             self.fail(f"{key}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        columns = self.columns(data["columns"], f"{key}.columns")
+        columns = self.columns(data["columns"], f"{key}.columns", max_length)
         names = [c.name for c in columns]
         partition_by = data.get("partition_by")
         if partition_by is not None:
@@ -156,6 +165,9 @@ class _Parser:
                 self.fail(f"{key}.id_column", f"{id_column!r} is already a column of {name}")
         csv = self.csv_options(data.get("csv", {}), f"{key}.csv")
         rules = tuple(self.rule(r, f"{key}.rules[{i}]", known) for i, r in enumerate(data.get("rules") or []))
+        # A string longer than its column allows is quarantined, with its length as the reason.
+        rules += tuple(Rule(name=f"{c.name}_max_length", check="max_length", blocking=True, columns=(c.name,),
+                            max=float(c.max_length)) for c in columns if c.max_length)
         seen: set[str] = set()
         for i, rule in enumerate(rules):
             if rule.name in seen:
@@ -191,18 +203,27 @@ class _Parser:
                 self.fail(f"{key}.columns.{seen[name.lower()]}", f"and {role} '{name}' differ only in case, which "
                                                                 "Spark does not tell apart; rename the column")
 
-    def columns(self, value: Any, key: str) -> tuple[Column, ...]:
-        # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`.
+    def columns(self, value: Any, key: str, max_length: int | None = None) -> tuple[Column, ...]:
+        # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`, or
+        # `tailnum: {type: string, max_length: 20}` for a string column with its own limit.
         value = self.mapping(value, key, set(value) if isinstance(value, dict) else set())
         if not value:
             self.fail(key, "must declare at least one column")
         out = []
         for name, typ in value.items():
+            limit = max_length
+            if isinstance(typ, dict):
+                spec = self.mapping(typ, f"{key}.{name}", {"type", "max_length"}, {"type"})
+                typ = spec["type"]
+                if "max_length" in spec:
+                    if typ != "string":
+                        self.fail(f"{key}.{name}.max_length", f"applies to string columns, not {typ}")
+                    limit = self.length(spec["max_length"], f"{key}.{name}.max_length")
             if typ not in COLUMN_TYPES:
                 self.fail(f"{key}.{name}", f"must be one of {', '.join(COLUMN_TYPES)}, got {typ!r}")
             if str(name).startswith("_"):
                 self.fail(f"{key}.{name}", "may not start with '_' (kept for lineage columns)")
-            out.append(Column(str(name), typ))
+            out.append(Column(str(name), typ, limit if typ == "string" else None))
         return tuple(out)
 
     def csv_options(self, value: Any, key: str) -> CsvOptions:

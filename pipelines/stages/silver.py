@@ -83,6 +83,11 @@ def _failure(rule: Rule):
     if rule.check == "allowed_values":
         return (F.col(col).isNotNull() & ~F.col(col).isin(list(rule.values)),
                 F.concat(F.lit(f"{rule.name}: {col}="), shown, F.lit(f" not one of {', '.join(map(str, rule.values))}")))
+    if rule.check == "max_length":
+        length = F.length(F.col(col))
+        return (F.col(col).isNotNull() & (length > F.lit(int(rule.max))),
+                F.concat(F.lit(f"{rule.name}: {col} has "), length.cast("string"),
+                         F.lit(f" characters, more than {int(rule.max)}")))
     if rule.check == "reference":
         return (~F.col(f"_known_{rule.name}"),
                 F.concat(F.lit(f"{rule.name}: {col}="), shown, F.lit(f" is not in {rule.reference}")))
