@@ -318,3 +318,35 @@ def test_full_year_of_real_flights(spark, cfg, lakehouse):
         start, end = cfg.split(name)
         assert summary["model_input"][name] == labelled.filter(F.col("date").between(start, end)).count(), name
     assert summary["spec"] == "fitted" and summary["dates"] == 365
+
+
+@pytest.mark.slow
+def test_a_rebuilt_training_day_with_other_values_refits_the_spec(spark, tmp_path):
+    """Same rows, other values: the spec knows the files it was fitted on, so it is refitted (it
+    used to be reused, as the column list and the number of training rows had not changed)."""
+    from pyspark.sql import functions as F
+
+    from pipelines.config import load_config
+    from pipelines.storage import Lakehouse
+
+    cfg = load_config("local", [f"lakehouse.root={tmp_path / 'lakehouse'}", "lakehouse.model_input_row_group_rows=1000"])
+    cfg.pipeline.splits = {"train": ["2013-01-01", "2013-01-04"], "validation": ["2013-01-05", "2013-01-06"]}
+    lh = Lakehouse.from_config(cfg, spark)
+    write_silver(lh, silver_tables(spark, date(2013, 1, 1), date(2013, 1, 6)))
+    assert build_features(cfg, spark, lakehouse=lh)["spec"] == "fitted"
+    before = {r["name"]: r for r in spec_rows(lh.table("gold.feature_spec").read())}
+    assert before["num_distance"]["fitted_on"].startswith("gold.flight_features v")
+
+    day = date(2013, 1, 2)
+    flights = lh.table("silver.flights")
+    doubled = flights.read().filter(F.col("date") == day).withColumn("distance", F.col("distance") * 2)
+    flights.write(doubled, mode="overwrite", partitions={"date": [day]})
+    with log_lines() as lines:
+        summary = build_features(cfg, spark, dates=[day], lakehouse=lh)
+    assert summary["spec"] == "fitted"
+    assert any("the training window's rows changed" in line for line in lines), lines
+    after = {r["name"]: r for r in spec_rows(lh.table("gold.feature_spec").read())}
+    assert after["num_distance"]["mean"] > before["num_distance"]["mean"]
+    assert after["num_distance"]["train_rows"] == before["num_distance"]["train_rows"]
+    # Built again with nothing changed: reused.
+    assert build_features(cfg, spark, dates=[date(2013, 1, 6)], lakehouse=lh)["spec"] == "reused"

@@ -78,9 +78,11 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
 
     spec_started = time.time()
     labelled = _labelled(lh, module)
-    reason = "asked to refit" if refit_spec else _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"], columns)
+    fitted_on = training_files(lh.table(FEATURES), splits["train"])
+    reason = "asked to refit" if refit_spec else _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"],
+                                                                columns, fitted_on)
     if reason:
-        spec = fit_feature_spec(labelled, splits["train"], columns)
+        spec = fit_feature_spec(labelled, splits["train"], columns, fitted_on)
         lh.table(FEATURE_SPEC).write(spec, mode="overwrite", schema_mode="overwrite",
                                    description=f"feature spec fitted on {_window_text(splits['train'])}: {reason}")
     spec_df = lh.table(FEATURE_SPEC).read()
@@ -131,8 +133,11 @@ def _write_flight_features(lh, module, days: list[date]) -> tuple[int, int]:
     # The table layer checks the rows before writing them: computed once, not twice.
     features = module.build(sources, days).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        # schema_mode="merge": a features module that gains a column evolves the table (older days
+        # read it as null) instead of failing until gold is deleted by hand.
         lh.table(FEATURES).write(features, mode="overwrite", partition_by=[PARTITION_COLUMN],
-                                 partitions={PARTITION_COLUMN: days}, description=f"features for {_dates_text(days)}")
+                                 partitions={PARTITION_COLUMN: days}, schema_mode="merge",
+                                 description=f"features for {_dates_text(days)}")
         counts = features.agg(F.count(F.lit(1)).alias("rows"),
                               F.sum(F.col(module.TARGET).isNull().cast("long")).alias("unlabelled")).first()
     finally:
@@ -171,7 +176,20 @@ def _write_model_input(lh, module, labelled, spec_df, splits: dict[str, tuple[da
     return table.rows_per_partition(SPLIT) if table.exists() else {}
 
 
-def _refit_reason(spec_table, labelled, train_window, columns) -> str | None:
+def training_files(features_table, train_window: tuple[date, date]) -> str:
+    """What the spec is fitted on: the features table's version and a digest of the data files of
+    the training window's partitions. A rebuilt training day has new files, so a new digest."""
+    import hashlib
+
+    start, end = train_window
+    files = sorted(a["path"] for a in features_table.add_actions()
+                   if a.get(f"partition.{PARTITION_COLUMN}")
+                   and start <= date.fromisoformat(str(a[f"partition.{PARTITION_COLUMN}"])) <= end)
+    digest = hashlib.sha256("\n".join(f.rsplit("/", 2)[-2] + "/" + f.rsplit("/", 1)[-1] for f in files).encode())
+    return f"{FEATURES} v{features_table.version()} files {digest.hexdigest()[:16]}"
+
+
+def _refit_reason(spec_table, labelled, train_window, columns, fitted_on: str) -> str | None:
     """Why the stored spec no longer holds, or None when it does."""
     from pyspark.sql import functions as F
 
@@ -186,6 +204,13 @@ def _refit_reason(spec_table, labelled, train_window, columns) -> str | None:
                 f"to {_window_text(train_window)}")
     if _declared(columns) != {(r.get("source"), r.get("transform"), r.get("fill_with")) for r in stored}:
         return "the model columns or their missing-value policies changed"
+    # The training window's rows were rebuilt (their values may differ even where the counts do not).
+    before = stored[0].get("fitted_on")
+    if before is None:
+        return "the stored spec does not record the files it was fitted on"
+    if before.split(" files ")[-1] != fitted_on.split(" files ")[-1]:
+        return (f"the training window's rows changed: fitted on {before.split(' files ')[0]}, "
+                f"rewritten by {fitted_on.split(' files ')[0]}")
     # A spec fitted while the training window was still filling would otherwise stay frozen.
     rows = labelled.filter(F.col("date").between(F.lit(start), F.lit(end))).count()
     if rows != stored[0]["train_rows"]:

@@ -16,7 +16,7 @@ from pipelines.datasets.features import ModelColumn
 SPEC_SCHEMA = (
     "position int, name string, kind string, transform string, source string, vocabulary array<string>, "
     "vocab_size int, mean double, std double, fill_with string, fill double, "
-    "train_start date, train_end date, train_rows long"
+    "train_start date, train_end date, train_rows long, fitted_on string"
 )
 
 
@@ -24,7 +24,8 @@ class FeaturesError(RuntimeError):
     """The gold stage cannot run as asked; the message says what to run first."""
 
 
-def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequence[ModelColumn]):
+def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequence[ModelColumn],
+                     fitted_on: str | None = None):
     """One row per model column, fitted on the rows of `features_df` dated inside `train_window`.
 
     Numeric columns get the window's mean and standard deviation and the value that fills their
@@ -79,7 +80,7 @@ def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequ
     rows.sort(key=lambda r: r[1] != "numeric")
     spark = features_df.sparkSession
     return spark.createDataFrame(
-        [(pos, *row, start, end, train_rows) for pos, row in enumerate(rows)], SPEC_SCHEMA).coalesce(1)
+        [(pos, *row, start, end, train_rows, fitted_on) for pos, row in enumerate(rows)], SPEC_SCHEMA).coalesce(1)
 
 
 def _mode(train, column: str) -> float | None:
