@@ -60,6 +60,7 @@ HISTORY = "results.training_history"
 MODELS = "results.models"
 RUNS = "results.runs"
 STAGE_LOG = "ops.stage_log"
+FEED_GAPS = "ops.feed_gaps"
 
 _FIXED = [
     TableEntry(INGEST_LOG, (), "stages.bronze", "one row per raw file ingested: path, sha256, rows, rejected"),
@@ -74,6 +75,7 @@ _FIXED = [
     TableEntry(MODELS, (), "ml.registry", "the model registry: one row per trained model and its status"),
     TableEntry(RUNS, (), "ops.runs", "one row per job and date: status, stage times and counts"),
     TableEntry(STAGE_LOG, (), "ops.runs", "the finished stages of each date, which a resumed run skips"),
+    TableEntry(FEED_GAPS, (), "stages.bronze", "days a feed's calendar expects with no file delivered"),
 ]
 TABLES: dict[str, TableEntry] = {e.name: e for e in _FIXED}
 

@@ -321,3 +321,47 @@ def test_a_date_that_is_not_a_date_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["clean", "--from", "yesterday", "--to", "2013-01-02"])
     assert "argument --from: not a date: 'yesterday'" in capsys.readouterr().err
+
+
+def with_calendar(calendar: str):
+    """The nycflights13 dataset with its flights feed on another delivery calendar."""
+    import dataclasses
+
+    ds = load_dataset("nycflights13")
+    return dataclasses.replace(ds, sources={**ds.sources, "flights": dataclasses.replace(FLIGHTS, calendar=calendar)})
+
+
+def test_a_weekday_feed_has_no_gap_at_weekends_and_its_gaps_are_a_table(cfg, spark, lakehouse):
+    landing = Path(cfg.lakehouse.landing)
+    weekdays = [date(2013, 1, d) for d in (7, 8, 10, 11, 14)]          # Mon..Fri, Mon; Wed the 9th missing
+    for d in weekdays:
+        deliver(landing, d, csv_file(flight_line(d, 1)))
+    dataset = with_calendar("weekdays")
+    [result] = bronze.ingest(cfg, spark, dataset=dataset, sources=["flights"])
+    assert result.missing_dates == [date(2013, 1, 9)]                 # not the 12th and 13th (a weekend)
+    gaps = lakehouse.table("ops.feed_gaps")
+    assert [(r["source"], r["date"], r["expected_path"]) for r in gaps.to_arrow().to_pylist()] == [
+        ("flights", date(2013, 1, 9), "flights/2013/01/09.csv")]
+    deliver(landing, date(2013, 1, 9), csv_file(flight_line(date(2013, 1, 9), 1)))
+    [result] = bronze.ingest(cfg, spark, dataset=dataset, sources=["flights"])
+    assert result.missing_dates == [] and gaps.count() == 0             # the file arrived: no gap left
+
+
+def test_a_sparse_feed_declared_daily_says_its_gaps_in_one_line_and_a_rerun_commits_nothing(cfg, spark, lakehouse):
+    landing = Path(cfg.lakehouse.landing)
+    for d in (date(2013, 1, 1), date(2013, 1, 20)):
+        deliver(landing, d, csv_file(flight_line(d, 1)))
+    with log_lines() as lines:
+        [result] = bronze.ingest(cfg, spark, sources=["flights"])
+    assert len(result.missing_dates) == 18
+    said = [line for line in lines if "no file for" in line and "rows from" not in line]
+    assert said == ["[ingest] bronze.flights: no file for 18 days its calendar (daily) expects, "
+                    "2013-01-02..2013-01-19; each is a row of ops.feed_gaps"]
+    gaps = lakehouse.table("ops.feed_gaps")
+    version = gaps.version()
+    assert gaps.count() == 18
+    bronze.ingest(cfg, spark, sources=["flights"])
+    assert gaps.version() == version
+    # Declared sparse, the same deliveries have no gap at all.
+    [result] = bronze.ingest(cfg, spark, dataset=with_calendar("sparse"), sources=["flights"])
+    assert result.missing_dates == [] and gaps.count() == 0

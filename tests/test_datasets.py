@@ -117,6 +117,7 @@ def test_a_new_dataset_is_configuration_only(tmp_path):
     ({"rules": [{"name": "r", "check": "not_null", "columns": ["store"]}]}, "sources.orders.rules[0].blocking", "required"),
     ({"missing": {"amount": {"fill": "average"}}}, "sources.orders.missing.amount.fill", "mean"),
     ({"missing": {"price": "keep"}}, "sources.orders.missing.price", "not a known key"),
+    ({"calendar": "hourly"}, "sources.orders.calendar", "daily, weekdays, sparse"),
     # Spark matches names ignoring case: these would fail at the first write (AMBIGUOUS_REFERENCE).
     ({"columns": {"order_id": "long", "Date": "date", "store": "string", "amount": "double"}},
      "sources.orders.columns.Date", "the partition column 'date' differ only in case"),

@@ -19,6 +19,9 @@ COLUMN_TYPES = {"string": "string", "int": "int", "long": "bigint", "double": "d
                 "boolean": "boolean", "date": "date", "timestamp": "timestamp"}
 CHECKS = ("not_null", "range", "allowed_values", "reference", "expression")
 FILLS = ("mean", "median", "mode", "zero")
+# When a daily feed delivers: every day, Monday to Friday, or whenever it has something (no day is
+# missing then). A day the calendar expects without a file is a gap (ops.feed_gaps).
+CALENDARS = ("daily", "weekdays", "sparse")
 # A daily feed names the parts of its file's date in the path glob.
 DATE_PLACEHOLDERS = {"{yyyy}": (r"(?P<year>\d{4})", "[0-9][0-9][0-9][0-9]"),
                      "{mm}": (r"(?P<month>\d{2})", "[0-9][0-9]"),
@@ -115,6 +118,13 @@ class Source:
     missing: dict[str, MissingPolicy] = field(default_factory=dict)
     seed_file: str | None = None
     seed_date_columns: tuple[str, ...] = ()
+    calendar: str = "daily"
+
+    def expects(self, day: date) -> bool:
+        """True when the feed's calendar expects a file for `day`."""
+        if self.calendar == "weekdays":
+            return day.weekday() < 5
+        return self.calendar == "daily"
 
     @property
     def daily(self) -> bool:

@@ -18,8 +18,8 @@ import yaml
 
 from pipelines.catalog import PARTITION_COLUMN
 from pipelines.config import ConfigError, conf_dir
-from pipelines.datasets.dataset import (CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS, Column, CsvOptions,
-                                        Dataset, MissingPolicy, Rule, Source)
+from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
+                                        Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -131,7 +131,7 @@ class _Parser:
 
     def source(self, name: str, data: Any, key: str, max_length: int | None = None) -> Source:
         data = self.mapping(data, key, {"path", "format", "csv", "columns", "primary_key", "partition_by",
-                                        "id_column", "rules", "missing", "seed"},
+                                        "calendar", "id_column", "rules", "missing", "seed"},
                             {"path", "format", "columns", "primary_key"})
         path = self.string(data["path"], f"{key}.path")
         if path.startswith("/") or ".." in Path(path).parts:
@@ -153,6 +153,11 @@ class _Parser:
                                           f"(the file's date); {', '.join(missing)} missing in {path!r}")
         elif any(p in path for p in DATE_PLACEHOLDERS):
             self.fail(f"{key}.path", "holds date placeholders but the source has no partition_by: date")
+        calendar = data.get("calendar", "daily")
+        if calendar not in CALENDARS:
+            self.fail(f"{key}.calendar", f"must be one of {', '.join(CALENDARS)}, got {calendar!r}")
+        if "calendar" in data and not partition_by:
+            self.fail(f"{key}.calendar", "applies to a daily feed (partition_by: date), not a reference table")
         known = set(names) | ({partition_by} if partition_by else set())
         primary_key = self.strings(data["primary_key"], f"{key}.primary_key")
         for i, col in enumerate(primary_key):
@@ -180,7 +185,8 @@ class _Parser:
             self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split by")
         src = Source(name=name, path=path, format=fmt, columns=columns, primary_key=primary_key,
                      partition_by=partition_by, id_column=id_column, csv=csv, rules=rules,
-                     missing=missing_policies, seed_file=seed.get("file"), seed_date_columns=seed_dates)
+                     missing=missing_policies, seed_file=seed.get("file"), seed_date_columns=seed_dates,
+                     calendar=calendar)
         flags = src.flag_columns
         clash = sorted({f for f in flags if flags.count(f) > 1 or f in known or f == id_column})
         if clash:

@@ -122,10 +122,17 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     files = find_files(landing, source, dates if source.daily else None)
     result.files_found = len(files)
     if source.daily:
-        result.missing_dates = _missing_dates(files, dates, delivered)
+        result.missing_dates = _missing_dates(files, dates, delivered, source)
+        # A few gaps get a line each; many (a sparse feed declared daily) one line, all in the table.
+        say = log.info if len(result.missing_dates) <= GAPS_SHOWN else log.debug
         for day in result.missing_dates:
-            log.info(f"[ingest] {table.name}: no file for {day} in {os.path.join(landing, source.path_for(day))}"
-                     f"{_other_names(landing, source.path_for(day))}; nothing ingested for that day")
+            say(f"[ingest] {table.name}: no file for {day} in {os.path.join(landing, source.path_for(day))}"
+                f"{_other_names(landing, source.path_for(day))}; nothing ingested for that day")
+        if len(result.missing_dates) > GAPS_SHOWN:
+            log.info(f"[ingest] {table.name}: no file for {len(result.missing_dates):,} days its calendar "
+                     f"({source.calendar}) expects, {result.missing_dates[0]}..{result.missing_dates[-1]}; "
+                     f"each is a row of {catalog.FEED_GAPS}")
+        record_gaps(lh, source, dates, result.missing_dates, landing, run_id)
     elif not files:
         log.info(f"[ingest] {table.name}: no file matches {os.path.join(landing, source.path)}; nothing ingested")
 
@@ -205,15 +212,38 @@ def _other_names(landing: str, expected: str) -> str:
     return "".join(f" ({'/'.join(filter(None, [rel, n]))} lies there under another name)" for n in others)
 
 
+# Up to this many missing days of one source get a line each; more, one summary line.
+GAPS_SHOWN = 5
+FEED_GAPS_SCHEMA = "source string, date date, expected_path string, run_id string, noted_at timestamp"
+
+
 def _missing_dates(files: list[LandingFile], dates: list[date] | None,
-                   delivered: list[date] | None) -> list[date]:
+                   delivered: list[date] | None, source: Source) -> list[date]:
+    """The days the source's calendar expects with no file: of `dates`, or without dates, of the
+    days other feeds delivered and of every day between this feed's first and last file."""
     have = {f.date for f in files}
     expected = set(dates if dates is not None else (delivered or []))
     if have and dates is None:
-        # A gap between the first and last delivered day is missing too.
         first, last = min(have), max(have)
         expected |= {first + timedelta(days=i) for i in range((last - first).days + 1)}
-    return sorted(expected - have)
+    return sorted(d for d in expected - have if source.expects(d))
+
+
+def record_gaps(lh, source: Source, dates: list[date] | None, gaps: list[date], landing: str, run_id: str) -> None:
+    """Keep `ops.feed_gaps` to the gaps this run sees for the days it looked at (every day of the
+    source when `dates` is None): a day whose file arrived leaves the table. Commits nothing when
+    the table already says so, so a rerun that changes nothing writes nothing."""
+    table = lh.table(catalog.FEED_GAPS)
+    held = table.to_arrow(["source", "date"]).to_pylist() if table.exists() else []
+    looked = None if dates is None else set(dates)
+    before = {r["date"] for r in held if r["source"] == source.name and (looked is None or r["date"] in looked)}
+    if before == set(gaps):
+        return
+    now = datetime.now(timezone.utc)
+    rows = [{"source": source.name, "date": d, "expected_path": source.path_for(d), "run_id": run_id,
+             "noted_at": now} for d in gaps]
+    table.replace_rows(rows, FEED_GAPS_SCHEMA, key=("source", "date"),
+                       drop=lambda r: r["source"] == source.name and (looked is None or r["date"] in looked))
 
 
 def ingested_files(lh) -> dict[str, dict[str, tuple[str, int]]]:
