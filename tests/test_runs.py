@@ -1,10 +1,12 @@
 """The lakehouse lock and the run records."""
 import json
+import logging
 import subprocess
 import sys
 from datetime import date
 
 import pytest
+from log_lines import log_lines
 
 from pipelines.storage import LakehouseLock, LockHeldError
 from pipelines.ops.runs import RunRecord, finished_stages, log_stage, new_run_id, record_run
@@ -59,3 +61,83 @@ def test_evaluating_a_date_again_replaces_its_live_metrics(lakehouse):
     rows = results.read_metrics(lakehouse)
     assert sorted((r["run_id"], r["split"], r["rows"]) for r in rows) == sorted([
         (first, "test", 100), (other, "live", 100), (resumed, "live", 101)])
+
+
+HOLD = """
+import sys, time
+from pipelines.storage import LakehouseLock
+lock = LakehouseLock(sys.argv[1], "nightly", "run-on-node-b", lease_seconds=float(sys.argv[2]))
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def hold_on_another_host(root, lease: float) -> subprocess.Popen:
+    """A process on "another host" (its own UTS namespace, hostname node-b) that takes the lock and
+    holds it, renewing the lease, until it is killed."""
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("unshare (util-linux) is needed to give a process another hostname")
+    cmd = ["unshare", "--uts", "sh", "-c", 'hostname node-b && exec "$0" -c "$1" "$2" "$3"',
+           sys.executable, HOLD, str(root), str(lease)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_holder_on_another_host_keeps_the_lock_and_a_dead_ones_lease_runs_out(tmp_path):
+    import time
+
+    holder = hold_on_another_host(tmp_path, lease=2.0)
+    try:
+        assert json.loads((tmp_path / "_locks" / "nightly.lock").read_text())["host"] == "node-b"
+        # Its pid means nothing on this host; its heartbeat says it lives: refused, even past the lease.
+        for _ in range(2):
+            with pytest.raises(LockHeldError, match="held by run run-on-node-b .*on node-b"):
+                LakehouseLock(tmp_path, "nightly", "run-here", lease_seconds=2.0).acquire()
+            time.sleep(2.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(LockHeldError):        # dead, but its lease has not run out yet
+        LakehouseLock(tmp_path, "nightly", "run-here", lease_seconds=2.0).acquire()
+    time.sleep(2.5)
+    with log_lines(logging.WARNING) as said:
+        with LakehouseLock(tmp_path, "nightly", "run-here", lease_seconds=2.0) as lock:
+            assert json.loads(lock.path.read_text())["run_id"] == "run-here"
+    assert any("taking over a stale lock of run run-on-node-b" in s and "sent no heartbeat" in s for s in said)
+
+
+def test_of_two_processes_taking_over_the_same_dead_lock_one_wins(tmp_path):
+    """Both see the dead holder's lease run out; the takeover is an atomic rename, so only one holds."""
+    import threading
+    import time
+
+    stale = LakehouseLock(tmp_path, "nightly", "run-dead", lease_seconds=1.0)
+    stale.path.parent.mkdir(parents=True)
+    stale.path.write_text(json.dumps({**stale.holder, "host": "node-gone", "heartbeat": time.time() - 10}))
+    won, lost = [], []
+    barrier = threading.Barrier(2)
+
+    def take(name):
+        lock = LakehouseLock(tmp_path, "nightly", name, lease_seconds=1.0)
+        barrier.wait()
+        try:
+            lock.acquire()
+            won.append(lock)
+        except LockHeldError:
+            lost.append(name)
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(won) == 1 and len(lost) == 1
+        assert json.loads(stale.path.read_text())["run_id"] == won[0].holder["run_id"]
+    finally:
+        for lock in won:
+            lock.release()

@@ -25,7 +25,7 @@ def run_maintain(args, cfg) -> int:
         return 2
     lakehouse = Lakehouse.from_config(cfg)
     try:
-        with LakehouseLock(cfg.lakehouse.root, "nightly", new_run_id("maintain")):
+        with LakehouseLock(cfg.lakehouse.root, "nightly", new_run_id("maintain"), cfg.lakehouse.lock_lease_seconds):
             maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run)
     except LockHeldError as exc:
         print(f"refused: {exc}", file=sys.stderr)

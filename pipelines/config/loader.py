@@ -224,6 +224,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
     for key in ("target_file_rows", "row_group_rows", "model_input_row_group_rows"):
         if getattr(cfg.lakehouse, key) < 1:
             fail(f"lakehouse.{key}", "must be at least 1")
+    if cfg.lakehouse.lock_lease_seconds <= 0:
+        fail("lakehouse.lock_lease_seconds", f"must be more than 0, got {cfg.lakehouse.lock_lease_seconds}")
     for name, window in cfg.pipeline.splits.items():
         if len(window) != 2:
             fail(f"pipeline.splits.{name}", f"must be [start, end], got {window}")

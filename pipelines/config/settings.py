@@ -31,6 +31,7 @@ class LakehouseConfig:
     row_group_rows: int
     model_input_row_group_rows: int
     vacuum_retention_hours: int
+    lock_lease_seconds: float
 
 
 @dataclass

@@ -30,7 +30,7 @@ def run_nightly(cfg: Config, spark, run_date: date, force: bool = False) -> RunR
     lakehouse = Lakehouse.from_config(cfg, spark)
     run_id = new_run_id("nightly", run_date)
     record = RunRecord(run_id, "nightly", run_date)
-    with LakehouseLock(cfg.lakehouse.root, "nightly", run_id):
+    with LakehouseLock(cfg.lakehouse.root, "nightly", run_id, cfg.lakehouse.lock_lease_seconds):
         previous = last_run(lakehouse, "nightly", run_date)
         if previous and previous["status"] == "succeeded" and not force:
             log.info(f"[nightly] {run_date} already succeeded in run {previous['run_id']}: nothing to do "
