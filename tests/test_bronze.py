@@ -80,6 +80,35 @@ def test_a_bad_line_is_rejected_with_its_text_and_reason(line, reason):
     assert (number, raw) == (3, line) and reason in why
 
 
+NINE = flight_line(date(2013, 1, 1), 9)
+
+
+# More of the bad-input corpus, one line each among good ones: every one is rejected by name, with
+# its own reason, whichever path (Arrow's reader or the line parser) the file would otherwise take.
+@pytest.mark.parametrize("line, reason", [
+    (NINE.replace(",9,N14228", ",99999999999,N14228"), "flight: '99999999999' does not fit in int"),
+    (flight_line(date(2013, 1, 1), 9, dep_delay="NaN"), "dep_delay: 'NaN' is not a number"),
+    (flight_line(date(2013, 1, 1), 9, dep_delay="inf"), "dep_delay: 'inf' is not a number"),
+    (flight_line(date(2013, 1, 1), 9, dep_delay="1e400"), "dep_delay: '1e400' is not a finite number"),
+    (NINE.replace(",9,N14228", ",0x10,N14228"), "flight: '0x10' is not an integer"),       # Arrow took it as 16
+    (NINE.replace(",9,N14228", ", 9 ,N14228"), "flight: ' 9 ' is not an integer"),         # Arrow took it as 9
+    (NINE.replace(",9,N14228", ",true,N14228"), "flight: 'true' is not an integer"),
+    (flight_line(date(2013, 1, 1), 9, dep_delay='"2,5"'), "dep_delay: '2,5' is not a number"),
+    (NINE.replace("2013-01-01T", "2013-02-30T"), "time_hour: '2013-02-30T10:00:00Z' is not an ISO timestamp"),
+    (HEADER, "year: 'year' is not an integer"),                                             # a header repeated
+    (NINE.replace(",", "\t"), "expected 19 fields, found 1"),
+    (NINE.replace(",", ";"), "expected 19 fields, found 1"),
+    (NINE + ",", "expected 19 fields, found 20"),
+], ids=["int overflow", "NaN", "inf", "1e400", "hex", "spaces", "boolean", "decimal comma", "31 February",
+        "repeated header", "tabs", "semicolons", "trailing delimiter"])
+def test_more_bad_values_are_each_rejected_with_their_own_reason(line, reason):
+    day = date(2013, 1, 1)
+    parsed = bronze.parse_file(csv_file(flight_line(day, 1), line, flight_line(day, 2)).encode(), FLIGHTS)
+    assert parsed.records == 3 and parsed.good_lines == [2, 4]
+    [(number, raw, why)] = parsed.rejected
+    assert number == 3 and raw == line and reason in why
+
+
 def test_a_non_utf8_byte_is_rejected_and_the_raw_bytes_kept_visible():
     day = date(2013, 1, 1)
     bad = flight_line(day, 7, tailnum="N1\xe9").encode("latin-1")

@@ -305,6 +305,22 @@ def _parse_csv_arrow(content: bytes, source: Source, records: int) -> ParsedFile
         if c.type == "double" and column.null_count < len(column):
             if not pc.all(pc.is_finite(column.drop_null())).as_py():
                 return None
+    # Arrow reads some numbers the line parser refuses (`0x10`, ` 9 `): the texts of the numeric
+    # columns must be what the line parser accepts, or the file takes the line path, which names them.
+    numeric = {c.name: (_INT if c.type in ("int", "long") else _DOUBLE) for c in source.columns
+               if c.type in ("int", "long", "double")}
+    if numeric:
+        texts = pcsv.read_csv(
+            io.BytesIO(content), read_options=pcsv.ReadOptions(use_threads=False),
+            parse_options=pcsv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote,
+                                            newlines_in_values=False, ignore_empty_lines=True),
+            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in numeric},
+                                                include_columns=list(numeric), null_values=list(opts.null_values),
+                                                strings_can_be_null=True, quoted_strings_can_be_null=True))
+        for name, pattern in numeric.items():
+            values = texts.column(name).drop_null()
+            if len(values) and not pc.all(pc.match_substring_regex(values, f"^(?:{pattern.pattern})$")).as_py():
+                return None
     return ParsedFile(records, table.cast(schema), list(range(2, records + 2)))
 
 
