@@ -118,6 +118,8 @@ def test_a_new_dataset_is_configuration_only(tmp_path):
     ({"missing": {"amount": {"fill": "average"}}}, "sources.orders.missing.amount.fill", "mean"),
     ({"missing": {"price": "keep"}}, "sources.orders.missing.price", "not a known key"),
     ({"calendar": "hourly"}, "sources.orders.calendar", "daily, weekdays, sparse"),
+    ({"columns": {"order_id": "long", "store": {"type": "string", "rename": "9 lives"}, "amount": "double"}},
+     "sources.orders.columns.store.rename", "must be a column name"),
     # Spark matches names ignoring case: these would fail at the first write (AMBIGUOUS_REFERENCE).
     ({"columns": {"order_id": "long", "Date": "date", "store": "string", "amount": "double"}},
      "sources.orders.columns.Date", "the partition column 'date' differ only in case"),

@@ -208,3 +208,30 @@ def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lake
     silver.clean(cfg, spark, dates=[days[1]])
     assert counts(lakehouse, *tables) == before
     assert lakehouse.table("bronze.flights").version() == bronze_version     # nothing new: nothing written
+
+
+def test_a_column_renamed_in_the_dataset_is_read_under_its_file_name_and_stored_under_the_new_one(
+        cfg, spark, lakehouse, tmp_path):
+    """`Date` beside the partition column `date` failed the first write (Spark is case-insensitive);
+    the dataset renames it, and the files keep their header."""
+    dataset = {"name": "events", "sources": {"events": {
+        "path": "events/{yyyy}/{mm}/{dd}.csv", "format": "csv", "partition_by": "date",
+        "columns": {"id": "long", "Date": {"type": "date", "rename": "event_date"}, "amount": "double"},
+        "primary_key": ["date", "id"],
+        "rules": [{"name": "same_day", "check": "expression", "expr": "event_date = date", "blocking": True}]}}}
+    path = tmp_path / "events.yaml"
+    path.write_text(yaml.safe_dump(dataset, sort_keys=False))
+    events = load_dataset(path)
+    assert events.source("events").column_names == ["id", "event_date", "amount"]
+    assert events.source("events").file_column_names == ["id", "Date", "amount"]
+    land = Path(cfg.lakehouse.landing) / "events" / "2024" / "03"
+    land.mkdir(parents=True)
+    (land / "01.csv").write_text("id,Date,amount\n1,2024-03-01,2.5\n2,2024-03-02,1\n")
+    (land / "02.csv").write_text('id,Date,amount\n3,2024-03-02,"4"\n')       # a quoted field: the line parser
+    (land / "03.csv").write_text("id,event_date,amount\n4,2024-03-03,1\n")   # the tables' name: not the file's
+    [ingested] = bronze.ingest(cfg, spark, dataset=events)
+    assert ingested.refused_files == ["events/2024/03/03.csv"]
+    [cleaned] = silver.clean(cfg, spark, dataset=events)
+    rows = sorted(tuple(r) for r in lakehouse.table("silver.events").read().select("id", "event_date").collect())
+    assert rows == [(1, date(2024, 3, 1)), (3, date(2024, 3, 2))]
+    assert cleaned.quarantined == 1   # id 2: its event_date is not the file's date

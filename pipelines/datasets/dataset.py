@@ -35,6 +35,12 @@ class Column:
     # Longest value a string column takes (its own `max_length`, else the dataset's
     # `max_string_length`); silver quarantines longer ones. None: no limit.
     max_length: int | None = None
+    # The column's name in the raw files when the tables call it otherwise (`rename:` in YAML).
+    file_name: str | None = None
+
+    @property
+    def in_file(self) -> str:
+        return self.file_name or self.name
 
     @property
     def spark_type(self) -> str:
@@ -133,7 +139,13 @@ class Source:
 
     @property
     def column_names(self) -> list[str]:
+        """The columns as the tables name them."""
         return [c.name for c in self.columns]
+
+    @property
+    def file_column_names(self) -> list[str]:
+        """The columns as the raw files name them (differ where the dataset renames one)."""
+        return [c.in_file for c in self.columns]
 
     def column(self, name: str) -> Column:
         for c in self.columns:

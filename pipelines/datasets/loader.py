@@ -211,16 +211,21 @@ class _Parser:
 
     def columns(self, value: Any, key: str, max_length: int | None = None) -> tuple[Column, ...]:
         # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`, or
-        # `tailnum: {type: string, max_length: 20}` for a string column with its own limit.
+        # `tailnum: {type: string, max_length: 20}` for a string column with its own limit, or
+        # `Date: {type: date, rename: order_date}` for a column the tables call otherwise.
         value = self.mapping(value, key, set(value) if isinstance(value, dict) else set())
         if not value:
             self.fail(key, "must declare at least one column")
         out = []
         for name, typ in value.items():
-            limit = max_length
+            limit, renamed = max_length, None
             if isinstance(typ, dict):
-                spec = self.mapping(typ, f"{key}.{name}", {"type", "max_length"}, {"type"})
+                spec = self.mapping(typ, f"{key}.{name}", {"type", "max_length", "rename"}, {"type"})
                 typ = spec["type"]
+                if "rename" in spec:
+                    renamed = self.string(spec["rename"], f"{key}.{name}.rename")
+                    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", renamed):
+                        self.fail(f"{key}.{name}.rename", f"must be a column name, got {renamed!r}")
                 if "max_length" in spec:
                     if typ != "string":
                         self.fail(f"{key}.{name}.max_length", f"applies to string columns, not {typ}")
@@ -229,7 +234,8 @@ class _Parser:
                 self.fail(f"{key}.{name}", f"must be one of {', '.join(COLUMN_TYPES)}, got {typ!r}")
             if str(name).startswith("_"):
                 self.fail(f"{key}.{name}", "may not start with '_' (kept for lineage columns)")
-            out.append(Column(str(name), typ, limit if typ == "string" else None))
+            out.append(Column(renamed or str(name), typ, limit if typ == "string" else None,
+                              str(name) if renamed else None))
         return tuple(out)
 
     def csv_options(self, value: Any, key: str) -> CsvOptions:

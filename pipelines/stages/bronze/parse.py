@@ -173,7 +173,7 @@ def _csv_header(first_line: bytes, source: Source) -> tuple[str | None, list[int
     fields, problem = _split_csv(header.lstrip("\ufeff"), source)
     if problem:
         return f"header: {problem}", None
-    return _header_problem([f.strip() for f in fields], source.column_names)
+    return _header_problem([f.strip() for f in fields], source.file_column_names)
 
 
 def header_reason(content: bytes, source: Source) -> str | None:
@@ -189,7 +189,7 @@ def header_reason(content: bytes, source: Source) -> str | None:
 
         import pyarrow.parquet as pq
 
-        return _header_problem(pq.ParquetFile(io.BytesIO(content)).schema_arrow.names, source.column_names)[0]
+        return _header_problem(pq.ParquetFile(io.BytesIO(content)).schema_arrow.names, source.file_column_names)[0]
     if source.format == "csv" and source.csv.header:
         return _csv_header(split_lines(content)[0], source)[0]
     return None
@@ -214,7 +214,7 @@ def parse_file(content: bytes, source: Source) -> ParsedFile:
     out = _Collector(source)
     if not lines:
         return out.done()
-    names = source.column_names
+    names = source.file_column_names
     types = [c.type for c in source.columns]
     encoding = source.csv.encoding
     start, header_reason, order = 0, None, None
@@ -287,19 +287,22 @@ def _parse_csv_arrow(content: bytes, source: Source, records: int) -> ParsedFile
     except UnicodeDecodeError:
         return None   # a header Arrow would take but not name: the line parser refuses it by name
     schema = _arrow_schema(source)
+    # Read under the files' names (a renamed column has another one there), then name as the tables do.
+    file_schema = pa.schema([pa.field(c.in_file, _arrow_type(c.type)) for c in source.columns])
     try:
         table = pcsv.read_csv(
             io.BytesIO(content),
             read_options=pcsv.ReadOptions(use_threads=False),
             parse_options=pcsv.ParseOptions(delimiter=opts.delimiter, quote_char=opts.quote,
                                             newlines_in_values=False, ignore_empty_lines=True),
-            convert_options=pcsv.ConvertOptions(column_types=schema, null_values=list(opts.null_values),
+            convert_options=pcsv.ConvertOptions(column_types=file_schema, null_values=list(opts.null_values),
                                                 strings_can_be_null=True, quoted_strings_can_be_null=True,
                                                 true_values=sorted(_TRUE), false_values=sorted(_FALSE)))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
-    if table.column_names != schema.names or table.num_rows != records:
+    if table.column_names != file_schema.names or table.num_rows != records:
         return None
+    table = table.rename_columns(schema.names)
     for c in source.columns:
         column = table.column(c.name)
         if c.type == "double" and column.null_count < len(column):
@@ -307,7 +310,7 @@ def _parse_csv_arrow(content: bytes, source: Source, records: int) -> ParsedFile
                 return None
     # Arrow reads some numbers the line parser refuses (`0x10`, ` 9 `): the texts of the numeric
     # columns must be what the line parser accepts, or the file takes the line path, which names them.
-    numeric = {c.name: (_INT if c.type in ("int", "long") else _DOUBLE) for c in source.columns
+    numeric = {c.in_file: (_INT if c.type in ("int", "long") else _DOUBLE) for c in source.columns
                if c.type in ("int", "long", "double")}
     if numeric:
         texts = pcsv.read_csv(
@@ -404,7 +407,7 @@ def _parse_parquet(content: bytes, source: Source) -> ParsedFile:
         return out.done()
     table = pq.read_table(io.BytesIO(content))
     out.records = table.num_rows
-    names = source.column_names
+    names = source.file_column_names
     types = [c.type for c in source.columns]
     reason, _ = _header_problem(table.column_names, names)
     if reason:
