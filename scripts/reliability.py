@@ -45,7 +45,9 @@ its rows, sorted, after leaving out what legitimately differs between two runs o
   - model versions, model paths, code version and config hash: the lakehouse root is part of the
     configuration, so each run's model version differs even for the same model;
   - Delta table versions recorded in rows (`*_version`): a killed run may have committed versions
-    that the next run replaces, so the same content can sit at a later version;
+    that the next run replaces, so the same content can sit at a later version; likewise the
+    feature spec's `fitted_on` (a features version and a digest of file names, which carry each
+    write's id) and when a feed gap was noted (`noted_at`);
   - floats are compared to 9 significant digits (training is deterministic on CPU; this only
     absorbs the last bits of aggregation order).
 The run bookkeeping (`results.runs`, `ops.stage_log`) describes the runs, not the data: a resumed run
@@ -73,7 +75,8 @@ EXTRA_POINTS = {"ingest:mid": "[ingest] bronze.flights:", "train:baselines": "[t
 
 VOLATILE = {"_ingest_time", "_run_id", "run_id", "ingested_at", "scored_at", "created_at", "started_at",
             "ended_at", "finished_at", "seconds", "stage_seconds", "wall_seconds", "samples_per_sec",
-            "samples_per_second", "cpu_cores", "model_version", "path", "code_version", "config_hash"}
+            "samples_per_second", "cpu_cores", "model_version", "path", "code_version", "config_hash",
+            "fitted_on", "noted_at"}
 BOOKKEEPING = {"results.runs": ("job", "run_date", "status"), "ops.stage_log": ("run_date", "stage")}
 
 
