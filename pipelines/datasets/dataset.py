@@ -226,6 +226,13 @@ class Dataset:
     seed_package: str | None = None
     seed_folder: str = "data"
 
+    def source_names(self, names=None) -> list[str]:
+        """`names` (every source, in declared order, when None), each checked to be a source here."""
+        names = list(self.sources) if names is None else list(names)
+        for name in names:
+            self.source(name)
+        return names
+
     def source(self, name: str) -> Source:
         if name not in self.sources:
             raise KeyError(f"dataset {self.name} has no source {name!r} (it has: {', '.join(self.sources)})")

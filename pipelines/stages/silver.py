@@ -259,9 +259,7 @@ def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | No
     run_id = run_id or new_run_id("clean")
     lh = Lakehouse.from_config(cfg, spark)
     dates = sorted(set(dates)) if dates is not None else None
-    wanted = set(sources) if sources is not None else set(dataset.sources)
-    for name in wanted:
-        dataset.source(name)
+    wanted = set(dataset.source_names(sources))
     results = []
     for source in dataset.clean_order():
         if source.name not in wanted:

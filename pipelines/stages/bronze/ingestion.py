@@ -94,9 +94,7 @@ def ingest(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | N
     run_id = run_id or new_run_id("ingest")
     lh = Lakehouse.from_config(cfg, spark)
     dates = sorted(set(dates)) if dates is not None else None
-    names = list(sources) if sources is not None else list(dataset.sources)
-    for name in names:
-        dataset.source(name)
+    names = dataset.source_names(sources)
     results = []
     ingested = ingested_files(lh)
     # Without asked-for dates, a day is expected when any daily feed delivered a file for it.
