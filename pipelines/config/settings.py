@@ -72,7 +72,7 @@ class TrainingConfig:
 @dataclass
 class NightlyConfig:
     retrain_every_days: int
-    score_days_back: int
+    rescore_days: int
     default_date: str
 
 

@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from pipelines.config import ConfigError
+from pipelines.datasets.timing import EventTime, TimePoint
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Declared column types and the Spark SQL type each one becomes.
@@ -125,6 +126,13 @@ class Source:
     seed_file: str | None = None
     seed_date_columns: tuple[str, ...] = ()
     calendar: str = "daily"
+    # When a row's values become known (None: all along, a reference table), and the column that
+    # holds a row's local time of day where that matters (`known: {at: event}`).
+    known: TimePoint | None = None
+    event_time: EventTime | None = None
+    # The source whose rows this one updates (late outcomes): silver merges its rows into that
+    # source's silver table on the primary key, setting the columns that source does not declare.
+    updates: str | None = None
 
     def expects(self, day: date) -> bool:
         """True when the feed's calendar expects a file for `day`."""
@@ -225,6 +233,9 @@ class Dataset:
     file: str
     seed_package: str | None = None
     seed_folder: str = "data"
+    # The source whose rows the model predicts, and when it predicts them (pipelines.datasets.timing).
+    prediction_source: str | None = None
+    prediction_time: TimePoint | None = None
 
     def source_names(self, names=None) -> list[str]:
         """`names` (every source, in declared order, when None), each checked to be a source here."""
@@ -238,6 +249,25 @@ class Dataset:
             raise KeyError(f"dataset {self.name} has no source {name!r} (it has: {', '.join(self.sources)})")
         return self.sources[name]
 
+    def updaters(self, name: str) -> list[Source]:
+        """The sources that update the rows of source `name` (late outcomes), in declared order."""
+        return [s for s in self.sources.values() if s.updates == name]
+
+    def update_columns(self, update: Source) -> list[str]:
+        """The columns an update source sets on its target's rows: those the target does not declare."""
+        target = self.source(update.updates)
+        return [c for c in update.column_names if c not in target.column_names]
+
+    def with_updates(self, names) -> list[str]:
+        """`names` with, for each source updated by another, both of them: cleaning a source
+        rewrites its rows, so its updates are merged again, and merging updates again starts
+        from the rows as cleaned (an update a corrected file no longer holds is gone)."""
+        out = list(names)
+        for name in list(out):
+            target = self.source(name).updates or name
+            out += [n for n in (target, *[u.name for u in self.updaters(target)]) if n not in out]
+        return out
+
     @property
     def daily_sources(self) -> list[Source]:
         return [s for s in self.sources.values() if s.daily]
@@ -247,7 +277,8 @@ class Dataset:
         return [s for s in self.sources.values() if not s.daily]
 
     def clean_order(self) -> list[Source]:
-        """Sources ordered so that every source comes after those its reference rules read."""
+        """Sources ordered so that every source comes after those its reference rules read and
+        after the source it updates."""
         done: list[str] = []
 
         def visit(name: str, path: tuple[str, ...]) -> None:
@@ -258,6 +289,9 @@ class Dataset:
             for rule in self.sources[name].rules:
                 if rule.reference_source and rule.reference_source != name:
                     visit(rule.reference_source, path + (name,))
+            # An update source merges into its target's silver table: the target is cleaned first.
+            if self.sources[name].updates:
+                visit(self.sources[name].updates, path + (name,))
             done.append(name)
 
         for name in self.sources:

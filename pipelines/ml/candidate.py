@@ -13,13 +13,14 @@ import os
 from dataclasses import dataclass
 from datetime import date
 
-from pipelines.catalog import MODEL_INPUT
+from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
 from pipelines.ml.scoring import score
 from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
+from pipelines.stages.gold import ServingError, encode
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,13 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     current = registry.blessed(lakehouse)
     blessed_auc = None
     if current is not None and current.model_version != result.model_version:
-        blessed_auc = _auc_of(current, frames["validation"], threshold)
+        blessed_auc = _auc_of(cfg, lakehouse, current, frames["validation"], threshold)
     status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
     summary = {f"{split}_{m['model']}_auc": m["auc"] for split in SPLITS for m in metrics if m["split"] == split}
     entry = registry.ModelEntry(
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
         path=result.model_path, training_table=MODEL_INPUT, training_version=version,
-        config_hash=result.config_hash, code_version=registry.code_version(),
+        feature_spec_version=result.table_versions.get(FEATURE_SPEC), config_hash=result.config_hash, code_version=registry.code_version(),
         metrics=json.dumps({"validation_auc": auc("dnn"), "logreg_validation_auc": auc("logreg"),
                             "gbt_validation_auc": auc("gbt"), "best_epoch": result.best_epoch,
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
@@ -118,13 +119,20 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     return Candidate(entry, metrics, result.rows["train"])
 
 
-def _auc_of(entry: registry.ModelEntry, validation, threshold: float) -> float | None:
-    """The blessed model's AUC on the candidate's validation rows; its recorded one if it cannot read them."""
+def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: float) -> float | None:
+    """The blessed model's AUC on the candidate's validation rows, encoded with the blessed model's
+    own feature spec; its recorded AUC when that spec cannot be read any more."""
+    from pyspark.sql import functions as F
+
     try:
-        return binary_metrics(dnn_scores(validation, entry.path, threshold), threshold).auc
-    except Exception as exc:  # a model of an older feature spec may not accept today's columns
+        keys = validation.select("flight_id")
+        rows = lakehouse.table(FEATURES).read().join(keys, "flight_id")
+        encoded = encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
+        return binary_metrics(dnn_scores(encoded.filter(F.col("label").isNotNull()), entry.path, threshold),
+                              threshold).auc
+    except ServingError as exc:
         recorded = entry.metric.get("validation_auc")
-        log.warning(f"[train] blessed model {entry.model_version} cannot score today's validation rows ({exc}); "
+        log.warning(f"[train] blessed model {entry.model_version} cannot be measured again ({exc}); "
                     f"comparing with its recorded validation AUC {recorded}")
         return recorded
 

@@ -14,8 +14,9 @@ from datetime import date, datetime, timezone
 from pipelines import __version__
 from pipelines.catalog import MODELS
 from pipelines.config import PROJECT_ROOT
+
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
-          "training_version long, config_hash string, code_version string, metrics string, "
+          "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
           "status string, reason string")
 
 
@@ -28,6 +29,7 @@ class ModelEntry:
     path: str
     training_table: str
     training_version: int
+    feature_spec_version: int | None  # the gold.feature_spec version it was trained with: scoring applies it
     config_hash: str
     code_version: str
     metrics: str  # JSON: {"validation_auc": ..., "logreg_validation_auc": ..., ...}
@@ -54,7 +56,8 @@ def entries(lakehouse) -> list[ModelEntry]:
     if not table.exists():
         return []
     rows = table.read().orderBy("created_at").collect()
-    return [ModelEntry(**r.asDict()) for r in rows]
+    # A registry written before models recorded their spec version reads as None (scoring refuses it).
+    return [ModelEntry(**{"feature_spec_version": None, **r.asDict()}) for r in rows]
 
 
 def blessed(lakehouse) -> ModelEntry | None:
@@ -85,7 +88,7 @@ def register(lakehouse, entry: ModelEntry) -> None:
                 e.status, e.reason = "retired", f"replaced by {entry.model_version}"
     rows = [asdict(e) for e in current + [entry]]
     df = lakehouse.spark.createDataFrame(rows, SCHEMA)
-    lakehouse.table(MODELS).write(df, mode="overwrite")
+    lakehouse.table(MODELS).write(df, mode="overwrite", schema_mode="overwrite")
 
 
 def now() -> datetime:

@@ -3,27 +3,29 @@
 `results.predictions` is partitioned by date and written by partition overwrite, so scoring a day
 again replaces its rows. `results.metrics` and `results.training_history` are keyed by run and
 model; writing them again for the same run replaces that run's rows (overwrite of the run's
-partition), so a resumed or repeated run never duplicates them. Live metrics belong to the run
-date rather than the run: evaluating a date again (a resumed or forced run, with a new run id)
-replaces the live rows that earlier runs of that date wrote.
+partition), so a resumed or repeated run never duplicates them. Live metrics belong to the date
+they measure: one row per date and model version, written once that date's outcomes are in.
 """
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
 
-from pipelines.catalog import HISTORY, METRICS, MODEL_INPUT, PARTITION_COLUMN, PREDICTIONS
+from pipelines.catalog import FEATURES, HISTORY, METRICS, PARTITION_COLUMN, PREDICTIONS
 from pipelines.ml.evaluation import binary_metrics
-from pipelines.ops.runs import run_id_prefix
 
-METRICS_SCHEMA = ("run_id string, model_version string, model string, split string, rows long, positives long, "
-                  "auc double, log_loss double, accuracy double, precision double, recall double, f1 double, "
-                  "threshold double, created_at timestamp")
+# `date`: the day a live metric row measures (the predictions of that day against its outcomes);
+# null for the train, validation and test rows of a training run.
+METRICS_SCHEMA = ("run_id string, model_version string, model string, split string, date date, rows long, "
+                  "positives long, auc double, log_loss double, accuracy double, precision double, recall double, "
+                  "f1 double, threshold double, created_at timestamp")
 HISTORY_SCHEMA = ("run_id string, model_version string, epoch int, loss double, auc double, val_loss double, "
                   "val_auc double, samples_per_second double, seconds double, learning_rate double")
 
 
-def write_predictions(lakehouse, scored, model_version: str, run_id: str, feature_version: int) -> int:
-    """Write scored rows (flight_id, day, score, predicted_label) for the days they cover.
+def write_predictions(lakehouse, scored, model_version: str, run_id: str, versions: dict) -> int:
+    """Write scored rows (flight_id, day, score, predicted_label) for the days they cover, with the
+    model version and the versions they were scored from (`versions`: feature_spec_version and
+    serving_input_version, as `pipelines.ml.scoring.score_days` returns them).
 
     Returns the number of rows written. The `date` partition column comes from `day` (yyyymmdd).
     """
@@ -32,11 +34,12 @@ def write_predictions(lakehouse, scored, model_version: str, run_id: str, featur
     df = (scored
           .withColumn("date", F.to_date(F.col("day").cast("string"), "yyyyMMdd"))
           .withColumn("model_version", F.lit(model_version))
+          .withColumn("feature_spec_version", F.lit(int(versions["feature_spec_version"])).cast("long"))
+          .withColumn("serving_input_version", F.lit(int(versions["serving_input_version"])).cast("long"))
           .withColumn("run_id", F.lit(run_id))
-          .withColumn("feature_table_version", F.lit(int(feature_version)).cast("long"))
           .withColumn("scored_at", F.lit(datetime.now(timezone.utc)).cast("timestamp"))
-          .select("flight_id", "day", "date", "score", "predicted_label", "model_version", "run_id",
-                  "feature_table_version", "scored_at")
+          .select("flight_id", "day", "date", "score", "predicted_label", "model_version", "feature_spec_version",
+                  "serving_input_version", "run_id", "scored_at")
           .cache())
     dates = sorted(r["date"] for r in df.select("date").distinct().collect())
     if not dates:
@@ -56,13 +59,12 @@ def write_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
         METRICS_SCHEMA, key=("run_id", "model_version", "model", "split"))
 
 
-def write_live_metrics(lakehouse, run_id: str, run_date, rows: list[dict]) -> None:
-    """This run's live metrics (split "live"), replacing those of every earlier run of the same date."""
-    prefix = run_id_prefix(run_id.split("-", 1)[0], run_date)
+def write_live_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
+    """Live metrics (split "live"): one row per date and model version (`rows` carry `date`),
+    replacing any row of the same date and model version."""
     lakehouse.table(METRICS).replace_rows([
         {**r, "split": "live", "run_id": run_id, "created_at": datetime.now(timezone.utc)} for r in rows],
-        METRICS_SCHEMA, key=("run_id", "model_version", "model", "split"),
-        drop=lambda r: r["split"] == "live" and r["run_id"].startswith(prefix))
+        METRICS_SCHEMA, key=("split", "date", "model_version", "model"))
 
 
 def write_history(lakehouse, run_id: str, model_version: str, history: list[dict]) -> None:
@@ -86,23 +88,28 @@ def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
     return [r.asDict() for r in df.orderBy("split", "model").collect()]
 
 
-def live_metrics(lakehouse, first_day: date, last_day: date, threshold: float) -> list[dict]:
-    """Metrics of the predictions for `first_day`..`last_day` whose outcomes have arrived (in
-    `gold.model_input`), per model version that scored them."""
+def live_metrics(lakehouse, through: date, threshold: float) -> list[dict]:
+    """Metrics of the predictions of each date up to `through` whose outcomes have arrived (a
+    `label` in `gold.flight_features`), per date and model version, for the pairs that have no
+    live metrics yet: each date is measured once, when its outcomes are in."""
     from pyspark.sql import functions as F
 
     preds = lakehouse.table(PREDICTIONS)
     if not preds.exists():
         return []
-    outcomes = lakehouse.table(MODEL_INPUT).read().select("flight_id", "label")
-    scored = (preds.read().filter((F.col("day") >= int(first_day.strftime("%Y%m%d")))
-                                  & (F.col("day") <= int(last_day.strftime("%Y%m%d"))))
-              .join(outcomes, "flight_id"))
+    done = set()
+    if lakehouse.table(METRICS).exists():
+        done = {(r["date"], r["model_version"]) for r in lakehouse.table(METRICS).read()
+                .filter(F.col("split") == "live").select("date", "model_version").collect()}
+    outcomes = lakehouse.table(FEATURES).read().filter(F.col("label").isNotNull()).select("flight_id", "label")
+    scored = preds.read().filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, "flight_id")
+    pairs = sorted((r[PARTITION_COLUMN], r["model_version"]) for r in
+                   scored.select(PARTITION_COLUMN, "model_version").distinct().collect())
     rows = []
-    for (model_version,) in scored.select("model_version").distinct().collect():
-        subset = scored.filter(F.col("model_version") == model_version)
-        if subset.limit(1).count() == 0:
+    for day, model_version in pairs:
+        if (day, model_version) in done:
             continue
+        subset = scored.filter((F.col(PARTITION_COLUMN) == F.lit(day)) & (F.col("model_version") == model_version))
         m = binary_metrics(subset, threshold=threshold)
-        rows.append({"model_version": model_version, "model": "dnn", **m.as_dict()})
+        rows.append({"model_version": model_version, "model": "dnn", "date": day, **m.as_dict()})
     return rows

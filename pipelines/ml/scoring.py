@@ -1,17 +1,21 @@
 """Distributed batch scoring: executors load the saved model once per Python worker and score Arrow batches.
 
 Nothing is collected to the driver: `score` returns a lazy DataFrame of key, score and predicted
-label, which the caller writes to `results.predictions` by partition overwrite. The rows become
-tensors through `pipelines.ml.inputs.model_inputs`, as in training, with the spec read off the
-model itself, so a model always scores with the inputs it was built for.
+label, which the caller writes to `results.predictions` by partition overwrite. `score_days`
+scores every row of the days asked (tomorrow's flights have no outcome yet) from
+`gold.serving_input`, encoded with the feature spec version the model's registry entry pins; the
+rows become tensors through `pipelines.ml.inputs.model_inputs`, as in training, so a model always
+scores with the encoding and the inputs it was trained with.
 """
 from __future__ import annotations
 
 from datetime import date
 
-from pipelines.catalog import MODEL_INPUT
+from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
+from pipelines.datasets.features import feature_module
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
+from pipelines.stages.gold import build_serving_input
 
 
 def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = ("flight_id", "day"),
@@ -20,7 +24,7 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = 
 
     Returns a DataFrame of `key_columns` + `score` (float) + `predicted_label` (int).
 
-        >>> preds = score(lh.table("gold.model_input").read().filter("day = 20131231"), path, cfg.training.threshold)
+        >>> preds = score(lh.table("gold.serving_input").read().filter("day = 20131231"), path, cfg.training.threshold)
     """
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
@@ -50,11 +54,19 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = 
     return df.mapInPandas(score_batches, out_schema)
 
 
-def score_days(lakehouse, model_path: str, days: list[date], threshold: float) -> tuple[object, int]:
-    """The rows of `gold.model_input`'s latest version dated `days`, scored; (scores, version read)."""
+def score_days(cfg, lakehouse, model, days: list[date], threshold: float) -> tuple[object, dict]:
+    """Every row of `gold.flight_features` dated `days`, labelled or not, encoded with the feature
+    spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored.
+
+    Returns (scores, versions): the lazy scores (key, day, score, predicted_label) and the
+    versions they come from, `feature_spec_version` and `serving_input_version`.
+    """
     from pyspark.sql import functions as F
 
-    table = lakehouse.table(MODEL_INPUT)
-    version = table.version()
-    rows = table.read(version=version).filter(F.col("day").isin([int(d.strftime("%Y%m%d")) for d in days]))
-    return score(rows, model_path, threshold=threshold), version
+    owner = f"model {model.model_version}"
+    version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
+    key = feature_module(cfg.pipeline.dataset).KEY
+    serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
+    scored = score(serving, model.path, threshold=threshold, key_columns=(key, "day"))
+    return scored, {"feature_spec_version": int(model.feature_spec_version), "serving_input_version": version,
+                    "rows": rows}

@@ -58,14 +58,20 @@ class Maintained:
 
 
 def pinned_versions(lakehouse: Lakehouse) -> dict[str, list[int]]:
-    """{table: versions} that registered models were trained on."""
+    """{table: versions} that registered models were trained on: their training table's version
+    and the feature spec version scoring applies to their inputs."""
     table = lakehouse.table(catalog.MODELS)
     if not table.exists():
         return {}
     pinned: dict[str, set[int]] = {}
-    for row in table.to_arrow(["training_table", "training_version"]).to_pylist():
+    # A registry written before models pinned their spec has no feature_spec_version column.
+    columns = [c for c in ("training_table", "training_version", "feature_spec_version")
+               if c in table.schema().fieldNames()]
+    for row in table.to_arrow(columns).to_pylist():
         if row["training_table"] and row["training_version"] is not None:
             pinned.setdefault(row["training_table"], set()).add(int(row["training_version"]))
+        if row.get("feature_spec_version") is not None:
+            pinned.setdefault(catalog.FEATURE_SPEC, set()).add(int(row["feature_spec_version"]))
     return {name: sorted(versions) for name, versions in pinned.items()}
 
 

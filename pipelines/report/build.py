@@ -68,10 +68,12 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
         frame, day_a, day_b = drift
         images["Feature drift"] = plots.plot_drift(frame, day_a, day_b, out / "drift.png")
 
-    live = [m for m in results.read_metrics(lakehouse, run_id) if m["split"] == "live"]
+    live = sorted((m for m in results.read_metrics(lakehouse) if m["split"] == "live" and m.get("date")
+                   and m["date"] <= run_date), key=lambda m: (m["date"], m["model_version"]), reverse=True)
     if live:
-        tables["Scores whose outcomes arrived"] = [
-            {k: m[k] for k in ("model_version", "rows", "auc", "accuracy", "precision", "recall")} for m in live]
+        tables["Live metrics: each day's predictions against its outcomes (latest 14)"] = [
+            {k: m[k] for k in ("date", "model_version", "rows", "auc", "accuracy", "precision", "recall")}
+            for m in live[:14]]
     tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
                         for t in lakehouse.tables()]
     return write_report(out, f"lakehouse-dl nightly {run_date}", summary, tables, images)

@@ -86,13 +86,17 @@ def package_data_folder(dataset: Dataset) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / dataset.seed_folder
 
 
-def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = None) -> list[SeedResult]:
+def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
+         as_of: int | None = None) -> list[SeedResult]:
     """Fill `cfg.landing` from the dataset's seed package; returns one result per source.
 
-    Daily feeds become one CSV per date (the original header, values and NA kept byte for byte);
-    reference tables are copied as they are. Only `dates` of the daily feeds are written when
-    given. A file is rewritten only when it is missing or its content differs, so seeding twice
-    changes nothing.
+    Daily feeds become one CSV per date holding the source's declared columns (values and NA kept
+    as the package writes them), so one package file can feed a schedule and, as another source,
+    its outcomes; reference tables are copied as they are. Only `dates` of the daily feeds are
+    written when given, and with `as_of` (local minutes, `pipelines.datasets.timing`) only the
+    days whose file is due by then: a feed `known` the day after a date has no file for it yet.
+    A file is rewritten only when it is missing or its content differs, so seeding twice changes
+    nothing.
 
         >>> seed(cfg, dates=[date(2013, 1, 1)])
     """
@@ -101,15 +105,19 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
     landing = Path(cfg.lakehouse.landing)
     wanted = set(dates) if dates is not None else None
     results = []
+    raw_files: dict[str, bytes] = {}
     for source in dataset.sources.values():
         if not source.seed_file:
             continue
         started = time.time()
         result = SeedResult(source.name)
-        raw = _read_seed_file(folder / source.seed_file)
+        if source.seed_file not in raw_files:
+            raw_files[source.seed_file] = _read_seed_file(folder / source.seed_file)
+        raw = raw_files[source.seed_file]
         if source.daily:
+            raw = select_columns(raw, source.file_column_names, source.csv.delimiter)
             for day, content, rows in split_by_date(raw, source.seed_date_columns, source.csv.delimiter):
-                if wanted is not None and day not in wanted:
+                if (wanted is not None and day not in wanted) or (as_of is not None and due(source, day) > as_of):
                     continue
                 _deliver(landing / source.path_for(day), content, result)
                 result.rows += rows
@@ -131,6 +139,40 @@ def _read_seed_file(path: Path) -> bytes:
                 raise ValueError(f"{path}: expected one file in the archive, found {members}")
             return z.read(members[0])
     return path.read_bytes()
+
+
+def due(source: Source, day: date) -> int:
+    """When a daily feed's file for `day` is complete, in local minutes: when its last row is known
+    (the last hour of the day for a feed known at each event); 0, always due, for a feed that
+    declares no `known`."""
+    if source.known is None:
+        return 0
+    last = source.event_time.last_minute if source.event_time else None
+    return source.known.minutes_on(day, last)
+
+
+def select_columns(raw: bytes, names: list[str], delimiter: str = ",") -> bytes:
+    """The CSV with only the columns `names`, in that order (the bytes unchanged when they are
+    already exactly the file's columns). The package's CSVs quote nothing, so fields split plainly."""
+    lines = raw.split(b"\n")
+    if not lines or not lines[0]:
+        return raw
+    header = lines[0].decode("utf-8").rstrip("\r").split(delimiter)
+    if header == names:
+        return raw
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise ValueError(f"the seed file's header {header} lacks the declared columns {missing}")
+    idx = [header.index(n) for n in names]
+    sep = delimiter.encode()
+    out = []
+    for line in lines:
+        if not line:
+            out.append(line)
+            continue
+        fields = line.rstrip(b"\r").split(sep)
+        out.append(sep.join(fields[i] for i in idx))
+    return b"\n".join(out)
 
 
 def split_by_date(raw: bytes, date_columns: tuple[str, ...], delimiter: str = ",") -> list[tuple[date, bytes, int]]:

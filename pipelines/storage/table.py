@@ -1,4 +1,4 @@
-"""One object per Delta table: read a version, write, history, counts, small reads, maintenance.
+"""One object per Delta table: read a version, write, merge, history, counts, small reads, maintenance.
 
 This and `pipelines.storage.lakehouse` are the only code that reads or writes tables. Stages get
 DataFrames from `Table.read` and hand DataFrames to `Table.write`; they never see a path, and
@@ -37,7 +37,7 @@ class TableInfo:
 
 
 class Table:
-    """A Delta table: read a version, write, history, counts, small reads, vacuum, compaction."""
+    """A Delta table: read a version, write, merge, history, counts, small reads, vacuum, compaction."""
 
     def __init__(self, name: str, path: str, engine):
         self.name = name
@@ -90,12 +90,66 @@ class Table:
 
             >>> lh.table("results.runs").replace_rows([row], RUNS_SCHEMA, key=("job", "run_date"))
         """
-        replaced = {tuple(r[k] for k in key) for r in rows}
+        names = self.engine.spark.createDataFrame([], schema).schema.fieldNames()
+        replaced = {tuple(r.get(k) for k in key) for r in rows}
         kept = []
         if self.exists():
-            kept = [r for r in (row.asDict() for row in self.read().collect())
-                    if tuple(r[k] for k in key) not in replaced and not (drop and drop(r))]
-        return self.write(self.engine.spark.createDataFrame(kept + rows, schema), mode="overwrite")
+            # Rows written under an older schema read the columns added since as null.
+            kept = [r for r in ({**dict.fromkeys(names), **row.asDict()} for row in self.read().collect())
+                    if tuple(r.get(k) for k in key) not in replaced and not (drop and drop(r))]
+        rows = [{n: r.get(n) for n in names} for r in kept + rows]
+        return self.write(self.engine.spark.createDataFrame(rows, schema), mode="overwrite", schema_mode="overwrite")
+
+    def merge(self, df, on: list[str], update: list[str], description: str | None = None,
+              partitions: dict[str, list] | None = None) -> dict:
+        """Delta MERGE: each row of `df` sets the `update` columns of the target row whose `on` columns
+        equal its own; the other rows and columns stay as they are. One atomic commit, none when `df`
+        is empty (nor, with delta-rs, when no row matches); `description` is recorded in the commit,
+        as `write` does.
+
+        It neither inserts nor deletes: a source row that matches no target row is ignored, so a
+        caller that must not lose one finds those beforehand (a left anti join on `on`). A null in an
+        `on` column never matches. Two source rows with the same key are a ValueError (a target row
+        would get two updates). `partitions`, for example ``{"date": [date(2013, 1, 2)]}``, restricts
+        the merge to those partitions of the table: rows elsewhere are not updated even when their
+        key matches, and the files of other partitions are neither read nor rewritten. The JVM
+        engine runs Delta's MERGE; the delta-rs engine rewrites the affected partitions through
+        Spark in one commit (see `DeltaRsEngine.merge` for why not delta-rs's own MERGE).
+
+        Returns ``{"version": the new version (the current one when nothing was committed),
+        "updated": target rows updated, "source_rows": rows of df}``.
+
+            >>> late = spark.createDataFrame(rows, "flight_id long, date date, arr_delay double")
+            >>> lh.table("silver.flights").merge(late, on=["flight_id", "date"], update=["arr_delay"],
+            ...                                  partitions={"date": [date(2013, 1, 2)]},
+            ...                                  description="late arrivals of 2013-01-02")
+            {'version': 7, 'updated': 41, 'source_rows': 41}
+        """
+        if not self.exists():
+            raise TableNotFoundError(f"table {self.name} does not exist yet (no Delta log at {self.path})")
+        on = [on] if isinstance(on, str) else list(on)
+        update = [update] if isinstance(update, str) else list(update)
+        if not on or not update or set(on) & set(update):
+            raise ValueError(f"a merge into {self.name} matches on `on` columns and sets other, `update` "
+                             f"columns; got on={on}, update={update}")
+        table_columns = self.schema().fieldNames()
+        for where, columns in (("the merge source", df.columns), (f"table {self.name}", table_columns)):
+            missing = [c for c in on + update if c not in columns]
+            if missing:
+                raise ValueError(f"columns {missing} of the merge into {self.name} are not in {where}")
+        partition_by = self.partition_by()
+        if any(c not in partition_by or not values for c, values in (partitions or {}).items()):
+            raise ValueError(f"partitions={partitions} must list values of partition columns of {self.name}, "
+                             f"which is partitioned by {partition_by}")
+        source_rows, duplicated, examples = _merge_source_keys(df, on)
+        if duplicated:
+            raise ValueError(f"the source of the merge into {self.name} has {duplicated} keys {on} on more "
+                             f"than one row, for example {examples}; a target row takes one update: "
+                             f"deduplicate the source first")
+        if source_rows == 0:
+            return {"version": self.version(), "updated": 0, "source_rows": 0}
+        result = self.engine.merge(df, self.path, on, update, partitions, description=description)
+        return {**result, "source_rows": source_rows}
 
     # -- the Delta log (delta-rs reads tables of either engine; no Spark) ------------------------
     def delta(self, version: int | None = None, timestamp: datetime | str | None = None):
@@ -220,6 +274,21 @@ class Table:
         ts = datetime.utcfromtimestamp(last["timestamp"] / 1000).isoformat(timespec="seconds") + "Z"
         return TableInfo(self.name, layer, self.path, dt.version(), rows_in(dt), files, size,
                          last.get("operation", "?"), ts, list(dt.metadata().partition_columns))
+
+
+def _merge_source_keys(df, on: list[str]) -> tuple[int, int, list[tuple]]:
+    """Rows of a merge source, how many of its keys (nulls aside: they match nothing) are on more
+    than one row, and three of those; one Spark job."""
+    from functools import reduce
+    from operator import and_
+
+    from pyspark.sql import functions as F
+
+    counts = df.groupBy(*on).count()
+    repeated = reduce(and_, [F.col(c).isNotNull() for c in on], F.col("count") > 1)
+    row = counts.agg(F.sum("count").alias("rows"), F.count(F.when(repeated, 1)).alias("duplicated"),
+                     F.slice(F.collect_list(F.when(repeated, F.struct(*on))), 1, 3).alias("examples")).first()
+    return int(row["rows"] or 0), row["duplicated"], [tuple(key) for key in row["examples"]]
 
 
 def _typed(value: Any, type_name: str | None) -> Any:

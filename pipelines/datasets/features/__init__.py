@@ -8,8 +8,10 @@ what it reads and which of its columns the model sees:
     HISTORY_DAYS     days before a date whose rows its features need (history windows)
     KEY, TARGET      the key column (int64) and the regression target; `label` is derived
     MODEL_COLUMNS    [ModelColumn(...)]: the columns of the features table the model sees
-    build(sources: dict[str, DataFrame], dates: list[date] | None) -> DataFrame
-                     the features table: KEY, `date`, readable features, `label`, TARGET
+    build(sources: dict[str, DataFrame], dates: list[date] | None, dataset: Dataset) -> DataFrame
+                     the features table: KEY, `date`, readable features, `label`, TARGET; each
+                     row built from what was known at its prediction time (`dataset.prediction_time`,
+                     `pipelines.datasets.timing`)
 """
 from __future__ import annotations
 

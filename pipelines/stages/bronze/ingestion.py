@@ -24,7 +24,7 @@ from pipelines.ops.runs import new_run_id
 from pipelines.stages.accounting import check_parsed, verify_bronze
 from pipelines.stages.bronze.parse import count_records, header_reason
 from pipelines.stages.bronze.task import bronze_rows, parse_files, rejected_rows
-from pipelines.stages.landing import LandingFile, find_files
+from pipelines.stages.landing import LandingFile, due, find_files
 from pipelines.storage import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,15 @@ def ingest(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | N
     names = dataset.source_names(sources)
     results = []
     ingested = ingested_files(lh)
-    # Without asked-for dates, a day is expected when any daily feed delivered a file for it.
-    delivered = None if dates is not None else sorted(
-        {f.date for s in dataset.daily_sources for f in find_files(cfg.lakehouse.landing, s)})
+    # Without asked-for dates, a day is expected when any daily feed delivered a file for it; a
+    # feed known later than the others (outcomes, after the day) only up to the latest time the
+    # delivered files show the landing has reached.
+    found = [(s, f.date) for s in dataset.daily_sources for f in find_files(cfg.lakehouse.landing, s, dates)]
+    delivered = None if dates is not None else sorted({d for _, d in found})
+    as_of = max((due(s, d) for s, d in found), default=None)
     for name in names:
         result = ingest_source(lh, cfg.lakehouse.landing, dataset.source(name), dates, run_id, ingested,
-                               delivered)
+                               delivered, as_of)
         log.info(result.line())
         results.append(result)
     return results
@@ -110,9 +113,10 @@ def ingest(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | N
 
 def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, run_id: str,
                   ingested: dict[str, dict[str, tuple[str, int]]] | None = None,
-                  delivered: list[date] | None = None) -> IngestResult:
+                  delivered: list[date] | None = None, as_of: int | None = None) -> IngestResult:
     """Ingest one source's new and changed landing files (see `ingest`). A day of `dates` (or,
-    without dates, of `delivered`: the days other feeds have) with no file is reported missing."""
+    without dates, of `delivered`: the days other feeds have) with no file is reported missing,
+    unless its file is not due by `as_of` (local minutes) yet."""
     started = time.time()
     ingest_time = datetime.now(timezone.utc).replace(microsecond=0)
     table = lh.table(catalog.bronze(source.name))
@@ -120,7 +124,8 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     files = find_files(landing, source, dates if source.daily else None)
     result.files_found = len(files)
     if source.daily:
-        result.missing_dates = _missing_dates(files, dates, delivered, source)
+        result.missing_dates = [d for d in _missing_dates(files, dates, delivered, source)
+                                if as_of is None or due(source, d) <= as_of]
         # A few gaps get a line each; many (a sparse feed declared daily) one line, all in the table.
         say = log.info if len(result.missing_dates) <= GAPS_SHOWN else log.debug
         for day in result.missing_dates:

@@ -59,7 +59,9 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     primary_name = module.SOURCES[module.DATED_SOURCES[0]]
     # The dates silver holds, from the Delta log's partition values: no data is read.
     available = sorted(d for d, n in lh.table(primary_name).rows_per_partition(PARTITION_COLUMN).items() if n)
-    wanted = sorted(set(dates)) if dates is not None else available
+    # A day's rows feed the history of the HISTORY_DAYS after it: those that exist are rebuilt too
+    # (the outcomes of a day arrive after it, and tomorrow's features read them).
+    wanted = sorted(set(dates) | affected_days(dates, module.HISTORY_DAYS, available)) if dates is not None else available
     present = set(available)
     days = [d for d in wanted if d in present]
     absent = [d for d in wanted if d not in present]
@@ -71,7 +73,7 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
                        seconds=time.time() - started)
         return summary
 
-    rows, unlabelled = _write_flight_features(lh, module, days)
+    rows, unlabelled = _write_flight_features(lh, module, days, dataset_for(cfg))
     summary.update(flight_features=rows, unlabelled=unlabelled)
     log.info(f"[features] {FEATURES}: {rows:,} rows for {_dates_text(days)} ({unlabelled:,} without "
         f"{module.TARGET}, left out of {MODEL_INPUT}) in {time.time() - started:.1f}s")
@@ -112,12 +114,18 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     return summary
 
 
+def affected_days(dates, history_days: int, available: list[date]) -> set[date]:
+    """The days of `available` whose features read a day of `dates`: the `history_days` after it."""
+    after = {d + timedelta(days=i) for d in dates for i in range(1, history_days + 1)}
+    return after & set(available)
+
+
 def model_columns(cfg, module) -> list[ModelColumn]:
     """The features module's model columns with the missing-value policies of the dataset's YAML."""
     return with_declared_policies(module.MODEL_COLUMNS, dataset_for(cfg))
 
 
-def _write_flight_features(lh, module, days: list[date]) -> tuple[int, int]:
+def _write_flight_features(lh, module, days: list[date], dataset) -> tuple[int, int]:
     """Compute the features of `days` from silver, overwrite their partitions; (rows, unlabelled)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -131,7 +139,7 @@ def _write_flight_features(lh, module, days: list[date]) -> tuple[int, int]:
             df = df.filter(F.col("date").between(F.lit(first), F.lit(days[-1])))
         sources[name] = df
     # The table layer checks the rows before writing them: computed once, not twice.
-    features = module.build(sources, days).persist(StorageLevel.MEMORY_AND_DISK)
+    features = module.build(sources, days, dataset).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # schema_mode="merge": a features module that gains a column evolves the table (older days
         # read it as null) instead of failing until gold is deleted by hand.

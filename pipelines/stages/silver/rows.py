@@ -1,29 +1,14 @@
-"""Silver: bronze → `silver.<source>`: types fixed, one row per key, quality rules applied.
-
-Rows failing a blocking rule go to `silver.quarantine` with the rule, the reason and the run id;
-`ops.data_quality` counts, per run, table, date and rule, the rows checked and failed. Every run
-checks on the committed tables that bronze rows = silver rows + quarantined rows + duplicates
-removed, and fails loudly where they differ. Re-running a date replaces its rows everywhere.
-
-    >>> results = clean(cfg, spark, dates=[date(2013, 1, 1)])
+"""Silver's DataFrame functions: types fixed, quality rules checked, duplicates marked, and the
+rows each table receives (silver, quarantine, data quality). DataFrames in, DataFrames out;
+`pipelines.stages.silver.clean` reads and writes the tables.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
-from typing import Iterable
 
 from pipelines import catalog
-from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
-from pipelines.ops.runs import new_run_id
-from pipelines.stages.accounting import verify_silver
-from pipelines.storage import Lakehouse
-
-log = logging.getLogger(__name__)
+from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source
 
 # Both bookkeeping tables are partitioned by source table and date, so a re-run of a date
 # replaces its rows.
@@ -157,9 +142,10 @@ def mark_duplicates(df, source: Source):
             .withColumn("_duplicate", ~F.col("_blocked") & (F.col("_n") > 1)).drop("_n"))
 
 
-def silver_rows(checked, source: Source):
+def silver_rows(checked, source: Source, updaters: list[Source] = (), dataset: Dataset | None = None):
     """The rows that passed every blocking rule, once per key: declared columns, `date`, the id,
-    the rule flags (true = passed) and `<column>_missing` flags."""
+    the rule flags (true = passed) and `<column>_missing` flags; then, null until an update source
+    sets them, the columns of each of `updaters` (`merge_updates`)."""
     from pyspark.sql import functions as F
 
     cols = [F.col(c) for c in source.column_names]
@@ -173,7 +159,30 @@ def silver_rows(checked, source: Source):
     for c in source.column_names:
         if source.missing_policy(c).silver_flag:
             cols.append(F.col(c).isNull().alias(f"{c}_missing"))
+    for update in updaters:
+        cols += [F.lit(None).cast(update.column(c).spark_type).alias(c) for c in dataset.update_columns(update)]
+        cols += [F.lit(None).cast("boolean").alias(c) for c in update.flag_columns]
+        cols.append(F.lit(None).cast("string").alias(update_marker(update)))
     return checked.filter(~F.col("_blocked") & ~F.col("_duplicate")).select(*cols)
+
+
+def update_marker(update: Source) -> str:
+    """The column of the updated table naming the landing file an update came from (null: none yet)."""
+    return f"_{update.name}_file"
+
+
+def update_rows(checked, update: Source, dataset: Dataset):
+    """The updates that passed every blocking rule, once per key: the target's id and `date`, the
+    columns they set, their flags and the file they came from."""
+    from pyspark.sql import functions as F
+
+    target = dataset.source(update.updates)
+    flags = [(~F.col(_fail_column(r))).alias(r.flag) for r in update.rules if r.flag]
+    flags += [F.col(c).isNull().alias(f"{c}_missing") for c in update.column_names
+              if update.missing_policy(c).silver_flag]
+    return (checked.filter(~F.col("_blocked") & ~F.col("_duplicate"))
+            .select(target.id_column, PARTITION_COLUMN, *dataset.update_columns(update), *flags,
+                    F.col("_source_file").alias(update_marker(update))))
 
 
 def quarantine_rows(checked, source: Source, run_id: str):
@@ -219,10 +228,6 @@ def quality_rows(counts: dict, source: Source, run_id: str) -> list[tuple]:
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The clean run
-
-
 @dataclass
 class CleanResult:
     """What one clean run did to one source."""
@@ -243,111 +248,3 @@ class CleanResult:
         return (f"[clean] {self.table}: {self.silver_rows:,} rows of {self.bronze_rows:,} in bronze "
                 f"({self.quarantined:,} quarantined, {self.duplicates:,} duplicates removed"
                 + (f"; flagged: {flagged}" if flagged else "") + f") in {self.seconds:.1f}s")
-
-
-def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
-          sources: Iterable[str] | None = None, run_id: str | None = None,
-) -> list[CleanResult]:
-    """Clean bronze into silver for every source (or `sources`), reference tables first.
-
-    Daily feeds: the `dates` given, or every date bronze holds. Reference tables are cleaned whole,
-    and skipped when neither their bronze table nor their declaration changed since the last clean.
-
-        >>> clean(cfg, spark, dates=[date(2013, 1, 1)])
-    """
-    dataset = dataset or dataset_for(cfg)
-    run_id = run_id or new_run_id("clean")
-    lh = Lakehouse.from_config(cfg, spark)
-    dates = sorted(set(dates)) if dates is not None else None
-    wanted = set(dataset.source_names(sources))
-    results = []
-    for source in dataset.clean_order():
-        if source.name not in wanted:
-            continue
-        result = clean_source(lh, source, dates, run_id)
-        log.info(result.line())
-        results.append(result)
-    return results
-
-
-def clean_source(lh, source: Source, dates: list[date] | None, run_id: str) -> CleanResult:
-    """Clean one source (see `clean`)."""
-    from pyspark.sql import functions as F
-
-    started = time.time()
-    bronze_table = lh.table(catalog.bronze(source.name))
-    silver_table = lh.table(catalog.silver(source.name))
-    result = CleanResult(silver_table.name)
-    if not bronze_table.exists():
-        raise ValueError(f"{bronze_table.name} does not exist yet: run `lakehouse-dl ingest` first")
-    stamp = _stamp(source, bronze_table.version())
-    if not source.daily and silver_table.exists() and silver_table.history(1)[0].get("description", "").endswith(stamp):
-        result.skipped = True
-        result.seconds = time.time() - started
-        return result
-
-    bronze = bronze_table.read()
-    if source.daily:
-        if dates is None:
-            # Every day bronze holds, and every day silver still holds that bronze no longer does
-            # (a redelivered file whose every record was rejected): that day is cleaned to empty.
-            held = set(bronze_table.rows_per_partition(PARTITION_COLUMN))
-            if silver_table.exists():
-                held |= set(silver_table.rows_per_partition(PARTITION_COLUMN))
-            dates = sorted(d for d in held if d)
-        result.dates = dates
-        bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
-    references = {r.reference_source: lh.table(catalog.silver(r.reference_source)).read()
-                  for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
-    checked = mark_duplicates(check_rules(fix_types(bronze, source), source, references), source).persist()
-    try:
-        counts = quality_counts(checked, source)
-        description = f"clean {run_id} {stamp}"
-        if source.daily:
-            silver_table.write(silver_rows(checked, source), mode="overwrite", partition_by=[PARTITION_COLUMN],
-                               partitions={PARTITION_COLUMN: result.dates}, description=description)
-            book = {"table": [source.name], PARTITION_COLUMN: result.dates}
-        else:
-            silver_table.write(silver_rows(checked, source), mode="overwrite", schema_mode="overwrite",
-                               description=description)
-            book = {"table": [source.name]}
-        if _quarantine_changes(lh, source, result.dates, counts):
-            lh.table(catalog.QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
-                                       partition_by=BOOK_PARTITIONS, partitions=book, description=description)
-        dq = lh.spark.createDataFrame(quality_rows(counts, source, run_id), DATA_QUALITY_SCHEMA)
-        lh.table(catalog.DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
-                                     description=description)
-    finally:
-        checked.unpersist()
-    result.bronze_rows = sum(c["rows"] for c in counts.values())
-    result.quarantined = sum(c["blocked"] for c in counts.values())
-    result.duplicates = sum(c["duplicates"] for c in counts.values())
-    result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
-    result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
-    verify_silver(lh, source, result.dates if source.daily else None,
-                  {d: c["duplicates"] for d, c in counts.items()})
-    result.seconds = time.time() - started
-    return result
-
-
-def _quarantine_changes(lh, source: Source, dates: list[date], counts: dict) -> bool:
-    """False when this run quarantines nothing and the quarantine holds nothing for its dates
-    (the usual case), so the table is not rewritten for nothing."""
-    table = lh.table(catalog.QUARANTINE)
-    if not table.exists() or any(c["blocked"] for c in counts.values()):
-        return True
-    held = table.rows_per_partition(("table", PARTITION_COLUMN))
-    return any(n for (name, day), n in held.items() if name == source.name and (not source.daily or day in dates))
-
-
-def _stamp(source: Source, bronze_version: int) -> str:
-    """What a silver commit was built from: the bronze version and the source's declaration."""
-    digest = hashlib.sha256(json.dumps(asdict(source), sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"from {catalog.bronze(source.name)} v{bronze_version} declaration {digest}"
-
-
-def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
-    if not lh.table(catalog.silver(rule.reference_source)).exists():
-        raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but {catalog.silver(rule.reference_source)} "
-                         f"does not exist yet: ingest and clean {rule.reference_source} first")
-    return True

@@ -1,0 +1,148 @@
+"""Silver: bronze → `silver.<source>`: types fixed, one row per key, quality rules applied.
+
+Rows failing a blocking rule go to `silver.quarantine` with the rule, the reason and the run id;
+`ops.data_quality` counts, per run, table, date and rule, the rows checked and failed. Every run
+checks on the committed tables that bronze rows = silver rows + quarantined rows + duplicates
+removed, and fails loudly where they differ. Re-running a date replaces its rows everywhere.
+
+    >>> results = clean(cfg, spark, dates=[date(2013, 1, 1)])
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from datetime import date
+from typing import Iterable
+
+from pipelines import catalog
+from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
+from pipelines.ops.runs import new_run_id
+from pipelines.stages.accounting import verify_silver
+from pipelines.stages.silver.rows import (BOOK_PARTITIONS, DATA_QUALITY_SCHEMA, CleanResult, check_rules, fix_types,
+                                          mark_duplicates, quality_counts, quality_rows, quarantine_rows, silver_rows)
+from pipelines.stages.silver.updates import merge_updates
+from pipelines.storage import Lakehouse
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# The clean run
+
+
+def clean(cfg, spark, dates: Iterable[date] | None = None, dataset: Dataset | None = None,
+          sources: Iterable[str] | None = None, run_id: str | None = None,
+) -> list[CleanResult]:
+    """Clean bronze into silver for every source (or `sources`), reference tables first.
+
+    Daily feeds: the `dates` given, or every date bronze holds. Reference tables are cleaned whole,
+    and skipped when neither their bronze table nor their declaration changed since the last clean.
+    A source updated by another (flights by flight_outcomes) is cleaned with it: its rows first,
+    then the updates merged into them.
+
+        >>> clean(cfg, spark, dates=[date(2013, 1, 1)])
+    """
+    dataset = dataset or dataset_for(cfg)
+    run_id = run_id or new_run_id("clean")
+    lh = Lakehouse.from_config(cfg, spark)
+    dates = sorted(set(dates)) if dates is not None else None
+    wanted = set(dataset.with_updates(dataset.source_names(sources)))
+    results = []
+    for source in dataset.clean_order():
+        if source.name not in wanted:
+            continue
+        if source.updates:
+            result = merge_updates(lh, dataset, source, dates, run_id)
+        else:
+            result = clean_source(lh, source, dates, run_id, dataset)
+        log.info(result.line())
+        results.append(result)
+    return results
+
+
+def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
+                 dataset: Dataset | None = None) -> CleanResult:
+    """Clean one source (see `clean`); `dataset` names the sources that update it, if any."""
+    from pyspark.sql import functions as F
+
+    started = time.time()
+    bronze_table = lh.table(catalog.bronze(source.name))
+    silver_table = lh.table(catalog.silver(source.name))
+    result = CleanResult(silver_table.name)
+    if not bronze_table.exists():
+        raise ValueError(f"{bronze_table.name} does not exist yet: run `lakehouse-dl ingest` first")
+    stamp = _stamp(source, bronze_table.version())
+    if not source.daily and silver_table.exists() and silver_table.history(1)[0].get("description", "").endswith(stamp):
+        result.skipped = True
+        result.seconds = time.time() - started
+        return result
+
+    bronze = bronze_table.read()
+    if source.daily:
+        if dates is None:
+            # Every day bronze holds, and every day silver still holds that bronze no longer does
+            # (a redelivered file whose every record was rejected): that day is cleaned to empty.
+            held = set(bronze_table.rows_per_partition(PARTITION_COLUMN))
+            if silver_table.exists():
+                held |= set(silver_table.rows_per_partition(PARTITION_COLUMN))
+            dates = sorted(d for d in held if d)
+        result.dates = dates
+        bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    references = {r.reference_source: lh.table(catalog.silver(r.reference_source)).read()
+                  for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
+    checked = mark_duplicates(check_rules(fix_types(bronze, source), source, references), source).persist()
+    try:
+        counts = quality_counts(checked, source)
+        description = f"clean {run_id} {stamp}"
+        if source.daily:
+            updaters = dataset.updaters(source.name) if dataset is not None else []
+            silver_table.write(silver_rows(checked, source, updaters, dataset), mode="overwrite",
+                               partition_by=[PARTITION_COLUMN], schema_mode="merge" if updaters else None,
+                               partitions={PARTITION_COLUMN: result.dates}, description=description)
+            book = {"table": [source.name], PARTITION_COLUMN: result.dates}
+        else:
+            silver_table.write(silver_rows(checked, source), mode="overwrite", schema_mode="overwrite",
+                               description=description)
+            book = {"table": [source.name]}
+        if _quarantine_changes(lh, source, result.dates, counts):
+            lh.table(catalog.QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
+                                       partition_by=BOOK_PARTITIONS, partitions=book, description=description)
+        dq = lh.spark.createDataFrame(quality_rows(counts, source, run_id), DATA_QUALITY_SCHEMA)
+        lh.table(catalog.DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
+                                     description=description)
+    finally:
+        checked.unpersist()
+    result.bronze_rows = sum(c["rows"] for c in counts.values())
+    result.quarantined = sum(c["blocked"] for c in counts.values())
+    result.duplicates = sum(c["duplicates"] for c in counts.values())
+    result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
+    result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
+    verify_silver(lh, source, result.dates if source.daily else None,
+                  {d: c["duplicates"] for d, c in counts.items()})
+    result.seconds = time.time() - started
+    return result
+
+
+def _quarantine_changes(lh, source: Source, dates: list[date], counts: dict) -> bool:
+    """False when this run quarantines nothing and the quarantine holds nothing for its dates
+    (the usual case), so the table is not rewritten for nothing."""
+    table = lh.table(catalog.QUARANTINE)
+    if not table.exists() or any(c["blocked"] for c in counts.values()):
+        return True
+    held = table.rows_per_partition(("table", PARTITION_COLUMN))
+    return any(n for (name, day), n in held.items() if name == source.name and (not source.daily or day in dates))
+
+
+def _stamp(source: Source, bronze_version: int) -> str:
+    """What a silver commit was built from: the bronze version and the source's declaration."""
+    digest = hashlib.sha256(json.dumps(asdict(source), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"from {catalog.bronze(source.name)} v{bronze_version} declaration {digest}"
+
+
+def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
+    if not lh.table(catalog.silver(rule.reference_source)).exists():
+        raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but {catalog.silver(rule.reference_source)} "
+                         f"does not exist yet: ingest and clean {rule.reference_source} first")
+    return True
