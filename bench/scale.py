@@ -22,10 +22,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from bench.common import (PeakMemory, bench_config, print_table, ratio, run_watched, scratch_dir, start_spark,
@@ -140,13 +139,14 @@ def _csv(frame) -> bytes:
 def write_landing(tables: dict, cfg) -> dict:
     """Write the grown tables into cfg's landing folder as `landing seed` lays them out; files and rows."""
     from pipelines.datasets import dataset_for
-    from pipelines.stages.landing import split_by_date
+    from pipelines.stages.landing import select_columns, split_by_date
 
     dataset = dataset_for(cfg)
     landing = Path(cfg.lakehouse.landing)
     counts = {}
     for source in dataset.sources.values():
-        frame = tables[source.name]
+        # A source seeded from another's file (the outcomes of the flights) takes its columns of it.
+        frame = tables[source.name] if source.name in tables else tables[source.updates]
         for col in frame.columns:
             # Integer columns with gaps would print as 517.0.
             if frame[col].dtype.kind == "f" and frame[col].dropna().mod(1).eq(0).all() and col in (
@@ -154,6 +154,7 @@ def write_landing(tables: dict, cfg) -> dict:
                 frame[col] = frame[col].astype("Int64")
         raw = _csv(frame)
         if source.daily:
+            raw = select_columns(raw, source.file_column_names, source.csv.delimiter)
             parts = split_by_date(raw, source.seed_date_columns, source.csv.delimiter)
             for day, content, _ in parts:
                 target = landing / source.path_for(day)

@@ -62,6 +62,8 @@ def test_history_ends_on_the_last_day_whose_outcomes_were_known_the_evening_befo
     # EWR on day 9: three flights scheduled (one cancelled); JFK's does not count. The schedule
     # of a day is published before it, so the count is known.
     assert row["origin_flights_prev_day"] == 3.0
+    # The day's schedule: the plane's second departure of day 10, alone in its airport's hour.
+    assert row["plane_leg_of_day"] == 2.0 and row["origin_hour_departures"] == 1.0
     assert row["label"] == 1.0 and row["arr_delay"] == 60.0
     assert features.count() == 2
 
@@ -95,7 +97,8 @@ def test_weather_is_the_last_observation_known_at_the_prediction_time_and_planes
     assert (jan7["weather_known"], jan7["temp"]) == (0.0, None)
     assert (at_0905["plane_known"], at_0905["plane_age"], at_0905["plane_seats"]) == (1.0, 9.0, 55.0)
     assert (at_2000["plane_known"], at_2000["plane_age"], at_2000["plane_engine"]) == (0.0, None, None)
-    assert (jan6["plane_known"], jan6["plane_type"]) == (0.0, None)
+    assert (jan6["plane_known"], jan6["plane_type"], jan6["plane_leg_of_day"]) == (0.0, None, None)
+    assert (at_0905["plane_leg_of_day"], at_2000["plane_leg_of_day"], at_0905["origin_hour_departures"]) == (1.0, 1.0, 1.0)
     # Known plane, unknown build year: known, no age.
     assert (jan7["plane_known"], jan7["plane_age"], jan7["plane_engine"]) == (1.0, None, "Turbo-prop")
     assert (at_0905["sched_hour"], at_0905["sched_minute_of_day"], at_0905["weekday"]) == (9, 545, "Sat")

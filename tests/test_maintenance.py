@@ -46,7 +46,7 @@ def build(lakehouse, spark):
         model_input.write(spark.createDataFrame([(i, float(i)) for i in range(n)], "row_id long, x double"),
                           mode="overwrite")
     entry = registry.ModelEntry("m1", datetime(2026, 1, 1, tzinfo=timezone.utc), "run0", date(2013, 1, 2),
-                                "/models/m1", "gold.model_input", 0, "hash", "code", "{}", "blessed", "first")
+                                "/models/m1", "gold.model_input", 0, None, "hash", "code", "{}", "blessed", "first")
     registry.register(lakehouse, entry)
     return log, flights, model_input
 
@@ -112,3 +112,21 @@ def test_the_command_refuses_while_a_nightly_run_holds_the_lakehouse(cfg, lakeho
     assert live_files(lakehouse.table("ops.stage_log")) == 1
     bad = subprocess.run([*command[:-1], "-1"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--retention-hours must be at least 0" in bad.stderr
+
+
+def test_vacuum_keeps_the_feature_spec_a_registered_model_scores_with(lakehouse, spark):
+    """A model scores with the spec version it was trained with: after the spec was refitted twice,
+    vacuum with no retention still keeps that version's files while the model is registered."""
+    spec = lakehouse.table("gold.feature_spec")
+    for mean in (1.0, 2.0, 3.0):
+        spec.write(spark.createDataFrame([("num_distance", mean)], "name string, mean double"), mode="overwrite")
+    entry = registry.ModelEntry("m1", datetime(2026, 1, 1, tzinfo=timezone.utc), "run0", date(2013, 1, 2),
+                                "/models/m1", "gold.model_input", 0, 0, "hash", "code", "{}", "blessed", "first")
+    registry.register(lakehouse, entry)
+
+    done = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000)}
+
+    assert done["gold.feature_spec"].kept_versions == [0]
+    assert spec.to_arrow(version=0).to_pylist() == [{"name": "num_distance", "mean": 1.0}]
+    assert spec.to_arrow().to_pylist() == [{"name": "num_distance", "mean": 3.0}]
+    assert len(done["gold.feature_spec"].vacuumed) == 1          # version 1's file: no model needs it

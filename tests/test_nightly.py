@@ -1,7 +1,8 @@
 """The nightly job end to end on a small slice of 2013: every results table, idempotence, resume, lock,
 the notebooks, and spark-submit on a real standalone cluster.
 
-One lakehouse is built once for the module (a nightly run for 2013-02-20 that trains on January)
+One lakehouse is built once for the module (a nightly run for 2013-03-20 that trains on January and
+February)
 and the tests read it; tests that change it work on a copy.
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-RUN_DATE = date(2013, 2, 20)
+RUN_DATE = date(2013, 3, 20)
 SLICE = [
-    "pipeline.splits.train=[2013-01-01,2013-02-09]",
-    "pipeline.splits.validation=[2013-02-10,2013-02-17]",
-    "pipeline.splits.test=[2013-02-18,2013-02-28]",
+    "pipeline.splits.train=[2013-01-01,2013-02-28]",
+    "pipeline.splits.validation=[2013-03-01,2013-03-14]",
+    "pipeline.splits.test=[2013-03-15,2013-03-31]",
     # The hyper-parameters this slice was checked with (a few weeks of rows train fast and overfit
     # fast): the model beats the logistic regression on its validation week, so it is blessed.
     "training.epochs=6", "training.batch_size=256", "training.num_proc=2", "training.learning_rate=0.001",
@@ -83,7 +84,7 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
 
     preds = lh.table("results.predictions").read()
     days = {r["date"] for r in preds.select("date").distinct().collect()}
-    assert date(2013, 2, 21) in days  # tomorrow's flights were scored
+    assert date(2013, 3, 21) in days  # tomorrow's flights were scored
     assert preds.filter("score < 0 OR score > 1").count() == 0
     page = Path(record.report)
     assert page.exists() and len(list(page.parent.glob("*.png"))) >= 4
@@ -128,7 +129,7 @@ def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lak
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     lh = Lakehouse.from_config(cfg, spark)
-    next_day = date(2013, 2, 21)
+    next_day = date(2013, 3, 21)
     calls = []
     real_score = nightly.STAGES["score"]
 
@@ -150,7 +151,7 @@ def test_a_failed_stage_resumes_from_there_and_ends_like_a_clean_run(nightly_lak
     # The model trained for the day before is reused (retrain_every_days), nothing new registered.
     assert len([e for e in __import__("pipelines.ml.registry", fromlist=["x"]).entries(lh)]) == 1
     preds = lh.table("results.predictions").read()
-    assert preds.filter("date = '2013-02-22'").count() > 0
+    assert preds.filter("date = '2013-03-22'").count() > 0
 
 
 def scheduled(lh, day: date) -> int:
@@ -158,19 +159,19 @@ def scheduled(lh, day: date) -> int:
 
 
 def test_tomorrow_is_scored_for_every_scheduled_flight_before_its_outcome_exists(nightly_lakehouse):
-    """The nightly of 2013-02-20 landed tomorrow's schedule without outcomes and scored every
+    """The nightly of 2013-03-20 landed tomorrow's schedule without outcomes and scored every
     scheduled flight of it, cancelled ones included, from the serving input."""
     from pipelines.ml import registry
 
     cfg, lh, _ = nightly_lakehouse
-    tomorrow = date(2013, 2, 21)
+    tomorrow = date(2013, 3, 21)
     landing = Path(cfg.lakehouse.landing)
     # Schedules up to tomorrow; outcomes up to the day before the run date (they arrive the
     # morning after their day); weather up to the run date's evening.
-    assert (landing / "flights/2013/02/21.csv").exists()
-    assert (landing / "flight_outcomes/2013/02/19.csv").exists()
-    assert not (landing / "flight_outcomes/2013/02/20.csv").exists()
-    assert "arr_delay" not in (landing / "flights/2013/02/21.csv").read_text().splitlines()[0]
+    assert (landing / "flights/2013/03/21.csv").exists()
+    assert (landing / "flight_outcomes/2013/03/19.csv").exists()
+    assert not (landing / "flight_outcomes/2013/03/20.csv").exists()
+    assert "arr_delay" not in (landing / "flights/2013/03/21.csv").read_text().splitlines()[0]
     silver = lh.table("silver.flights").read().filter(f"date = '{tomorrow}'")
     assert silver.filter("arr_delay IS NOT NULL").count() == 0
 
@@ -189,23 +190,23 @@ def test_tomorrow_is_scored_for_every_scheduled_flight_before_its_outcome_exists
 
 
 def test_a_missed_night_is_caught_up_and_outcomes_merged_and_measured_once(nightly_lakehouse, tmp_path, spark):
-    """The nightly of 2013-02-21 never ran. That of 02-22 scores 02-22 (whose outcomes are not
-    known yet) as well as 02-23, merges the outcomes of 02-20 and 02-21 into silver.flights, and
-    writes live metrics for 02-21, scored two nights before; a second evaluation adds nothing."""
+    """The nightly of 2013-03-21 never ran. That of 02-22 scores 02-22 (whose outcomes are not
+    known yet) as well as 03-23, merges the outcomes of 03-20 and 03-21 into silver.flights, and
+    writes live metrics for 03-21, scored two nights before; a second evaluation adds nothing."""
     from pipelines.flows.nightly import run_nightly
     from pipelines.ml import results
     from pipelines.storage import Lakehouse
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     lh = Lakehouse.from_config(cfg, spark)
-    scored = date(2013, 2, 21)
+    scored = date(2013, 3, 21)
     before = {r["flight_id"]: (r["score"], r["scored_at"]) for r in
               lh.table("results.predictions").read().filter(f"date = '{scored}'").collect()}
-    record = run_nightly(cfg, spark, date(2013, 2, 22))
+    record = run_nightly(cfg, spark, date(2013, 3, 22))
     assert record.status == "succeeded"
 
     preds = lh.table("results.predictions").read()
-    for day in (date(2013, 2, 22), date(2013, 2, 23)):
+    for day in (date(2013, 3, 22), date(2013, 3, 23)):
         assert preds.filter(f"date = '{day}'").count() == scheduled(lh, day) > 500
     after = {r["flight_id"]: (r["score"], r["scored_at"]) for r in preds.filter(f"date = '{scored}'").collect()}
     assert after == before  # a prediction, once made, stays as it was made
@@ -215,13 +216,13 @@ def test_a_missed_night_is_caught_up_and_outcomes_merged_and_measured_once(night
     quarantined = lh.table("silver.quarantine").read().filter(f"table = 'flight_outcomes' AND date = '{scored}'").count()
     assert merged + quarantined == lh.table("bronze.flight_outcomes").read().filter(f"date = '{scored}'").count()
     assert merged == flights.count() and flights.filter("arr_delay IS NOT NULL").count() > 0.9 * merged
-    assert flights.filter("_flight_outcomes_file = 'flight_outcomes/2013/02/21.csv'").count() == merged
+    assert flights.filter("_flight_outcomes_file = 'flight_outcomes/2013/03/21.csv'").count() == merged
 
     live = [m for m in results.read_metrics(lh) if m["split"] == "live"]
     assert [m["date"] for m in live] == [scored]
     labelled = lh.table("gold.flight_features").read().filter(f"date = '{scored}' AND label IS NOT NULL").count()
     assert live[0]["rows"] == labelled and 0.5 < live[0]["auc"] < 1.0
-    assert results.live_metrics(lh, date(2013, 2, 22), cfg.training.threshold) == []
+    assert results.live_metrics(lh, date(2013, 3, 22), cfg.training.threshold) == []
 
 
 def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nightly_lakehouse, tmp_path, spark):
@@ -235,11 +236,11 @@ def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nigh
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     lh = Lakehouse.from_config(cfg, spark)
-    tomorrow = date(2013, 2, 21)
+    tomorrow = date(2013, 3, 21)
     model = registry.blessed(lh)
     before = {r["flight_id"]: r["score"] for r in
               lh.table("results.predictions").read().filter(f"date = '{tomorrow}'").collect()}
-    refit = load_config("local", [*overrides(Path(cfg.lakehouse.root)), "pipeline.splits.train=[2013-01-10,2013-02-09]"])
+    refit = load_config("local", [*overrides(Path(cfg.lakehouse.root)), "pipeline.splits.train=[2013-01-10,2013-02-28]"])
     build_features(refit, spark, dates=[tomorrow], refit_spec=True, lakehouse=lh)
     spec = lh.table("gold.feature_spec")
     assert spec.version() > model.feature_spec_version
@@ -275,9 +276,9 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
     lh = Lakehouse.from_config(cfg, spark)
     model = registry.blessed(lh)
     features = lh.table("gold.flight_features")
-    new_day = date(2013, 3, 15)
+    new_day = date(2013, 4, 15)
     history = [c.source for c in MODEL_COLUMNS if c.source.endswith(("_7d", "_28d"))]
-    row = (features.read().filter("date = '2013-02-21'").limit(3)
+    row = (features.read().filter("date = '2013-03-21'").limit(3)
            .withColumn("date", F.lit(new_day))
            .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("XNA"))
            .withColumn("route", F.concat_ws("-", "origin", F.lit("XNA")))
@@ -304,7 +305,7 @@ def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):
     cfg, _, _ = nightly_lakehouse
     with LakehouseLock(cfg.lakehouse.root, "nightly", "run-holding-the-lakehouse"):
         proc = subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", "nightly", "--date", "2013-02-21",
+            [sys.executable, "-m", "pipelines.cli", "nightly", "--date", "2013-03-21",
              *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root))), [])],
             capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
@@ -358,7 +359,7 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(
     root = Path(cfg.lakehouse.root)
     commands = readme_cluster_commands()
     assert [c.split()[0] for c in commands] == ["make", "export", "spark-submit"], commands
-    next_day = "2013-02-21"
+    next_day = "2013-03-21"
     placeholders = {"/shared/lakehouse": str(root), "spark://master:7077": standalone_cluster.master_url,
                     "2013-12-30": next_day}
 
@@ -398,7 +399,7 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(
     scored = {m["split"] for m in results.read_metrics(lh) if m["model_version"] == model.model_version
               and m["model"] == "dnn"}
     assert {"validation", "test"} <= scored
-    assert lh.table("results.predictions").read().filter("date = '2013-02-22'").count() > 0
+    assert lh.table("results.predictions").read().filter("date = '2013-03-22'").count() > 0
     local = read_result(os.path.dirname(next(e for e in registry.entries(lh) if e.run_date == RUN_DATE).path))
     print(f"\nHorovod training under spark-submit on the standalone cluster: {trained.wall_seconds:.1f}s "
           f"({trained.epochs_run} epochs, {trained.samples_per_sec:,.0f} samples/s); the same training in local "
@@ -439,7 +440,7 @@ def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_subm
     subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], cwd=PROJECT, check=True,
                    capture_output=True)
     zip_path = next(PROJECT.glob("dist/lakehouse_dl-*.zip"))
-    next_day = "2013-02-21"
+    next_day = "2013-03-21"
     env = {**standalone_cluster.env(), "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_LANDING": str(root / "landing"),
            "SPARK_MASTER": standalone_cluster.master_url}
     env.pop("LAKEHOUSE_DL_CONF", None)
@@ -456,7 +457,7 @@ def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_subm
         killed = None
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None and killed is None:
-            states = [json.loads(p.read_text()) for p in root.glob("models/20130221-*/state.json")]
+            states = [json.loads(p.read_text()) for p in root.glob("models/20130321-*/state.json")]
             if any(s.get("epochs_done", 0) >= 1 for s in states):
                 killed = executor_pid(standalone_cluster.workdir / "work-1")
                 assert killed, "no executor runs in work-1"

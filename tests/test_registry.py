@@ -5,7 +5,7 @@ from pipelines.ml import registry
 
 
 def entry(version, status, auc):
-    return registry.ModelEntry(version, registry.now(), "run", None, f"/m/{version}", "gold.model_input", 3, "cfg",
+    return registry.ModelEntry(version, registry.now(), "run", None, f"/m/{version}", "gold.model_input", 3, 1, "cfg",
                                "code", json.dumps({"validation_auc": auc}), status, "")
 
 

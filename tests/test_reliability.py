@@ -20,8 +20,8 @@ from pipelines.stages import bronze, landing, silver
 from pipelines.storage import Lakehouse
 
 PROJECT = Path(__file__).resolve().parents[1]
-HEADER = ("year,month,day,dep_time,sched_dep_time,dep_delay,arr_time,sched_arr_time,arr_delay,carrier,flight,"
-          "tailnum,origin,dest,air_time,distance,hour,minute,time_hour")
+# The schedule feed (the outcomes of a day are the flight_outcomes feed).
+HEADER = "year,month,day,sched_dep_time,sched_arr_time,carrier,flight,tailnum,origin,dest,distance,hour,minute,time_hour"
 GOOD_DAYS = [date(2013, 1, 1), date(2013, 1, 2)]
 TEN_MB = 10 * 1024 * 1024
 BINARY = bytes(b for b in range(256) if b != 0x0A)
@@ -31,11 +31,11 @@ def day(n: int) -> date:
     return date(2013, 1, n)
 
 
-def line(d: date, flight: int, *, dep_delay: str = "2", tailnum: str = "N14228", origin: str = "EWR",
+def line(d: date, flight: int, *, distance: str = "1400", tailnum: str = "N14228", origin: str = "EWR",
          carrier: str = "UA", hour: str = "5") -> str:
     """One flights line for `d` that passes every silver rule unless a value says otherwise."""
-    return (f"{d.year},{d.month},{d.day},517,515,{dep_delay},830,819,11,{carrier},{flight},{tailnum},{origin},IAH,"
-            f"227,1400,{hour},15,{d.isoformat()}T10:00:00Z")
+    return (f"{d.year},{d.month},{d.day},515,819,{carrier},{flight},{tailnum},{origin},IAH,"
+            f"{distance},{hour},15,{d.isoformat()}T10:00:00Z")
 
 
 def csv_text(*lines: str, header: str = HEADER) -> str:
@@ -69,7 +69,7 @@ def corpus() -> dict[date, bytes]:
                      line(d3, 3) + ",extra", "", line(d3, 4)).encode(),
         # Values of the wrong type (rejected in bronze), values that break silver's rules
         # (quarantined), and a line delivered twice (a duplicate key removed by silver).
-        d4: csv_text(line(d4, 1), line(d4, 2, dep_delay="late"), line(d4, 3).replace(",3,N14228", ",3.5,N14228"),
+        d4: csv_text(line(d4, 1), line(d4, 2, distance="late"), line(d4, 3).replace(",3,N14228", ",3.5,N14228"),
                      line(d4, 4, origin="XXX"), line(d4, 5, hour="25"), line(d4, 6, carrier="ZZ"),
                      line(d4, 7), line(d4, 7)).encode(),
         # An extra column, then a missing one: the whole file is refused, every line rejected.
@@ -80,7 +80,7 @@ def corpus() -> dict[date, bytes]:
         d7: csv_text(line(d7, 1, tailnum="N\xe9"), line(d7, 2), line(d7, 3, tailnum="N\xfc\xdf")).encode("latin-1"),
         d8: csv_text(line(d8, 1), line(d8, 2)).encode("utf-16"),
         # A 10 MB field: in a string column it is a value like any other, in a numeric one a wrong type.
-        d9: csv_text(line(d9, 1), line(d9, 2, tailnum="N" * TEN_MB), line(d9, 3, dep_delay="9" * TEN_MB)).encode(),
+        d9: csv_text(line(d9, 1), line(d9, 2, tailnum="N" * TEN_MB), line(d9, 3, distance="9" * TEN_MB)).encode(),
         d10: b"",
         # Cut in the middle of its last line (a transfer that stopped).
         d11: truncated[:truncated.rindex(b"EWR,IAH") + 3],
@@ -100,9 +100,9 @@ CORPUS_EXPECTED = {
     day(6): (0, 1, "header does not match the declared columns: missing column time_hour"),
     day(7): (1, 2, "not valid utf-8: byte 0x"),
     day(8): (0, 3, "header is not valid utf-8"),
-    day(9): (2, 1, "wrong type: dep_delay"),
+    day(9): (2, 1, "wrong type: distance"),
     day(10): (0, 0, None),
-    day(11): (2, 1, "expected 19 fields, found 13"),
+    day(11): (2, 1, "expected 14 fields, found 9"),
     day(13): (0, 2, "not valid utf-8: byte 0x"),
     day(14): (0, 0, None),
 }
@@ -203,8 +203,8 @@ def test_malformed_lines_each_get_their_own_reason(corpus_lakehouse):
     rows = lh.table("bronze.flights_rejected").read().filter(f"_source_file = '{rel(day(3))}'").collect()
     reasons = {r["line_number"]: r["reason"] for r in rows}
     assert reasons[3].startswith("malformed CSV")
-    assert reasons[4] == "expected 19 fields, found 5"
-    assert reasons[5] == "expected 19 fields, found 20"
+    assert reasons[4] == "expected 14 fields, found 5"
+    assert reasons[5] == "expected 14 fields, found 15"
     assert reasons[6] == "blank line"
 
 
@@ -242,7 +242,7 @@ def test_a_10mb_field_is_quarantined_where_it_is_a_string_and_rejected_where_it_
     assert held["reason"] == f"tailnum_max_length: tailnum has {TEN_MB} characters, more than 1000"
     assert len(held["row"]) > TEN_MB   # the row itself is kept whole in the quarantine
     [rejected] = lh.table("bronze.flights_rejected").read().filter(f"_source_file = '{rel(day(9))}'").collect()
-    assert rejected["line_number"] == 4 and len(rejected["raw_line"]) == len(line(day(9), 3, dep_delay="9" * TEN_MB))
+    assert rejected["line_number"] == 4 and len(rejected["raw_line"]) == len(line(day(9), 3, distance="9" * TEN_MB))
 
 
 def test_the_reason_for_a_huge_value_is_short(corpus_lakehouse):
@@ -299,7 +299,7 @@ def test_the_same_file_name_with_other_content_replaces_its_day_in_bronze_silver
     silver.clean(cfg, spark, dates=result.dates)
     assert (result.files_ingested, result.dates) == (1, [d4])
     assert silver_books(lh)[d4] == (4, 3, 1, 0)
-    assert rejected_reasons(lh)[rel(d4)] == ["expected 19 fields, found 3"]
+    assert rejected_reasons(lh)[rel(d4)] == ["expected 14 fields, found 3"]
     assert {d: v for d, v in silver_books(lh).items() if d != d4} == others_before
     log = [r for r in lh.table("ops.ingest_log").read().collect() if r["path"] == rel(d4)]
     assert sorted((r["rows"], r["rejected"]) for r in log) == [(4, 1), (6, 2)] and len({r["sha256"] for r in log}) == 2
@@ -348,7 +348,7 @@ RACE_SLICE = [
     "pipeline.splits.train=[2013-01-01,2013-01-07]",
     "pipeline.splits.validation=[2013-01-08,2013-01-10]",
     "pipeline.splits.test=[2013-01-11,2013-01-12]",
-    "training.epochs=1", "training.batch_size=256", "training.num_proc=2", 
+    "training.epochs=1", "training.batch_size=256", "training.num_proc=2",
     "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.conf.spark.ui.enabled=false",
 ]
 

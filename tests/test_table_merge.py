@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-import pyarrow as pa
 import pytest
 
 from pipelines.storage import TableNotFoundError

@@ -61,6 +61,9 @@ MODEL_COLUMNS = [
     *[numeric(c, flag=c in ("wind_gust", "pressure"), policy_from=f"weather.{c}") for c in WEATHER],
     *_history_columns(),
     numeric("origin_flights_prev_day"),
+    # From the day's schedule: the flight's leg in its plane's day (null without a tail number)
+    # and the departures its airport schedules in the same hour.
+    numeric("plane_leg_of_day", flag=True), numeric("origin_hour_departures"),
     categorical("carrier"), categorical("origin"), categorical("dest"), categorical("route"),
     categorical("sched_hour"), categorical("weekday"), categorical("plane_engine"), categorical("plane_type"),
 ]
@@ -97,6 +100,7 @@ def flight_features(flights, weather, planes, dataset, dates: list[date] | None 
         F.col(TARGET).cast("double").alias(TARGET),
     )
     out = _with_plane(out, planes)
+    out = _with_schedule(out, scheduled)
     out = _with_weather(out, weather, dataset)
     out = _with_history(out, flights, dataset)
     label = F.when(F.col(TARGET).isNull(), F.lit(None)).otherwise((F.col(TARGET) >= LATE_MINUTES).cast("double"))
@@ -121,6 +125,21 @@ def _with_plane(out, planes):
             .withColumn("plane_known", F.coalesce("plane_known", F.lit(0.0)))
             .withColumn("plane_age", (F.col("_year") - F.col("_built")).cast("double"))
             .drop("_built"))
+
+
+def _with_schedule(out, scheduled):
+    """What the day's published schedule says about each flight: which leg of its plane's day it
+    is (later legs inherit the delays of earlier ones), and how many departures its airport has
+    scheduled in the same hour. Both are known before the day: they read no outcome."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    legs = Window.partitionBy("date", "tailnum").orderBy("sched_dep_time", "flight_id")
+    per_plane = (scheduled.filter(F.col("tailnum").isNotNull())
+                 .select("flight_id", F.row_number().over(legs).cast("double").alias("plane_leg_of_day")))
+    busy = (scheduled.groupBy("date", "origin", "sched_hour")
+            .agg(F.count(F.lit(1)).cast("double").alias("origin_hour_departures")))
+    return out.join(per_plane, "flight_id", "left").join(busy, ["date", "origin", "sched_hour"], "left")
 
 
 def _with_weather(out, weather, dataset):
