@@ -130,7 +130,7 @@ def test_log_format_json_gives_one_json_object_per_library_line(tmp_path, capsys
     assert any(r["message"].startswith("[landing] flights: 1 file") for r in logged)
     # The command's own closing line stays a line a person reads.
     assert [line for line in out if not line.startswith("{")] == [
-        f"[landing] 5 files written, 0 unchanged under {root / 'landing'}"]
+        f"[landing] 6 files written, 0 unchanged under {root / 'landing'}"]
 
 
 def test_quiet_leaves_the_library_lines_out_and_verbose_keeps_them(tmp_path, capsys):

@@ -64,6 +64,7 @@ def test_history_ends_on_the_last_day_whose_outcomes_were_known_the_evening_befo
     assert row["origin_flights_prev_day"] == 3.0
     # The day's schedule: the plane's second departure of day 10, alone in its airport's hour.
     assert row["plane_leg_of_day"] == 2.0 and row["origin_hour_departures"] == 1.0
+    assert row["plane_minutes_since_last_departure"] == 60.0
     assert row["label"] == 1.0 and row["arr_delay"] == 60.0
     assert features.count() == 2
 
@@ -257,9 +258,11 @@ def test_rerunning_dates_changes_no_count_and_one_date_matches_the_full_run(gold
     full_run = by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day))
 
     summary = build_features(cfg, spark, dates=[day], lakehouse=lh)
-    assert summary["spec"] == "reused" and summary["flight_features"] == len(full_run)
+    # The day, and the two after it that silver holds: their history windows read its outcomes.
+    assert summary["dates"] == 3 and summary["spec"] == "reused"
+    assert summary["flight_features"] == lh.table("gold.flight_features").read().filter(F.col("date") >= day).count()
     assert counts(lh) == first
-    # Built from silver 28 days back only, the day's features equal those of the full run.
+    # Built from silver HISTORY_DAYS back only, the day's features equal those of the full run.
     assert by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day)) == full_run
 
     build_features(cfg, spark, lakehouse=lh)

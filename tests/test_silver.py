@@ -210,6 +210,50 @@ def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lake
     assert lakehouse.table("bronze.flights").version() == bronze_version     # nothing new: nothing written
 
 
+def test_late_outcomes_are_merged_into_their_flights_and_every_line_is_accounted_for(cfg, spark, lakehouse):
+    """A day's schedule, then its outcomes: an outcome of a flight never scheduled is quarantined,
+    one delivered twice is a duplicate, the others set the outcome columns of their flights; a
+    corrected outcome file leaves exactly its content (an outcome it no longer holds is null again)."""
+    from pyspark.sql import functions as F
+
+    day = date(2013, 1, 2)
+    landing.seed(cfg, dates=[day])
+    root = Path(cfg.lakehouse.landing)
+    outcomes = root / "flight_outcomes" / "2013" / "01" / "02.csv"
+    lines = outcomes.read_text().splitlines()
+    header, first, second = lines[0], lines[1], lines[2]
+    fields = first.split(",")
+    fields[header.split(",").index("carrier")] = "ZZ"
+    unknown = ",".join(fields)
+    outcomes.write_text("\n".join([*lines, first, unknown]) + "\n")    # a duplicate, an unknown flight
+
+    bronze.ingest(cfg, spark, dates=[day])
+    results = {r.table: r for r in silver.clean(cfg, spark, dates=[day])}
+    merged = results["silver.flights <- flight_outcomes"]
+    scheduled = results["silver.flights"].silver_rows
+    assert (merged.bronze_rows, merged.silver_rows, merged.quarantined, merged.duplicates) == (
+        len(lines) + 1, len(lines) - 1, 1, 1)
+    assert merged.silver_rows == scheduled == 943
+    [held] = lakehouse.table("silver.quarantine").read().filter(F.col("table") == "flight_outcomes").collect()
+    assert held["rule"] == "flights_row_exists" and '"carrier":"ZZ"' in held["key"]
+    flights = lakehouse.table("silver.flights").read()
+    assert flights.filter(F.col("_flight_outcomes_file") == "flight_outcomes/2013/01/02.csv").count() == scheduled
+    assert flights.filter(F.col("arr_delay").isNotNull()).count() > 900
+
+    # The outcomes again, corrected: the second flight's line is gone.
+    outcomes.write_text("\n".join([header, first, *lines[3:]]) + "\n")
+    gone = dict(zip(header.split(","), second.split(",")))
+    bronze.ingest(cfg, spark, dates=[day])
+    results = {r.table: r for r in silver.clean(cfg, spark, dates=[day])}
+    assert results["silver.flights <- flight_outcomes"].silver_rows == scheduled - 1
+    [row] = (lakehouse.table("silver.flights").read()
+             .filter((F.col("carrier") == gone["carrier"]) & (F.col("flight") == int(gone["flight"]))
+                     & (F.col("sched_dep_time") == int(gone["sched_dep_time"])) & (F.col("origin") == gone["origin"]))
+             .collect())
+    assert row["arr_delay"] is None and row["_flight_outcomes_file"] is None
+    assert lakehouse.table("silver.quarantine").read().filter(F.col("table") == "flight_outcomes").count() == 0
+
+
 def test_a_column_renamed_in_the_dataset_is_read_under_its_file_name_and_stored_under_the_new_one(
         cfg, spark, lakehouse, tmp_path):
     """`Date` beside the partition column `date` failed the first write (Spark is case-insensitive);

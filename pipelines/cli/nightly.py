@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import date
+from datetime import date, timedelta
 
 from pipelines.cli.common import date_range, spark_for
 
@@ -70,6 +70,7 @@ def _guarded(job, cfg) -> int:
 
 
 def print_summary(cfg, record) -> None:
+    from pipelines import catalog
     from pipelines.ml import registry, results
     from pipelines.storage import Lakehouse
 
@@ -82,7 +83,7 @@ def print_summary(cfg, record) -> None:
         print(f"  {stage:10} {record.stage_rows.get(stage, 0):>10,} rows {seconds:>8.1f}s")
     print("\ntables:")
     for t in lakehouse.tables():
-        print(f"  {t.name:30} v{t.version:<5} {t.rows:>10,} rows  {t.files:>4} files")
+        print(f"  {t.name:32} v{t.version:<5} {t.rows:>10,} rows  {t.files:>4} files")
     model = registry.blessed(lakehouse)
     if model:
         print(f"\nblessed model {model.model_version}: {model.reason}")
@@ -93,6 +94,11 @@ def print_summary(cfg, record) -> None:
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"] != "dnn", m["model"])):
                 print(f"  {m['model']:8} {m['split']:11} {m['auc']:>7.4f} {m['log_loss']:>9.4f} "
                       f"{m['accuracy']:>9.4f} {m['f1']:>7.4f}")
+    predictions = lakehouse.table(catalog.PREDICTIONS)
+    if predictions.exists():
+        tomorrow = record.run_date + timedelta(days=1)
+        scored = predictions.rows_per_partition(catalog.PARTITION_COLUMN).get(tomorrow, 0)
+        print(f"\npredictions for {tomorrow}: {scored:,} scheduled flights scored before their outcomes exist")
     report = record.report or _latest_report(cfg)
     if report:
         print(f"\nreport: {report}")

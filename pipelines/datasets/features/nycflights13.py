@@ -61,9 +61,11 @@ MODEL_COLUMNS = [
     *[numeric(c, flag=c in ("wind_gust", "pressure"), policy_from=f"weather.{c}") for c in WEATHER],
     *_history_columns(),
     numeric("origin_flights_prev_day"),
-    # From the day's schedule: the flight's leg in its plane's day (null without a tail number)
-    # and the departures its airport schedules in the same hour.
-    numeric("plane_leg_of_day", flag=True), numeric("origin_hour_departures"),
+    # From the day's schedule: the flight's leg in its plane's day and the minutes since the plane's
+    # previous departure (null without a tail number, or for its first), and the departures its
+    # airport schedules in the same hour.
+    numeric("plane_leg_of_day", flag=True), numeric("plane_minutes_since_last_departure", flag=True),
+    numeric("origin_hour_departures"),
     categorical("carrier"), categorical("origin"), categorical("dest"), categorical("route"),
     categorical("sched_hour"), categorical("weekday"), categorical("plane_engine"), categorical("plane_type"),
 ]
@@ -129,14 +131,17 @@ def _with_plane(out, planes):
 
 def _with_schedule(out, scheduled):
     """What the day's published schedule says about each flight: which leg of its plane's day it
-    is (later legs inherit the delays of earlier ones), and how many departures its airport has
-    scheduled in the same hour. Both are known before the day: they read no outcome."""
+    is and how long after the plane's previous departure from New York (later legs and tight
+    rotations inherit the delays of earlier ones), and how many departures its airport has
+    scheduled in the same hour. All known before the day: they read no outcome."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     legs = Window.partitionBy("date", "tailnum").orderBy("sched_dep_time", "flight_id")
+    minute = (F.col("sched_dep_time") / 100).cast("int") * 60 + F.col("sched_dep_time") % 100
     per_plane = (scheduled.filter(F.col("tailnum").isNotNull())
-                 .select("flight_id", F.row_number().over(legs).cast("double").alias("plane_leg_of_day")))
+                 .select("flight_id", F.row_number().over(legs).cast("double").alias("plane_leg_of_day"),
+                         (minute - F.lag(minute).over(legs)).cast("double").alias("plane_minutes_since_last_departure")))
     busy = (scheduled.groupBy("date", "origin", "sched_hour")
             .agg(F.count(F.lit(1)).cast("double").alias("origin_hour_departures")))
     return out.join(per_plane, "flight_id", "left").join(busy, ["date", "origin", "sched_hour"], "left")
