@@ -68,7 +68,7 @@ SLICE = {"date": date(2013, 3, 20), "set": [
     "pipeline.splits.test=[2013-03-15,2013-03-31]",
     "training.epochs=6", "training.learning_rate=0.001", "training.dropout=0.1", "training.l2=0.00001",
     "training.embedding_dim=8", "training.warmup_epochs=1", "training.early_stopping_patience=2"]}
-COMMON = ["training.batch_size=256", "training.num_proc=2",
+COMMON = ["training.batch_size=256", "training.num_proc=2", "nightly.baselines=[logreg]",
           "lakehouse.model_input_row_group_rows=1024", "spark.master=local[2]", "spark.shuffle_partitions=2",
           "spark.conf.spark.ui.enabled=false", "spark.conf.spark.ui.showConsoleProgress=false"]
 EXTRA_POINTS = {"ingest:mid": "[ingest] bronze.flights:", "train:baselines": "[train] baselines"}

@@ -348,7 +348,7 @@ RACE_SLICE = [
     "pipeline.splits.train=[2013-01-01,2013-01-07]",
     "pipeline.splits.validation=[2013-01-08,2013-01-10]",
     "pipeline.splits.test=[2013-01-11,2013-01-12]",
-    "training.epochs=1", "training.batch_size=256", "training.num_proc=2",
+    "training.epochs=1", "training.batch_size=256", "training.num_proc=2", "nightly.baselines=[logreg]",
     "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.conf.spark.ui.enabled=false",
 ]
 

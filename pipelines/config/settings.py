@@ -73,6 +73,7 @@ class TrainingConfig:
 class NightlyConfig:
     retrain_every_days: int
     rescore_days: int
+    baselines: list[Literal["logreg", "gbt"]]
     default_date: str
 
 

@@ -25,6 +25,7 @@ from pipelines.stages.gold import ServingError, encode
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+BASELINE_NAMES = {"logreg": "logistic regression", "gbt": "gradient-boosted trees"}
 
 
 @dataclass
@@ -63,8 +64,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         result = train(cfg, spark, model_version=version_name)
     version = result.table_versions[MODEL_INPUT]
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
-    log.info(f"[train] baselines: logistic regression and gradient-boosted trees on {MODEL_INPUT} v{version}")
-    baselines = fit_baselines(spark, frames["train"], frames["validation"], seed=cfg.training.seed)
+    kinds = ["logreg", *[k for k in cfg.nightly.baselines if k != "logreg"]]
+    log.info(f"[train] baselines: {', '.join(BASELINE_NAMES[k] for k in kinds)} on {MODEL_INPUT} v{version}")
+    baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
 
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold)}
     for kind, fitted in baselines.items():
