@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: bool = False,
                    lakehouse=None) -> dict:
-    """Build gold for `dates` (every date of the primary silver table when None); return counts.
+    """Build gold for `dates` (every date of the primary silver table when None) and for the days
+    after them whose history reads them (the HISTORY_DAYS after each, those silver holds); return
+    counts.
 
     - `gold.flight_features`: the dates' partitions are overwritten. Silver is read from
       HISTORY_DAYS before the first date to the last one, so the history features are complete

@@ -21,8 +21,9 @@ from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
 from pipelines.ops.runs import new_run_id
 from pipelines.stages.accounting import verify_silver
-from pipelines.stages.silver.rows import (BOOK_PARTITIONS, DATA_QUALITY_SCHEMA, CleanResult, check_rules, fix_types,
-                                          mark_duplicates, quality_counts, quality_rows, quarantine_rows, silver_rows)
+from pipelines.stages.silver.books import write_books
+from pipelines.stages.silver.rows import (CleanResult, check_rules, fix_types, mark_duplicates, quality_counts,
+                                          silver_rows)
 from pipelines.stages.silver.updates import merge_updates
 from pipelines.storage import Lakehouse
 
@@ -101,38 +102,18 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
             silver_table.write(silver_rows(checked, source, updaters, dataset), mode="overwrite",
                                partition_by=[PARTITION_COLUMN], schema_mode="merge" if updaters else None,
                                partitions={PARTITION_COLUMN: result.dates}, description=description)
-            book = {"table": [source.name], PARTITION_COLUMN: result.dates}
         else:
             silver_table.write(silver_rows(checked, source), mode="overwrite", schema_mode="overwrite",
                                description=description)
-            book = {"table": [source.name]}
-        if _quarantine_changes(lh, source, result.dates, counts):
-            lh.table(catalog.QUARANTINE).write(quarantine_rows(checked, source, run_id), mode="overwrite",
-                                       partition_by=BOOK_PARTITIONS, partitions=book, description=description)
-        dq = lh.spark.createDataFrame(quality_rows(counts, source, run_id), DATA_QUALITY_SCHEMA)
-        lh.table(catalog.DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
-                                     description=description)
+        write_books(lh, source, checked, counts, result.dates, run_id, description)
     finally:
         checked.unpersist()
-    result.bronze_rows = sum(c["rows"] for c in counts.values())
-    result.quarantined = sum(c["blocked"] for c in counts.values())
-    result.duplicates = sum(c["duplicates"] for c in counts.values())
+    result.add_counts(counts, source)
     result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
-    result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
     verify_silver(lh, source, result.dates if source.daily else None,
                   {d: c["duplicates"] for d, c in counts.items()})
     result.seconds = time.time() - started
     return result
-
-
-def _quarantine_changes(lh, source: Source, dates: list[date], counts: dict) -> bool:
-    """False when this run quarantines nothing and the quarantine holds nothing for its dates
-    (the usual case), so the table is not rewritten for nothing."""
-    table = lh.table(catalog.QUARANTINE)
-    if not table.exists() or any(c["blocked"] for c in counts.values()):
-        return True
-    held = table.rows_per_partition(("table", PARTITION_COLUMN))
-    return any(n for (name, day), n in held.items() if name == source.name and (not source.daily or day in dates))
 
 
 def _stamp(source: Source, bronze_version: int) -> str:

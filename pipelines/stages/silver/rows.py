@@ -241,6 +241,13 @@ class CleanResult:
     skipped: bool = False                                     # a reference table whose bronze did not change
     seconds: float = 0.0
 
+    def add_counts(self, counts: dict, source: Source) -> None:
+        """Take the rows, blocked rows, duplicates and non-blocking failures of `quality_counts`."""
+        self.bronze_rows = sum(c["rows"] for c in counts.values())
+        self.quarantined = sum(c["blocked"] for c in counts.values())
+        self.duplicates = sum(c["duplicates"] for c in counts.values())
+        self.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in source.rules if not r.blocking}
+
     def line(self) -> str:
         if self.skipped:
             return f"[clean] {self.table}: unchanged since the last clean (bronze has not changed) in {self.seconds:.1f}s"

@@ -19,8 +19,8 @@ from datetime import date
 from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Source
 from pipelines.stages.accounting import AccountingError
-from pipelines.stages.silver.rows import (BOOK_PARTITIONS, DATA_QUALITY_SCHEMA, CleanResult, check_rules, fix_types,
-                                          mark_duplicates, quality_counts, quality_rows, quarantine_rows,
+from pipelines.stages.silver.books import write_books
+from pipelines.stages.silver.rows import (CleanResult, check_rules, fix_types, mark_duplicates, quality_counts,
                                           update_marker, update_rows)
 
 
@@ -57,19 +57,11 @@ def merge_updates(lh, dataset: Dataset, update: Source, dates: list[date] | None
         merged = target_table.merge(update_rows(checked, update, dataset), on=[target.id_column, PARTITION_COLUMN],
                                     update=columns, partitions={PARTITION_COLUMN: result.dates},
                                     description=description)
-        book = {"table": [update.name], PARTITION_COLUMN: result.dates}
-        lh.table(catalog.QUARANTINE).write(quarantine_rows(checked, update, run_id), mode="overwrite",
-                                           partition_by=BOOK_PARTITIONS, partitions=book, description=description)
-        dq = lh.spark.createDataFrame(quality_rows(counts, update, run_id), DATA_QUALITY_SCHEMA)
-        lh.table(catalog.DATA_QUALITY).write(dq, mode="overwrite", partition_by=BOOK_PARTITIONS, partitions=book,
-                                             description=description)
+        write_books(lh, update, checked, counts, result.dates, run_id, description)
     finally:
         checked.unpersist()
-    result.bronze_rows = sum(c["rows"] for c in counts.values())
-    result.quarantined = sum(c["blocked"] for c in counts.values())
-    result.duplicates = sum(c["duplicates"] for c in counts.values())
+    result.add_counts(counts, update)
     result.silver_rows = int(merged["updated"])
-    result.failed = {r.name: sum(c[r.name] for c in counts.values()) for r in update.rules if not r.blocking}
     verify_updates(lh, update, target, result.dates, {d: c["duplicates"] for d, c in counts.items()})
     result.seconds = time.time() - started
     return result
