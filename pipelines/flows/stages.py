@@ -60,9 +60,10 @@ class NightlyContext:
         if predicted:
             dataset = dataset_for(self.cfg)
             outcomes = dataset.updaters(dataset.prediction_source)
+            now = self.as_of   # once, not per day: it loads the dataset's declaration
             day = max(predicted) + timedelta(days=1)
             while day < tomorrow:
-                if all(landing.due(u, day) > self.as_of for u in outcomes):
+                if all(landing.due(u, day) > now for u in outcomes):
                     days.add(day)
                 day += timedelta(days=1)
         return sorted(days)
