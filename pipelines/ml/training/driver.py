@@ -49,7 +49,8 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
     """
     started = time.time()
     num_proc = num_proc or cfg.training.num_proc
-    _check_horovod_build_early()
+    if num_proc > 1:
+        _answer_horovod_build_check()
     model_version = model_version or new_model_version()
     model_dir = model_dir_for(cfg, model_version)
     lakehouse = Lakehouse.from_config(cfg, spark)
@@ -127,21 +128,23 @@ def _steady_rate(history: list[dict], initial_epoch: int) -> float:
     return round(sum(h["samples_per_sec"] for h in steady) / max(1, len(steady)), 1)
 
 
-def _check_horovod_build_early() -> None:
-    """Run Horovod's "was Gloo built?" check now, while this process has not trained yet.
+def _answer_horovod_build_check() -> None:
+    """Answer Horovod's "was Gloo built?" question in this process, before `horovod.spark.run` asks.
 
-    `horovod.spark.run` asks it by forking this process and importing `horovod.tensorflow` in the
-    child, then reading the answer from a queue; the answer is cached per process. Forked from a
-    process whose TensorFlow and Petastorm threads are running (after a training in this process,
-    as `bench.horovod_scaling` and notebooks do), the child can die before answering, and the run
-    fails with a bare `queue.Empty` (horovod/horovod#2161, #1831). Asked here first, with the
-    arguments `horovod.spark.run` will use (verbose < 2 → False), later runs read the cache.
+    `horovod.spark.run` asks it by forking this process, importing `horovod.tensorflow` in the
+    child and reading the answer from a queue. Forked from a process whose TensorFlow, Petastorm or
+    Spark threads are running (a test session, a notebook, a bench that trained before), the child
+    can die before answering, and the run fails with a bare `queue.Empty` (horovod/horovod#2161,
+    #1831; it failed CI once here). The extension is loaded here instead, with no fork, and the
+    runner is given the answer: a Horovod built without Gloo is still refused by the runner.
     """
     try:
-        from horovod.common.util import gloo_built
+        import horovod.spark.runner as runner
+        import horovod.tensorflow as hvd
     except ImportError:
         return
-    gloo_built(verbose=False)
+    built = bool(hvd.gloo_built())
+    runner.gloo_built = lambda verbose=False: built
 
 
 def _run_horovod(plan: TrainingPlan, spark, num_proc: int) -> list[dict]:
