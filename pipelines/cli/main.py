@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(log_level(args), args.log_format)
     try:
-        cfg = load_config(args.env, args.overrides)
+        overrides = list(args.overrides)
+        if getattr(args, "dataset", None):
+            overrides.insert(0, f"pipeline.dataset={args.dataset}")
+        cfg = load_config(args.env, overrides)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

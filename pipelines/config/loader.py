@@ -72,7 +72,41 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
     merged["env"] = env
     cfg = _build(Config, merged, origin, prefix="")
     _check_semantics(cfg, origin)
+    _apply_dataset(cfg, origin, conf_root)
     return cfg
+
+
+def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None:
+    """Give the configuration its dataset's namespace and defaults.
+
+    Every dataset is a lakehouse of its own inside the configured one: its tables, models, reports
+    and lock under `<lakehouse.root>/<dataset>/`, its raw files under `<lakehouse.landing>/<dataset>/`,
+    so two datasets live side by side and never see each other's tables. The split windows and the
+    default run date come from the dataset's YAML unless `pipeline.splits` or `nightly.default_date`
+    override them (a test slice does).
+    """
+    from pipelines.datasets.loader import load_dataset
+
+    name = cfg.pipeline.dataset
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ConfigError(f"{_where(origin, 'pipeline.dataset')}: key 'pipeline.dataset' must be a dataset name "
+                          f"(lower case letters, digits and _), got {name!r}")
+    dataset = load_dataset(name, conf_root)
+    if not cfg.pipeline.splits:
+        if not dataset.splits:
+            raise ConfigError(f"{dataset.file}: key 'splits' is required (or set pipeline.splits)")
+        cfg.pipeline.splits = {k: [start.isoformat(), end.isoformat()] for k, (start, end) in dataset.splits.items()}
+    if not cfg.nightly.default_date:
+        if dataset.default_run_date is None:
+            cfg.nightly.default_date = date.today().isoformat()  # a live feed: tonight's run
+        else:
+            cfg.nightly.default_date = dataset.default_run_date.isoformat()
+    cfg.lakehouse.root = _join(cfg.lakehouse.root, name)
+    cfg.lakehouse.landing = _join(cfg.lakehouse.landing, name)
+
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}" if "://" in root else str(Path(root) / name)
 
 
 class _Loader(yaml.SafeLoader):
@@ -237,7 +271,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
             fail(f"pipeline.splits.{name}", f"starts after it ends: {window}")
 
     try:
-        date.fromisoformat(cfg.nightly.default_date)
+        if cfg.nightly.default_date:
+            date.fromisoformat(cfg.nightly.default_date)
     except ValueError:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
     if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:

@@ -233,9 +233,29 @@ class Dataset:
     file: str
     seed_package: str | None = None
     seed_folder: str = "data"
+    # A tar or zip archive inside the package's folder that holds the seed files (None: plain files).
+    seed_archive: str | None = None
     # The source whose rows the model predicts, and when it predicts them (pipelines.datasets.timing).
     prediction_source: str | None = None
     prediction_time: TimePoint | None = None
+    # The outcome, as Spark SQL over the prediction source's silver columns: `target` a number (the
+    # regression head's), `label` a condition (the classification head's: 1.0 when true). Both are
+    # null while the outcome is unknown: such a row is scored, never trained on.
+    target: str | None = None
+    label: str | None = None
+    # Inclusive date windows of the event date: {"train": (start, end), "validation": ..., "test": ...}.
+    splits: dict[str, tuple[date, date]] = field(default_factory=dict)
+    # The date `lakehouse-dl run` runs the nightly for when none is given (a replay's last days).
+    default_run_date: date | None = None
+    # The `features:` mapping of the YAML, compiled by pipelines.datasets.features.
+    features: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The entity key: the id column of the prediction source, one prediction per value and day."""
+        if not self.prediction_source:
+            raise ConfigError(f"{self.file}: declares no prediction (key 'prediction')")
+        return self.source(self.prediction_source).id_column
 
     def source_names(self, names=None) -> list[str]:
         """`names` (every source, in declared order, when None), each checked to be a source here."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,12 @@ class _Parser:
 
     # -- the dataset --------------------------------------------------------------------------
     def dataset(self, data: Any) -> Dataset:
-        data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources", "prediction"},
+        data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources", "prediction",
+                                       "splits", "default_run_date", "features"},
                             {"name", "sources"})
         name = self.string(data["name"], "name")
         max_length = self.length(data.get("max_string_length"), "max_string_length")
-        seed = self.mapping(data.get("seed", {}), "seed", {"package", "folder"})
+        seed = self.mapping(data.get("seed", {}), "seed", {"package", "folder", "archive"})
         sources_raw = self.mapping(data["sources"], "sources", set(data["sources"] or {}))
         if not sources_raw:
             self.fail("sources", "must declare at least one source")
@@ -122,26 +124,63 @@ class _Parser:
         for name_, src in list(sources.items()):
             if src.updates:
                 sources[name_] = self.update_source(src, sources)
-        prediction_source, prediction_time = self.prediction(data.get("prediction"), sources)
+        prediction = self.prediction(data.get("prediction"), sources)
+        features = data.get("features") or {}
+        if not isinstance(features, dict):
+            self.fail("features", f"must be a mapping, got {type(features).__name__}")
         ds = Dataset(name=name, description=str(data.get("description", "")).strip(), sources=sources,
                      file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"),
-                     prediction_source=prediction_source, prediction_time=prediction_time)
+                     seed_archive=seed.get("archive"), **prediction,
+                     splits=self.splits(data.get("splits")),
+                     default_run_date=self.day(data["default_run_date"], "default_run_date")
+                     if "default_run_date" in data else None,
+                     features=features)
         ds.clean_order()
         return ds
 
-    def prediction(self, value: Any, sources: dict[str, Source]):
-        """(source, TimePoint) of `prediction: {source, time}`; (None, None) when not declared."""
+    def prediction(self, value: Any, sources: dict[str, Source]) -> dict:
+        """The Dataset fields of `prediction: {source, time, target, label}` ({} when not declared)."""
         if value is None:
-            return None, None
-        data = self.mapping(value, "prediction", {"source", "time"}, {"source", "time"})
+            return {}
+        data = self.mapping(value, "prediction", {"source", "time", "target", "label"},
+                            {"source", "time", "target", "label"})
         name = self.string(data["source"], "prediction.source")
         source = sources.get(name)
         if source is None or not source.daily:
             self.fail("prediction.source", f"must name a daily feed of this dataset, got {name!r}")
+        if not source.id_column:
+            self.fail("prediction.source", f"{name} needs an id_column: it is the key of every prediction")
         at = self.when(data["time"], "prediction.time")
         if at.at == "event" and source.event_time is None:
             self.fail("prediction.time", f"is declared at the event, but source {name} declares no event_time")
-        return name, at
+        return dict(prediction_source=name, prediction_time=at,
+                    target=self.string(data["target"], "prediction.target"),
+                    label=self.string(data["label"], "prediction.label"))
+
+    def day(self, value: Any, key: str) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(str(value))
+        except ValueError:
+            self.fail(key, f"must be a date YYYY-MM-DD, got {value!r}")
+
+    def splits(self, value: Any) -> dict[str, tuple[date, date]]:
+        """`splits: {train: [start, end], validation: [...], test: [...]}`, inclusive dates."""
+        if value is None:
+            return {}
+        data = self.mapping(value, "splits", {"train", "validation", "test"}, {"train", "validation", "test"})
+        out = {}
+        for name, window in data.items():
+            if not isinstance(window, list) or len(window) != 2:
+                self.fail(f"splits.{name}", f"must be [start, end], got {window!r}")
+            start, end = (self.day(v, f"splits.{name}") for v in window)
+            if start > end:
+                self.fail(f"splits.{name}", f"starts after it ends: {window}")
+            out[name] = (start, end)
+        if not out["train"][1] < out["validation"][0] <= out["validation"][1] < out["test"][0]:
+            self.fail("splits", "must follow each other in time: train, then validation, then test")
+        return out
 
     def when(self, value: Any, key: str):
         try:
@@ -251,8 +290,9 @@ class _Parser:
         missing_policies = self.missing(data.get("missing") or {}, f"{key}.missing", set(names))
         seed = self.mapping(data.get("seed", {}), f"{key}.seed", {"file", "date_columns"})
         seed_dates = tuple(seed.get("date_columns") or ())
-        if partition_by and seed and len(seed_dates) != 3:
-            self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split by")
+        if partition_by and seed and len(seed_dates) not in (1, 3):
+            self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split "
+                                                  "by, or the one column whose text starts with the date (YYYY-MM-DD)")
         event_time = self.event_time(data.get("event_time"), f"{key}.event_time", set(names))
         known_at = self.when(data["known"], f"{key}.known") if "known" in data else None
         if known_at is not None and not partition_by:
