@@ -51,7 +51,7 @@ def silver(source: str) -> str:
 INGEST_LOG = "ops.ingest_log"
 QUARANTINE = "silver.quarantine"
 DATA_QUALITY = "ops.data_quality"
-FEATURES = "gold.flight_features"
+FEATURES = "gold.features"
 FEATURE_SPEC = "gold.feature_spec"
 MODEL_INPUT = "gold.model_input"
 SERVING_INPUT = "gold.serving_input"

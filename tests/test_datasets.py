@@ -89,12 +89,15 @@ def test_the_prediction_time_and_when_each_feed_is_known():
     assert order.index("flights") < order.index("flight_outcomes")
 
 
+OUTCOME = {"target": "amount", "label": "amount > 100"}
+
+
 @pytest.mark.parametrize("change, key, words", [
-    ({"prediction": {"source": "orders", "time": {"at": "tomorrow"}}}, "prediction.time.at", "must be one of"),
-    ({"prediction": {"source": "stores", "time": {"at": "day_before"}}}, "prediction.source", "daily feed"),
-    ({"prediction": {"source": "orders", "time": {"at": "event", "offset": "-2h"}}}, "prediction.time",
+    ({"prediction": {"source": "orders", "time": {"at": "tomorrow"}, **OUTCOME}}, "prediction.time.at", "must be one of"),
+    ({"prediction": {"source": "stores", "time": {"at": "day_before"}, **OUTCOME}}, "prediction.source", "daily feed"),
+    ({"prediction": {"source": "orders", "time": {"at": "event", "offset": "-2h"}, **OUTCOME}}, "prediction.time",
      "declares no event_time"),
-    ({"prediction": {"source": "orders", "time": {"at": "day_before", "time": "25:00"}}}, "HH:MM", "00:00 to 23:59"),
+    ({"prediction": {"source": "orders", "time": {"at": "day_before", "time": "25:00"}, **OUTCOME}}, "HH:MM", "00:00 to 23:59"),
 ])
 def test_a_bad_prediction_time_is_refused_by_key(tmp_path, change, key, words):
     data = {**TOY, **change}

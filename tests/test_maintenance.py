@@ -97,7 +97,7 @@ def test_the_default_retention_keeps_recent_files_and_a_dry_run_changes_nothing(
 
 def test_the_command_refuses_while_a_nightly_run_holds_the_lakehouse(cfg, lakehouse, spark):
     build(lakehouse, spark)
-    command = [sys.executable, "-m", "pipelines.cli", "maintain", "--set", f"lakehouse.root={cfg.lakehouse.root}",
+    command = [sys.executable, "-m", "pipelines.cli", "maintain", "--set", f"lakehouse.root={Path(cfg.lakehouse.root).parent}",
                "--retention-hours", "0"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     with LakehouseLock(cfg.lakehouse.root, "nightly", "nightly-2013-01-02-test"):

@@ -242,7 +242,7 @@ def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nigh
     model = registry.blessed(lh)
     before = {r["flight_id"]: r["score"] for r in
               lh.table("results.predictions").read().filter(f"date = '{tomorrow}'").collect()}
-    refit = load_config("local", [*overrides(Path(cfg.lakehouse.root)), "pipeline.splits.train=[2013-01-10,2013-02-28]"])
+    refit = load_config("local", [*overrides(Path(cfg.lakehouse.root).parent), "pipeline.splits.train=[2013-01-10,2013-02-28]"])
     build_features(refit, spark, dates=[tomorrow], refit_spec=True, lakehouse=lh)
     spec = lh.table("gold.feature_spec")
     assert spec.version() > model.feature_spec_version
@@ -308,7 +308,7 @@ def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):
     with LakehouseLock(cfg.lakehouse.root, "nightly", "run-holding-the-lakehouse"):
         proc = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "nightly", "--date", "2013-03-21",
-             *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root))), [])],
+             *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root).parent)), [])],
             capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "held by run run-holding-the-lakehouse" in proc.stderr
@@ -322,7 +322,7 @@ def test_notebooks_run_on_the_slice(nightly_lakehouse, notebook):
     cfg, _, _ = nightly_lakehouse
     nb = nbformat.read(PROJECT / "notebooks" / notebook, as_version=4)
     env_before = dict(os.environ)
-    os.environ["LAKEHOUSE_DL_SET"] = " ".join(overrides(Path(cfg.lakehouse.root)))
+    os.environ["LAKEHOUSE_DL_SET"] = " ".join(overrides(Path(cfg.lakehouse.root).parent))
     try:
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PROJECT)}}).execute()
     finally:

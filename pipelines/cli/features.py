@@ -1,4 +1,4 @@
-"""`lakehouse-dl features`: silver → gold.flight_features, gold.feature_spec, gold.model_input."""
+"""`lakehouse-dl features`: silver → gold.features, gold.feature_spec, gold.model_input."""
 from __future__ import annotations
 
 from pipelines.cli.common import date_range, spark_for
@@ -9,7 +9,7 @@ def add_commands(sub, common, dates) -> None:
     p = sub.add_parser(
         "features",
         help="build gold: readable features, the feature spec (fitted on the training window) and model input",
-        description="Build gold.flight_features for the dates given (every date in silver.flights when none), "
+        description="Build gold.features for the dates given (every date of the prediction source's silver table when none), "
                     "refit gold.feature_spec when it no longer matches the training window, and rewrite "
                     "the affected splits of gold.model_input.")
     common(p)

@@ -98,7 +98,7 @@ def print_summary(cfg, record) -> None:
     if predictions.exists():
         tomorrow = record.run_date + timedelta(days=1)
         scored = predictions.rows_per_partition(catalog.PARTITION_COLUMN).get(tomorrow, 0)
-        print(f"\npredictions for {tomorrow}: {scored:,} scheduled flights scored before their outcomes exist")
+        print(f"\npredictions for {tomorrow}: {scored:,} scheduled rows scored before their outcomes exist")
     report = record.report or _latest_report(cfg)
     if report:
         print(f"\nreport: {report}")

@@ -76,6 +76,11 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
     return cfg
 
 
+def dataset_path(name: str, conf_root: Path | None = None) -> Path:
+    """The declaration of dataset `name`: `conf/base/datasets/<name>.yaml`."""
+    return Path(conf_root or conf_dir()) / "base" / "datasets" / f"{name}.yaml"
+
+
 def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None:
     """Give the configuration its dataset's namespace and defaults.
 
@@ -83,24 +88,28 @@ def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None
     and lock under `<lakehouse.root>/<dataset>/`, its raw files under `<lakehouse.landing>/<dataset>/`,
     so two datasets live side by side and never see each other's tables. The split windows and the
     default run date come from the dataset's YAML unless `pipeline.splits` or `nightly.default_date`
-    override them (a test slice does).
+    override them (a test slice does). The rest of the YAML is `pipelines.datasets`' to read.
     """
-    from pipelines.datasets.loader import load_dataset
-
     name = cfg.pipeline.dataset
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ConfigError(f"{_where(origin, 'pipeline.dataset')}: key 'pipeline.dataset' must be a dataset name "
                           f"(lower case letters, digits and _), got {name!r}")
-    dataset = load_dataset(name, conf_root)
+    path = dataset_path(name, conf_root)
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{_where(origin, 'pipeline.dataset')}: key 'pipeline.dataset' names {name!r}, but there "
+                          f"is no {path} (datasets declared: {', '.join(known) or 'none'})")
+    declared = _read_yaml(path)
     if not cfg.pipeline.splits:
-        if not dataset.splits:
-            raise ConfigError(f"{dataset.file}: key 'splits' is required (or set pipeline.splits)")
-        cfg.pipeline.splits = {k: [start.isoformat(), end.isoformat()] for k, (start, end) in dataset.splits.items()}
+        splits = declared.get("splits")
+        if not splits:
+            raise ConfigError(f"{path}: key 'splits' is required (or set pipeline.splits)")
+        origin["pipeline.splits"] = f"{path} (splits)"
+        cfg.pipeline.splits = {str(k): [str(d) for d in v] for k, v in splits.items()}
     if not cfg.nightly.default_date:
-        if dataset.default_run_date is None:
-            cfg.nightly.default_date = date.today().isoformat()  # a live feed: tonight's run
-        else:
-            cfg.nightly.default_date = dataset.default_run_date.isoformat()
+        # A live feed without a replay date runs for today.
+        cfg.nightly.default_date = str(declared.get("default_run_date") or date.today().isoformat())
+    _check_splits(cfg, origin)
     cfg.lakehouse.root = _join(cfg.lakehouse.root, name)
     cfg.lakehouse.landing = _join(cfg.lakehouse.landing, name)
 
@@ -260,6 +269,20 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
             fail(f"lakehouse.{key}", "must be at least 1")
     if cfg.lakehouse.lock_lease_seconds <= 0:
         fail("lakehouse.lock_lease_seconds", f"must be more than 0, got {cfg.lakehouse.lock_lease_seconds}")
+    try:
+        if cfg.nightly.default_date:
+            date.fromisoformat(cfg.nightly.default_date)
+    except ValueError:
+        fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
+    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
+        fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
+    _resolve_paths(cfg, fail)
+
+
+def _check_splits(cfg: Config, origin: dict[str, str]) -> None:
+    def fail(key: str, message: str) -> None:
+        raise ConfigError(f"{_where(origin, key)}: key '{key}' {message}")
+
     for name, window in cfg.pipeline.splits.items():
         if len(window) != 2:
             fail(f"pipeline.splits.{name}", f"must be [start, end], got {window}")
@@ -270,14 +293,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         if start > end:
             fail(f"pipeline.splits.{name}", f"starts after it ends: {window}")
 
-    try:
-        if cfg.nightly.default_date:
-            date.fromisoformat(cfg.nightly.default_date)
-    except ValueError:
-        fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
-    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
-        fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
 
+def _resolve_paths(cfg: Config, fail) -> None:
     root = _resolve(cfg.lakehouse.root)
     cfg.lakehouse.root = str(root)
     if "://" not in cfg.lakehouse.root:

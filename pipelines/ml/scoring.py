@@ -2,7 +2,7 @@
 
 Nothing is collected to the driver: `score` returns a lazy DataFrame of key, score and predicted
 label, which the caller writes to `results.predictions` by partition overwrite. `score_days`
-scores every row of the days asked (tomorrow's flights have no outcome yet) from
+scores every row of the days asked (tomorrow's rows have no outcome yet) from
 `gold.serving_input`, encoded with the feature spec version the model's registry entry pins; the
 rows become tensors through `pipelines.ml.inputs.model_inputs`, as in training, so a model always
 scores with the encoding and the inputs it was trained with.
@@ -12,19 +12,20 @@ from __future__ import annotations
 from datetime import date
 
 from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
-from pipelines.datasets.features import feature_module
+from pipelines.datasets import dataset_for
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
 from pipelines.stages.gold import build_serving_input
 
 
-def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = ("flight_id", "day"),
-          batch_size: int = 4096):
+def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...], batch_size: int = 4096):
     """Score `df` (model-input rows) with the model at `model_path`.
 
-    Returns a DataFrame of `key_columns` + `score` (float) + `predicted_label` (int).
+    Returns a DataFrame of `key_columns` (columns of `df` carried along, the key and `day` say) +
+    `score` (float) + `predicted_label` (int).
 
-        >>> preds = score(lh.table("gold.serving_input").read().filter("day = 20131231"), path, cfg.training.threshold)
+        >>> rows = lh.table("gold.serving_input").read().filter("day = 20131231")
+        >>> preds = score(rows, path, cfg.training.threshold, key_columns=(dataset.key, "day"))
     """
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
@@ -55,7 +56,7 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...] = 
 
 
 def score_days(cfg, lakehouse, model, days: list[date], threshold: float) -> tuple[object, dict]:
-    """Every row of `gold.flight_features` dated `days`, labelled or not, encoded with the feature
+    """Every row of `gold.features` dated `days`, labelled or not, encoded with the feature
     spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored.
 
     Returns (scores, versions): the lazy scores (key, day, score, predicted_label) and the
@@ -65,7 +66,7 @@ def score_days(cfg, lakehouse, model, days: list[date], threshold: float) -> tup
 
     owner = f"model {model.model_version}"
     version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
-    key = feature_module(cfg.pipeline.dataset).KEY
+    key = dataset_for(cfg).key
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
     scored = score(serving, model.path, threshold=threshold, key_columns=(key, "day"))
     return scored, {"feature_spec_version": int(model.feature_spec_version), "serving_input_version": version,

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from pipelines import catalog
+from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.training.plan import ROC_FILE
 from pipelines.report import plots
@@ -29,7 +30,9 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path] = {}
     model = registry.blessed(lakehouse)
-    summary = [("run", run_id), ("run date", run_date.isoformat())]
+    dataset = dataset_for(cfg)
+    summary = [("dataset", f"{dataset.name}: {dataset.description}"), ("label", dataset.label),
+               ("run", run_id), ("run date", run_date.isoformat())]
     tables: dict[str, list[dict]] = {}
 
     if model is not None:
@@ -76,7 +79,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
             for m in live[:14]]
     tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
                         for t in lakehouse.tables()]
-    return write_report(out, f"lakehouse-dl nightly {run_date}", summary, tables, images)
+    return write_report(out, f"lakehouse-dl nightly {run_date}: {dataset.name}", summary, tables, images)
 
 
 def feature_drift(lakehouse, run_date: date):

@@ -51,7 +51,7 @@ def plot_calibration(mean_score, observed, path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.plot(mean_score, observed, marker="o")
     ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed late-arrival rate")
+    ax.set_ylabel("observed rate of the label")
     ax.set_title("calibration, test window")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

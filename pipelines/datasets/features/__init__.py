@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, replace
+from datetime import date
 from types import ModuleType
-from typing import Literal
+from typing import Callable, Literal
 
 from pipelines.datasets.dataset import FILLS
 
@@ -94,3 +95,29 @@ def feature_module(dataset: str) -> ModuleType:
     if missing:
         raise ValueError(f"{name} does not declare {', '.join(missing)}")
     return module
+
+
+@dataclass(frozen=True)
+class Features:
+    """What gold needs to know of a dataset's features: the silver tables they read, how far back,
+    the model columns, and the function that builds them (key, `date`, features, `label`, `target`)."""
+
+    sources: dict[str, str]
+    dated_sources: tuple[str, ...]
+    history_days: int
+    model_columns: list[ModelColumn]
+    builder: Callable
+
+    def build(self, sources: dict, dates: list[date] | None, dataset):
+        return self.builder(sources, dates, dataset)
+
+
+def features_for(dataset) -> Features:
+    """The features of `dataset` (a `pipelines.datasets.Dataset`)."""
+    module = feature_module(dataset.name)
+
+    def build(sources, dates, ds):
+        return module.build(sources, dates, ds).withColumnRenamed(module.TARGET, "target")
+
+    return Features(dict(module.SOURCES), tuple(module.DATED_SOURCES), module.HISTORY_DAYS,
+                    with_declared_policies(module.MODEL_COLUMNS, dataset), build)

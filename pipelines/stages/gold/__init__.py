@@ -1,4 +1,4 @@
-"""Gold: silver → `gold.flight_features`, `gold.feature_spec`, `gold.model_input`, and the
+"""Gold: silver → `gold.features`, `gold.feature_spec`, `gold.model_input`, and the
 serving input a model scores.
 
 `spec` fits and applies the feature spec (pure transforms); `build` is the stage (reads silver,

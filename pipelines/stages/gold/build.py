@@ -1,8 +1,8 @@
 """Gold: silver → readable features, the feature spec fitted on the training window, model input.
 
-The dataset's features module (pipelines/datasets/features/<dataset>.py) builds the features;
+The dataset's features (its YAML's `features:`, pipelines/datasets/features) are built here;
 `spec` fits and applies the feature spec; this module splits by time and reads and writes
-`gold.flight_features`, `gold.feature_spec` and `gold.model_input` (contracts in docs/design.md).
+`gold.features`, `gold.feature_spec` and `gold.model_input` (contracts in docs/design.md).
 
     >>> summary = build_features(cfg, spark, dates=[date(2013, 3, 1)])
 """
@@ -14,10 +14,11 @@ from datetime import date, timedelta
 from typing import Sequence
 
 from pipelines import catalog
-from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
+from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT, silver
 from pipelines.datasets import PARTITION_COLUMN, dataset_for
-from pipelines.datasets.features import ModelColumn, feature_module, with_declared_policies
-from pipelines.stages.gold.spec import FeaturesError, apply_feature_spec, fit_feature_spec, spec_rows, split_column
+from pipelines.datasets.features import ModelColumn, features_for
+from pipelines.stages.gold.spec import (TARGET, FeaturesError, apply_feature_spec, fit_feature_spec, spec_rows,
+                                        split_column)
 from pipelines.storage import Lakehouse
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     after them whose history reads them (the HISTORY_DAYS after each, those silver holds); return
     counts.
 
-    - `gold.flight_features`: the dates' partitions are overwritten. Silver is read from
+    - `gold.features`: the dates' partitions are overwritten. Silver is read from
       HISTORY_DAYS before the first date to the last one, so the history features are complete
       and no later day is read.
     - `gold.feature_spec` is refitted when `refit_spec`, when it does not exist, or when it no
@@ -43,27 +44,28 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
       policies, or the number of labelled rows in the training window changed (the window is still
       filling, or a training day was rebuilt). Otherwise it is reused as it is.
     - `gold.model_input`: the splits holding `dates` (every split after a refit) are rewritten
-      from `gold.flight_features`, so each split stays a few large files and a re-run changes no count.
+      from `gold.features`, so each split stays a few large files and a re-run changes no count.
 
         >>> build_features(cfg, spark, dates=[date(2013, 12, 31)])["model_input"]["test"]
     """
     started = time.time()
     lh = lakehouse or Lakehouse.from_config(cfg, spark)
-    module = feature_module(cfg.pipeline.dataset)
-    columns = model_columns(cfg, module)
+    dataset = dataset_for(cfg)
+    features = features_for(dataset)
+    columns = features.model_columns
     splits = {name: cfg.split(name) for name in cfg.pipeline.splits}
     if "train" not in splits:
         raise FeaturesError("pipeline.splits has no 'train' window to fit the feature spec on")
 
-    for source in module.SOURCES.values():
+    for source in features.sources.values():
         if not lh.table(source).exists():
             raise FeaturesError(f"{source} does not exist yet: run `lakehouse-dl clean` first")
-    primary_name = module.SOURCES[module.DATED_SOURCES[0]]
+    primary_name = silver(dataset.prediction_source)
     # The dates silver holds, from the Delta log's partition values: no data is read.
     available = sorted(d for d, n in lh.table(primary_name).rows_per_partition(PARTITION_COLUMN).items() if n)
     # A day's rows feed the history of the HISTORY_DAYS after it: those that exist are rebuilt too
     # (the outcomes of a day arrive after it, and tomorrow's features read them).
-    wanted = sorted(set(dates) | affected_days(dates, module.HISTORY_DAYS, available)) if dates is not None else available
+    wanted = sorted(set(dates) | affected_days(dates, features.history_days, available)) if dates is not None else available
     present = set(available)
     days = [d for d in wanted if d in present]
     absent = [d for d in wanted if d not in present]
@@ -71,17 +73,17 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
         log.info(f"[features] {len(absent)} date(s) have no rows in {primary_name}, skipped: {_dates_text(absent)}")
     summary: dict = {"dates": len(days), "skipped_dates": [d.isoformat() for d in absent]}
     if not days:
-        summary.update(flight_features=0, unlabelled=0, spec="unchanged", model_input={},
+        summary.update(features=0, unlabelled=0, spec="unchanged", model_input={},
                        seconds=time.time() - started)
         return summary
 
-    rows, unlabelled = _write_flight_features(lh, module, days, dataset_for(cfg))
-    summary.update(flight_features=rows, unlabelled=unlabelled)
-    log.info(f"[features] {FEATURES}: {rows:,} rows for {_dates_text(days)} ({unlabelled:,} without "
-        f"{module.TARGET}, left out of {MODEL_INPUT}) in {time.time() - started:.1f}s")
+    rows, unlabelled = _write_features(lh, features, days, dataset)
+    summary.update(features=rows, unlabelled=unlabelled)
+    log.info(f"[features] {FEATURES}: {rows:,} rows for {_dates_text(days)} ({unlabelled:,} without an "
+        f"outcome yet, left out of {MODEL_INPUT}) in {time.time() - started:.1f}s")
 
     spec_started = time.time()
-    labelled = _labelled(lh, module)
+    labelled = _labelled(lh)
     fitted_on = training_files(lh.table(FEATURES), splits["train"])
     reason = "asked to refit" if refit_spec else _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"],
                                                                 columns, fitted_on)
@@ -105,7 +107,7 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     # After a refit every split was encoded with the old spec, so all of them are rewritten.
     touched = list(splits) if reason else [
         name for name, (start, end) in splits.items() if any(start <= d <= end for d in days)]
-    by_split = _write_model_input(lh, module, labelled, spec_df, {n: splits[n] for n in touched},
+    by_split = _write_model_input(lh, dataset.key, labelled, spec_df, {n: splits[n] for n in touched},
                                   replace_all=bool(reason), row_group_rows=cfg.lakehouse.model_input_row_group_rows)
     summary["model_input"] = by_split
     summary["seconds"] = time.time() - started
@@ -122,47 +124,47 @@ def affected_days(dates, history_days: int, available: list[date]) -> set[date]:
     return after & set(available)
 
 
-def model_columns(cfg, module) -> list[ModelColumn]:
-    """The features module's model columns with the missing-value policies of the dataset's YAML."""
-    return with_declared_policies(module.MODEL_COLUMNS, dataset_for(cfg))
+def model_columns(cfg) -> list[ModelColumn]:
+    """The dataset's model columns, with the missing-value policies of its YAML."""
+    return features_for(dataset_for(cfg)).model_columns
 
 
-def _write_flight_features(lh, module, days: list[date], dataset) -> tuple[int, int]:
+def _write_features(lh, features, days: list[date], dataset) -> tuple[int, int]:
     """Compute the features of `days` from silver, overwrite their partitions; (rows, unlabelled)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     # History windows look back HISTORY_DAYS before the first date; later days are never read.
-    first = days[0] - timedelta(days=module.HISTORY_DAYS)
+    first = days[0] - timedelta(days=features.history_days)
     sources = {}
-    for name, table in module.SOURCES.items():
+    for name, table in features.sources.items():
         df = lh.table(table).read()
-        if name in module.DATED_SOURCES:
+        if name in features.dated_sources:
             df = df.filter(F.col("date").between(F.lit(first), F.lit(days[-1])))
         sources[name] = df
     # The table layer checks the rows before writing them: computed once, not twice.
-    features = module.build(sources, days, dataset).persist(StorageLevel.MEMORY_AND_DISK)
+    built = features.build(sources, days, dataset).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         # schema_mode="merge": a features module that gains a column evolves the table (older days
         # read it as null) instead of failing until gold is deleted by hand.
-        lh.table(FEATURES).write(features, mode="overwrite", partition_by=[PARTITION_COLUMN],
+        lh.table(FEATURES).write(built, mode="overwrite", partition_by=[PARTITION_COLUMN],
                                  partitions={PARTITION_COLUMN: days}, schema_mode="merge",
                                  description=f"features for {_dates_text(days)}")
-        counts = features.agg(F.count(F.lit(1)).alias("rows"),
-                              F.sum(F.col(module.TARGET).isNull().cast("long")).alias("unlabelled")).first()
+        counts = built.agg(F.count(F.lit(1)).alias("rows"),
+                           F.sum(F.col(TARGET).isNull().cast("long")).alias("unlabelled")).first()
     finally:
-        features.unpersist()
+        built.unpersist()
     return int(counts["rows"]), int(counts["unlabelled"] or 0)
 
 
-def _labelled(lh, module):
-    """Every row of gold.flight_features that has the target: what the spec and the model see."""
+def _labelled(lh):
+    """Every row of gold.features whose outcome is known: what the spec and the model see."""
     from pyspark.sql import functions as F
 
-    return lh.table(FEATURES).read().filter(F.col(module.TARGET).isNotNull())
+    return lh.table(FEATURES).read().filter(F.col(TARGET).isNotNull())
 
 
-def _write_model_input(lh, module, labelled, spec_df, splits: dict[str, tuple[date, date]],
+def _write_model_input(lh, key: str, labelled, spec_df, splits: dict[str, tuple[date, date]],
                        replace_all: bool, row_group_rows: int) -> dict[str, int]:
     """Rewrite the `splits` of gold.model_input (the whole table when `replace_all`) in row groups of
     `row_group_rows`, the unit Petastorm shards training by; rows per split."""
@@ -174,7 +176,7 @@ def _write_model_input(lh, module, labelled, spec_df, splits: dict[str, tuple[da
         for start, end in splits.values():
             windows = windows | F.col("date").between(F.lit(start), F.lit(end))
         rows = labelled.filter(windows).withColumn(SPLIT, split_column(splits))
-        rows = apply_feature_spec(rows, spec_df, key=module.KEY, target=module.TARGET, keep=[SPLIT])
+        rows = apply_feature_spec(rows, spec_df, key=key, keep=[SPLIT])
         description = f"model input for {', '.join(splits)}"
         if replace_all:
             # A new spec may bring other columns: the whole table is replaced, schema included.

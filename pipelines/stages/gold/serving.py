@@ -2,8 +2,8 @@
 trained with, never with a newer one.
 
 Training reads `gold.model_input` (labelled rows of the split windows, encoded with the latest
-spec); scoring reads `gold.serving_input`: every row of `gold.flight_features` for the days to
-score, labelled or not (tomorrow's flights have no outcome yet), encoded with the spec version
+spec); scoring reads `gold.serving_input`: every row of `gold.features` for the days to
+score, labelled or not (tomorrow's rows have no outcome yet), encoded with the spec version
 the model's registry entry pins. A spec version that can no longer be read is refused by name.
 
     >>> version, rows = build_serving_input(cfg, lh, [date(2013, 12, 31)], spec_version=4)
@@ -14,7 +14,7 @@ import logging
 from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, FEATURES, PARTITION_COLUMN, SERVING_INPUT
-from pipelines.datasets.features import feature_module
+from pipelines.datasets import dataset_for
 from pipelines.stages.gold.spec import SPEC_SCHEMA, FeaturesError, apply_feature_spec
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,14 @@ def spec_at(lakehouse, spec_version: int | None, owner: str = "the model"):
 
 
 def encode(cfg, lakehouse, features_df, spec_version: int | None, owner: str = "the model", keep=()):
-    """`features_df` (rows of gold.flight_features) encoded with the spec at `spec_version`."""
-    module = feature_module(cfg.pipeline.dataset)
-    return apply_feature_spec(features_df, spec_at(lakehouse, spec_version, owner), key=module.KEY,
-                              target=module.TARGET, keep=keep)
+    """`features_df` (rows of gold.features) encoded with the spec at `spec_version`."""
+    return apply_feature_spec(features_df, spec_at(lakehouse, spec_version, owner), key=dataset_for(cfg).key,
+                              keep=keep)
 
 
 def build_serving_input(cfg, lakehouse, days: list[date], spec_version: int | None,
                         owner: str = "the model") -> tuple[int, int]:
-    """Encode every row of gold.flight_features dated `days` with the spec at `spec_version` and
+    """Encode every row of gold.features dated `days` with the spec at `spec_version` and
     overwrite those days of gold.serving_input; returns (the table's version, rows written)."""
     from pyspark.sql import functions as F
 

@@ -13,6 +13,11 @@ from typing import Sequence
 from pipelines import catalog
 from pipelines.datasets.features import ModelColumn
 
+# The outcome columns of gold.features and gold.model_input, whatever the dataset: the binary
+# label (the classification head's) and the numeric target (the regression head's), both null
+# until the outcome is known (the dataset's `prediction.label` and `prediction.target`).
+LABEL, TARGET = "label", "target"
+
 SPEC_SCHEMA = (
     "position int, name string, kind string, transform string, source string, vocabulary array<string>, "
     "vocab_size int, mean double, std double, fill_with string, fill double, "
@@ -34,7 +39,7 @@ def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequ
     get the sorted vocabulary of the values seen in the window (`vocabulary`): the i-th value is
     index i+1, anything else 0, so `vocab_size` = len(vocabulary) + 1 (an embedding's input_dim).
 
-        >>> spec = fit_feature_spec(features, (date(2013, 1, 1), date(2013, 9, 30)), module.MODEL_COLUMNS)
+        >>> spec = fit_feature_spec(features, (date(2013, 1, 1), date(2013, 9, 30)), features.model_columns)
     """
     from pyspark.sql import functions as F
 
@@ -97,8 +102,7 @@ def spec_rows(spec_df) -> list[dict]:
     return sorted((r.asDict() for r in spec_df.collect()), key=lambda r: r.get("position") or 0)
 
 
-def apply_feature_spec(features_df, spec_df, key: str = "flight_id", target: str = "arr_delay",
-                       keep: Sequence[str] = ()):
+def apply_feature_spec(features_df, spec_df, key: str, keep: Sequence[str] = ()):
     """Fixed-width model rows: `key` int64, `day` int32 (yyyymmdd), the spec's columns, `label`, `target`.
 
     num_* columns are float32 `(value - mean) / std`, a null taking the spec's `fill` value;
@@ -107,7 +111,8 @@ def apply_feature_spec(features_df, spec_df, key: str = "flight_id", target: str
     (scoring rows); `gold.model_input` keeps only rows that have them. Columns named in `keep`
     follow unchanged (the split a row belongs to, say).
 
-        >>> model_rows = apply_feature_spec(lh.table("gold.flight_features").read(), lh.table("gold.feature_spec").read())
+        >>> model_rows = apply_feature_spec(lh.table("gold.features").read(), lh.table("gold.feature_spec").read(),
+        ...                                 key=dataset.key)
     """
     from pyspark.sql import functions as F
 
@@ -131,7 +136,7 @@ def apply_feature_spec(features_df, spec_df, key: str = "flight_id", target: str
         else:
             raise FeaturesError(f"{catalog.FEATURE_SPEC} row {spec['name']}: unknown transform {spec['transform']!r}")
         columns.append(value.alias(spec["name"]))
-    columns += [F.col("label").cast("float").alias("label"), F.col(target).cast("float").alias(target), *keep]
+    columns += [F.col(LABEL).cast("float").alias(LABEL), F.col(TARGET).cast("float").alias(TARGET), *keep]
     return features_df.select(*columns)
 
 
