@@ -40,7 +40,7 @@ def model_input_rows(n: int, seed: int, first_flight_id: int = 0) -> dict[str, n
         "cat_carrier": carrier,
         "cat_origin": origin,
         "label": late.astype(np.float32),
-        "arr_delay": arr_delay,
+        "target": arr_delay,
     }
 
 
@@ -82,7 +82,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
         *[T.StructField(c, T.FloatType(), False) for c in NUMERIC],
         *[T.StructField(c, T.IntegerType(), False) for c in CATEGORICAL],
         T.StructField("label", T.FloatType(), False),
-        T.StructField("arr_delay", T.FloatType(), False),
+        T.StructField("target", T.FloatType(), False),
         T.StructField("split", T.StringType(), False),
     ])
     largest = max(rows.values())

@@ -377,7 +377,7 @@ def test_two_overwrites_of_one_partition_racing_one_wins_cleanly(lakehouse, spar
 
 
 def test_two_full_overwrites_racing_never_leave_a_mixed_table(lakehouse, spark):
-    table = lakehouse.table("gold.flight_features")
+    table = lakehouse.table("gold.features")
     table.write(spark.createDataFrame([(0, "seed")], "id long, who string"))
     a = spark.createDataFrame([(i, "a") for i in range(60)], "id long, who string")
     b = spark.createDataFrame([(i, "b") for i in range(80)], "id long, who string")

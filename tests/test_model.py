@@ -34,10 +34,10 @@ def test_one_named_input_per_column_and_an_embedding_per_categorical():
     assert sorted(dropout_generators(model)) == ["rng_dropout_0", "rng_dropout_1"]
 
 
-def test_regression_head_is_linear_on_arrival_delay():
+def test_regression_head_is_linear_on_the_target():
     cfg = training("training.head=regression", "training.dropout=0")
     model = build_model(SPEC, cfg)
-    assert label_for(cfg) == "arr_delay"
+    assert label_for(cfg) == "target"
     assert model.layers[-1].activation.__name__ == "linear"
     assert not any(layer.name.startswith("dropout") for layer in model.layers)
     compile_model(model, cfg, make_optimizer(cfg, 0.01))

@@ -222,9 +222,9 @@ def test_a_missed_night_is_caught_up_and_outcomes_merged_and_measured_once(night
 
     live = [m for m in results.read_metrics(lh) if m["split"] == "live"]
     assert [m["date"] for m in live] == [scored]
-    labelled = lh.table("gold.flight_features").read().filter(f"date = '{scored}' AND label IS NOT NULL").count()
+    labelled = lh.table("gold.features").read().filter(f"date = '{scored}' AND label IS NOT NULL").count()
     assert live[0]["rows"] == labelled and 0.5 < live[0]["auc"] < 1.0
-    assert results.live_metrics(lh, date(2013, 3, 22), cfg.training.threshold) == []
+    assert results.live_metrics(lh, "flight_id", date(2013, 3, 22), cfg.training.threshold) == []
 
 
 def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nightly_lakehouse, tmp_path, spark):
@@ -267,7 +267,8 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
     encoding of model-input rows) and the serving path."""
     from pyspark.sql import functions as F
 
-    from pipelines.datasets.features.nycflights13 import MODEL_COLUMNS
+    from pipelines.datasets import load_dataset
+    from pipelines.datasets.features import features_for
     from pipelines.ml import registry
     from pipelines.ml.candidate import dnn_scores
     from pipelines.ml.scoring import score_days
@@ -277,9 +278,9 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
     cfg = copy_of(nightly_lakehouse, tmp_path)
     lh = Lakehouse.from_config(cfg, spark)
     model = registry.blessed(lh)
-    features = lh.table("gold.flight_features")
+    features = lh.table("gold.features")
     new_day = date(2013, 4, 15)
-    history = [c.source for c in MODEL_COLUMNS if c.source.endswith(("_7d", "_28d"))]
+    history = [c.source for c in features_for(load_dataset("nycflights13")).model_columns if c.source.endswith(("_7d", "_28d"))]
     row = (features.read().filter("date = '2013-03-21'").limit(3)
            .withColumn("date", F.lit(new_day))
            .withColumn("carrier", F.lit("ZZ")).withColumn("dest", F.lit("ZZZ"))
@@ -296,7 +297,7 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
     cats = encoded.select("cat_carrier", "cat_route", "cat_dest").distinct().collect()
     assert [tuple(r) for r in cats] == [(0, 0, 0)]
     assert encoded.filter("`num_route_late_rate_7d_missing` = 1.0").count() == 3
-    training = {r["flight_id"]: r["score"] for r in dnn_scores(encoded, model.path, cfg.training.threshold).collect()}
+    training = {r["flight_id"]: r["score"] for r in dnn_scores(encoded, model.path, cfg.training.threshold, "flight_id").collect()}
     assert len(serving) == 3 and serving.keys() == training.keys()
     assert all(0.0 < serving[k] < 1.0 and abs(serving[k] - training[k]) < 1e-6 for k in serving)
 
