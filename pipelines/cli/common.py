@@ -33,8 +33,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """--env, --set and the logging options, which every subcommand takes."""
     p.add_argument("--env", default="local", help="configuration environment: a folder of conf/ (default: local)")
     p.add_argument("--dataset", metavar="NAME",
-                   help="the dataset to work on: conf/base/datasets/NAME.yaml (default: pipeline.dataset, "
-                        "nycflights13); each dataset has its own tables, models and reports")
+                   help="the dataset to work on: conf/base/datasets/NAME.yaml (default: pipeline.dataset of "
+                        "conf/base/pipeline.yaml); each dataset has its own tables, models and reports")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one configuration key, e.g. --set training.epochs=2 (repeatable)")
     loudness = p.add_mutually_exclusive_group()
