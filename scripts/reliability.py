@@ -298,7 +298,10 @@ class Suite:
         if root.parent.exists():
             shutil.rmtree(root.parent)
         root.mkdir(parents=True)
-        shutil.copytree(self.landing, root / "landing")
+        from pipelines.config import load_config
+
+        # The dataset's landing folder under this lakehouse (<root>/landing/<dataset>).
+        shutil.copytree(self.landing, load_config("local", [f"lakehouse.root={root}", *self.overrides]).lakehouse.landing)
         return root
 
     def start(self, root: Path, log_name: str) -> Run:
@@ -314,7 +317,7 @@ class Suite:
 
     def reference(self, reuse: bool = False) -> dict:
         root = self.work / "reference" / "lakehouse"
-        if reuse and (root / "results" / "runs").is_dir():
+        if reuse and any(root.glob("*/results/runs")):
             print(f"reference run: reusing {root}", flush=True)
             return fingerprints(root, self.overrides)
         root = self.fresh_root("reference")

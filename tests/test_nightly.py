@@ -120,7 +120,8 @@ def copy_of(nightly_lakehouse, tmp_path):
 
     cfg, _, _ = nightly_lakehouse
     root = tmp_path / "lakehouse"
-    shutil.copytree(cfg.lakehouse.root, root)
+    # The whole lakehouse: the dataset's folder and its landing folder.
+    shutil.copytree(Path(cfg.lakehouse.root).parent, root)
     return load_config("local", overrides(root))
 
 
@@ -359,7 +360,7 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(
     from pipelines.storage import Lakehouse
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
-    root = Path(cfg.lakehouse.root)
+    root = Path(cfg.lakehouse.root).parent     # the lakehouse; the dataset's tables are in root/nycflights13
     commands = readme_cluster_commands()
     assert [c.split()[0] for c in commands] == ["make", "export", "spark-submit"], commands
     next_day = "2013-03-21"
@@ -440,7 +441,7 @@ def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_subm
     from pipelines.storage import Lakehouse
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
-    root = Path(cfg.lakehouse.root)
+    root = Path(cfg.lakehouse.root).parent     # the lakehouse; the dataset's tables are in root/nycflights13
     subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], cwd=PROJECT, check=True,
                    capture_output=True)
     zip_path = next(PROJECT.glob("dist/lakehouse_dl-*.zip"))
@@ -461,7 +462,7 @@ def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_subm
         killed = None
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None and killed is None:
-            states = [json.loads(p.read_text()) for p in root.glob("models/20130321-*/state.json")]
+            states = [json.loads(p.read_text()) for p in Path(cfg.lakehouse.root).glob("models/20130321-*/state.json")]
             if any(s.get("epochs_done", 0) >= 1 for s in states):
                 killed = executor_pid(standalone_cluster.workdir / "work-1")
                 assert killed, "no executor runs in work-1"
