@@ -346,13 +346,33 @@ def readme_cluster_commands() -> list[str]:
             if line.strip() and not line.strip().startswith("#")]
 
 
+def executor_pid(workdir: Path) -> int | None:
+    """The pid of the executor JVM working in `workdir` (a worker's folder), if one runs."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.startswith(str(workdir)) and b"CoarseGrainedExecutorBackend" in cmdline:
+            return int(entry)
+    return None
+
+
 @pytest.mark.cluster
-def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(nightly_lakehouse, tmp_path,
-                                                                              standalone_cluster, spark):
+def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster_and_resume_after_an_executor_dies(
+        nightly_lakehouse, tmp_path, standalone_cluster, spark):
     """The README's cluster commands, as written, with the placeholders filled: the nightly for the next
-    day, retraining, submitted to a real standalone cluster of two one-core workers. Horovod runs one
-    rank in each worker's executor, the ranks import the package from the shipped zip, rank 0 writes
-    the model, the registry records it, and the model scores the validation and test rows."""
+    day, retraining, submitted to a real standalone cluster of two one-core workers. The executor of
+    one Horovod rank is killed (SIGKILL) after the first epoch's checkpoint: the submit fails naming
+    the lost executor and registers nothing. The same submit again resumes from the checkpoint:
+    Horovod runs one rank in each worker's executor, the ranks import the package from the shipped
+    zip, rank 0 writes the model, the registry records it, and the model scores the validation and
+    test rows. (One test, not two: each submitted nightly costs minutes on two one-core workers.)"""
+    import signal
+
     from pipelines.config import load_config
     from pipelines.ml import registry, results
     from pipelines.ml.training import read_result
@@ -381,84 +401,15 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster(
         name, _, value = assignment.partition("=")
         env[name] = value
     # Sized for the slice, and retraining: the model of the day before would otherwise be reused.
-    sizing = [o for o in overrides(root) if not o.startswith(("spark.master", "lakehouse.root"))]
-    # Two epochs: what is checked is where the ranks ran and what was registered, not the model.
-    sizing += ["nightly.retrain_every_days=1", "training.epochs=2", "spark.conf.spark.ui.showConsoleProgress=false"]
-    submit = filled(commands[2]) + "".join(f" --set {o}" for o in sizing)
-    started = time.time()
-    proc = subprocess.run(["bash", "-c", submit], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:], standalone_cluster.log_tail())
-
-    lh = Lakehouse.from_config(load_config("local", overrides(root)), spark)
-    assert last_run(lh, "nightly", date.fromisoformat(next_day))["status"] == "succeeded"
-    [model] = [e for e in registry.entries(lh) if e.run_date == date.fromisoformat(next_day)]
-    trained = read_result(os.path.dirname(model.path))
-    assert trained.num_proc == 2 and Path(model.path).exists()
-    # One rank in each worker's executor (not the driver, which ran in the project folder), both
-    # importing the package from the zip the executors received.
-    workers = sorted(Path(r["cwd"]).relative_to(standalone_cluster.workdir).parts[0] for r in trained.ranks)
-    assert workers == ["work-0", "work-1"], trained.ranks
-    assert all("lakehouse_dl-0.1.0.zip" in r["package"] for r in trained.ranks), trained.ranks
-    assert sorted(r["rank"] for r in trained.ranks) == [0, 1]
-    # The registry records it, and it scored the validation and test rows on the cluster.
-    scored = {m["split"] for m in results.read_metrics(lh) if m["model_version"] == model.model_version
-              and m["model"] == "dnn"}
-    assert {"validation", "test"} <= scored
-    assert lh.table("results.predictions").read().filter("date = '2013-03-22'").count() > 0
-    local = read_result(os.path.dirname(next(e for e in registry.entries(lh) if e.run_date == RUN_DATE).path))
-    print(f"\nHorovod training under spark-submit on the standalone cluster: {trained.wall_seconds:.1f}s "
-          f"({trained.epochs_run} epochs, {trained.samples_per_sec:,.0f} samples/s); the same training in local "
-          f"mode: {local.wall_seconds:.1f}s ({local.epochs_run} epochs, {local.samples_per_sec:,.0f} samples/s); "
-          f"the whole submit {time.time() - started:.0f}s")
-
-
-def executor_pid(workdir: Path) -> int | None:
-    """The pid of the executor JVM working in `workdir` (a worker's folder), if one runs."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if cwd.startswith(str(workdir)) and b"CoarseGrainedExecutorBackend" in cmdline:
-            return int(entry)
-    return None
-
-
-@pytest.mark.cluster
-def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_submit_resumes(
-        nightly_lakehouse, tmp_path, standalone_cluster, spark):
-    """SIGKILL of the executor one Horovod rank runs in, after the first epoch's checkpoint: the submit
-    fails naming the lost executor, nothing is registered, and the same submit again resumes from
-    the checkpoint and registers the model."""
-    import signal
-
-    from pipelines.config import load_config
-    from pipelines.ml import registry
-    from pipelines.ml.training import read_result
-    from pipelines.storage import Lakehouse
-
-    cfg = copy_of(nightly_lakehouse, tmp_path)
-    root = Path(cfg.lakehouse.root).parent     # the lakehouse; the dataset's tables are in root/nycflights13
-    subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_dist.py")], cwd=PROJECT, check=True,
-                   capture_output=True)
-    zip_path = next(PROJECT.glob("dist/lakehouse_dl-*.zip"))
-    next_day = "2013-03-21"
-    env = {**standalone_cluster.env(), "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_LANDING": str(root / "landing"),
-           "SPARK_MASTER": standalone_cluster.master_url}
-    env.pop("LAKEHOUSE_DL_CONF", None)
     # Four epochs without early stopping, so the kill lands while the ranks are training.
-    sets = [o for o in overrides(root) if not o.startswith(("spark.master", "lakehouse.root"))]
-    sets += ["nightly.retrain_every_days=1", "training.epochs=4", "training.early_stopping_patience=0",
-             "spark.conf.spark.ui.showConsoleProgress=false"]
-    cmd = [str(standalone_cluster.home / "bin" / "spark-submit"), "--master", standalone_cluster.master_url,
-           "--py-files", str(zip_path), "jobs/nightly.py", "--env", "cluster-cpu", "--date", next_day,
-           *sum((["--set", o] for o in sets), [])]
+    sizing = [o for o in overrides(root) if not o.startswith(("spark.master", "lakehouse.root"))]
+    sizing += ["nightly.retrain_every_days=1", "training.epochs=4", "training.early_stopping_patience=0",
+               "spark.conf.spark.ui.showConsoleProgress=false"]
+    submit = ["bash", "-c", filled(commands[2]) + "".join(f" --set {o}" for o in sizing)]
+    lh = Lakehouse.from_config(load_config("local", overrides(root)), spark)
 
     with open(tmp_path / "first.out", "w") as out, open(tmp_path / "first.err", "w") as err:
-        first = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=out, stderr=err)
+        first = subprocess.Popen(submit, cwd=PROJECT, env=env, stdout=out, stderr=err)
         killed = None
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None and killed is None:
@@ -475,13 +426,29 @@ def test_an_executor_killed_mid_training_fails_the_job_by_name_and_the_next_subm
     assert code == 1, said[-4000:]
     assert "FAILED: stage 'train'" in said and "Spark lost executor " in said, said[-4000:]
     assert "Command exited with code 137" in said and "epoch(s) are checkpointed" in said
-    lh = Lakehouse.from_config(load_config("local", overrides(root)), spark)
     assert not [e for e in registry.entries(lh) if e.run_date == date.fromisoformat(next_day)]
 
-    again = subprocess.run(cmd, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
+    started = time.time()
+    again = subprocess.run(submit, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:], standalone_cluster.log_tail())
+    assert last_run(lh, "nightly", date.fromisoformat(next_day))["status"] == "succeeded"
     [model] = [e for e in registry.entries(lh) if e.run_date == date.fromisoformat(next_day)]
-    resumed = read_result(os.path.dirname(model.path))
-    assert resumed.initial_epoch >= 1 and resumed.history[-1]["epoch"] == 4
-    assert sorted(Path(r["cwd"]).relative_to(standalone_cluster.workdir).parts[0] for r in resumed.ranks) == [
-        "work-0", "work-1"]
+    trained = read_result(os.path.dirname(model.path))
+    assert trained.num_proc == 2 and Path(model.path).exists()
+    assert trained.initial_epoch >= 1 and trained.history[-1]["epoch"] == 4
+    # One rank in each worker's executor (not the driver, which ran in the project folder), both
+    # importing the package from the zip the executors received.
+    workers = sorted(Path(r["cwd"]).relative_to(standalone_cluster.workdir).parts[0] for r in trained.ranks)
+    assert workers == ["work-0", "work-1"], trained.ranks
+    assert all("lakehouse_dl-0.1.0.zip" in r["package"] for r in trained.ranks), trained.ranks
+    assert sorted(r["rank"] for r in trained.ranks) == [0, 1]
+    # The registry records it, and it scored the validation and test rows on the cluster.
+    scored = {m["split"] for m in results.read_metrics(lh) if m["model_version"] == model.model_version
+              and m["model"] == "dnn"}
+    assert {"validation", "test"} <= scored
+    assert lh.table("results.predictions").read().filter("date = '2013-03-22'").count() > 0
+    local = read_result(os.path.dirname(next(e for e in registry.entries(lh) if e.run_date == RUN_DATE).path))
+    print(f"\nHorovod training under spark-submit on the standalone cluster, resumed from epoch "
+          f"{trained.initial_epoch}: {trained.wall_seconds:.1f}s ({trained.samples_per_sec:,.0f} samples/s); "
+          f"the same training in local mode: {local.wall_seconds:.1f}s ({local.epochs_run} epochs, "
+          f"{local.samples_per_sec:,.0f} samples/s); the resumed submit {time.time() - started:.0f}s")
