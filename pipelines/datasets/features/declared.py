@@ -212,8 +212,8 @@ class _Reader:
                      for n, spec in data.items())
 
     def lookup(self, name: str, data: Any, key: str) -> Lookup:
-        if isinstance(data, dict) and True in data:
-            self.fail(f"{key}.on", "is read by YAML as `true`: name the join columns with `keys:`")
+        if isinstance(data, dict) and (True in data or "on" in data):
+            self.fail(f"{key}.on", "is not a key here (YAML reads a bare `on` as true): name the join columns with `keys:`")
         data = self.mapping(data, key, ("source", "keys", "as_of", "found", "columns"), ("keys", "columns"))
         source_name = data.get("source", name)
         if source_name not in self.dataset.sources:
