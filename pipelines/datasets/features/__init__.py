@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
 from types import SimpleNamespace
 from typing import Literal
 
 from pipelines import catalog
 from pipelines.config import ConfigError
-
 from pipelines.datasets.dataset import FILLS
 
 # A null numeric value is filled in the model input with a statistic of the training window (or
@@ -93,8 +92,9 @@ class Features:
     dated_sources: tuple[str, ...]
     history_days: int
     model_columns: list[ModelColumn]
-    declaration: object
-    extension: object = None
+    # The checked `features:` block (declared.Declaration) and the `features.python` module, if any.
+    declaration: object = field(default=None, repr=False)
+    extension: object = field(default=None, repr=False)
 
     def build(self, sources: dict, dates: list[date] | None, dataset):
         """One row per row of the prediction source on `dates` (all when None): `dataset.key`,
