@@ -9,15 +9,20 @@ from log_lines import log_lines
 from silver_fixtures import flight_rows, plane_rows, silver_tables, weather_rows, write_silver
 
 from pipelines.datasets import load_dataset
-from pipelines.datasets.features import categorical, numeric
-from pipelines.datasets.features.nycflights13 import flight_features
+from pipelines.datasets.features import categorical, features_for, numeric
 from pipelines.stages.gold import apply_feature_spec, build_features, fit_feature_spec, spec_rows
 
 DATASET = load_dataset("nycflights13")
+FEATURES = features_for(DATASET)
+
+
+def flight_features(flights, weather, planes, dataset, dates=None):
+    """The nycflights13 features table from the three silver inputs, through features_for."""
+    return FEATURES.build({"flights": flights, "weather": weather, "planes": planes}, dates, dataset)
 
 
 def by_flight(df) -> dict[int, dict]:
-    return {r["flight_id"]: r.asDict() for r in df.collect()}
+    return {r[DATASET.key]: r.asDict() for r in df.collect()}
 
 
 def utc(*args) -> datetime:
@@ -65,7 +70,7 @@ def test_history_ends_on_the_last_day_whose_outcomes_were_known_the_evening_befo
     # The day's schedule: the plane's second departure of day 10, alone in its airport's hour.
     assert row["plane_leg_of_day"] == 2.0 and row["origin_hour_departures"] == 1.0
     assert row["plane_minutes_since_last_departure"] == 60.0
-    assert row["label"] == 1.0 and row["arr_delay"] == 60.0
+    assert row["label"] == 1.0 and row["target"] == 60.0
     assert features.count() == 2
 
 
@@ -114,7 +119,6 @@ def test_every_model_column_is_computable_from_what_was_known_at_the_prediction_
     """The rule, per column: a day's features built from silver as it stands equal those built
     from silver cut at the day's prediction time (`as_known_at`: later rows dropped, outcomes not
     yet delivered nulled), for every flight and every model column."""
-    from pipelines.datasets.features.nycflights13 import MODEL_COLUMNS
     from pipelines.datasets.timing import as_known_at
 
     day = date(2013, 1, 11)
@@ -124,7 +128,7 @@ def test_every_model_column_is_computable_from_what_was_known_at_the_prediction_
     known = by_flight(flight_features(*as_known_at(DATASET, tables, cutoff).values(), DATASET, dates=[day]))
     assert set(known) == set(full) and len(full) > 500
 
-    columns = sorted({c.source for c in MODEL_COLUMNS})
+    columns = sorted({c.source for c in FEATURES.model_columns})
     differing = {c: sum(known[f][c] != full[f][c] for f in full) for c in columns}
     assert differing == dict.fromkeys(columns, 0), {c: n for c, n in differing.items() if n}
     # The check has teeth: the day's own outcomes were not known (label null), the history and
@@ -135,7 +139,7 @@ def test_every_model_column_is_computable_from_what_was_known_at_the_prediction_
     # Building from a cut a day later (the outcomes of the day before, the weather of the day
     # itself) would use what the prediction could not know: the comparison would see it.
     later = as_known_at(DATASET, tables, cutoff + 1440)
-    shifted = by_flight(flight_features(*later.values(), DATASET, dates=[day]).drop("_through"))
+    shifted = by_flight(flight_features(*later.values(), DATASET, dates=[day]))
     assert set(shifted) == set(full)
 
 
@@ -144,9 +148,9 @@ def test_every_model_column_is_computable_from_what_was_known_at_the_prediction_
 
 
 def _features(spark, rows: list[tuple]):
-    """A tiny features table: (date, flight_id, carrier, distance, arr_delay) rows."""
-    df = spark.createDataFrame(rows, "date date, flight_id long, carrier string, distance double, arr_delay double")
-    return df.selectExpr("*", "cast(arr_delay >= 15 as double) as label")
+    """A tiny features table: (date, flight_id, carrier, distance, target) rows."""
+    df = spark.createDataFrame(rows, "date date, flight_id long, carrier string, distance double, target double")
+    return df.selectExpr("*", "cast(target >= 15 as double) as label")
 
 
 COLUMNS = [categorical("carrier"), numeric("distance", flag=True)]
@@ -162,17 +166,17 @@ def test_categories_never_seen_in_training_map_to_index_zero(spark):
 
     scoring = _features(spark, [(date(2013, 12, 1), 10, "AA", 400.0, 1.0), (date(2013, 12, 1), 11, "UA", None, 20.0),
                                 (date(2013, 12, 1), 12, "ZZ", 200.0, None), (date(2013, 12, 1), 13, None, 100.0, 3.0)])
-    model_rows = apply_feature_spec(scoring, spec)
+    model_rows = apply_feature_spec(scoring, spec, key=DATASET.key)
     assert [(f.name, f.dataType.simpleString()) for f in model_rows.schema] == [
         ("flight_id", "bigint"), ("day", "int"), ("num_distance", "float"), ("num_distance_missing", "float"),
-        ("cat_carrier", "int"), ("label", "float"), ("arr_delay", "float")]
+        ("cat_carrier", "int"), ("label", "float"), ("target", "float")]
     rows = by_flight(model_rows)
     assert [rows[i]["cat_carrier"] for i in (10, 11, 12, 13)] == [1, 2, 0, 0]
     # distance: mean 200 and population std 100 over the two known training values.
     assert rows[10]["num_distance"] == pytest.approx(2.0) and rows[13]["num_distance"] == pytest.approx(-1.0)
     assert (rows[11]["num_distance"], rows[11]["num_distance_missing"]) == (0.0, 1.0)
     assert rows[10]["num_distance_missing"] == 0.0
-    assert (rows[12]["label"], rows[12]["arr_delay"], rows[11]["label"]) == (None, None, 1.0)
+    assert (rows[12]["label"], rows[12]["target"], rows[11]["label"]) == (None, None, 1.0)
     assert rows[10]["day"] == 20131201
 
 
@@ -217,7 +221,7 @@ def gold(spark, tmp_path_factory):
 
 
 def counts(lh) -> dict[str, int]:
-    return {name: lh.table(name).count() for name in ("gold.flight_features", "gold.feature_spec", "gold.model_input")}
+    return {name: lh.table(name).count() for name in ("gold.features", "gold.feature_spec", "gold.model_input")}
 
 
 @pytest.mark.slow
@@ -229,7 +233,7 @@ def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
     spec_names = [r["name"] for r in spec_rows(lh.table("gold.feature_spec").read())]
     expected = pa.schema([("flight_id", pa.int64()), ("day", pa.int32()),
                           *[(n, pa.float32() if n.startswith("num_") else pa.int32()) for n in spec_names],
-                          ("label", pa.float32()), ("arr_delay", pa.float32())])
+                          ("label", pa.float32()), ("target", pa.float32())])
     assert all(n.startswith(("num_", "cat_")) for n in spec_names)
     files = lh.table("gold.model_input").files()
     assert files
@@ -242,7 +246,7 @@ def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
     assert lh.table("gold.model_input").partition_by() == ["split"]
     by_split = summary["model_input"]
     assert set(by_split) == set(SPLITS)
-    assert sum(by_split.values()) == summary["flight_features"] - summary["unlabelled"]
+    assert sum(by_split.values()) == summary["features"] - summary["unlabelled"]
     days = lh.table("gold.model_input").read().groupBy("split").agg({"day": "min"}).collect()
     assert {r["split"]: r["min(day)"] for r in days} == {"train": 20130101, "validation": 20130115, "test": 20130118}
 
@@ -255,15 +259,15 @@ def test_rerunning_dates_changes_no_count_and_one_date_matches_the_full_run(gold
     spark = lh.spark
     first = counts(lh)
     day = date(2013, 1, 18)
-    full_run = by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day))
+    full_run = by_flight(lh.table("gold.features").read().filter(F.col("date") == day))
 
     summary = build_features(cfg, spark, dates=[day], lakehouse=lh)
     # The day, and the two after it that silver holds: their history windows read its outcomes.
     assert summary["dates"] == 3 and summary["spec"] == "reused"
-    assert summary["flight_features"] == lh.table("gold.flight_features").read().filter(F.col("date") >= day).count()
+    assert summary["features"] == lh.table("gold.features").read().filter(F.col("date") >= day).count()
     assert counts(lh) == first
     # Built from silver HISTORY_DAYS back only, the day's features equal those of the full run.
-    assert by_flight(lh.table("gold.flight_features").read().filter(F.col("date") == day)) == full_run
+    assert by_flight(lh.table("gold.features").read().filter(F.col("date") == day)) == full_run
 
     build_features(cfg, spark, lakehouse=lh)
     assert counts(lh) == first
@@ -282,7 +286,7 @@ def test_features_command_builds_a_date_and_logs_counts(gold):
     with log_lines() as lines:
         assert args.func(args, cfg) == 0
     out = "\n".join(lines)
-    assert "[features] gold.flight_features:" in out and "gold.model_input:" in out and "validation" in out
+    assert "[features] gold.features:" in out and "gold.model_input:" in out and "validation" in out
     assert counts(lh) == before
     with pytest.raises(SystemExit):
         parser.parse_args(["features", "--date", "2013-02-30"])
@@ -309,7 +313,7 @@ def test_full_year_of_real_flights(spark, cfg, lakehouse):
 
     flights = silver["flights"]
     labelled = flights.filter(F.col("arr_delay").isNotNull())
-    assert summary["flight_features"] == flights.count() == 336_776
+    assert summary["features"] == flights.count() == 336_776
     assert summary["unlabelled"] == flights.count() - labelled.count()
     for name in cfg.pipeline.splits:
         start, end = cfg.split(name)
@@ -332,7 +336,7 @@ def test_a_rebuilt_training_day_with_other_values_refits_the_spec(spark, tmp_pat
     write_silver(lh, silver_tables(spark, date(2013, 1, 1), date(2013, 1, 6)))
     assert build_features(cfg, spark, lakehouse=lh)["spec"] == "fitted"
     before = {r["name"]: r for r in spec_rows(lh.table("gold.feature_spec").read())}
-    assert before["num_distance"]["fitted_on"].startswith("gold.flight_features v")
+    assert before["num_distance"]["fitted_on"].startswith("gold.features v")
 
     day = date(2013, 1, 2)
     flights = lh.table("silver.flights")

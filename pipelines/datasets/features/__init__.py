@@ -1,26 +1,28 @@
-"""Dataset-specific feature builders: one module per dataset, found by the dataset's name.
+"""A dataset's features: declared in the `features:` block of its YAML, compiled to Spark here.
 
-`pipelines.stages.gold` is generic; what a dataset brings is one module here that declares
-what it reads and which of its columns the model sees:
+`pipelines.stages.gold` is generic; it asks `features_for(dataset)` what to read and how to build:
 
-    SOURCES          {argument name: silver table}, e.g. {"flights": "silver.flights", ...}
-    DATED_SOURCES    the sources partitioned by `date` (read only for the days a run needs)
-    HISTORY_DAYS     days before a date whose rows its features need (history windows)
-    KEY, TARGET      the key column (int64) and the regression target; `label` is derived
-    MODEL_COLUMNS    [ModelColumn(...)]: the columns of the features table the model sees
-    build(sources: dict[str, DataFrame], dates: list[date] | None, dataset: Dataset) -> DataFrame
-                     the features table: KEY, `date`, readable features, `label`, TARGET; each
-                     row built from what was known at its prediction time (`dataset.prediction_time`,
-                     `pipelines.datasets.timing`)
+    >>> features = features_for(load_dataset("nycflights13"))
+    >>> features.sources                       # {"flights": "silver.flights", "weather": ..., "planes": ...}
+    >>> df = features.build({name: lh.table(t).read() for name, t in features.sources.items()},
+    ...                     [date(2013, 1, 11)], dataset)
+    >>> df.columns                             # ["flight_id", "date", "carrier", ..., "label", "target"]
+
+The block is read and checked by `declared.py` and built by `compiled.py`; what YAML cannot say
+lives in an optional module `pipelines.datasets.features.<name>` named by `features.python`: its
+`extend(frame, sources, dates, dataset)` adds columns, its MODEL_COLUMNS are model inputs and its
+HISTORY_DAYS the days before a date it reads. Every row is built from what was known at its
+prediction time (`dataset.prediction_time`, `pipelines.datasets.timing`).
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date
-from types import ModuleType
-from typing import Callable, Literal
+from typing import Literal
 
+from pipelines import catalog
+from pipelines.config import ConfigError
 from pipelines.datasets.dataset import FILLS
 
 # A null numeric value is filled in the model input with a statistic of the training window (or
@@ -80,44 +82,65 @@ def with_declared_policies(columns: list[ModelColumn], dataset) -> list[ModelCol
     return out
 
 
-def feature_module(dataset: str) -> ModuleType:
-    """The features module of a dataset, `pipelines.datasets.features.<dataset>`, checked for what gold uses."""
-    name = f"pipelines.datasets.features.{dataset}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        raise ValueError(f"dataset {dataset!r} has no features module: add {name.replace('.', '/')}.py "
-                         f"(see pipelines/datasets/features/__init__.py for what it declares)") from None
-    missing = [attr for attr in ("SOURCES", "DATED_SOURCES", "HISTORY_DAYS", "KEY", "TARGET", "MODEL_COLUMNS", "build")
-               if not hasattr(module, attr)]
-    if missing:
-        raise ValueError(f"{name} does not declare {', '.join(missing)}")
-    return module
-
-
 @dataclass(frozen=True)
 class Features:
-    """What gold needs to know of a dataset's features: the silver tables they read, how far back,
-    the model columns, and the function that builds them (key, `date`, features, `label`, `target`)."""
+    """What gold reads and how it builds a dataset's features table (see the module doc)."""
 
     sources: dict[str, str]
     dated_sources: tuple[str, ...]
     history_days: int
     model_columns: list[ModelColumn]
-    builder: Callable
+    # The checked `features:` block (declared.Declaration) and the `features.python` module, if any.
+    declaration: object = field(default=None, repr=False)
+    extension: object = field(default=None, repr=False)
 
     def build(self, sources: dict, dates: list[date] | None, dataset):
-        return self.builder(sources, dates, dataset)
+        """One row per row of the prediction source on `dates` (all when None): `dataset.key`,
+        `date`, the readable features, `label` and `target` (both null while the outcome is unknown).
+
+        `sources` are the silver DataFrames named in `self.sources`; the dated ones must hold the
+        `history_days` days before the earliest of `dates` for the history features to be complete.
+        """
+        from pipelines.datasets.features.compiled import build
+
+        extend = getattr(self.extension, "extend", None)
+        return build(self.declaration, dataset, sources, dates, extend)
 
 
 def features_for(dataset) -> Features:
-    """The features of `dataset` (a `pipelines.datasets.Dataset`)."""
-    module = feature_module(dataset.name)
+    """The compiled `features:` block of `dataset` (a `pipelines.datasets.Dataset`).
 
-    def build(sources, dates, ds):
-        return module.build(sources, dates, ds).withColumnRenamed(module.TARGET, "target")
+    Raises ConfigError naming the dataset's file and the key of the first problem found.
+    """
+    from pipelines.datasets.features.compiled import history_days
+    from pipelines.datasets.features.declared import declaration
 
-    return Features(dict(module.SOURCES), tuple(module.DATED_SOURCES), module.HISTORY_DAYS,
-                    with_declared_policies(module.MODEL_COLUMNS, dataset), build)
+    decl = declaration(dataset)
+    extension = _extension(decl.python, dataset) if decl.python else None
+    names = [dataset.prediction_source] + [lookup.source for lookup in decl.lookups]
+    names += [n for n in getattr(extension, "SOURCES", ()) if n not in names]
+    names = list(dict.fromkeys(names))
+    columns = [numeric(f.name, f.fill, f.flag, f.policy_from) if f.kind == "numeric" else categorical(f.name)
+               for f in decl.features() if f.model and f.kept]
+    columns += list(getattr(extension, "MODEL_COLUMNS", ()))
+    days = max(history_days(decl, dataset), int(getattr(extension, "HISTORY_DAYS", 0)))
+    return Features(sources={n: catalog.silver(n) for n in names},
+                    dated_sources=tuple(n for n in names if dataset.source(n).daily),
+                    history_days=days,
+                    model_columns=with_declared_policies(columns, dataset),
+                    declaration=decl, extension=extension)
+
+
+def _extension(name: str, dataset):
+    module_name = f"pipelines.datasets.features.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise ConfigError(f"{dataset.file}: key 'features.python' names {name!r}, but there is no "
+                          f"{module_name.replace('.', '/')}.py") from None
+    if not callable(getattr(module, "extend", None)):
+        raise ConfigError(f"{dataset.file}: key 'features.python': {module_name} has no "
+                          f"extend(frame, sources, dates, dataset)")
+    return module
