@@ -77,3 +77,98 @@ def test_five_real_match_days_land_ingest_and_clean_with_every_row_accounted_for
     [row] = silver_matches.filter((F.col("date") == date(1987, 9, 5)) & (F.col("HomeTeam") == "Bayern Muenchen")).collect()
     assert (row["AwayTeam"], row["Round"], row["Year"], row["HomeGoals"], row["AwayGoals"], row["_results_file"]) == (
         "Eintracht Frankfurt", 7, 1987, 3, 2, "results/1987/09/05.csv")
+
+
+# The nightly on a slice of the Bundesliga, from the YAML alone and without a seed package: two
+# seasons to train on, one to validate, and the run of Friday 2006-02-10 scoring Saturday's matches.
+RUN_DATE = date(2006, 2, 10)
+SLICE = [
+    "pipeline.dataset=bundesliga",
+    "pipeline.splits.train=[2002-07-01,2004-06-30]",
+    "pipeline.splits.validation=[2004-07-01,2005-06-30]",
+    "pipeline.splits.test=[2005-07-01,2006-06-30]",
+    # A few hundred rows per split: small batches, and row groups small enough that each of the 2
+    # Horovod ranks gets its own. Wide & deep: the network holds the logistic regression it must beat.
+    "training.epochs=8", "training.batch_size=32", "training.num_proc=2", "training.wide=true",
+    "training.early_stopping_patience=3", "lakehouse.model_input_row_group_rows=32",
+    "nightly.baselines=[logreg]", "spark.master=local[2]", "spark.shuffle_partitions=2",
+]
+
+
+@pytest.fixture(scope="module")
+def dropped_files_nightly(tmp_path_factory, spark):
+    """The files a user drops into the landing folder (taken from the package here), and the nightly
+    run on a declaration without `seed:`: the landing stage delivers nothing, ingest takes what is there."""
+    import os
+    import shutil
+
+    import yaml
+
+    from pipelines.config import PROJECT_ROOT
+    from pipelines.flows.nightly import run_nightly
+
+    work = tmp_path_factory.mktemp("bundesliga")
+    root = work / "lakehouse"
+    delivered = load_config("local", [f"lakehouse.root={root}", *SLICE])
+    first = date(2002, 7, 1)
+    days = [first + timedelta(days=i) for i in range((RUN_DATE - first).days + 2)]
+    # The schedules up to tomorrow, the results up to the day before the run (known the morning after).
+    landing.seed(delivered, dates=days, as_of=load_dataset("bundesliga").prediction_time.minutes_on(RUN_DATE + timedelta(days=1)))
+
+    conf = work / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    declaration = yaml.safe_load((conf / "base" / "datasets" / "bundesliga.yaml").read_text())
+    del declaration["seed"]
+    (conf / "base" / "datasets" / "bundesliga.yaml").write_text(yaml.safe_dump(declaration, sort_keys=False))
+    previous = os.environ.get("LAKEHOUSE_DL_CONF")
+    os.environ["LAKEHOUSE_DL_CONF"] = str(conf)
+    try:
+        cfg = load_config("local", [f"lakehouse.root={root}", *SLICE])
+        assert load_dataset("bundesliga").seed_package is None
+        record = run_nightly(cfg, spark, RUN_DATE)
+        yield cfg, Lakehouse.from_config(cfg, spark), record
+    finally:
+        if previous is None:
+            os.environ.pop("LAKEHOUSE_DL_CONF", None)
+        else:
+            os.environ["LAKEHOUSE_DL_CONF"] = previous
+
+
+@pytest.mark.slow
+def test_the_nightly_runs_on_the_second_dataset_from_yaml_and_dropped_files_alone(dropped_files_nightly):
+    import json
+
+    from pyspark.sql import functions as F
+
+    from pipelines.ml import registry, results
+
+    cfg, lh, record = dropped_files_nightly
+    assert record.status == "succeeded", record
+    assert record.stage_rows["landing"] == 0          # nothing seeded: the files were dropped
+    tables = {t.name: t.rows for t in lh.tables()}
+    assert Path(cfg.lakehouse.root).name == "bundesliga" and not any("flight" in name for name in tables)
+
+    # Every delivered row is accounted for: bronze = silver + quarantine + duplicates.
+    quarantined = lh.table("silver.quarantine").read().filter(F.col("table") == "matches").count()
+    assert tables["bronze.matches"] == tables["silver.matches"] + quarantined
+    assert tables["bronze.matches"] == sum(len(p.read_text().splitlines()) - 1
+                                           for p in Path(cfg.lakehouse.landing).rglob("matches/**/*.csv"))
+
+    # Every match of Saturday 2006-02-11 scored the evening before, keyed by match_id.
+    tomorrow = RUN_DATE + timedelta(days=1)
+    predictions = lh.table("results.predictions").read().filter(F.col("date") == tomorrow)
+    scheduled = lh.table("silver.matches").read().filter(F.col("date") == tomorrow)
+    assert predictions.count() == scheduled.count() == 7
+    assert {r["match_id"] for r in predictions.collect()} == {r["match_id"] for r in scheduled.collect()}
+    assert scheduled.filter(F.col("HomeGoals").isNotNull()).count() == 0     # no result yet
+
+    # The model the nightly blessed beat the logistic regression; both were measured on every split.
+    model = registry.blessed(lh)
+    assert model is not None and model.status == "blessed"
+    metric = json.loads(model.metrics)
+    assert metric["validation_auc"] > metric["logreg_validation_auc"]
+    measured = {(m["model"], m["split"]) for m in results.read_metrics(lh)}
+    assert {("dnn", "validation"), ("logreg", "validation"), ("dnn", "test"), ("logreg", "test")} <= measured
+    # The report names the dataset and its label.
+    page = Path(record.report).read_text()
+    assert "bundesliga" in page and "HomeGoals &gt; AwayGoals" in page

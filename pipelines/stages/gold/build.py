@@ -108,7 +108,8 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     touched = list(splits) if reason else [
         name for name, (start, end) in splits.items() if any(start <= d <= end for d in days)]
     by_split = _write_model_input(lh, dataset.key, labelled, spec_df, {n: splits[n] for n in touched},
-                                  replace_all=bool(reason), row_group_rows=cfg.lakehouse.model_input_row_group_rows)
+                                  replace_all=bool(reason), row_group_rows=cfg.lakehouse.model_input_row_group_rows,
+                                  ranks=cfg.training.num_proc)
     summary["model_input"] = by_split
     summary["seconds"] = time.time() - started
     split_text = " / ".join(f"{name} {by_split.get(name, 0):,}" for name in splits)
@@ -165,9 +166,14 @@ def _labelled(lh):
 
 
 def _write_model_input(lh, key: str, labelled, spec_df, splits: dict[str, tuple[date, date]],
-                       replace_all: bool, row_group_rows: int) -> dict[str, int]:
+                       replace_all: bool, row_group_rows: int, ranks: int = 1) -> dict[str, int]:
     """Rewrite the `splits` of gold.model_input (the whole table when `replace_all`) in row groups of
-    `row_group_rows`, the unit Petastorm shards training by; rows per split."""
+    at most `row_group_rows`, the unit Petastorm shards training by; rows per split.
+
+    Each of the `ranks` training processes needs row groups of its own in every split: a split
+    too small for two per rank at that size (a few seasons of football matches) gets the whole
+    write in smaller ones.
+    """
     from pyspark.sql import functions as F
 
     table = lh.table(MODEL_INPUT)
@@ -176,6 +182,9 @@ def _write_model_input(lh, key: str, labelled, spec_df, splits: dict[str, tuple[
         for start, end in splits.values():
             windows = windows | F.col("date").between(F.lit(start), F.lit(end))
         rows = labelled.filter(windows).withColumn(SPLIT, split_column(splits))
+        sizes = [r["count"] for r in rows.groupBy(SPLIT).count().collect()]
+        if sizes and min(sizes) < 2 * ranks * row_group_rows:
+            row_group_rows = max(1, min(sizes) // (2 * ranks))
         rows = apply_feature_spec(rows, spec_df, key=key, keep=[SPLIT])
         description = f"model input for {', '.join(splits)}"
         if replace_all:
