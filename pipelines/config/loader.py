@@ -71,8 +71,11 @@ def load_config(env: str = "local", overrides: list[str] | tuple[str, ...] = (),
     merged = _interpolate(merged, origin, prefix="")
     merged["env"] = env
     cfg = _build(Config, merged, origin, prefix="")
-    _check_semantics(cfg, origin)
     _apply_dataset(cfg, origin, conf_root)
+    _check_semantics(cfg, origin)
+    # Every dataset is a lakehouse of its own inside the configured one (see _apply_dataset).
+    cfg.lakehouse.root = _join(cfg.lakehouse.root, cfg.pipeline.dataset)
+    cfg.lakehouse.landing = _join(cfg.lakehouse.landing, cfg.pipeline.dataset)
     return cfg
 
 
@@ -82,13 +85,15 @@ def dataset_path(name: str, conf_root: Path | None = None) -> Path:
 
 
 def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None:
-    """Give the configuration its dataset's namespace and defaults.
+    """Give the configuration its dataset's defaults.
 
     Every dataset is a lakehouse of its own inside the configured one: its tables, models, reports
     and lock under `<lakehouse.root>/<dataset>/`, its raw files under `<lakehouse.landing>/<dataset>/`,
-    so two datasets live side by side and never see each other's tables. The split windows and the
-    default run date come from the dataset's YAML unless `pipeline.splits` or `nightly.default_date`
-    override them (a test slice does). The rest of the YAML is `pipelines.datasets`' to read.
+    so two datasets live side by side and never see each other's tables. The split windows, the
+    default run date and the dataset's `training:` settings come from the dataset's YAML unless
+    `pipeline.splits`, `nightly.default_date` or an environment or `--set` key override them (a
+    test slice does): the dataset's values replace conf/base's only. The rest of the YAML is
+    `pipelines.datasets`' to read.
     """
     name = cfg.pipeline.dataset
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -109,9 +114,19 @@ def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None
     if not cfg.nightly.default_date:
         # A live feed without a replay date runs for today.
         cfg.nightly.default_date = str(declared.get("default_run_date") or date.today().isoformat())
+    training = declared.get("training") or {}
+    if not isinstance(training, dict):
+        raise ConfigError(f"{path}: key 'training' must be a mapping of training settings, got {training!r}")
+    hints = typing.get_type_hints(type(cfg.training))
+    base = str(conf_root / "base")
+    for key, value in training.items():
+        dotted = f"training.{key}"
+        if key not in hints:
+            raise ConfigError(f"{path}: key '{dotted}' is not a training setting (allowed: {', '.join(sorted(hints))})")
+        if origin.get(dotted, base).startswith(base):
+            origin[dotted] = f"{path} (training)"
+            setattr(cfg.training, key, _coerce(hints[key], value, origin, dotted))
     _check_splits(cfg, origin)
-    cfg.lakehouse.root = _join(cfg.lakehouse.root, name)
-    cfg.lakehouse.landing = _join(cfg.lakehouse.landing, name)
 
 
 def _join(root: str, name: str) -> str:
