@@ -272,3 +272,34 @@ def test_a_key_no_layer_sets_is_named_as_missing(tmp_path):
     (conf / "base" / "training.yaml").write_text(text)
     with pytest.raises(ConfigError, match="key 'training.seed' is not set in any layer: conf/base declares every key"):
         load_config("local", conf_root=conf)
+
+
+def test_a_dataset_brings_its_splits_run_date_and_training_settings_and_the_environment_still_wins(tmp_path):
+    conf = make_conf(tmp_path, {
+        "base/lakehouse.yaml": {"lakehouse": {"root": str(tmp_path / "lh")}},
+        "local/training.yaml": {"training": {"epochs": 3}},
+        "base/datasets/shop.yaml": {
+            "name": "shop", "sources": {},
+            "splits": {"train": ["2020-01-01", "2020-06-30"], "validation": ["2020-07-01", "2020-09-30"],
+                       "test": ["2020-10-01", "2020-12-31"]},
+            "default_run_date": "2020-12-30",
+            "training": {"batch_size": 64, "epochs": 40, "hidden_units": [16]}},
+    })
+    cfg = load_config("local", ["pipeline.dataset=shop", "training.hidden_units=[8]"], conf_root=conf)
+    assert cfg.split("validation") == (date(2020, 7, 1), date(2020, 9, 30))
+    assert cfg.nightly.default_date == "2020-12-30"
+    assert cfg.training.batch_size == 64           # the dataset's, over conf/base
+    assert cfg.training.epochs == 3                # the environment's, over the dataset
+    assert cfg.training.hidden_units == [8]        # --set, over the dataset
+    assert cfg.lakehouse.root == str(tmp_path / "lh" / "shop")
+    assert cfg.lakehouse.landing == str(tmp_path / "lh" / "landing" / "shop")
+
+    (conf / "base" / "datasets" / "shop.yaml").write_text(yaml.safe_dump(
+        {"name": "shop", "sources": {}, "splits": {"train": ["2020-01-01", "2020-06-30"]},
+         "training": {"batch_sise": 64}}))
+    with pytest.raises(ConfigError, match=r"shop\.yaml: key 'training.batch_sise' is not a training setting"):
+        load_config("local", ["pipeline.dataset=shop"], conf_root=conf)
+    with pytest.raises(ConfigError, match=r"key 'pipeline.dataset' names 'nowhere', but there is no .*nowhere\.yaml"):
+        load_config("local", ["pipeline.dataset=nowhere"], conf_root=conf)
+    with pytest.raises(ConfigError, match=r"key 'pipeline.dataset' must be a dataset name"):
+        load_config("local", ["pipeline.dataset=../etc"], conf_root=conf)
