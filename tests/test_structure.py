@@ -156,17 +156,6 @@ DATASET_WORDS = re.compile(r"flight|arr_delay|dep_delay|carrier|tailnum|nycfligh
                            r"|hometeam|awayteam|match_id", re.IGNORECASE)
 
 
-def _docstrings(tree: ast.AST) -> set[int]:
-    """The ids of the string constants that are docstrings (prose, where an example may name a dataset)."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                out.add(id(first.value))
-    return out
-
-
 def test_generic_code_names_no_dataset():
     """Outside the files named after a dataset, no identifier or string constant names one."""
     datasets = {p.stem for p in (PACKAGE.parent / "conf" / "base" / "datasets").glob("*.yaml")}
@@ -175,9 +164,9 @@ def test_generic_code_names_no_dataset():
         if path.stem in datasets:
             continue
         tree = ast.parse(path.read_text())
-        docstrings = _docstrings(tree)
+        strings = {id(node) for node in code_strings(tree)}
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            if id(node) in strings:
                 text = node.value
             elif isinstance(node, ast.Name):
                 text = node.id
