@@ -58,7 +58,8 @@ def test_spark_submit_writes_a_table_the_test_reads_back(standalone_cluster, dis
     assert (ran["version"], ran["rows_read"], ran["sum_id"]) == (0, 30_000, 30_000 * 29_999 // 2)
 
     # The test process reads the table the cluster wrote: same log, same rows.
-    table = Lakehouse(root, spark).table("ops.smoke")
+    # The job's tables live in the configured dataset's folder of the lakehouse.
+    table = Lakehouse(root / "nycflights13", spark).table("ops.smoke")
     assert table.version() == 0 and table.partition_by() == ["date"]
     assert table.count() == 30_000 and len(table.files()) == ran["files"]
     assert table.read().where("date = '2013-01-02'").count() == 10_000

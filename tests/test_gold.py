@@ -237,12 +237,18 @@ def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
     assert all(n.startswith(("num_", "cat_")) for n in spec_names)
     files = lh.table("gold.model_input").files()
     assert files
+    groups_per_split: dict[str, int] = {}
     for uri in files:
         parquet = pq.ParquetFile(uri[len("file://"):])
         assert [(f.name, f.type) for f in parquet.schema_arrow] == [(f.name, f.type) for f in expected]
         groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
-        assert all(n == cfg.lakehouse.model_input_row_group_rows for n in groups[:-1]) and groups[-1] <= cfg.lakehouse.model_input_row_group_rows
+        # One size, at most the configured one (smaller when a split is too small to give each
+        # training rank two groups of that size), the last group of a file the rest.
+        assert all(n == groups[0] for n in groups[:-1]) and groups[-1] <= groups[0] <= cfg.lakehouse.model_input_row_group_rows
         assert all(col.null_count == 0 for col in parquet.read().columns)
+        split = next(part.split("=", 1)[1] for part in uri.split("/") if part.startswith("split="))
+        groups_per_split[split] = groups_per_split.get(split, 0) + len(groups)
+    assert all(n >= 2 * cfg.training.num_proc for n in groups_per_split.values()), groups_per_split
     assert lh.table("gold.model_input").partition_by() == ["split"]
     by_split = summary["model_input"]
     assert set(by_split) == set(SPLITS)
