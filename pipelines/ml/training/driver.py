@@ -71,7 +71,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
             "table_versions": {snapshot.table: snapshot.version, FEATURE_SPEC: spec.version},
             "training_config_hash": _training_hash(cfg),
             "config_hash": config_hash(cfg),
-            "epochs_done": 0, "history": [], "best_epoch": 0, "best_val_loss": None, "wait": 0,
+            "epochs_done": 0, "history": [], "best_epoch": 0, "best_score": None, "wait": 0,
             "stopped_early": False,
         }
         os.makedirs(model_dir, exist_ok=True)
