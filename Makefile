@@ -3,6 +3,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# `make run DATASET=bundesliga` runs another dataset of conf/base/datasets/ (default: conf/base's).
+DATASET ?=
 
 .PHONY: setup run test test-fast bench dist clean-lakehouse lock
 
@@ -10,7 +12,7 @@ setup:
 	@scripts/bootstrap.sh
 
 run: setup
-	$(BIN)/lakehouse-dl run
+	$(BIN)/lakehouse-dl run $(if $(DATASET),--dataset $(DATASET))
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
