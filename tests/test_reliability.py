@@ -287,7 +287,8 @@ def test_the_same_file_name_with_other_content_replaces_its_day_in_bronze_silver
 
     cfg, _, _, _, _, _ = corpus_lakehouse
     root = tmp_path / "lakehouse"
-    shutil.copytree(cfg.lakehouse.root, root)
+    # The whole lakehouse: the dataset's folder and its landing folder.
+    shutil.copytree(Path(cfg.lakehouse.root).parent, root)
     cfg = load_config("local", [f"lakehouse.root={root}", "spark.master=local[2]"])
     lh = Lakehouse.from_config(cfg, spark)
     others_before = {d: v for d, v in silver_books(lh).items() if d != day(4)}
