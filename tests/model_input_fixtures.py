@@ -6,6 +6,7 @@ docs/design.md specifies them, for the tensors, model, training and baseline tes
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -114,20 +115,28 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
     return {"gold.model_input": model_input_version, "gold.feature_spec": spec_version}
 
 
+# The dataset whose folder of the lakehouse the tiny tables live in (its key column is flight_id).
+DATASET = "nycflights13"
+
+
 def model_input_lakehouse(spark, root, **kwargs):
-    """A Lakehouse at `root` holding the tiny model_input and feature spec (see `write_model_input`)."""
+    """The dataset folder of the lakehouse at `root` (`<root>/nycflights13`) holding the tiny
+    model_input and feature spec (see `write_model_input`); `training_config(lakehouse.root)`
+    configures training over it."""
     from pipelines.storage import Lakehouse
 
-    lakehouse = Lakehouse(str(root), spark, "delta-rs")
+    lakehouse = Lakehouse(str(Path(root) / DATASET), spark, "delta-rs")
     write_model_input(lakehouse, **kwargs)
     return lakehouse
 
 
 def training_config(root, *overrides: str):
-    """The local configuration over the lakehouse at `root`, sized for tests (small MLP, batch 128)."""
+    """The local configuration over the dataset folder `root` (what `model_input_lakehouse` returns
+    as its root), sized for tests (small MLP, batch 128)."""
     from pipelines.config import load_config
 
-    return load_config("local", [f"lakehouse.root={root}", "spark.master=local[2]", "training.batch_size=128",
+    root = Path(root)
+    return load_config("local", [f"lakehouse.root={root.parent}", f"pipeline.dataset={root.name}", "spark.master=local[2]", "training.batch_size=128",
                                  "training.hidden_units=[32,16]", "training.epochs=3", "training.shuffle_buffer=1000",
                                  # The tests' own optimisation settings, independent of the defaults
                                  # tuned for the full year: a few thousand rows learn in 3 epochs.

@@ -52,7 +52,7 @@ def test_training_and_scoring_feed_the_model_the_same_tensors(spark, tmp_path):
     snapshot = tensors.pin_snapshot(lakehouse)
     spec = tensors.load_feature_spec(lakehouse, snapshot)
     path = str(tmp_path / "model.keras")
-    build_model(spec, training_config(tmp_path / "lakehouse").training).save(path)
+    build_model(spec, training_config(lakehouse.root).training).save(path)
     model = load_model(path)
 
     # Training path: the validation split as training reads it, with the key read as the "label".
