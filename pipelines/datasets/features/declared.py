@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.config import ConfigError
 from pipelines.datasets.dataset import FILLS
+from pipelines.datasets.loader import _Parser
 from pipelines.datasets.timing import parse_offset
 
 SECTIONS = ("python", "columns", "calendar", "lookups", "history", "derived")
@@ -116,13 +116,12 @@ def declaration(dataset) -> Declaration:
     return _Reader(dataset).declaration(dataset.features or {})
 
 
-class _Reader:
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.file = dataset.file
+class _Reader(_Parser):
+    """The dataset loader's parser (its errors, `boolean`), reading the `features:` block."""
 
-    def fail(self, key: str, message: str):
-        raise ConfigError(f"{self.file}: key '{key}' {message}")
+    def __init__(self, dataset):
+        super().__init__(dataset.file)
+        self.dataset = dataset
 
     def mapping(self, value: Any, key: str, allowed=None, required=()) -> dict:
         if not isinstance(value, dict):
@@ -145,11 +144,6 @@ class _Reader:
     def text(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value.strip():
             self.fail(key, f"must be a Spark SQL expression (a non-empty string), got {value!r}")
-        return value
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(key, f"must be true or false, got {value!r}")
         return value
 
     # -- the block ------------------------------------------------------------------------------
