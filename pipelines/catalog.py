@@ -50,6 +50,7 @@ def silver(source: str) -> str:
 
 INGEST_LOG = "ops.ingest_log"
 QUARANTINE = "silver.quarantine"
+DUPLICATES = "silver.duplicates"
 DATA_QUALITY = "ops.data_quality"
 FEATURES = "gold.features"
 FEATURE_SPEC = "gold.feature_spec"
@@ -66,6 +67,7 @@ FEED_GAPS = "ops.feed_gaps"
 _FIXED = [
     TableEntry(INGEST_LOG, (), "stages.bronze", "one row per raw file ingested: path, sha256, rows, rejected"),
     TableEntry(QUARANTINE, ("table", PARTITION_COLUMN), "stages.silver", "rows failing a blocking rule, with the rule and reason"),
+    TableEntry(DUPLICATES, ("table", PARTITION_COLUMN), "stages.silver", "rows removed as duplicates: their file and line, and the kept row's"),
     TableEntry(DATA_QUALITY, ("table", PARTITION_COLUMN), "stages.silver", "rows checked and failed per table, date and rule"),
     TableEntry(FEATURES, (PARTITION_COLUMN,), "stages.gold", "readable features, one row per entity, key and label"),
     TableEntry(FEATURE_SPEC, (), "stages.gold", "how each model column is encoded, fitted on the training window"),

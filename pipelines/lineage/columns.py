@@ -22,6 +22,8 @@ LINE_NUMBER = "_line_number"
 BUILT_FROM = "_built_from"
 # The columns naming a row's own landing record.
 OWN = (SOURCE_FILE, SOURCE_SHA256, LINE_NUMBER)
+# The Spark types of (file, checksum, line).
+PROVENANCE_TYPES = ("string", "string", "long")
 
 
 def provenance(name: str) -> tuple[str, str, str]:

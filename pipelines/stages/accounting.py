@@ -60,23 +60,25 @@ def verify_bronze(lh, source: Source, read_files: list[tuple], dates: list[date]
                               + "; ".join(problems[:10]))
 
 
-def verify_silver(lh, source: Source, dates: list[date] | None, duplicates: dict) -> None:
-    """On the committed tables: bronze rows = silver rows + quarantined rows + duplicates removed,
-    per date for a daily feed (whole table otherwise). Raises AccountingError where not."""
+def verify_silver(lh, source: Source, dates: list[date] | None) -> None:
+    """On the committed tables: bronze rows = silver rows + quarantined rows + duplicates removed
+    (rows of `silver.duplicates`, each naming its file and line), per date for a daily feed (whole
+    table otherwise). Raises AccountingError where not."""
     bronze = lh.table(catalog.bronze(source.name))
     silver = lh.table(catalog.silver(source.name))
     quarantine = lh.table(catalog.QUARANTINE).rows_per_partition(("table", PARTITION_COLUMN))
+    duplicates = lh.table(catalog.DUPLICATES).rows_per_partition(("table", PARTITION_COLUMN))
     problems = []
     if source.daily:
         b, s = bronze.rows_per_partition(PARTITION_COLUMN), silver.rows_per_partition(PARTITION_COLUMN)
         for day in dates:
             q = quarantine.get((source.name, day), 0)
-            dup = duplicates.get(day, 0)
+            dup = duplicates.get((source.name, day), 0)
             if b.get(day, 0) != s.get(day, 0) + q + dup:
                 problems.append(f"{day}: bronze {b.get(day, 0)} != silver {s.get(day, 0)} + quarantined {q} + duplicates {dup}")
     else:
         q = sum(n for (table, _), n in quarantine.items() if table == source.name)
-        dup = sum(duplicates.values())
+        dup = sum(n for (table, _), n in duplicates.items() if table == source.name)
         if bronze.count() != silver.count() + q + dup:
             problems.append(f"bronze {bronze.count()} != silver {silver.count()} + quarantined {q} + duplicates {dup}")
     if problems:

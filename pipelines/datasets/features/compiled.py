@@ -12,6 +12,7 @@ from datetime import date
 
 from pipelines.config import ConfigError
 from pipelines.datasets.timing import MINUTES_PER_DAY, TimePoint, known_minutes
+from pipelines.lineage.columns import OWN, PROVENANCE_TYPES, provenance
 
 _EPOCH = date(1970, 1, 1)
 
@@ -43,7 +44,33 @@ def build(decl, dataset, sources: dict, dates, extend=None):
     frame = _evaluate(frame, decl.derived, dataset)
     readable = [f.name for f in decl.features() if f.kept] + [c for c in extended if not c.startswith("_")]
     return frame.select(F.col(dataset.key).cast("long").alias(dataset.key), "date", *readable,
-                        F.col("__label").alias("label"), F.col("__target").alias("target"))
+                        F.col("__label").alias("label"), F.col("__target").alias("target"),
+                        *_provenance_columns(frame, dataset, decl))
+
+
+def _provenance_columns(frame, dataset, decl) -> list:
+    """The landing file, checksum and line of the row itself, of the updates merged into it and of
+    the row each lookup joined (`pipelines.lineage.columns`); null where silver has none (rows
+    cleaned before silver kept them)."""
+    from pyspark.sql import functions as F
+
+    groups = [OWN, *[provenance(u.name) for u in dataset.updaters(dataset.prediction_source)],
+              *[provenance(_lookup_name(lookup)) for lookup in decl.lookups]]
+    return [F.col(name) if name in frame.columns else F.lit(None).cast(kind).alias(name)
+            for group in groups for name, kind in zip(group, PROVENANCE_TYPES)]
+
+
+def _lookup_name(lookup) -> str:
+    """A lookup's name: its key under `features.lookups`."""
+    return lookup.key.rsplit(".", 1)[-1]
+
+
+def _own_provenance(df, name: str) -> list:
+    """Columns naming the landing record of each row of `df` (a silver source), as `provenance(name)`."""
+    from pyspark.sql import functions as F
+
+    return [F.col(own).alias(mine) if own in df.columns else F.lit(None).cast(kind).alias(mine)
+            for own, mine, kind in zip(OWN, provenance(name), PROVENANCE_TYPES)]
 
 
 def history_days(decl, dataset) -> int:
@@ -117,10 +144,12 @@ def _join(frame, lookup, sources: dict, dataset):
     from pyspark.sql import functions as F
 
     keys = list(lookup.on)
-    table = _checked(lambda: sources[lookup.source].dropDuplicates(list(lookup.on.values())).select(
+    reference = sources[lookup.source]
+    table = _checked(lambda: reference.dropDuplicates(list(lookup.on.values())).select(
         *[F.col(src).alias(f"__on_{col}") for col, src in lookup.on.items()],
         *[_typed(f, dataset).alias(f.name) for f in lookup.columns],
-        *([F.lit(1.0).alias(lookup.found)] if lookup.found else [])), f"{lookup.key}.columns", dataset)
+        *([F.lit(1.0).alias(lookup.found)] if lookup.found else []),
+        *_own_provenance(reference, _lookup_name(lookup))), f"{lookup.key}.columns", dataset)
     table = table.toDF(*[c[len("__on_"):] if c.startswith("__on_") else c for c in table.columns])
     joined = frame.join(table, keys, "left")
     return joined.withColumn(lookup.found, F.coalesce(lookup.found, F.lit(0.0))) if lookup.found else joined
@@ -141,11 +170,14 @@ def _as_of(frame, lookup, sources: dict, dataset):
     span = lookup.lookback
     tie = [c for c in source.primary_key if c not in lookup.on.values()]
     known = F.col("_known")
-    observed = _checked(lambda: sources[lookup.source].select(
+    feed = sources[lookup.source]
+    lineage = _own_provenance(feed, _lookup_name(lookup))
+    lineage_names = list(provenance(_lookup_name(lookup)))
+    observed = _checked(lambda: feed.select(
         *[F.col(src).alias(col) for col, src in lookup.on.items()],
         known_minutes(source).alias("_known"),
         F.struct(known, *[F.col(c) for c in tie]).alias("_order"),
-        F.struct(*[_typed(f, dataset).alias(f.name) for f in lookup.columns]).alias("_values")),
+        F.struct(*[_typed(f, dataset).alias(f.name) for f in lookup.columns], *lineage).alias("_values")),
         f"{lookup.key}.columns", dataset)
     bucket = F.floor(known / span)
     observed = observed.withColumn("_bucket", F.explode(F.array(bucket, bucket + 1)))
@@ -156,7 +188,8 @@ def _as_of(frame, lookup, sources: dict, dataset):
                .groupBy(*keys, "_predicted_at")
                .agg(F.max_by("_values", "_order").alias("_values"))
                .select(*keys, "_predicted_at", *([F.lit(1.0).alias(lookup.found)] if lookup.found else []),
-                       *[F.col(f"_values.{f.name}").alias(f.name) for f in lookup.columns]))
+                       *[F.col(f"_values.{f.name}").alias(f.name) for f in lookup.columns],
+                       *[F.col(f"_values.{c}").alias(c) for c in lineage_names]))
     joined = frame.join(nearest, [*keys, "_predicted_at"], "left")
     return joined.withColumn(lookup.found, F.coalesce(lookup.found, F.lit(0.0))) if lookup.found else joined
 

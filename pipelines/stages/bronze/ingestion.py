@@ -31,9 +31,8 @@ log = logging.getLogger(__name__)
 
 INGEST_LOG_SCHEMA = ("source string, path string, sha256 string, size long, rows long, rejected long, "
                      "run_id string, ingested_at timestamp")
-REJECTED_SCHEMA = ("_source_file string, line_number long, raw_line string, reason string, "
+REJECTED_SCHEMA = ("_source_file string, line_number long, _source_sha256 string, raw_line string, reason string, "
                    "_run_id string, _ingest_time timestamp")
-LINEAGE_COLUMNS = ["_source_file", "_ingest_time", "_run_id"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,10 +174,12 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
                 log.info(f"[ingest] {table.name}: {d.file.path}: {d.header_reason}; {what}")
         good = bronze_rows(parsed, source, run_id, ingest_time)
         if source.daily:
-            table.write(good, mode="overwrite", partition_by=[PARTITION_COLUMN],
+            # schema_mode="merge": a lakehouse ingested before rows kept their checksum and line gains
+            # those columns (null on the partitions not rewritten).
+            table.write(good, mode="overwrite", partition_by=[PARTITION_COLUMN], schema_mode="merge",
                         partitions={PARTITION_COLUMN: result.dates}, description=f"ingest {run_id}")
         else:
-            table.write(good, mode="overwrite", description=f"ingest {run_id}")
+            table.write(good, mode="overwrite", schema_mode="overwrite", description=f"ingest {run_id}")
         # Rejected records of the files read again are replaced; a file ingested before without
         # any (the log says how many) has none to replace.
         had_rejected = any(known.get(d.file.path, (None, 0))[1] for d in read)
@@ -286,4 +287,5 @@ def _replace_rejected(lh, source: Source, new_rejected, paths: set[str], run_id:
     if not needed:
         return
     kept = table.read().filter(~F.col("_source_file").isin(sorted(paths)))
-    table.write(kept.unionByName(new_rejected), mode="overwrite", description=f"ingest {run_id}")
+    table.write(kept.unionByName(new_rejected, allowMissingColumns=True), mode="overwrite", schema_mode="merge",
+                description=f"ingest {run_id}")

@@ -9,14 +9,15 @@ from datetime import datetime
 from typing import Iterator
 
 from pipelines.datasets import PARTITION_COLUMN, Source
+from pipelines.lineage.columns import LINE_NUMBER, SOURCE_FILE, SOURCE_SHA256
 from pipelines.stages.bronze.parse import _arrow_schema, _arrow_type, parse_file
 from pipelines.stages.landing import LandingFile
 from pipelines.storage.paths import local_path
 
 
 # The parsed frame: declared columns, then what bronze and the rejected table need.
-PARSE_EXTRA = [("_source_file", "string"), ("_line_number", "bigint"), ("_raw_line", "string"),
-               ("_reason", "string")]
+PARSE_EXTRA = [(SOURCE_FILE, "string"), (SOURCE_SHA256, "string"), (LINE_NUMBER, "bigint"),
+               ("_raw_line", "string"), ("_reason", "string")]
 
 
 def parsed_schema(source: Source) -> str:
@@ -31,6 +32,7 @@ def make_parser(source: Source, files: list[LandingFile]):
     by_path = {os.path.normpath(os.path.realpath(f.absolute)): (f.path, f.date) for f in files}
 
     def parse_task(batches: Iterator) -> Iterator:
+        import hashlib
         import urllib.parse
 
         import pyarrow as pa
@@ -39,8 +41,9 @@ def make_parser(source: Source, files: list[LandingFile]):
         fields = list(_arrow_schema(source))
         if source.daily:
             fields.append(pa.field(PARTITION_COLUMN, pa.date32()))
-        fields += [pa.field("_source_file", pa.string()), pa.field("_line_number", pa.int64()),
-                   pa.field("_raw_line", pa.string()), pa.field("_reason", pa.string())]
+        fields += [pa.field(SOURCE_FILE, pa.string()), pa.field(SOURCE_SHA256, pa.string()),
+                   pa.field(LINE_NUMBER, pa.int64()), pa.field("_raw_line", pa.string()),
+                   pa.field("_reason", pa.string())]
         schema = pa.schema(fields)
         for batch in batches:
             for spark_path, content in zip(batch.column("path").to_pylist(), batch.column("content").to_pylist()):
@@ -60,6 +63,8 @@ def make_parser(source: Source, files: list[LandingFile]):
                     arrays.append(pa.array([day] * n, type=pa.date32()))
                 arrays += [
                     pa.array([rel] * n, type=pa.string()),
+                    # The checksum of the bytes parsed here, which ops.ingest_log records too.
+                    pa.array([hashlib.sha256(content or b"").hexdigest()] * n, type=pa.string()),
                     pa.array(parsed.good_lines + [ln for ln, _, _ in parsed.rejected], type=pa.int64()),
                     pa.array([None] * n_good + [raw for _, raw, _ in parsed.rejected], type=pa.string()),
                     pa.array([None] * n_good + [why for _, _, why in parsed.rejected], type=pa.string()),
@@ -86,7 +91,8 @@ def _static_root(landing_file: LandingFile, pattern: str) -> str:
 
 def parse_files(spark, source: Source, files: list[LandingFile]):
     """One DataFrame of every record of `files`: declared columns (+ `date` for a daily feed),
-    `_source_file`, `_line_number`, and `_raw_line` + `_reason` where the record was rejected."""
+    `_source_file`, `_source_sha256`, `_line_number`, and `_raw_line` + `_reason` where the record
+    was rejected."""
     from pyspark.sql import functions as F
 
     if not files:
@@ -101,12 +107,14 @@ def parse_files(spark, source: Source, files: list[LandingFile]):
 
 
 def bronze_rows(parsed, source: Source, run_id: str, ingest_time: datetime):
-    """The parsed records that parsed: declared columns, `date`, and the lineage columns."""
+    """The parsed records that parsed: declared columns, `date`, and the lineage columns: the
+    landing file, its checksum and the record's line (`pipelines.lineage.columns`), the ingest
+    time and run."""
     from pyspark.sql import functions as F
 
     cols = source.column_names + ([PARTITION_COLUMN] if source.daily else [])
     return (parsed.filter(F.col("_reason").isNull())
-            .select(*cols, "_source_file",
+            .select(*cols, SOURCE_FILE, SOURCE_SHA256, LINE_NUMBER,
                     F.lit(ingest_time).cast("timestamp").alias("_ingest_time"),
                     F.lit(run_id).alias("_run_id")))
 
@@ -116,7 +124,7 @@ def rejected_rows(parsed, run_id: str, ingest_time: datetime):
     from pyspark.sql import functions as F
 
     return (parsed.filter(F.col("_reason").isNotNull())
-            .select("_source_file", F.col("_line_number").alias("line_number"),
+            .select(SOURCE_FILE, F.col(LINE_NUMBER).alias("line_number"), SOURCE_SHA256,
                     F.col("_raw_line").alias("raw_line"), F.col("_reason").alias("reason"),
                     F.lit(run_id).alias("_run_id"),
                     F.lit(ingest_time).cast("timestamp").alias("_ingest_time")))

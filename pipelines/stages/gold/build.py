@@ -17,6 +17,7 @@ from pipelines import catalog
 from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT, silver
 from pipelines.datasets import PARTITION_COLUMN, dataset_for
 from pipelines.datasets.features import ModelColumn, features_for
+from pipelines.lineage.columns import BUILT_FROM, built_from
 from pipelines.stages.gold.spec import (TARGET, FeaturesError, apply_feature_spec, fit_feature_spec, spec_rows,
                                         split_column)
 from pipelines.storage import Lakehouse
@@ -83,7 +84,7 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
         f"outcome yet, left out of {MODEL_INPUT}) in {time.time() - started:.1f}s")
 
     spec_started = time.time()
-    labelled = _labelled(lh)
+    labelled, features_version = _labelled(lh)
     fitted_on = training_files(lh.table(FEATURES), splits["train"])
     reason = "asked to refit" if refit_spec else _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"],
                                                                 columns, fitted_on)
@@ -91,7 +92,8 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
         spec = fit_feature_spec(labelled, splits["train"], columns, fitted_on)
         lh.table(FEATURE_SPEC).write(spec, mode="overwrite", schema_mode="overwrite",
                                    description=f"feature spec fitted on {_window_text(splits['train'])}: {reason}")
-    spec_df = lh.table(FEATURE_SPEC).read()
+    spec_version = lh.table(FEATURE_SPEC).version()
+    spec_df = lh.table(FEATURE_SPEC).read(version=spec_version)
     spec_list = spec_rows(spec_df)
     summary.update(spec="fitted" if reason else "reused", spec_columns=len(spec_list))
     fitted_on = f"{spec_list[0]['train_rows']:,} training rows of {_window_text(splits['train'])}"
@@ -107,7 +109,8 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     # After a refit every split was encoded with the old spec, so all of them are rewritten.
     touched = list(splits) if reason else [
         name for name, (start, end) in splits.items() if any(start <= d <= end for d in days)]
-    by_split = _write_model_input(lh, dataset.key, labelled, spec_df, {n: splits[n] for n in touched},
+    origin = built_from({FEATURES: features_version, FEATURE_SPEC: spec_version})
+    by_split = _write_model_input(lh, dataset.key, labelled, spec_df, origin, {n: splits[n] for n in touched},
                                   replace_all=bool(reason), row_group_rows=cfg.lakehouse.model_input_row_group_rows,
                                   ranks=cfg.training.num_proc)
     summary["model_input"] = by_split
@@ -137,14 +140,17 @@ def _write_features(lh, features, days: list[date], dataset) -> tuple[int, int]:
 
     # History windows look back HISTORY_DAYS before the first date; later days are never read.
     first = days[0] - timedelta(days=features.history_days)
-    sources = {}
+    sources, versions = {}, {}
     for name, table in features.sources.items():
-        df = lh.table(table).read()
+        # Each silver table is read at one version, which every row built names in `_built_from`.
+        versions[table] = lh.table(table).version()
+        df = lh.table(table).read(version=versions[table])
         if name in features.dated_sources:
             df = df.filter(F.col("date").between(F.lit(first), F.lit(days[-1])))
         sources[name] = df
     # The table layer checks the rows before writing them: computed once, not twice.
-    built = features.build(sources, days, dataset).persist(StorageLevel.MEMORY_AND_DISK)
+    built = (features.build(sources, days, dataset).withColumn(BUILT_FROM, F.lit(built_from(versions)))
+             .persist(StorageLevel.MEMORY_AND_DISK))
     try:
         # schema_mode="merge": a features module that gains a column evolves the table (older days
         # read it as null) instead of failing until gold is deleted by hand.
@@ -159,16 +165,21 @@ def _write_features(lh, features, days: list[date], dataset) -> tuple[int, int]:
 
 
 def _labelled(lh):
-    """Every row of gold.features whose outcome is known: what the spec and the model see."""
+    """Every row of gold.features whose outcome is known, at one version of the table: what the
+    spec and the model see. `_built_from` names that version and the spec's (`with_origin`)."""
     from pyspark.sql import functions as F
 
-    return lh.table(FEATURES).read().filter(F.col(TARGET).isNotNull())
+    table = lh.table(FEATURES)
+    version = table.version()
+    return table.read(version=version).filter(F.col(TARGET).isNotNull()), version
 
 
-def _write_model_input(lh, key: str, labelled, spec_df, splits: dict[str, tuple[date, date]],
+def _write_model_input(lh, key: str, labelled, spec_df, origin: str, splits: dict[str, tuple[date, date]],
                        replace_all: bool, row_group_rows: int, ranks: int = 1) -> dict[str, int]:
     """Rewrite the `splits` of gold.model_input (the whole table when `replace_all`) in row groups of
-    at most `row_group_rows`, the unit Petastorm shards training by; rows per split.
+    at most `row_group_rows`, the unit Petastorm shards training by; rows per split. Each row keeps
+    its key, `date` and `_built_from` (`origin`: the features and spec versions it was encoded from),
+    the way back to its gold.features row and that row's provenance.
 
     Each of the `ranks` training processes needs row groups of its own in every split: a split
     too small for two per rank at that size (a few seasons of football matches) gets the whole
@@ -185,7 +196,7 @@ def _write_model_input(lh, key: str, labelled, spec_df, splits: dict[str, tuple[
         sizes = [r["count"] for r in rows.groupBy(SPLIT).count().collect()]
         if sizes and min(sizes) < 2 * ranks * row_group_rows:
             row_group_rows = max(1, min(sizes) // (2 * ranks))
-        rows = apply_feature_spec(rows, spec_df, key=key, keep=[SPLIT])
+        rows = apply_feature_spec(rows, spec_df, key=key, keep=[SPLIT]).withColumn(BUILT_FROM, F.lit(origin))
         description = f"model input for {', '.join(splits)}"
         if replace_all:
             # A new spec may bring other columns: the whole table is replaced, schema included.

@@ -15,6 +15,7 @@ from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, FEATURES, PARTITION_COLUMN, SERVING_INPUT
 from pipelines.datasets import dataset_for
+from pipelines.lineage.columns import BUILT_FROM, built_from
 from pipelines.stages.gold.spec import SPEC_SCHEMA, FeaturesError, apply_feature_spec
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,13 @@ def build_serving_input(cfg, lakehouse, days: list[date], spec_version: int | No
     features = lakehouse.table(FEATURES)
     if not features.exists():
         raise ServingError(f"{FEATURES} does not exist yet: run `lakehouse-dl features` first")
-    rows = (encode(cfg, lakehouse, features.read().filter(F.col(PARTITION_COLUMN).isin(list(days))), spec_version,
-                   owner, keep=[PARTITION_COLUMN])
-            .withColumn("feature_spec_version", F.lit(int(spec_version)).cast("long")))
+    version = features.version()
+    read = features.read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
+    # Each row keeps the landing records it came from, so a prediction is one join from its raw lines.
+    lineage = [c for c in read.columns if c.startswith("_") and c != BUILT_FROM]
+    rows = (encode(cfg, lakehouse, read, spec_version, owner, keep=[PARTITION_COLUMN, *lineage])
+            .withColumn("feature_spec_version", F.lit(int(spec_version)).cast("long"))
+            .withColumn(BUILT_FROM, F.lit(built_from({FEATURES: version, FEATURE_SPEC: int(spec_version)}))))
     table = lakehouse.table(SERVING_INPUT)
     # Another model's spec may have other columns: merge the schema, each version keeps its own.
     version = table.write(rows, mode="overwrite", partition_by=[PARTITION_COLUMN],

@@ -19,6 +19,7 @@ from typing import Iterable
 
 from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source, dataset_for
+from pipelines.lineage.columns import built_from
 from pipelines.ops.runs import new_run_id
 from pipelines.stages.accounting import verify_silver
 from pipelines.stages.silver.books import write_books
@@ -74,13 +75,14 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
     result = CleanResult(silver_table.name)
     if not bronze_table.exists():
         raise ValueError(f"{bronze_table.name} does not exist yet: run `lakehouse-dl ingest` first")
-    stamp = _stamp(source, bronze_table.version())
+    bronze_version = bronze_table.version()
+    stamp = _stamp(source, bronze_version)
     if not source.daily and silver_table.exists() and silver_table.history(1)[0].get("description", "").endswith(stamp):
         result.skipped = True
         result.seconds = time.time() - started
         return result
 
-    bronze = bronze_table.read()
+    bronze = bronze_table.read(version=bronze_version)
     if source.daily:
         if dates is None:
             # Every day bronze holds, and every day silver still holds that bronze no longer does
@@ -97,21 +99,21 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
     try:
         counts = quality_counts(checked, source)
         description = f"clean {run_id} {stamp}"
+        origin = built_from({bronze_table.name: bronze_version})
         if source.daily:
             updaters = dataset.updaters(source.name) if dataset is not None else []
-            silver_table.write(silver_rows(checked, source, updaters, dataset), mode="overwrite",
-                               partition_by=[PARTITION_COLUMN], schema_mode="merge" if updaters else None,
+            silver_table.write(silver_rows(checked, source, updaters, dataset, origin), mode="overwrite",
+                               partition_by=[PARTITION_COLUMN], schema_mode="merge",
                                partitions={PARTITION_COLUMN: result.dates}, description=description)
         else:
-            silver_table.write(silver_rows(checked, source), mode="overwrite", schema_mode="overwrite",
+            silver_table.write(silver_rows(checked, source, built_from=origin), mode="overwrite", schema_mode="overwrite",
                                description=description)
         write_books(lh, source, checked, counts, result.dates, run_id, description)
     finally:
         checked.unpersist()
     result.add_counts(counts, source)
     result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
-    verify_silver(lh, source, result.dates if source.daily else None,
-                  {d: c["duplicates"] for d, c in counts.items()})
+    verify_silver(lh, source, result.dates if source.daily else None)
     result.seconds = time.time() - started
     return result
 

@@ -9,12 +9,18 @@ from datetime import date
 
 from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Rule, Source
+from pipelines.lineage.columns import (BUILT_FROM, LINE_NUMBER, OWN, PROVENANCE_TYPES, SOURCE_FILE, SOURCE_SHA256,
+                                       provenance)
 
 # Both bookkeeping tables are partitioned by source table and date, so a re-run of a date
 # replaces its rows.
 BOOK_PARTITIONS = list(catalog.entry(catalog.QUARANTINE).partition_by)
 QUARANTINE_SCHEMA = ("table string, key string, rule string, reason string, row string, _run_id string, "
                      "date date")
+DUPLICATES_SCHEMA = ("table string, key string, _source_file string, _source_sha256 string, _line_number long, "
+                     "kept_file string, kept_sha256 string, kept_line long, _run_id string, date date")
+# The winner's provenance, on every row of a key (`mark_duplicates`).
+KEPT = ("_kept_file", "_kept_sha256", "_kept_line")
 DATA_QUALITY_SCHEMA = ("run_id string, table string, date date, rule string, rows_checked long, "
                        "rows_failed long, blocking boolean")
 DUPLICATE_RULE = "duplicate_key"
@@ -36,7 +42,9 @@ def fix_types(bronze, source: Source):
             value = F.when(F.trim(value) == "", None).otherwise(F.trim(value))
         cols.append(value.cast(c.spark_type).alias(c.name))
     keep = [c for c in bronze.columns if c not in source.column_names]
-    return bronze.select(*cols, *keep)
+    # Bronze partitions ingested before rows kept their checksum and line read them as null.
+    absent = [F.lit(None).cast(t).alias(c) for c, t in zip(OWN, PROVENANCE_TYPES) if c not in bronze.columns]
+    return bronze.select(*cols, *keep, *absent)
 
 
 def _fail_column(rule: Rule) -> str:
@@ -125,7 +133,8 @@ def check_rules(df, source: Source, references: dict | None = None):
 def mark_duplicates(df, source: Source):
     """Add `_duplicate`: true on every row that passed the blocking rules but repeats the key of
     another such row (per date for a daily feed). The row kept is the one ingested last, then by
-    file name and content, so the choice does not depend on Spark's ordering."""
+    file name and content, so the choice does not depend on Spark's ordering. Every row also gets
+    the kept row's file, checksum and line (`KEPT`), which `duplicate_rows` records beside each loser."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -138,14 +147,19 @@ def mark_duplicates(df, source: Source):
             order.append(F.col(c).desc())
     order.append(F.xxhash64(*source.column_names).desc())
     window = Window.partitionBy(F.col("_blocked"), *key).orderBy(*order)
-    return (df.withColumn("_n", F.row_number().over(window))
-            .withColumn("_duplicate", ~F.col("_blocked") & (F.col("_n") > 1)).drop("_n"))
+    df = df.withColumn("_n", F.row_number().over(window))
+    for kept, own in zip(KEPT, OWN):
+        df = df.withColumn(kept, F.first(own).over(window))
+    return df.withColumn("_duplicate", ~F.col("_blocked") & (F.col("_n") > 1)).drop("_n")
 
 
-def silver_rows(checked, source: Source, updaters: list[Source] = (), dataset: Dataset | None = None):
+def silver_rows(checked, source: Source, updaters: list[Source] = (), dataset: Dataset | None = None,
+                built_from: str | None = None):
     """The rows that passed every blocking rule, once per key: declared columns, `date`, the id,
-    the rule flags (true = passed) and `<column>_missing` flags; then, null until an update source
-    sets them, the columns of each of `updaters` (`merge_updates`)."""
+    the rule flags (true = passed) and `<column>_missing` flags, the row's landing file, checksum
+    and line and `built_from` (the bronze version read); then, null until an update source sets
+    them, the columns of each of `updaters` and the update's own file, checksum and line
+    (`merge_updates`)."""
     from pyspark.sql import functions as F
 
     cols = [F.col(c) for c in source.column_names]
@@ -159,21 +173,22 @@ def silver_rows(checked, source: Source, updaters: list[Source] = (), dataset: D
     for c in source.column_names:
         if source.missing_policy(c).silver_flag:
             cols.append(F.col(c).isNull().alias(f"{c}_missing"))
+    cols += [F.col(c) for c in OWN] + [F.lit(built_from).cast("string").alias(BUILT_FROM)]
     for update in updaters:
         cols += [F.lit(None).cast(update.column(c).spark_type).alias(c) for c in dataset.update_columns(update)]
         cols += [F.lit(None).cast("boolean").alias(c) for c in update.flag_columns]
-        cols.append(F.lit(None).cast("string").alias(update_marker(update)))
+        cols += [F.lit(None).cast(t).alias(c) for c, t in zip(provenance(update.name), PROVENANCE_TYPES)]
     return checked.filter(~F.col("_blocked") & ~F.col("_duplicate")).select(*cols)
 
 
 def update_marker(update: Source) -> str:
     """The column of the updated table naming the landing file an update came from (null: none yet)."""
-    return f"_{update.name}_file"
+    return provenance(update.name)[0]
 
 
 def update_rows(checked, update: Source, dataset: Dataset):
     """The updates that passed every blocking rule, once per key: the target's id and `date`, the
-    columns they set, their flags and the file they came from."""
+    columns they set, their flags and the file, checksum and line they came from."""
     from pyspark.sql import functions as F
 
     target = dataset.source(update.updates)
@@ -182,7 +197,20 @@ def update_rows(checked, update: Source, dataset: Dataset):
               if update.missing_policy(c).silver_flag]
     return (checked.filter(~F.col("_blocked") & ~F.col("_duplicate"))
             .select(target.id_column, PARTITION_COLUMN, *dataset.update_columns(update), *flags,
-                    F.col("_source_file").alias(update_marker(update))))
+                    *[F.col(own).alias(mine) for own, mine in zip(OWN, provenance(update.name))]))
+
+
+def duplicate_rows(checked, source: Source, run_id: str):
+    """The rows removed as duplicates, as `silver.duplicates` holds them: the key, the removed
+    row's file, checksum and line, and those of the row kept in its place."""
+    from pyspark.sql import functions as F
+
+    day = F.col(PARTITION_COLUMN) if source.daily else F.lit(None).cast("date")
+    return (checked.filter(F.col("_duplicate"))
+            .select(F.lit(source.name).alias("table"),
+                    F.to_json(F.struct(*[F.col(c) for c in source.primary_key])).alias("key"),
+                    SOURCE_FILE, SOURCE_SHA256, LINE_NUMBER,
+                    *[F.col(k).alias(k[1:]) for k in KEPT], F.lit(run_id).alias("_run_id"), day.alias(PARTITION_COLUMN)))
 
 
 def quarantine_rows(checked, source: Source, run_id: str):
@@ -191,7 +219,7 @@ def quarantine_rows(checked, source: Source, run_id: str):
     from pyspark.sql import functions as F
 
     bronze_cols = [c for c in checked.columns if not c.startswith(("_fail_", "_known_")) and
-                   c not in ("_blocked", "_rule", "_reason", "_duplicate")]
+                   c not in ("_blocked", "_rule", "_reason", "_duplicate", *KEPT)]
     day = F.col(PARTITION_COLUMN) if source.daily else F.lit(None).cast("date")
     return (checked.filter(F.col("_blocked"))
             .select(F.lit(source.name).alias("table"),

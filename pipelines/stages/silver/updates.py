@@ -5,7 +5,8 @@ the morning after the schedule in `flights`).
 Bronze keeps each update file as delivered (`bronze.<update>`, with the line numbers and
 rejections of any feed). Silver checks the updates like any rows, then MERGEs them into the
 target's silver table on its id: each update sets the columns the target does not declare, and
-names its landing file in `_<update>_file`. An update of a row the target does not hold breaks
+names its landing file, checksum and line in `_<update>_file`, `_<update>_sha256` and
+`_<update>_line`, and adds the update's bronze version to the row's `_built_from`. An update of a row the target does not hold breaks
 the blocking rule `<target>_row_exists` and is quarantined. Accounting, per date: bronze rows =
 target rows carrying an update + quarantined + duplicates.
 
@@ -18,6 +19,7 @@ from datetime import date
 
 from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Source
+from pipelines.lineage.columns import BUILT_FROM, merge_built_from
 from pipelines.stages.accounting import AccountingError
 from pipelines.stages.silver.books import write_books
 from pipelines.stages.silver.rows import (CleanResult, check_rules, fix_types, mark_duplicates, quality_counts,
@@ -44,17 +46,22 @@ def merge_updates(lh, dataset: Dataset, update: Source, dates: list[date] | None
     if not result.dates:
         result.seconds = time.time() - started
         return result
-    bronze = bronze_table.read().filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    bronze_version = bronze_table.version()
+    bronze = bronze_table.read(version=bronze_version).filter(F.col(PARTITION_COLUMN).isin(result.dates))
     # The target's id, computed as silver computes it for the target: the same key, the same hash.
     typed = fix_types(bronze, update).withColumn(target.id_column, F.xxhash64(*update.primary_key))
-    rows = target_table.read().filter(F.col(PARTITION_COLUMN).isin(result.dates)).select(target.id_column)
-    checked = mark_duplicates(check_rules(typed, update, {target.name: rows}), update).persist()
+    rows = target_table.read().filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    checked = mark_duplicates(check_rules(typed, update, {target.name: rows.select(target.id_column)}), update).persist()
     try:
         counts = quality_counts(checked, update)
         description = f"clean {run_id}: {update.name} merged into {target.name}"
-        columns = [c for c in update_rows(checked, update, dataset).columns
-                   if c not in (target.id_column, PARTITION_COLUMN)]
-        merged = target_table.merge(update_rows(checked, update, dataset), on=[target.id_column, PARTITION_COLUMN],
+        # An updated row was built from the target's bronze and, now, the update's too.
+        keys = [target.id_column, PARTITION_COLUMN]
+        updates = (update_rows(checked, update, dataset)
+                   .join(rows.select(*keys, BUILT_FROM), keys, "left")
+                   .withColumn(BUILT_FROM, merge_built_from(F.col(BUILT_FROM), {bronze_table.name: bronze_version})))
+        columns = [c for c in updates.columns if c not in keys]
+        merged = target_table.merge(updates, on=keys,
                                     update=columns, partitions={PARTITION_COLUMN: result.dates},
                                     description=description)
         write_books(lh, update, checked, counts, result.dates, run_id, description)
@@ -62,18 +69,19 @@ def merge_updates(lh, dataset: Dataset, update: Source, dates: list[date] | None
         checked.unpersist()
     result.add_counts(counts, update)
     result.silver_rows = int(merged["updated"])
-    verify_updates(lh, update, target, result.dates, {d: c["duplicates"] for d, c in counts.items()})
+    verify_updates(lh, update, target, result.dates)
     result.seconds = time.time() - started
     return result
 
 
-def verify_updates(lh, update: Source, target: Source, dates: list[date], duplicates: dict) -> None:
+def verify_updates(lh, update: Source, target: Source, dates: list[date]) -> None:
     """On the committed tables, per date: the update's bronze rows = rows of the target that carry
     an update from it + quarantined updates + duplicates removed. Raises AccountingError where not."""
     from pyspark.sql import functions as F
 
     bronze = lh.table(catalog.bronze(update.name)).rows_per_partition(PARTITION_COLUMN)
     quarantine = lh.table(catalog.QUARANTINE).rows_per_partition(("table", PARTITION_COLUMN))
+    duplicates = lh.table(catalog.DUPLICATES).rows_per_partition(("table", PARTITION_COLUMN))
     carried = {r[PARTITION_COLUMN]: int(r["n"]) for r in (
         lh.table(catalog.silver(target.name)).read()
         .filter(F.col(PARTITION_COLUMN).isin(dates) & F.col(update_marker(update)).isNotNull())
@@ -81,7 +89,7 @@ def verify_updates(lh, update: Source, target: Source, dates: list[date], duplic
     problems = []
     for day in dates:
         b, s = bronze.get(day, 0), carried.get(day, 0)
-        q, dup = quarantine.get((update.name, day), 0), duplicates.get(day, 0)
+        q, dup = quarantine.get((update.name, day), 0), duplicates.get((update.name, day), 0)
         if b != s + q + dup:
             problems.append(f"{day}: bronze {b} != merged {s} + quarantined {q} + duplicates {dup}")
     if problems:
