@@ -225,7 +225,7 @@ def counts(lh) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
+def test_model_input_files_hold_fixed_width_numeric_columns_and_their_lineage_only(gold):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -233,7 +233,7 @@ def test_model_input_files_hold_fixed_width_numeric_columns_only(gold):
     spec_names = [r["name"] for r in spec_rows(lh.table("gold.feature_spec").read())]
     expected = pa.schema([("flight_id", pa.int64()), ("day", pa.int32()),
                           *[(n, pa.float32() if n.startswith("num_") else pa.int32()) for n in spec_names],
-                          ("label", pa.float32()), ("target", pa.float32())])
+                          ("label", pa.float32()), ("target", pa.float32()), ("_built_from", pa.string())])
     assert all(n.startswith(("num_", "cat_")) for n in spec_names)
     files = lh.table("gold.model_input").files()
     assert files

@@ -24,9 +24,10 @@ COMMAND_MODULES = [
     "pipelines.cli.train",
     "pipelines.cli.nightly",
     "pipelines.cli.maintain",
+    "pipelines.cli.lineage",
 ]
 # Commands that only read: no closing "finished in" line.
-QUIET_COMMANDS = ("tables", "config")
+QUIET_COMMANDS = ("tables", "config", "lineage")
 
 
 def build_parser() -> argparse.ArgumentParser:

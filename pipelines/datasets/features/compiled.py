@@ -55,14 +55,9 @@ def _provenance_columns(frame, dataset, decl) -> list:
     from pyspark.sql import functions as F
 
     groups = [OWN, *[provenance(u.name) for u in dataset.updaters(dataset.prediction_source)],
-              *[provenance(_lookup_name(lookup)) for lookup in decl.lookups]]
+              *[provenance(lookup.name) for lookup in decl.lookups]]
     return [F.col(name) if name in frame.columns else F.lit(None).cast(kind).alias(name)
             for group in groups for name, kind in zip(group, PROVENANCE_TYPES)]
-
-
-def _lookup_name(lookup) -> str:
-    """A lookup's name: its key under `features.lookups`."""
-    return lookup.key.rsplit(".", 1)[-1]
 
 
 def _own_provenance(df, name: str) -> list:
@@ -149,7 +144,7 @@ def _join(frame, lookup, sources: dict, dataset):
         *[F.col(src).alias(f"__on_{col}") for col, src in lookup.on.items()],
         *[_typed(f, dataset).alias(f.name) for f in lookup.columns],
         *([F.lit(1.0).alias(lookup.found)] if lookup.found else []),
-        *_own_provenance(reference, _lookup_name(lookup))), f"{lookup.key}.columns", dataset)
+        *_own_provenance(reference, lookup.name)), f"{lookup.key}.columns", dataset)
     table = table.toDF(*[c[len("__on_"):] if c.startswith("__on_") else c for c in table.columns])
     joined = frame.join(table, keys, "left")
     return joined.withColumn(lookup.found, F.coalesce(lookup.found, F.lit(0.0))) if lookup.found else joined
@@ -171,8 +166,8 @@ def _as_of(frame, lookup, sources: dict, dataset):
     tie = [c for c in source.primary_key if c not in lookup.on.values()]
     known = F.col("_known")
     feed = sources[lookup.source]
-    lineage = _own_provenance(feed, _lookup_name(lookup))
-    lineage_names = list(provenance(_lookup_name(lookup)))
+    lineage = _own_provenance(feed, lookup.name)
+    lineage_names = list(provenance(lookup.name))
     observed = _checked(lambda: feed.select(
         *[F.col(src).alias(col) for col, src in lookup.on.items()],
         known_minutes(source).alias("_known"),

@@ -65,6 +65,11 @@ class Lookup:
     lookback: int | None = None
     key: str = ""
 
+    @property
+    def name(self) -> str:
+        """Its key under `features.lookups`, which names its provenance columns in gold."""
+        return self.key.rsplit(".", 1)[-1]
+
 
 @dataclass(frozen=True)
 class Aggregate:

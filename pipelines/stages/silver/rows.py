@@ -133,7 +133,8 @@ def check_rules(df, source: Source, references: dict | None = None):
 def mark_duplicates(df, source: Source):
     """Add `_duplicate`: true on every row that passed the blocking rules but repeats the key of
     another such row (per date for a daily feed). The row kept is the one ingested last, then by
-    file name and content, so the choice does not depend on Spark's ordering. Every row also gets
+    file name, then the later line of a file, then content, so the choice does not depend on
+    Spark's ordering. Every row also gets
     the kept row's file, checksum and line (`KEPT`), which `duplicate_rows` records beside each loser."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -142,7 +143,7 @@ def mark_duplicates(df, source: Source):
     if source.daily and PARTITION_COLUMN not in key:
         key.append(PARTITION_COLUMN)
     order = []
-    for c in ("_ingest_time", "_source_file"):
+    for c in ("_ingest_time", SOURCE_FILE, LINE_NUMBER):
         if c in df.columns:
             order.append(F.col(c).desc())
     order.append(F.xxhash64(*source.column_names).desc())
