@@ -92,6 +92,47 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     assert page.exists() and len(list(page.parent.glob("*.png"))) >= 4
 
 
+def test_a_prediction_is_traced_to_its_model_every_table_version_and_the_exact_landing_lines(nightly_lakehouse, capsys):
+    import csv
+    import hashlib
+
+    from pipelines.cli.main import main
+    from pipelines.ml import registry
+
+    cfg, lh, _ = nightly_lakehouse
+    args = ["lineage", "results.predictions", "--where", "date = '2013-03-21'", "--limit", "1", "--json"]
+    for item in overrides(Path(cfg.lakehouse.root).parent):
+        args += ["--set", item]
+    assert main(args) == 0
+    [chain] = json.loads(capsys.readouterr().out)
+    assert chain["model"]["model_version"] == registry.blessed(lh).model_version
+    assert [s["table"] for s in chain["steps"]] == [
+        "results.predictions", "gold.serving_input", "gold.features", "silver.flights"]
+    assert all(isinstance(s["version"], int) for s in chain["steps"])
+    assert set(chain["steps"][2]["built_from"]) == {"silver.flights", "silver.weather", "silver.planes"}
+    records = {r["role"]: r for r in chain["records"]}
+    assert set(records) == {"row", "update", "lookup planes", "lookup weather"}
+
+    flight = records["row"]
+    path = Path(flight["path"])
+    assert flight["file"] == "flights/2013/03/21.csv" and path == Path(cfg.lakehouse.landing) / flight["file"]
+    assert flight["checksum"] == hashlib.sha256(path.read_bytes()).hexdigest() and flight["in_bronze"]
+    lines = path.read_text().splitlines()
+    raw = dict(zip(next(csv.reader([lines[0]])), next(csv.reader([lines[flight["line"] - 1]]))))
+    assert flight["raw"] == lines[flight["line"] - 1]
+    key = chain["row"]["flight_id"]
+    [silver_row] = lh.table("silver.flights").read().filter(f"flight_id = {key}").collect()
+    assert (raw["carrier"], int(raw["flight"]), raw["origin"], raw["dest"]) == (
+        silver_row["carrier"], silver_row["flight"], silver_row["origin"], silver_row["dest"])
+    # Tomorrow's flight has no outcome yet; its weather is the origin's, from the evening before.
+    assert records["update"]["file"] is None
+    weather = records["lookup weather"]
+    assert weather["file"] == "weather/2013/03/20.csv" and weather["in_bronze"]
+    weather_lines = Path(weather["path"]).read_text().splitlines()
+    assert weather["raw"] == weather_lines[weather["line"] - 1]
+    assert dict(zip(weather_lines[0].split(","), weather["raw"].split(",")))["origin"] == raw["origin"]
+
+
 def test_running_the_same_date_again_changes_nothing(nightly_lakehouse, spark):
     from pipelines.flows.nightly import run_nightly
 
