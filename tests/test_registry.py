@@ -54,7 +54,7 @@ def test_an_entry_pins_its_tables_configuration_seeds_and_libraries_and_reads_ba
     assert json.loads(back.seeds)["training.seed"] == cfg.training.seed
     libraries = json.loads(back.libraries)
     assert libraries["device"] == "CPU" and libraries["tensorflow"] and libraries["horovod"]
-    assert {"python", "platform", "pyspark", "petastorm", "deltalake", "pyarrow", "numpy"} <= set(libraries)
+    assert {"python", "platform", "pyspark", "petastorm", "delta-rs", "pyarrow", "numpy"} <= set(libraries)
 
 
 def test_a_registry_written_before_the_pins_reads_and_keeps_its_rows(lakehouse, spark):

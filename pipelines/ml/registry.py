@@ -23,6 +23,7 @@ from datetime import date, datetime, timezone
 from pipelines import __version__
 from pipelines.catalog import FEATURE_SPEC, MODELS
 from pipelines.config import PROJECT_ROOT
+from pipelines.storage import DELTA_RS_DISTRIBUTION
 
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
@@ -32,7 +33,7 @@ SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date d
 # installed of each tuple: TensorFlow is `tensorflow-cpu` in the CPU lock, `tensorflow` with CUDA).
 LIBRARIES = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"), "keras": ("keras",),
              "horovod": ("horovod",), "pyspark": ("pyspark",), "petastorm": ("petastorm",),
-             "deltalake": ("deltalake",), "pyarrow": ("pyarrow",), "numpy": ("numpy",)}
+             "delta-rs": (DELTA_RS_DISTRIBUTION,), "pyarrow": ("pyarrow",), "numpy": ("numpy",)}
 
 
 @dataclass
