@@ -140,8 +140,8 @@ def test_vacuum_keeps_every_table_version_a_registered_model_pins(lakehouse, spa
     names = ("bronze.flights", "silver.flights", "gold.features", "gold.feature_spec", "gold.model_input")
     for n in (1, 2, 3):
         for name in names:
-            lakehouse.table(name).write(spark.createDataFrame([(i, float(n)) for i in range(n)], "id long, x double").coalesce(1),
-                                        mode="overwrite")
+            rows = spark.createDataFrame([(i, float(n)) for i in range(n)], "id long, x double").coalesce(1)
+            lakehouse.table(name).write(rows, mode="overwrite")
     pins = {name: [0] for name in names}
     entry = registry.ModelEntry("m1", datetime(2026, 1, 1, tzinfo=timezone.utc), "run0", date(2013, 1, 2),
                                 "/models/m1", "gold.model_input", 0, 0, "hash", "code", "{}", "blessed", "first",

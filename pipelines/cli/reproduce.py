@@ -41,7 +41,8 @@ def summary_lines(r) -> list[str]:
     weights = ("not compared" if r.weights_max_difference is None
                else f"max |difference| {r.weights_max_difference:.3g} ({'equal' if r.weights_equal else 'different'})")
     lines = [
-        f"model {r.model_version} trained again as {r.reproduced_as} on {versions}, {r.num_proc} process(es), {r.device}",
+        f"model {r.model_version} trained again as {r.reproduced_as} on {versions}, "
+        f"{r.num_proc} process(es), {r.device}",
         f"validation AUC: registered {r.registered_auc:.6f}, reproduced {r.reproduced_auc:.6f} "
         f"(difference {r.auc_difference:.2g}, tolerance {AUC_TOLERANCE:g}); the registered model measured now "
         f"{r.registered_auc_now:.6f}",

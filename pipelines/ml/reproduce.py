@@ -193,9 +193,9 @@ def stored_configuration(cfg, entry: registry.ModelEntry):
     one for where the job runs; a note for each key it lacks (the current value is used)."""
     current = cfg.to_dict()
     if not entry.config:
+        same = "equals" if config_hash(cfg) == entry.config_hash else "differs from"
         return cfg, [f"configuration: not recorded (registered before the registry stored it); the current one is "
-                     f"used, whose hash {config_hash(cfg)} {'equals' if config_hash(cfg) == entry.config_hash else 'differs from'} "
-                     f"the recorded {entry.config_hash}"]
+                     f"used, whose hash {config_hash(cfg)} {same} the recorded {entry.config_hash}"]
     stored = json.loads(entry.config)
     if stored.get("pipeline", {}).get("dataset") != cfg.pipeline.dataset:
         raise ReproductionError(f"model {entry.model_version} was trained on dataset "
