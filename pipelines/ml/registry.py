@@ -17,8 +17,8 @@ import platform
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, fields
-from importlib import metadata
 from datetime import date, datetime, timezone
+from importlib import metadata
 
 from pipelines import __version__
 from pipelines.catalog import FEATURE_SPEC, MODELS
@@ -96,7 +96,8 @@ def seeds(training_cfg) -> dict:
 
 def environment(devices: list[str] | tuple[str, ...] = ()) -> dict:
     """The versions of the libraries that decide what training computes, Python's, the platform
-    and the `devices` the ranks trained on (CPU, GPU:...), as recorded with each model."""
+    and the `devices` the ranks trained on (CPU or GPU), as recorded with each model. The versions
+    are the driver's: the ranks run the same stack (see the README, "Running on a cluster")."""
     out = {}
     for name, distributions in LIBRARIES.items():
         out[name] = next((v for v in map(_installed, distributions) if v), None)
