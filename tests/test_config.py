@@ -2,6 +2,7 @@
 errors that name the file and the key."""
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import date
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import PROJECT_ROOT, ConfigError, base_value, config_hash, load_config
+from pipelines.config import PROJECT_ROOT, ConfigError, base_value, config_from_dict, config_hash, load_config
 
 
 def make_conf(root: Path, files: dict[str, dict | str]) -> Path:
@@ -71,6 +72,17 @@ def test_the_hash_changes_with_the_configuration(conf):
     assert config_hash(load_config("local", conf_root=conf)) == config_hash(load_config("local", conf_root=conf))
     assert config_hash(load_config("local", ["training.epochs=4"], conf_root=conf)) != \
         config_hash(load_config("local", conf_root=conf))
+
+
+def test_a_stored_configuration_rebuilds_the_same_config_and_names_itself_in_errors(conf):
+    cfg = load_config("local", ["training.epochs=7"], conf_root=conf)
+    stored = json.loads(json.dumps(cfg.to_dict()))          # what the model registry keeps
+    again = config_from_dict(stored)
+    assert again == cfg and config_hash(again) == config_hash(cfg)
+    assert again.lakehouse.root == cfg.lakehouse.root         # the dataset's folder is not added twice
+    stored["training"]["epochs"] = "seven"
+    with pytest.raises(ConfigError, match="model m1's configuration: key 'training.epochs' must be an integer"):
+        config_from_dict(stored, source="model m1's configuration")
 
 
 def test_unknown_key_names_the_file_and_the_key(conf):

@@ -2,6 +2,7 @@
 kept, nothing changed on a rerun, and the nightly lock respected."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,28 @@ def test_vacuum_keeps_the_feature_spec_a_registered_model_scores_with(lakehouse,
     assert spec.to_arrow(version=0).to_pylist() == [{"name": "num_distance", "mean": 1.0}]
     assert spec.to_arrow().to_pylist() == [{"name": "num_distance", "mean": 3.0}]
     assert len(done["gold.feature_spec"].vacuumed) == 1          # version 1's file: no model needs it
+
+
+def test_vacuum_keeps_every_table_version_a_registered_model_pins(lakehouse, spark):
+    """A model pins every table version it depends on (`pins`), bronze to gold: after each table was
+    rewritten twice, vacuum with no retention keeps each of those versions readable, and deletes the
+    files of the versions no model pins."""
+    names = ("bronze.flights", "silver.flights", "gold.features", "gold.feature_spec", "gold.model_input")
+    for n in (1, 2, 3):
+        for name in names:
+            rows = spark.createDataFrame([(i, float(n)) for i in range(n)], "id long, x double").coalesce(1)
+            lakehouse.table(name).write(rows, mode="overwrite")
+    pins = {name: [0] for name in names}
+    entry = registry.ModelEntry("m1", datetime(2026, 1, 1, tzinfo=timezone.utc), "run0", date(2013, 1, 2),
+                                "/models/m1", "gold.model_input", 0, 0, "hash", "code", "{}", "blessed", "first",
+                                pins=json.dumps(pins), num_proc=2)
+    registry.register(lakehouse, entry)
+
+    done = {m.table: m for m in maintain(lakehouse, retention_hours=0, row_group_rows=1000)}
+
+    for name in names:
+        table = lakehouse.table(name)
+        assert done[name].kept_versions == [0], name
+        assert len(done[name].vacuumed) == 1, name              # version 1's file: nothing pins it
+        assert table.to_arrow(version=0).to_pylist() == [{"id": 0, "x": 1.0}], name
+        assert table.count() == 3

@@ -1,6 +1,8 @@
 """The blessing rule and the registry's history of statuses."""
 import json
+from dataclasses import replace
 
+from pipelines.config import config_from_dict, config_hash
 from pipelines.ml import registry
 
 
@@ -29,3 +31,38 @@ def test_blessing_retires_the_previous_model(lakehouse):
     # Registering the same version again replaces its row, never duplicates it.
     registry.register(lakehouse, entry("m3", "blessed", 0.75))
     assert len(registry.entries(lakehouse)) == 3
+
+
+OLD_SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, "
+              "training_table string, training_version long, config_hash string, code_version string, "
+              "metrics string, status string, reason string")
+
+
+def test_an_entry_pins_its_tables_configuration_seeds_and_libraries_and_reads_back_equal(cfg, lakehouse):
+    pins = {"gold.feature_spec": [2], "gold.model_input": [5], "silver.flights": [3, 4]}
+    pinned = registry.ModelEntry(
+        "m1", registry.now(), "run", None, "/m/m1", "gold.model_input", 5, 2, config_hash(cfg), "code",
+        json.dumps({"validation_auc": 0.7}), "blessed", "", pins=json.dumps(pins),
+        config=json.dumps(cfg.to_dict()), seeds=json.dumps(registry.seeds(cfg.training)),
+        libraries=json.dumps(registry.environment(["CPU", "CPU"])), num_proc=2)
+    registry.register(lakehouse, pinned)
+    back = registry.get(lakehouse, "m1")
+    # (Spark reads the timestamp back without its time zone.)
+    assert replace(back, created_at=pinned.created_at) == pinned and back.pinned == pins and back.num_proc == 2
+    # The full configuration, not a hash: it rebuilds the same typed Config, paths, dates and all.
+    assert config_from_dict(json.loads(back.config)) == cfg
+    assert json.loads(back.seeds)["training.seed"] == cfg.training.seed
+    libraries = json.loads(back.libraries)
+    assert libraries["device"] == "CPU" and libraries["tensorflow"] and libraries["horovod"]
+    assert {"python", "platform", "pyspark", "petastorm", "delta-rs", "pyarrow", "numpy"} <= set(libraries)
+
+
+def test_a_registry_written_before_the_pins_reads_and_keeps_its_rows(lakehouse, spark):
+    old = spark.createDataFrame([("m0", registry.now(), "run", None, "/m/m0", "gold.model_input", 3, "cfg", "code",
+                                  json.dumps({"validation_auc": 0.6}), "blessed", "")], OLD_SCHEMA)
+    lakehouse.table("results.models").write(old, mode="overwrite")
+    (m0,) = registry.entries(lakehouse)
+    assert (m0.feature_spec_version, m0.pins, m0.config, m0.num_proc) == (None, None, None, None)
+    assert m0.pinned == {"gold.model_input": [3]}
+    registry.register(lakehouse, entry("m1", "blessed", 0.7))
+    assert [(e.model_version, e.status) for e in registry.entries(lakehouse)] == [("m0", "retired"), ("m1", "blessed")]

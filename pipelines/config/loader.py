@@ -333,6 +333,20 @@ def _resolve(path: str) -> Path:
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
 
 
+def config_from_dict(data: dict[str, Any], source: str = "stored configuration") -> Config:
+    """The typed `Config` of a dictionary `dataclasses.asdict(cfg)` gave (the registry stores one
+    per model), checked like a loaded one; errors name `source`. Paths are taken as they are:
+    they already hold the dataset's folder.
+
+        >>> config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+        True
+    """
+    origin = {"": source}
+    cfg = _build(Config, data, origin, prefix="")
+    _check_splits(cfg, origin)
+    return cfg
+
+
 def config_hash(cfg: Config) -> str:
     """A short, stable hash of the whole configuration (recorded with each model)."""
     import hashlib

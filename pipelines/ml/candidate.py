@@ -16,6 +16,7 @@ from datetime import date
 from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.datasets import dataset_for
+from pipelines.lineage.pins import upstream
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
@@ -112,7 +113,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                             "gbt_validation_auc": auc("gbt"), "best_epoch": result.best_epoch,
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
-        status=status, reason=reason)
+        status=status, reason=reason, **dependencies(cfg, lakehouse, result))
     registry.register(lakehouse, entry)
     for frame in frames.values():
         frame.unpersist()
@@ -120,6 +121,18 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def dependencies(cfg, lakehouse, result: TrainingResult) -> dict:
+    """The registry fields that pin what a model depends on (see `pipelines.ml.registry`): every
+    table version it read, transitively, the merged configuration, seeds, libraries, processes."""
+    read = {MODEL_INPUT: result.table_versions[MODEL_INPUT], FEATURE_SPEC: result.table_versions[FEATURE_SPEC]}
+    devices = [r.get("device") or "unknown" for r in result.ranks]
+    return {"pins": json.dumps(upstream(lakehouse, read)),
+            "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "seeds": json.dumps(registry.seeds(cfg.training)),
+            "libraries": json.dumps(registry.environment(devices)),
+            "num_proc": result.num_proc}
 
 
 def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: float) -> float | None:

@@ -3,21 +3,37 @@
 A candidate is blessed only where it beats, on the same validation rows, both the blessed model
 and the logistic-regression baseline; the model it replaces becomes `retired`. Scoring uses the
 blessed model. The registry is small, so every change rewrites it in one atomic commit.
+
+Each entry pins what its model depends on, so `lakehouse-dl reproduce` can train it again
+(`pipelines.ml.reproduce`): the version of every table read, transitively (`pins`, from
+`pipelines.lineage.pins.upstream`), the full merged configuration (`config`), the seeds, the
+library versions and platform (`libraries`), the code version and the number of processes.
+Vacuum keeps every pinned version (`pipelines.ops.maintenance`).
 """
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, timezone
+from importlib import metadata
 
 from pipelines import __version__
-from pipelines.catalog import MODELS
+from pipelines.catalog import FEATURE_SPEC, MODELS
 from pipelines.config import PROJECT_ROOT
+from pipelines.storage import DELTA_RS_DISTRIBUTION
 
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
-          "status string, reason string")
+          "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int")
+
+# The libraries whose versions decide what training computes, by distribution name (the first
+# installed of each tuple: TensorFlow is `tensorflow-cpu` in the CPU lock, `tensorflow` with CUDA).
+LIBRARIES = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"), "keras": ("keras",),
+             "horovod": ("horovod",), "pyspark": ("pyspark",), "petastorm": ("petastorm",),
+             "delta-rs": (DELTA_RS_DISTRIBUTION,), "pyarrow": ("pyarrow",), "numpy": ("numpy",)}
 
 
 @dataclass
@@ -35,10 +51,27 @@ class ModelEntry:
     metrics: str  # JSON: {"validation_auc": ..., "logreg_validation_auc": ..., ...}
     status: str  # candidate, blessed, rejected, retired
     reason: str
+    # What the model depends on, as JSON; None in entries registered before they were recorded.
+    pins: str | None = None         # {table: [versions]}: every table version it read, transitively
+    config: str | None = None       # the full merged configuration (`Config.to_dict()`)
+    seeds: str | None = None        # {"training.seed": ..., and what each random stream derives from it}
+    libraries: str | None = None    # `environment()`: library versions, Python, platform, device
+    num_proc: int | None = None     # the processes it was trained with (its shards and allreduce order)
 
     @property
     def metric(self) -> dict:
         return json.loads(self.metrics)
+
+    @property
+    def pinned(self) -> dict[str, list[int]]:
+        """{table: [versions]} this model depends on: `pins`, or for an entry registered before
+        pins were recorded, its training table's version and its feature spec version."""
+        if self.pins:
+            return {t: [int(v) for v in vs] for t, vs in json.loads(self.pins).items()}
+        out = {self.training_table: [int(self.training_version)]}
+        if self.feature_spec_version is not None:
+            out[FEATURE_SPEC] = [int(self.feature_spec_version)]
+        return out
 
 
 def code_version() -> str:
@@ -51,13 +84,45 @@ def code_version() -> str:
     return sha or __version__
 
 
+def seeds(training_cfg) -> dict:
+    """Every random stream of a training run and the seed it derives from: one `training.seed`."""
+    seed = training_cfg.seed
+    return {"training.seed": seed,
+            "keras": seed,                                      # tf.keras.utils.set_random_seed: init, dropout
+            "petastorm_row_groups": "training.seed * 1000003 + epoch",   # row-group order of each epoch
+            "shuffle_blocks": "[training.seed, epoch, rank]",   # numpy generator shuffling each block
+            "baselines": seed}                                   # MLlib GBT
+
+
+def environment(devices: list[str] | tuple[str, ...] = ()) -> dict:
+    """The versions of the libraries that decide what training computes, Python's, the platform
+    and the `devices` the ranks trained on (CPU or GPU), as recorded with each model. The versions
+    are the driver's: the ranks run the same stack (see the README, "Running on a cluster")."""
+    out = {}
+    for name, distributions in LIBRARIES.items():
+        out[name] = next((v for v in map(_installed, distributions) if v), None)
+    out["python"] = sys.version.split()[0]
+    out["platform"] = platform.platform()
+    out["device"] = ", ".join(sorted(set(devices))) or "unknown"
+    return out
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def entries(lakehouse) -> list[ModelEntry]:
     table = lakehouse.table(MODELS)
     if not table.exists():
         return []
     rows = table.read().orderBy("created_at").collect()
-    # A registry written before models recorded their spec version reads as None (scoring refuses it).
-    return [ModelEntry(**{"feature_spec_version": None, **r.asDict()}) for r in rows]
+    # A registry written before a column existed reads it as None: a model without a
+    # feature_spec_version is refused by scoring, one without pins cannot be reproduced exactly.
+    missing = {f.name: None for f in fields(ModelEntry)}
+    return [ModelEntry(**{**missing, **r.asDict()}) for r in rows]
 
 
 def blessed(lakehouse) -> ModelEntry | None:

@@ -9,15 +9,17 @@ files that only old versions refer to; vacuum deletes those older than the reten
 
 Two exceptions keep training reproducible:
 - `gold.model_input` is never compacted: its 4,096-row row groups are Petastorm's shard unit.
-- Vacuum keeps every version of a table that the model registry pins (`results.models`
-  `training_table` @ `training_version`), however old, so every registered model can be read back
-  with the exact rows it was trained on.
+- Vacuum keeps every version of every table that the model registry pins (`results.models`
+  `pins`: the model input and feature spec versions a model read and, transitively, the versions
+  they were built from), however old, so every registered model can be read back with the exact
+  rows it was trained on, and trained again (`lakehouse-dl reproduce`).
 
 It takes the nightly job's lakehouse lock, so it never runs beside a nightly run. It needs no
 Spark: delta-rs does the work on the driver.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -58,20 +60,23 @@ class Maintained:
 
 
 def pinned_versions(lakehouse: Lakehouse) -> dict[str, list[int]]:
-    """{table: versions} that registered models were trained on: their training table's version
-    and the feature spec version scoring applies to their inputs."""
+    """{table: versions} that registered models depend on: every version in their `pins`, and
+    their training table's version and feature spec version (all a registry written before
+    `pins` existed records)."""
     table = lakehouse.table(catalog.MODELS)
     if not table.exists():
         return {}
     pinned: dict[str, set[int]] = {}
-    # A registry written before models pinned their spec has no feature_spec_version column.
-    columns = [c for c in ("training_table", "training_version", "feature_spec_version")
+    # Older registries lack the later columns (feature_spec_version, then pins).
+    columns = [c for c in ("training_table", "training_version", "feature_spec_version", "pins")
                if c in table.schema().fieldNames()]
     for row in table.to_arrow(columns).to_pylist():
         if row["training_table"] and row["training_version"] is not None:
             pinned.setdefault(row["training_table"], set()).add(int(row["training_version"]))
         if row.get("feature_spec_version") is not None:
             pinned.setdefault(catalog.FEATURE_SPEC, set()).add(int(row["feature_spec_version"]))
+        for name, versions in json.loads(row.get("pins") or "{}").items():
+            pinned.setdefault(name, set()).update(int(v) for v in versions)
     return {name: sorted(versions) for name, versions in pinned.items()}
 
 

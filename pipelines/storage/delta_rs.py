@@ -20,6 +20,9 @@ from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHE
 from pipelines.storage.paths import local_path
 from pipelines.storage.schema import check_schema, merge_schemas
 
+# The Python distribution of this engine, whose version the model registry records.
+DISTRIBUTION = "deltalake"
+
 
 class DeltaRsEngine:
     """Reads with Spark over the snapshot's file list, writes with executors + one delta-rs commit."""

@@ -115,7 +115,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         num_proc=num_proc, wall_seconds=round(time.time() - started, 2),
         samples_per_sec=_steady_rate(history, chief["initial_epoch"]),
         config_hash=state["config_hash"],
-        ranks=[{k: r[k] for k in ("rank", "host", "pid", "cwd", "package")} for r in per_rank],
+        ranks=[{k: r.get(k) for k in ("rank", "host", "pid", "cwd", "package", "device")} for r in per_rank],
         weights=[r.get("weights") for r in per_rank] if return_weights else None)
     write_json(os.path.join(model_dir, RESULT_FILE), result.to_dict())
     return result

@@ -62,7 +62,7 @@ class TrainingResult:
     wall_seconds: float
     samples_per_sec: float
     config_hash: str
-    # Where each rank ran: rank, host, pid, working folder, the package file it imported.
+    # Where each rank ran: rank, host, pid, working folder, the package file it imported, device.
     ranks: list[dict] = field(default_factory=list)
     weights: list | None = field(default=None, repr=False)
 

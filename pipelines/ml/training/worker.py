@@ -41,7 +41,7 @@ def run_training(plan: TrainingPlan) -> dict:
             configure_logging()
         hvd.init()
         rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-    _configure_devices(tf, cfg, local_rank)
+    device = _configure_devices(tf, cfg, local_rank)
     # Same seed on every rank: identical initial weights even before rank 0's broadcast.
     tf.keras.utils.set_random_seed(cfg.seed)
 
@@ -89,7 +89,7 @@ def run_training(plan: TrainingPlan) -> dict:
     if hvd is not None:
         # Nobody returns before every rank finished its last step (a late failure fails the job).
         hvd_tf.allreduce(tf.constant(0.0), name="training_done")
-    out: dict[str, Any] = {"rank": rank, **where_this_process_runs()}
+    out: dict[str, Any] = {"rank": rank, "device": device, **where_this_process_runs()}
     if rank == 0:
         _export_best(plan, progress.best_epoch)
         out.update(history=progress.history, best_epoch=progress.best_epoch, initial_epoch=initial_epoch,
@@ -99,7 +99,9 @@ def run_training(plan: TrainingPlan) -> dict:
     return out
 
 
-def _configure_devices(tf, cfg, local_rank: int) -> None:
+def _configure_devices(tf, cfg, local_rank: int) -> str:
+    """Threads, and the one GPU of this rank or none; returns the device it trains on (the
+    registry records it: only the CPU run is deterministic)."""
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads_per_proc)
         tf.config.threading.set_inter_op_parallelism_threads(cfg.threads_per_proc)
@@ -107,10 +109,12 @@ def _configure_devices(tf, cfg, local_rank: int) -> None:
         # TensorFlow already started in this process (a notebook, a test): keep its thread pools.
         pass
     gpus = tf.config.list_physical_devices("GPU")
+    device = "CPU"
     try:
         if cfg.use_gpu and gpus:
             # One GPU per process, chosen by the local rank; NCCL then does the allreduce.
             gpu = gpus[local_rank % len(gpus)]
+            device = "GPU"
             tf.config.set_visible_devices(gpu, "GPU")
             tf.config.experimental.set_memory_growth(gpu, True)
         else:
@@ -119,6 +123,7 @@ def _configure_devices(tf, cfg, local_rank: int) -> None:
             tf.config.experimental.enable_op_determinism()
     except RuntimeError:
         pass
+    return device
 
 
 def _export_best(plan: TrainingPlan, best_epoch: int) -> None:
