@@ -106,6 +106,9 @@ def test_a_prediction_is_traced_to_its_model_every_table_version_and_the_exact_l
     assert main(args) == 0
     [chain] = json.loads(capsys.readouterr().out)
     assert chain["model"]["model_version"] == registry.blessed(lh).model_version
+    # The registry pins every table version the model depends on, down to bronze.
+    assert {"gold.model_input", "gold.feature_spec", "gold.features", "silver.flights", "silver.weather",
+            "silver.planes", "bronze.flights", "bronze.flight_outcomes", "bronze.weather"} <= set(chain["model"]["pins"])
     assert [s["table"] for s in chain["steps"]] == [
         "results.predictions", "gold.serving_input", "gold.features", "silver.flights"]
     assert all(isinstance(s["version"], int) for s in chain["steps"])

@@ -20,7 +20,6 @@ the table versions the registry pins.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -270,12 +269,11 @@ class _Walker:
         if entry is None:
             return {"model_version": model_version, "status": "not in the registry", "run_id": None,
                     "training_table": None, "training_version": None, "feature_spec_version": None,
-                    "code_version": None}
+                    "code_version": None, "num_proc": None}
         out = {k: getattr(entry, k) for k in ("model_version", "status", "run_id", "training_table",
-                                              "training_version", "feature_spec_version", "code_version")}
-        pins = getattr(entry, "pins", None)
-        out["pins"] = json.loads(pins) if pins else {entry.training_table: [entry.training_version],
-                                                     catalog.FEATURE_SPEC: [entry.feature_spec_version]}
+                                              "training_version", "feature_spec_version", "code_version",
+                                              "num_proc")}
+        out["pins"] = entry.pinned
         return out
 
 
