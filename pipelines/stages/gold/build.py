@@ -203,8 +203,9 @@ def _write_model_input(lh, key: str, labelled, spec_df, origin: str, splits: dic
             table.write(rows, mode="overwrite", partition_by=[SPLIT], schema_mode="overwrite",
                         description=description, row_group_rows=row_group_rows)
         else:
+            # schema_mode="merge": a table written before rows named their origin gains `_built_from`.
             table.write(rows, mode="overwrite", partition_by=[SPLIT], partitions={SPLIT: list(splits)},
-                        description=description, row_group_rows=row_group_rows)
+                        schema_mode="merge", description=description, row_group_rows=row_group_rows)
     return table.rows_per_partition(SPLIT) if table.exists() else {}
 
 
