@@ -13,7 +13,7 @@ def add_commands(sub, common, dates) -> None:
                                        "back to their model, table versions and raw landing lines")
     common(p)
     p.add_argument("table", help="the table whose rows to trace, for example results.predictions")
-    p.add_argument("--where", help="a Spark SQL condition choosing the rows, for example \"flight_id = 42\"")
+    p.add_argument("--where", help="a Spark SQL condition choosing the rows, for example \"date = '2013-12-31'\"")
     p.add_argument("--limit", type=int, default=1, help="rows to trace (default 1)")
     p.add_argument("--json", action="store_true", help="print the chains as JSON")
     p.set_defaults(func=run_lineage)
