@@ -5,6 +5,7 @@ dates whose files changed, the report's path) is a typed field of the context.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -14,7 +15,7 @@ from pipelines.config import Config
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.candidate import train_and_register
-from pipelines.ml.scoring import score_days
+from pipelines.ml.scoring import baseline_path, score_days
 from pipelines.report import build_report
 from pipelines.stages import bronze, gold, landing, silver
 from pipelines.storage import Lakehouse
@@ -117,17 +118,24 @@ def stage_train(ctx: NightlyContext) -> int:
 
 def stage_score(ctx: NightlyContext) -> int:
     """Score every row scheduled tomorrow (and the days `scoring_days` adds) with the blessed model,
-    encoded with that model's own feature spec."""
+    encoded with that model's own feature spec. Until a network is blessed, the logistic regression
+    fitted beside the latest candidate scores them: the model that candidate failed to beat."""
     model = registry.blessed(ctx.lakehouse)
+    baseline = None
     if model is None:
-        raise StageError("no blessed model to score with: the train stage rejected every candidate so far "
-                         "(see results.models for the reasons)")
+        model = registry.latest(ctx.lakehouse)
+        baseline = registry.FALLBACK_BASELINE
+        if model is None or not os.path.isdir(baseline_path(model, baseline)):
+            raise StageError("no model to score with: no network is blessed and no candidate has a "
+                             f"{baseline} baseline beside it (see results.models)")
+        log.warning(f"[nightly] score: no network is blessed yet (the latest candidate, {model.model_version}, "
+                    f"was {model.status}: {model.reason}); the {baseline} baseline fitted beside it scores")
     days = ctx.scoring_days()
-    scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, ctx.cfg.training.threshold)
-    rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, model.model_version,
-                                     ctx.run_id, versions)
+    scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, ctx.cfg.training.threshold, baseline)
+    version = registry.baseline_version(model.model_version, baseline) if baseline else model.model_version
+    rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, version, ctx.run_id, versions)
     log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
-             f"{model.model_version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
+             f"{version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
              f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")
     return rows
 

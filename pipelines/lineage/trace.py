@@ -177,7 +177,7 @@ class _Walker:
                 continue
             silver_table = catalog.silver(lookup.source)
             version = origin.get(silver_table)
-            found = self._by_record(silver_table, version, row[columns[0]], row[columns[2]])
+            found = self._by_record(silver_table, version, row[columns[0]], row[columns[2]], lookup.source)
             bronze_version = parse_built_from(found.get(BUILT_FROM)).get(catalog.bronze(lookup.source)) if found else None
             chain.records.append(self._record(f"lookup {lookup.name}", lookup.source, row, columns, bronze_version))
 
@@ -222,7 +222,8 @@ class _Walker:
         chain.steps.append(Step(table, version, parse_built_from(row.get(BUILT_FROM)), note))
         return row
 
-    def _by_record(self, table: str, version: int | None, file: str, line: int) -> dict | None:
+    def _by_record(self, table: str, version: int | None, file: str, line: int, source: str) -> dict | None:
+        """The row of `table` (a bronze or silver table of `source`) at `version` from `file`, `line`."""
         from pyspark.sql import functions as F
 
         t = self.lh.table(table)
@@ -232,7 +233,12 @@ class _Walker:
             df = t.read()
         if SOURCE_FILE not in df.columns:
             return None
-        found = df.where((F.col(SOURCE_FILE) == file) & (F.col(LINE_NUMBER) == line)).limit(1).collect()
+        condition = (F.col(SOURCE_FILE) == file) & (F.col(LINE_NUMBER) == line)
+        declared = self.dataset.source(source)
+        if declared.daily and declared.date_of(file) is not None:
+            # A daily file's rows are in the partition of its date: read that one only.
+            condition = condition & (F.col(PARTITION_COLUMN) == F.lit(declared.date_of(file)))
+        found = df.where(condition).limit(1).collect()
         return found[0].asDict() if found else None
 
     def _record(self, role: str, source: str, row: dict, columns: tuple[str, str, str],
@@ -246,7 +252,7 @@ class _Walker:
         bronze = catalog.bronze(source)
         if bronze_version is not None:
             record.bronze = f"{bronze} v{bronze_version}"
-            held = self._by_record(bronze, bronze_version, file, line)
+            held = self._by_record(bronze, bronze_version, file, line, source)
             record.in_bronze = held is not None and held.get("_source_sha256") in (None, checksum)
         logged = self._logged(source, file, checksum)
         if logged:
@@ -265,7 +271,9 @@ class _Walker:
     def _model(self, model_version: str) -> dict | None:
         from pipelines.ml import registry
 
-        entry = registry.get(self.lh, model_version)
+        # A baseline that scored while no network was blessed: "<candidate>/<kind>".
+        candidate, _, baseline = model_version.partition("/")
+        entry = registry.get(self.lh, candidate)
         if entry is None:
             return {"model_version": model_version, "status": "not in the registry", "run_id": None,
                     "training_table": None, "training_version": None, "feature_spec_version": None,
@@ -274,6 +282,9 @@ class _Walker:
                                               "training_version", "feature_spec_version", "code_version",
                                               "num_proc")}
         out["pins"] = entry.pinned
+        if baseline:
+            out.update(model_version=model_version, status=f"{baseline} fitted beside candidate {candidate} "
+                                                           f"({entry.status}), scoring while no network is blessed")
         return out
 
 

@@ -130,6 +130,22 @@ def blessed(lakehouse) -> ModelEntry | None:
     return next((e for e in reversed(entries(lakehouse)) if e.status == "blessed"), None)
 
 
+def latest(lakehouse) -> ModelEntry | None:
+    """The entry registered last, whatever its status."""
+    registered = entries(lakehouse)
+    return registered[-1] if registered else None
+
+
+# Until a network is blessed, the nightly scores with this baseline, fitted beside the latest
+# candidate on the same rows: the model the candidate failed to beat.
+FALLBACK_BASELINE = "logreg"
+
+
+def baseline_version(model_version: str, kind: str) -> str:
+    """The model version predictions name when the baseline `kind` fitted beside a candidate scored them."""
+    return f"{model_version}/{kind}"
+
+
 def get(lakehouse, model_version: str) -> ModelEntry | None:
     return next((e for e in entries(lakehouse) if e.model_version == model_version), None)
 

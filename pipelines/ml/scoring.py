@@ -9,6 +9,7 @@ scores with the encoding and the inputs it was trained with.
 """
 from __future__ import annotations
 
+import os
 from datetime import date
 
 from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
@@ -55,9 +56,29 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...], b
     return df.mapInPandas(score_batches, out_schema)
 
 
-def score_days(cfg, lakehouse, model, days: list[date], threshold: float) -> tuple[object, dict]:
+def score_with_baseline(df, path: str, threshold: float, key_columns: tuple[str, ...]):
+    """Score `df` (model-input rows) with the MLlib pipeline saved at `path` (a baseline fitted
+    beside a candidate on the same rows): the same columns as `score`."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    probability = vector_to_array("probability")[1]
+    return (PipelineModel.load(path).transform(df)
+            .select(*key_columns, probability.alias("score"),
+                    (probability >= F.lit(threshold)).cast("int").alias("predicted_label")))
+
+
+def baseline_path(model, kind: str) -> str:
+    """Where the baseline `kind` fitted beside `model` (a registry entry) was saved."""
+    return os.path.join(os.path.dirname(model.path), "baselines", kind)
+
+
+def score_days(cfg, lakehouse, model, days: list[date], threshold: float,
+               baseline: str | None = None) -> tuple[object, dict]:
     """Every row of `gold.features` dated `days`, labelled or not, encoded with the feature
-    spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored.
+    spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored by
+    the model, or by the `baseline` fitted beside it when one is named.
 
     Returns (scores, versions): the lazy scores (key, day, score, predicted_label) and the
     versions they come from, `feature_spec_version` and `serving_input_version`.
@@ -68,6 +89,9 @@ def score_days(cfg, lakehouse, model, days: list[date], threshold: float) -> tup
     version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
     key = dataset_for(cfg).key
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
-    scored = score(serving, model.path, threshold=threshold, key_columns=(key, "day"))
+    if baseline:
+        scored = score_with_baseline(serving, baseline_path(model, baseline), threshold, key_columns=(key, "day"))
+    else:
+        scored = score(serving, model.path, threshold=threshold, key_columns=(key, "day"))
     return scored, {"feature_spec_version": int(model.feature_spec_version), "serving_input_version": version,
                     "rows": rows}
