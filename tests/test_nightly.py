@@ -136,6 +136,29 @@ def test_a_prediction_is_traced_to_its_model_every_table_version_and_the_exact_l
     assert dict(zip(weather_lines[0].split(","), weather["raw"].split(",")))["origin"] == raw["origin"]
 
 
+def test_until_a_network_is_blessed_the_logistic_regression_beside_the_candidate_scores(
+        nightly_lakehouse, tmp_path, spark):
+    from dataclasses import replace
+
+    from pipelines.flows.stages import NightlyContext, stage_score
+    from pipelines.lineage.trace import trace
+    from pipelines.ml import registry
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    candidate = registry.blessed(lh)
+    registry.register(lh, replace(candidate, status="rejected", reason="validation AUC does not beat ..."))
+    assert registry.blessed(lh) is None
+    rows = stage_score(NightlyContext(cfg, spark, lh, RUN_DATE, "test-fallback"))
+    predictions = lh.table("results.predictions").read().filter("date = '2013-03-21'").collect()
+    assert rows == len(predictions) == scheduled(lh, date(2013, 3, 21))
+    assert {p["model_version"] for p in predictions} == {f"{candidate.model_version}/logreg"}
+    assert all(0 < p["score"] < 1 for p in predictions)
+    [chain] = trace(cfg, lh, "results.predictions", limit=1)
+    assert chain.model["status"].startswith(f"logreg fitted beside candidate {candidate.model_version}")
+
+
 def test_running_the_same_date_again_changes_nothing(nightly_lakehouse, spark):
     from pipelines.flows.nightly import run_nightly
 
