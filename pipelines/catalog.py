@@ -63,6 +63,10 @@ MODELS = "results.models"
 RUNS = "results.runs"
 STAGE_LOG = "ops.stage_log"
 FEED_GAPS = "ops.feed_gaps"
+CONFUSION = "results.confusion"
+CALIBRATION = "results.calibration"
+SLICES = "results.slices"
+IMPORTANCE = "results.importance"
 
 _FIXED = [
     TableEntry(INGEST_LOG, (), "stages.bronze", "one row per raw file ingested: path, sha256, rows, rejected"),
@@ -80,6 +84,10 @@ _FIXED = [
     TableEntry(RUNS, (), "ops.runs", "one row per job and date: status, stage times and counts"),
     TableEntry(STAGE_LOG, (), "ops.runs", "the finished stages of each date, which a resumed run skips"),
     TableEntry(FEED_GAPS, (), "stages.bronze", "days a feed's calendar expects with no file delivered"),
+    TableEntry(CONFUSION, (), "ml.review", "confusion matrix on the test split per model, at the threshold chosen on validation"),
+    TableEntry(CALIBRATION, (), "ml.review", "reliability curve and Brier score on the test split per model"),
+    TableEntry(SLICES, (), "ml.review", "AUC, rows and observed rate on the test split per model, slice and value"),
+    TableEntry(IMPORTANCE, (), "ml.review", "permutation importance (AUC drop) per model and feature group, on validation"),
 ]
 TABLES: dict[str, TableEntry] = {e.name: e for e in _FIXED}
 

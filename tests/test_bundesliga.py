@@ -169,6 +169,9 @@ def test_the_nightly_runs_on_the_second_dataset_from_yaml_and_dropped_files_alon
     assert metric["validation_auc"] > metric["logreg_validation_auc"]
     measured = {(m["model"], m["split"]) for m in results.read_metrics(lh)}
     assert {("dnn", "validation"), ("logreg", "validation"), ("dnn", "test"), ("logreg", "test")} <= measured
+    # The evaluation's slices are bundesliga.yaml's own (evaluation.slices).
+    assert {r["slice"] for r in lh.table("results.slices").read().select("slice").distinct().collect()} == {
+        "weekday", "season_half"}
     # The report names the dataset and its label.
     page = Path(record.report).read_text()
     assert "bundesliga" in page and "HomeGoals &gt; AwayGoals" in page

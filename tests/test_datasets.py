@@ -210,3 +210,14 @@ def test_a_wrong_length_limit_names_the_key(tmp_path, columns, key, words):
     with pytest.raises(ConfigError) as err:
         load_dataset(path)
     assert f"'{key}'" in str(err.value) and words in str(err.value)
+
+
+def test_the_evaluation_slices_are_declared_per_dataset(tmp_path):
+    assert list(load_dataset("nycflights13").slices) == ["origin", "carrier", "hour_band"]
+    assert load_dataset(write_yaml(tmp_path, TOY)).slices == {}
+    data = {**toy(), "evaluation": {"slices": {"store": "store", "size": "case when amount > 10 then 'big' else 'small' end"}}}
+    assert list(load_dataset(write_yaml(tmp_path, data)).slices) == ["store", "size"]
+    for evaluation, key in (({"slice": {"store": "store"}}, "evaluation.slice"), ({"slices": ["store"]}, "evaluation.slices"),
+                            ({"slices": {"store": ""}}, "evaluation.slices.store")):
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            load_dataset(write_yaml(tmp_path, {**toy(), "evaluation": evaluation}))

@@ -41,3 +41,67 @@ def test_roc_and_calibration_are_monotone_and_complete(scored):
 def test_empty_scores_are_refused(spark):
     with pytest.raises(ValueError, match="empty"):
         binary_metrics(spark.createDataFrame([], "score double, label int"), threshold=0.5)
+
+
+def test_the_chosen_threshold_maximises_its_rule_over_every_bin_edge(scored):
+    from pipelines.ml.evaluation import choose_threshold
+
+    df, score, label = scored
+    hist = score_histogram(df, bins=100)
+    edges = np.arange(1, 100) / 100
+
+    def best(objective):
+        return max(edges, key=lambda t: round(objective(t), 12))
+
+    def f1(t):
+        return f1_score(label, (score >= t).astype(int))
+
+    def youden(t):
+        pred = score >= t
+        return pred[label == 1].mean() - pred[label == 0].mean()
+
+    assert choose_threshold(hist, "f1", 0.5, bins=100) == pytest.approx(best(f1))
+    assert choose_threshold(hist, "youden", 0.5, bins=100) == pytest.approx(best(youden))
+    assert choose_threshold(hist, "fixed", 0.5, bins=100) == 0.5
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        choose_threshold(hist, "accuracy", 0.5, bins=100)
+
+
+def test_confusion_and_brier_match_sklearn(scored):
+    from sklearn.metrics import brier_score_loss, confusion_matrix
+
+    from pipelines.ml.evaluation import brier_score, confusion
+
+    df, score, label = scored
+    tn, fp, fn, tp = confusion_matrix(label, (score >= 0.37).astype(int)).ravel()
+    assert confusion(df, 0.37) == {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+    assert brier_score(df) == pytest.approx(brier_score_loss(label, score), rel=1e-9)
+
+
+def test_feature_groups_keep_a_missing_flag_with_its_column():
+    from pipelines.ml.evaluation import feature_groups
+
+    assert feature_groups(["flight_id", "num_temp", "num_temp_missing", "num_gust_missing", "cat_origin", "label"]) == {
+        "temp": ["num_temp", "num_temp_missing"], "gust_missing": ["num_gust_missing"], "origin": ["cat_origin"]}
+
+
+def test_permutation_importance_finds_the_one_feature_a_model_reads(spark):
+    from pyspark.sql import functions as F
+
+    from pipelines.ml.review import importance_rows
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    label = (a + 0.5 * rng.normal(size=n) > 0).astype(float)
+    rows = [(float(x), float(y), 1.0 if y > 0 else 0.0, int(i % 3), float(lab)) for i, (x, y, lab) in enumerate(zip(a, b, label))]
+    validation = spark.createDataFrame(rows, "num_a double, num_b double, num_b_missing double, cat_c int, label double")
+
+    def reads_a(df):   # a model that reads num_a only
+        return df.select("_group", "label", (1 / (1 + F.exp(-F.col("num_a")))).alias("score"))
+
+    out = {r["feature"]: r for r in importance_rows(validation, {"m": reads_a}, rows=500, seed=1)}
+    assert set(out) == {"a", "b", "c"} and out["b"]["columns"] == "num_b,num_b_missing"
+    assert all(r["rows"] == 500 and r["split"] == "validation" for r in out.values())
+    assert out["a"]["base_auc"] > 0.8 and out["a"]["auc_drop"] > 0.3
+    assert out["b"]["auc_drop"] == 0 and out["c"]["auc_drop"] == 0

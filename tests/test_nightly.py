@@ -35,6 +35,8 @@ SLICE = [
     "spark.master=local[2]", "spark.shuffle_partitions=2",
     # A week of validation rows must still give each of the 2 Horovod ranks its own row groups.
     "lakehouse.model_input_row_group_rows=1024",
+    # Permutation importance on 3,000 of the fortnight's validation rows (conf/base: 20,000).
+    "training.importance_rows=3000",
 ]
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +90,38 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     days = {r["date"] for r in preds.select("date").distinct().collect()}
     assert date(2013, 3, 21) in days  # tomorrow's flights were scored
     assert preds.filter("score < 0 OR score > 1").count() == 0
+    check_the_review(lh, model.model_version, metrics)
     page = Path(record.report)
-    assert page.exists() and len(list(page.parent.glob("*.png"))) >= 4
+    assert page.exists() and len(list(page.parent.glob("*.png"))) >= 8
+    assert "AUC by slice" in page.read_text() and "Permutation importance" in page.read_text()
+
+
+def check_the_review(lh, model_version, metrics):
+    """results.confusion, calibration, slices and importance: every model, the whole test split."""
+    test_rows = {r["model"]: r["rows"] for r in metrics[(metrics["split"] == "test")
+                                                        & (metrics["model_version"] == model_version)].to_dict("records")}
+    def read(name):
+        return lh.table(name).read().filter(f"model_version = '{model_version}'").toPandas()
+
+    confusion = read("results.confusion")
+    assert set(zip(confusion["model"], confusion["rule"])) == {(m, r) for m in ("dnn", "logreg") for r in ("f1", "fixed")}
+    for r in confusion.to_dict("records"):
+        assert r["tp"] + r["fp"] + r["fn"] + r["tn"] == r["rows"] == test_rows[r["model"]]
+        assert 0 < r["threshold"] < 1 and r["chosen_on"] == ("configuration" if r["rule"] == "fixed" else "validation")
+    assert (confusion[confusion["rule"] == "fixed"]["threshold"] == 0.5).all()
+    calibration = read("results.calibration")
+    for model, c in calibration.groupby("model"):
+        assert c["rows"].sum() == test_rows[model] and c["brier"].nunique() == 1 and 0 < c["brier"].iloc[0] < 0.3
+    assert set(calibration["model"]) == {"dnn", "logreg"}
+    slices = read("results.slices")
+    assert set(slices["slice"]) == {"origin", "carrier", "hour_band"}   # nycflights13.yaml's evaluation.slices
+    for (model, _), s in slices.groupby(["model", "slice"]):
+        assert s["rows"].sum() == test_rows[model]
+    assert set(slices[slices["slice"] == "origin"]["value"]) == {"EWR", "JFK", "LGA"}
+    importance = read("results.importance")
+    assert set(importance["model"]) == {"dnn"}   # no trees in this slice (nightly.baselines)
+    assert {"carrier", "origin", "temp"} <= set(importance["feature"]) and (importance["rows"] == 3000).all()
+    assert importance["base_auc"].nunique() == 1 and importance["auc_drop"].max() > 0.005
 
 
 def test_a_prediction_is_traced_to_its_model_every_table_version_and_the_exact_landing_lines(nightly_lakehouse, capsys):

@@ -24,3 +24,18 @@ def test_report_writes_page_and_plots(tmp_path):
         assert img.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert img.name in text
     assert "0.7100" in text and "Nightly 2013-12-31" in text
+
+
+def test_the_review_plots_draw_every_model(tmp_path):
+    confusion = pd.DataFrame([{"model": m, "rule": r, "threshold": t, "tp": 30, "fp": 20, "fn": 10, "tn": 140}
+                              for m in ("dnn", "gbt") for r, t in (("f1", 0.31), ("fixed", 0.5))])
+    calibration = pd.DataFrame([{"model": m, "bin": b, "mean_score": b / 10 + 0.05, "observed": b / 10, "brier": 0.15}
+                                for m in ("dnn", "logreg") for b in range(10)])
+    slices = pd.DataFrame([{"model": m, "slice": s, "value": v, "rows": 100, "auc": 0.7}
+                           for m in ("dnn", "gbt") for s, vs in (("origin", ("EWR", "JFK")), ("hour_band", ("00-08",)))
+                           for v in vs])
+    importance = pd.DataFrame([{"model": m, "feature": f, "auc_drop": d, "base_auc": 0.72}
+                               for m in ("dnn", "gbt") for f, d in (("carrier", 0.02), ("temp", -0.001))])
+    for img in (plots.plot_confusion(confusion, tmp_path / "c.png"), plots.plot_reliability(calibration, tmp_path / "r.png"),
+                plots.plot_slices(slices, tmp_path / "s.png"), plots.plot_importance(importance, tmp_path / "i.png")):
+        assert img.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -63,6 +63,8 @@ class TrainingConfig:
     local_cache: bool
     max_train_rows: int
     threshold: float
+    threshold_rule: Literal["fixed", "f1", "youden"]
+    importance_rows: int
     regression_loss: Literal["huber", "mse"]
     huber_delta: float
     reader_threads: int

@@ -249,6 +249,9 @@ class Dataset:
     default_run_date: date | None = None
     # The `features:` mapping of the YAML, compiled by pipelines.datasets.features.
     features: dict = field(default_factory=dict)
+    # The slices the evaluation measures each model on (`evaluation: {slices: {name: expr}}`): a
+    # name → Spark SQL over gold.features' columns, whose value names the slice a row is in.
+    slices: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:

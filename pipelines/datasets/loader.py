@@ -100,7 +100,7 @@ class _Parser:
         data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources", "prediction",
                                        # `training` (and the splits and run date, as defaults)
                                        # are the configuration's: pipelines.config reads them.
-                                       "splits", "default_run_date", "features", "training"},
+                                       "splits", "default_run_date", "features", "training", "evaluation"},
                             {"name", "sources"})
         name = self.string(data["name"], "name")
         max_length = self.length(data.get("max_string_length"), "max_string_length")
@@ -127,13 +127,15 @@ class _Parser:
         features = data.get("features") or {}
         if not isinstance(features, dict):
             self.fail("features", f"must be a mapping, got {type(features).__name__}")
+        slices = self.mapping(self.mapping(data.get("evaluation") or {}, "evaluation", {"slices"}).get("slices") or {},
+                              "evaluation.slices", set((data.get("evaluation") or {}).get("slices") or {}))
         ds = Dataset(name=name, description=str(data.get("description", "")).strip(), sources=sources,
                      file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"),
                      seed_archive=seed.get("archive"), **prediction,
                      splits=self.splits(data.get("splits")),
                      default_run_date=self.day(data["default_run_date"], "default_run_date")
                      if "default_run_date" in data else None,
-                     features=features)
+                     features=features, slices={str(k): self.string(v, f"evaluation.slices.{k}") for k, v in slices.items()})
         ds.clean_order()
         return ds
 

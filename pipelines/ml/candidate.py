@@ -20,6 +20,7 @@ from pipelines.lineage.pins import upstream
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.review import write_review
 from pipelines.ml.scoring import score
 from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError, encode
@@ -75,13 +76,15 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted, key)
         fitted["model"].write().overwrite().save(os.path.join(result.model_dir, "baselines", kind))
 
-    metrics, roc = [], {}
+    metrics, roc, kept = [], {}, {}
     for split in SPLITS:
         if frames[split].limit(1).count() == 0:
             log.info(f"[train] no {split} rows in {MODEL_INPUT} v{version}: no {split} metrics")
             continue
         for name, scorer in scorers.items():
             scored = scorer(frames[split]).cache()
+            if split != "train":
+                kept[(name, split)] = scored   # the review reads them; unpersisted after it
             m = binary_metrics(scored, threshold=threshold)
             metrics.append({"model_version": result.model_version, "model": name, "split": split, **m.as_dict()})
             if split == "test":
@@ -90,9 +93,17 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                 mean_score, observed, _ = calibration(hist)
                 roc[name] = {"fpr": fpr, "tpr": tpr, "auc": m.auc,
                              "calibration": {"mean_score": mean_score.tolist(), "observed": observed.tolist()}}
-            scored.unpersist()
+            if split == "train":
+                scored.unpersist()
     results.write_metrics(lakehouse, run_id, metrics)
     results.write_history(lakehouse, run_id, result.model_version, result.history)
+    # Permutation importance for the network and the trees (the logistic regression is the bar, not a subject).
+    shuffled = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, "_group")}
+    if "gbt" in baselines:
+        shuffled["gbt"] = lambda df: baseline_scores(df, baselines["gbt"]["model"], "_group")
+    write_review(cfg, lakehouse, run_id, result.model_version, kept, shuffled, frames["validation"])
+    for scored in kept.values():
+        scored.unpersist()
     with open(os.path.join(result.model_dir, ROC_FILE), "w") as fh:
         json.dump(roc, fh)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pipelines.ml.inputs import CATEGORICAL_PREFIX, NUMERIC_PREFIX
+
 EPS = 1e-7
 BINS = 200
 
@@ -85,7 +87,13 @@ def roc_points(hist) -> tuple[list[float], list[float]]:
 
 def auc(df, score_col: str = "score", label_col: str = "label") -> float:
     """Area under the ROC curve, exact up to ties within a 1/10,000 score bin."""
-    hist = score_histogram(df, score_col, label_col, bins=10_000)
+    return auc_from_histogram(score_histogram(df, score_col, label_col, bins=10_000))
+
+
+def auc_from_histogram(hist) -> float:
+    """Area under the ROC curve of binned counts (`bin`, `pos`, `neg`), ties within a bin counted
+    half; NaN when the rows hold only one class."""
+    hist = hist.sort_values("bin")
     pos_total, neg_total = hist["pos"].sum(), hist["neg"].sum()
     if pos_total == 0 or neg_total == 0:
         return float("nan")
@@ -105,3 +113,76 @@ def calibration(hist, groups: int = 10):
     g = h.groupby("group").agg(pos=("pos", "sum"), neg=("neg", "sum"), weighted=("weighted", "sum"))
     n = g["pos"] + g["neg"]
     return (g["weighted"] / n).to_numpy(), (g["pos"] / n).to_numpy(), n.to_numpy().astype(np.int64)
+
+
+THRESHOLD_RULES = ("fixed", "f1", "youden")
+
+
+def choose_threshold(hist, rule: str, fixed: float, bins: int) -> float:
+    """The threshold `rule` picks from a score histogram of `bins` bins (`score_histogram`'s, of
+    the validation split): `fixed` returns `fixed`; `f1` and `youden` return the bin edge b / bins
+    that maximises F1, or TPR − FPR, when the rows scored at least b / bins are called positive.
+
+        >>> choose_threshold(score_histogram(validation, bins=1000), "f1", 0.5, bins=1000)
+        0.231
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
+    if rule == "fixed":
+        return float(fixed)
+    h = hist.set_index("bin")[["pos", "neg"]].reindex(range(bins), fill_value=0).astype(float)
+    tp, fp = h["pos"][::-1].cumsum()[::-1].to_numpy(), h["neg"][::-1].cumsum()[::-1].to_numpy()
+    pos, neg = h["pos"].sum(), h["neg"].sum()
+    if pos == 0 or neg == 0:
+        return float(fixed)
+    if rule == "f1":
+        objective = 2 * tp / (tp + fp + pos)     # 2TP / (2TP + FP + FN), FN = pos − TP
+    else:
+        objective = tp / pos - fp / neg
+    best = 1 + int(objective[1:].argmax())      # edge 0 would call every row positive
+    return best / bins
+
+
+def confusion(df, threshold: float, score_col: str = "score", label_col: str = "label") -> dict[str, int]:
+    """True and false positives and negatives of `df` when a score of at least `threshold` is positive."""
+    from pyspark.sql import functions as F
+
+    y, pred = F.col(label_col).cast("double"), (F.col(score_col) >= threshold).cast("double")
+    row = df.agg(F.sum(pred * y).alias("tp"), F.sum(pred * (1 - y)).alias("fp"),
+                 F.sum((1 - pred) * y).alias("fn"), F.sum((1 - pred) * (1 - y)).alias("tn")).collect()[0]
+    return {k: int(row[k] or 0) for k in ("tp", "fp", "fn", "tn")}
+
+
+def brier_score(df, score_col: str = "score", label_col: str = "label") -> float:
+    """Mean squared difference between the score and the 0/1 label."""
+    from pyspark.sql import functions as F
+
+    value = df.agg(F.avg((F.col(score_col) - F.col(label_col).cast("double")) ** 2)).collect()[0][0]
+    return float("nan") if value is None else float(value)
+
+
+def grouped_histogram(df, groups: list[str], bins: int, score_col: str = "score", label_col: str = "label"):
+    """`score_histogram` per value of the `groups` columns, in one pass: a small pandas frame of
+    the group columns, `bin`, `pos`, `neg` and `score_sum`."""
+    from pyspark.sql import functions as F
+
+    b = F.least(F.floor(F.col(score_col) * bins), F.lit(bins - 1)).cast("int")
+    y = F.col(label_col).cast("double")
+    return (df.groupBy(*groups, b.alias("bin"))
+              .agg(F.sum(y).alias("pos"), F.sum(1 - y).alias("neg"), F.sum(F.col(score_col)).alias("score_sum"))
+              .toPandas())
+
+
+def feature_groups(columns: list[str]) -> dict[str, list[str]]:
+    """The model's inputs grouped by feature, what permutation importance shuffles together: a
+    numeric column with its `_missing` flag, each categorical column alone.
+
+        >>> feature_groups(["num_temp", "num_temp_missing", "cat_origin", "label"])
+        {'temp': ['num_temp', 'num_temp_missing'], 'origin': ['cat_origin']}
+    """
+    inputs = [c for c in columns if c.startswith((NUMERIC_PREFIX, CATEGORICAL_PREFIX))]
+    groups: dict[str, list[str]] = {}
+    for column in inputs:
+        base = column[:-len("_missing")] if column.endswith("_missing") and column[:-len("_missing")] in inputs else column
+        groups.setdefault(base.split("_", 1)[1], []).append(column)
+    return groups

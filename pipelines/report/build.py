@@ -54,10 +54,11 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
                 roc = json.load(fh)
             images["ROC on the test window"] = plots.plot_roc(
                 {k: (v["fpr"], v["tpr"], v["auc"]) for k, v in roc.items()}, out / "roc.png")
-            if "dnn" in roc:
+            if "dnn" in roc and not lakehouse.table(catalog.CALIBRATION).exists():
                 cal = roc["dnn"]["calibration"]
                 images["Calibration on the test window"] = plots.plot_calibration(
                     cal["mean_score"], cal["observed"], out / "calibration.png")
+        review_section(lakehouse, model.model_version, out, images, tables)
 
     quality = lakehouse.table(catalog.DATA_QUALITY)
     if quality.exists():
@@ -80,6 +81,38 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
                         for t in lakehouse.tables()]
     return write_report(out, f"lakehouse-dl nightly {run_date}: {dataset.name}", summary, tables, images)
+
+
+def review_section(lakehouse, model_version: str, out: Path, images: dict, tables: dict) -> None:
+    """The reviewer's evaluation of `model_version` (`pipelines.ml.review`'s tables): the confusion
+    matrices, reliability curves, AUC by slice and permutation importance."""
+    from pyspark.sql import functions as F
+
+    def rows_of(name: str):
+        table = lakehouse.table(name)
+        if not table.exists():
+            return None
+        frame = table.read().filter(F.col("model_version") == model_version).toPandas()
+        return frame if len(frame) else None
+
+    confusion = rows_of(catalog.CONFUSION)
+    if confusion is not None:
+        confusion = confusion.sort_values(["model", "rule"])
+        tables["Confusion on the test window (threshold chosen on validation by the rule; fixed: the configured one)"] = [
+            {k: r[k] for k in ("model", "rule", "chosen_on", "threshold", "tp", "fp", "fn", "tn", "precision", "recall", "f1")}
+            for r in confusion.to_dict("records")]
+        images["Confusion matrices on the test window"] = plots.plot_confusion(confusion, out / "confusion.png")
+    calibration = rows_of(catalog.CALIBRATION)
+    if calibration is not None:
+        images["Reliability on the test window (Brier score in the legend)"] = plots.plot_reliability(
+            calibration, out / "reliability.png")
+    slices = rows_of(catalog.SLICES)
+    if slices is not None:
+        images["AUC by slice on the test window"] = plots.plot_slices(slices, out / "slices.png")
+    importance = rows_of(catalog.IMPORTANCE)
+    if importance is not None:
+        images["Permutation importance on the validation window (AUC drop)"] = plots.plot_importance(
+            importance, out / "importance.png")
 
 
 def feature_drift(lakehouse, run_date: date):

@@ -1,5 +1,6 @@
 """The report's plots: training curves, ROC and calibration of the model against the baselines,
-data-quality counts over time, and feature drift between the latest two days.
+the reviewer's evaluation (confusion matrices, reliability curves, AUC by slice, permutation
+importance), data-quality counts over time, and feature drift between the latest two days.
 
 Each function takes small pandas / list inputs (already aggregated in Spark) and writes a PNG.
 """
@@ -84,6 +85,84 @@ def plot_drift(drift, day_a: str, day_b: str, path: Path) -> Path:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_title(f"feature drift: mean({day_b}) − mean({day_a}), in training standard deviations")
     ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion, path: Path) -> Path:
+    """One 2×2 matrix per model and threshold rule (`confusion`: model, rule, threshold, tp, fp, fn, tn)."""
+    rows = confusion.to_dict("records")
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.9), squeeze=False)
+    for ax, r in zip(axes[0], rows):
+        cells = [[r["tn"], r["fp"]], [r["fn"], r["tp"]]]
+        ax.imshow(cells, cmap="Blues")
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{int(cells[i][j]):,}", ha="center", va="center", fontsize=9,
+                        color="white" if cells[i][j] > max(map(max, cells)) / 2 else "black")
+        ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=8)
+        ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=8)
+        ax.set_title(f"{r['model']}, {r['rule']} ≥ {r['threshold']:.3f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(calibration, path: Path) -> Path:
+    """Reliability curve of every model (`calibration`: model, bin, mean_score, observed, brier)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    for model, c in calibration.sort_values("bin").groupby("model"):
+        ax.plot(c["mean_score"], c["observed"], marker="o", label=f"{model} (Brier {c['brier'].iloc[0]:.4f})")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed rate of the label")
+    ax.set_title("reliability, test window")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_slices(slices, path: Path) -> Path:
+    """AUC per slice value, one panel per slice, one bar per model (`slices`: model, slice, value, rows, auc)."""
+    names = sorted(slices["slice"].unique())
+    models = sorted(slices["model"].unique(), key=lambda m: (m != "dnn", m))
+    fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.6 * len(names)), squeeze=False)
+    width = 0.8 / len(models)
+    for ax, name in zip(axes[:, 0], names):
+        s = slices[slices["slice"] == name]
+        values = sorted(s["value"].unique())
+        for k, model in enumerate(models):
+            auc = s[s["model"] == model].set_index("value")["auc"].reindex(values)
+            ax.bar([i + k * width for i in range(len(values))], auc, width=width, label=model)
+        rows = s.groupby("value")["rows"].max().reindex(values)
+        ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(values))],
+                      [f"{v}\n{int(n):,}" for v, n in zip(values, rows)], fontsize=7)
+        ax.set_ylim(0.5, 1)
+        ax.set_ylabel("AUC")
+        ax.set_title(f"AUC by {name} (rows under each value)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_importance(importance, path: Path, top: int = 20) -> Path:
+    """The `top` feature groups by AUC drop when shuffled, one panel per model."""
+    models = sorted(importance["model"].unique(), key=lambda m: (m != "dnn", m))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 0.25 * top + 1.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        d = importance[importance["model"] == model].nlargest(top, "auc_drop").sort_values("auc_drop")
+        ax.barh(d["feature"], d["auc_drop"], color="#47a")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(f"{model}: AUC drop, base AUC {d['base_auc'].iloc[-1]:.3f}" if len(d) else model, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

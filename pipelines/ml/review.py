@@ -1,0 +1,180 @@
+"""The evaluation a reviewer asks for, as results tables, for every model a candidate is measured
+with (the network and the MLlib baselines). Rows are keyed by model version: the train stage run
+again for a date replaces them.
+
+- `results.confusion`: the confusion matrix on the test split at the threshold chosen on the
+  validation split by `training.threshold_rule` (f1, youden), and at the configured
+  `training.threshold` (rule `fixed`); the rule, where it was chosen and the value are columns.
+- `results.calibration`: the reliability curve on the test split (mean score against the observed
+  rate in ten score ranges) and the Brier score.
+- `results.slices`: rows, positives, AUC, mean score and observed rate on the test split per value
+  of each slice the dataset declares (`evaluation: {slices: ...}`, over `gold.features`).
+- `results.importance`: permutation importance on a seeded sample of the validation split
+  (`training.importance_rows`): each feature group (a numeric column with its `_missing` flag,
+  a categorical column) shuffled in turn, the AUC drop, for the network and the trees. The
+  permuted copies are built and scored in Spark, one pass per model.
+
+    >>> write_review(cfg, lakehouse, run_id, "20131230-ab12cd34", scored, {"dnn": dnn_scorer}, validation)
+    {'confusion': 1.2, 'calibration': 0.8, 'slices': 2.1, 'importance': 31.0}
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from pipelines.catalog import CALIBRATION, CONFUSION, FEATURES, IMPORTANCE, SLICES
+from pipelines.datasets import dataset_for
+from pipelines.ml.evaluation import (auc_from_histogram, brier_score, calibration, choose_threshold, confusion,
+                                     feature_groups, grouped_histogram, score_histogram)
+
+log = logging.getLogger(__name__)
+
+# Score bins: the threshold search's resolution, and the AUC's (ties within a bin count half).
+THRESHOLD_BINS = 1000
+SLICE_BINS = 1000
+IMPORTANCE_BINS = 2000
+# The baseline row of permutation importance: nothing shuffled.
+UNSHUFFLED = ""
+
+_RUN = "run_id string, model_version string, model string, split string, "
+CONFUSION_SCHEMA = (_RUN + "rule string, chosen_on string, threshold double, rows long, tp long, fp long, "
+                    "fn long, tn long, precision double, recall double, f1 double, created_at timestamp")
+CALIBRATION_SCHEMA = (_RUN + "bin int, mean_score double, observed double, rows long, brier double, "
+                      "created_at timestamp")
+SLICES_SCHEMA = (_RUN + "slice string, value string, rows long, positives long, auc double, mean_score double, "
+                 "observed double, created_at timestamp")
+IMPORTANCE_SCHEMA = (_RUN + "feature string, columns string, rows long, base_auc double, auc double, "
+                     "auc_drop double, seconds double, created_at timestamp")
+
+
+def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, importance_scorers: dict[str, Callable],
+                 validation) -> dict[str, float]:
+    """Write the four tables for `model_version`. `scored[(model, split)]`: the key, label and score
+    of each model on the validation and test splits; `importance_scorers[model](df)`: `df` scored
+    (its `_group` column carried as the key); `validation`: the model-input rows of that split.
+
+    Returns the seconds each part took.
+    """
+    stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+    models = sorted({m for m, split in scored if split == "test" and (m, "validation") in scored})
+    parts = {
+        "confusion": (CONFUSION, CONFUSION_SCHEMA, lambda: [
+            r for m in models for r in confusion_rows(cfg, m, scored[(m, "validation")], scored[(m, "test")])]),
+        "calibration": (CALIBRATION, CALIBRATION_SCHEMA, lambda: [
+            r for m in models for r in calibration_rows(m, scored[(m, "test")])]),
+        "slices": (SLICES, SLICES_SCHEMA, lambda: slice_rows(cfg, lakehouse, {m: scored[(m, "test")] for m in models})),
+        "importance": (IMPORTANCE, IMPORTANCE_SCHEMA, lambda: importance_rows(
+            validation, importance_scorers, cfg.training.importance_rows, cfg.training.seed)),
+    }
+    seconds = {}
+    for part, (table, schema, rows_of) in parts.items():
+        started = time.time()
+        rows = [{**r, **stamp} for r in rows_of()]
+        if rows:
+            lakehouse.table(table).replace_rows(rows, schema, key=("model_version",))
+        seconds[part] = round(time.time() - started, 1)
+        log.info(f"[train] {table}: {len(rows)} rows for model {model_version} in {seconds[part]} s")
+    return seconds
+
+
+def confusion_rows(cfg, model: str, validation, test) -> list[dict]:
+    """The test split's confusion matrix at the threshold `training.threshold_rule` chooses on the
+    validation split, and at the configured threshold."""
+    rule, fixed = cfg.training.threshold_rule, cfg.training.threshold
+    hist = score_histogram(validation, bins=THRESHOLD_BINS)
+    rows = []
+    for r in dict.fromkeys([rule, "fixed"]):
+        threshold = choose_threshold(hist, r, fixed, THRESHOLD_BINS)
+        c = confusion(test, threshold)
+        precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
+        recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
+        rows.append({"model": model, "split": "test", "rule": r,
+                     "chosen_on": "configuration" if r == "fixed" else "validation", "threshold": float(threshold),
+                     "rows": sum(c.values()), **c, "precision": precision, "recall": recall,
+                     "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0})
+    return rows
+
+
+def calibration_rows(model: str, test) -> list[dict]:
+    """The reliability curve (ten score ranges, the empty ones left out) and the Brier score."""
+    mean_score, observed, n = calibration(score_histogram(test))
+    brier = brier_score(test)
+    return [{"model": model, "split": "test", "bin": i, "mean_score": float(s), "observed": float(o), "rows": int(k),
+             "brier": brier} for i, (s, o, k) in enumerate(zip(mean_score, observed, n))]
+
+
+def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
+    """Per model, slice and value: rows, positives, AUC, mean score and observed rate. The slice
+    values are the dataset's `evaluation.slices` expressions over `gold.features`, joined on the key."""
+    from pyspark.sql import functions as F
+
+    dataset = dataset_for(cfg)
+    if not dataset.slices or not tests or not lakehouse.table(FEATURES).exists():
+        return []
+    key = dataset.key
+    values = lakehouse.table(FEATURES).read().select(
+        key, *[F.coalesce(F.expr(expr).cast("string"), F.lit("(null)")).alias(f"_slice_{name}")
+               for name, expr in dataset.slices.items()])
+    rows = []
+    for model, test in tests.items():
+        stacked = test.join(values, key).select("label", "score", F.explode(F.array(*[
+            F.struct(F.lit(name).alias("slice"), F.col(f"_slice_{name}").alias("value")) for name in dataset.slices
+        ])).alias("s")).select("label", "score", "s.slice", "s.value")
+        hist = grouped_histogram(stacked, ["slice", "value"], SLICE_BINS)
+        for (name, value), h in hist.groupby(["slice", "value"]):
+            n = float(h["pos"].sum() + h["neg"].sum())
+            rows.append({"model": model, "split": "test", "slice": name, "value": value, "rows": int(n),
+                         "positives": int(h["pos"].sum()), "auc": auc_from_histogram(h),
+                         "mean_score": float(h["score_sum"].sum() / n), "observed": float(h["pos"].sum() / n)})
+    return rows
+
+
+def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int) -> list[dict]:
+    """Permutation importance of each feature group for each model in `scorers`, on the same
+    `rows` validation rows and the same permutations; one row per model and group, `auc_drop` the
+    unshuffled AUC minus the AUC with the group shuffled."""
+    if not scorers:
+        return []
+    stacked, groups, n = permuted_copies(validation, rows, seed)
+    if n == 0:
+        return []
+    out = []
+    for model, scorer in scorers.items():
+        started = time.time()
+        hist = grouped_histogram(scorer(stacked), ["_group"], IMPORTANCE_BINS)
+        aucs = {g: auc_from_histogram(h) for g, h in hist.groupby("_group")}
+        base, seconds = aucs[UNSHUFFLED], round(time.time() - started, 1)
+        out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
+                 "base_auc": base, "auc": aucs[g], "auc_drop": base - aucs[g], "seconds": seconds}
+                for g, cols in groups.items()]
+    return out
+
+
+def permuted_copies(validation, rows: int, seed: int):
+    """A seeded sample of `rows` validation rows, stacked once unshuffled (`_group` "") and once per
+    feature group with that group's columns shuffled (one permutation of the rows per group, the
+    group's columns moved together). Returns (the stacked DataFrame, the groups, the sample's rows)."""
+    import numpy as np
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    groups = feature_groups(validation.columns)
+    columns = [c for cols in groups.values() for c in cols]
+    sample = validation.orderBy(F.rand(seed)).limit(rows).select(*columns, "label").toPandas()
+    n = len(sample)
+    spark = validation.sparkSession
+    sample["_row"] = np.arange(n, dtype=np.int64)
+    base = spark.createDataFrame(sample)
+    rng = np.random.default_rng(seed)
+    names = [UNSHUFFLED, *groups]
+    perm = spark.createDataFrame(pd.DataFrame({
+        "_group": np.repeat(names, n), "_row": np.tile(np.arange(n, dtype=np.int64), len(names)),
+        "_src": np.concatenate([np.arange(n, dtype=np.int64)] + [rng.permutation(n) for _ in groups])}))
+    source = base.select(F.col("_row").alias("_src"), *[F.col(c).alias(f"_src_{c}") for c in columns])
+    group_of = {c: g for g, cols in groups.items() for c in cols}
+    stacked = (perm.join(F.broadcast(base), "_row").join(F.broadcast(source), "_src")
+               .select("_group", "label", *[F.when(F.col("_group") == group_of[c], F.col(f"_src_{c}"))
+                                            .otherwise(F.col(c)).alias(c) for c in columns]))
+    return stacked, groups, n
