@@ -114,7 +114,7 @@ def test_the_default_architecture_is_the_wide_mlp_it_was():
 
 
 def test_a_sequence_model_without_sequence_columns_says_what_to_declare():
-    with pytest.raises(ValueError, match="sequence_days"):
+    with pytest.raises(ValueError, match="features.history.sequence"):
         build_model(SPEC, training("training.architecture=sequence"))
 
 

@@ -95,7 +95,7 @@ def _sequence_branch(spec: FeatureSpec, cfg, inputs: dict, regularizer):
 
     if not spec.sequences:
         raise ValueError("training.architecture sequence needs seq_* columns in gold.model_input; declare "
-                         "features.history.sequence_days in the dataset's YAML and rebuild the gold tables")
+                         "features.history.sequence in the dataset's YAML and rebuild the gold tables")
     lengths = set(spec.sequences.values())
     if len(lengths) != 1:
         raise ValueError(f"the seq_* columns differ in length ({sorted(lengths)}); they must share one")
