@@ -18,8 +18,13 @@ CATEGORICAL = {"cat_carrier": CARRIERS, "cat_origin": ORIGINS}
 CARRIER_EFFECT = np.array([0.0, 1.2, -0.8, 0.3, 1.0, -1.2])
 
 
-def model_input_rows(n: int, seed: int, first_flight_id: int = 0) -> dict[str, np.ndarray]:
-    """`n` rows of model-ready columns whose label depends on the features (so a model can learn)."""
+# The sequence columns `write_model_input(sequence_days=N)` adds: N standardised daily values each.
+SEQUENCES = ["seq_route_late_rate", "seq_carrier_late_rate"]
+
+
+def model_input_rows(n: int, seed: int, first_flight_id: int = 0, sequence_days: int = 0) -> dict[str, np.ndarray]:
+    """`n` rows of model-ready columns whose label depends on the features (so a model can learn);
+    with `sequence_days`, also SEQUENCES, whose last days push the label too."""
     rng = np.random.default_rng(seed)
     distance = rng.normal(size=n).astype(np.float32)
     dep_hour = rng.normal(size=n).astype(np.float32)
@@ -28,6 +33,9 @@ def model_input_rows(n: int, seed: int, first_flight_id: int = 0) -> dict[str, n
     carrier = rng.integers(0, len(CARRIERS) + 1, size=n).astype(np.int32)
     origin = rng.integers(0, len(ORIGINS) + 1, size=n).astype(np.int32)
     logit = 1.6 * dep_hour - 0.7 * distance + CARRIER_EFFECT[carrier] - 0.8
+    sequences = {name: rng.normal(size=(n, sequence_days)).astype(np.float32) for name in SEQUENCES if sequence_days}
+    if sequences:
+        logit = logit + sequences[SEQUENCES[0]][:, -3:].mean(axis=1)
     late = rng.random(n) < 1 / (1 + np.exp(-logit))
     arr_delay = (12 * logit + rng.normal(scale=8, size=n)).astype(np.float32)
     day = (20130101 + rng.integers(0, 28, size=n)).astype(np.int32)
@@ -42,26 +50,30 @@ def model_input_rows(n: int, seed: int, first_flight_id: int = 0) -> dict[str, n
         "cat_origin": origin,
         "label": late.astype(np.float32),
         "target": arr_delay,
+        **{name: list(values) for name, values in sequences.items()},
     }
 
 
-def feature_spec_rows() -> list[dict]:
-    """One row per model column, as `gold.feature_spec` holds them."""
+def feature_spec_rows(sequence_days: int = 0) -> list[dict]:
+    """One row per model column, as `gold.feature_spec` holds them (a sequence's length in `vocab_size`)."""
     window = {"train_start": date(2013, 1, 1), "train_end": date(2013, 1, 28)}
     rows = [{"name": name, "kind": "numeric", "source": name[len("num_"):], "vocabulary": [],
              "vocab_size": 0, "mean": 0.0, "std": 1.0, **window} for name in NUMERIC]
     rows += [{"name": name, "kind": "categorical", "source": name[len("cat_"):], "vocabulary": list(vocab),
               "vocab_size": len(vocab) + 1, "mean": None, "std": None, **window}
              for name, vocab in CATEGORICAL.items()]
+    rows += [{"name": name, "kind": "sequence", "source": name[len("seq_"):], "vocabulary": [],
+              "vocab_size": sequence_days, "mean": 0.0, "std": 1.0, **window} for name in SEQUENCES if sequence_days]
     return rows
 
 
 def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int = 7,
-                      row_group_rows: int = 500, files_per_split: int = 2) -> dict[str, int]:
+                      row_group_rows: int = 500, files_per_split: int = 2, sequence_days: int = 0) -> dict[str, int]:
     """Write `gold.model_input` (partitioned by `split`) and `gold.feature_spec`; return their versions.
 
     Row groups are `row_group_rows` long and each split is spread over `files_per_split` files, so
-    the tests see several files and row groups per split, as Petastorm shards them.
+    the tests see several files and row groups per split, as Petastorm shards them. `sequence_days`
+    adds the SEQUENCES columns, array<float> of that length.
     """
     import pandas as pd
     from pyspark.sql import types as T
@@ -72,7 +84,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
     rows = rows or {"train": 4000, "validation": 1000}
     frames, next_id = [], 0
     for i, (split, n) in enumerate(rows.items()):
-        frame = pd.DataFrame(model_input_rows(n, seed + i, first_flight_id=next_id))
+        frame = pd.DataFrame(model_input_rows(n, seed + i, first_flight_id=next_id, sequence_days=sequence_days))
         frame["split"] = split
         frames.append(frame)
         next_id += n
@@ -84,6 +96,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
         *[T.StructField(c, T.IntegerType(), False) for c in CATEGORICAL],
         T.StructField("label", T.FloatType(), False),
         T.StructField("target", T.FloatType(), False),
+        *[T.StructField(c, T.ArrayType(T.FloatType(), False), False) for c in SEQUENCES if sequence_days],
         T.StructField("split", T.StringType(), False),
     ])
     largest = max(rows.values())
@@ -110,7 +123,7 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
         T.StructField("train_start", T.DateType(), False),
         T.StructField("train_end", T.DateType(), False),
     ])
-    spec_df = spark.createDataFrame(feature_spec_rows(), spec_schema).coalesce(1)
+    spec_df = spark.createDataFrame(feature_spec_rows(sequence_days), spec_schema).coalesce(1)
     spec_version = writer.table("gold.feature_spec").write(spec_df, mode="overwrite")
     return {"gold.model_input": model_input_version, "gold.feature_spec": spec_version}
 

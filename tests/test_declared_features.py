@@ -201,6 +201,45 @@ def test_rows_known_later_change_no_history_value(spark, tmp_path):
     assert as_known["label"] is None and as_built["label"] == 0.0
 
 
+SEQUENCE = {**HISTORY, "sequence": {"days": 5, "aggregates": ["played", "mean_goals"]}}
+
+
+def test_history_sequences_hold_the_daily_values_of_the_days_known_at_the_prediction_time(spark, tmp_path):
+    """Oldest day first, ending on the day the windows end on; day 6 (known after the prediction)
+    is in no array, and rows known later change none."""
+    from pipelines.datasets.timing import as_known_at
+    from pipelines.stages.gold.spec import apply_feature_spec, fit_feature_spec
+
+    ds = football(tmp_path, {"history": SEQUENCE})
+    full = matches(spark, [(1, 1, "BVB", "FCB", 0, 1), (3, 2, "BVB", "S04", 3, 1), (4, 3, "BVB", "M05", None, None),
+                           (6, 4, "BVB", "SCF", 9, 0), (7, 5, "BVB", "FCB", 1, 1), (7, 6, "FCB", "BVB", 2, 2),
+                           (8, 9, "BVB", "FCB", 4, 0)])
+    features = features_for(ds)
+    rows = build(spark, ds, {"matches": full}, dates=[D(7)])
+    bvb, fcb = rows[5], rows[6]
+    assert bvb["home_played_last5d"] == [1.0, None, 1.0, 1.0, None]          # days 1..5
+    assert bvb["home_mean_goals_last5d"] == [0.0, None, 3.0, None, None]     # day 4 had no outcome
+    assert fcb["home_played_last5d"] == [None] * 5
+    cut = as_known_at(ds, {"matches": full}, ds.prediction_time.minutes_on(D(7)))
+    as_known = build(spark, ds, {"matches": cut["matches"]}, dates=[D(7)])[5]
+    assert all(as_known[c] == bvb[c] for c in ("home_played_last5d", "home_mean_goals_last5d"))
+    assert features.history_days == 6
+    assert {c.source: (c.kind, c.length) for c in features.model_columns if c.kind == "sequence"} == {
+        "home_played_last5d": ("sequence", 5), "home_mean_goals_last5d": ("sequence", 5)}
+
+    # The feature spec standardises every day with the window's one mean and std; a missing day is 0.
+    frame = features.build({"matches": full}, None, ds)
+    spec = fit_feature_spec(frame, (D(1), D(8)), features.model_columns)
+    played = {r["name"]: r for r in spec.collect()}["seq_home_played_last5d"]
+    values = [v for r in frame.collect() for v in r["home_played_last5d"] if v is not None]
+    assert played["vocab_size"] == 5 and played["transform"] == "standardize_sequence"
+    assert played["mean"] == pytest.approx(sum(values) / len(values))
+    model_rows = {r["match_id"]: r for r in apply_feature_spec(frame, spec, key="match_id").collect()}
+    encoded = model_rows[5]["seq_home_played_last5d"]
+    assert len(encoded) == 5 and encoded[1] == 0.0
+    assert encoded[0] == pytest.approx((1.0 - played["mean"]) / played["std"], rel=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad declarations
 
@@ -222,6 +261,9 @@ def test_rows_known_later_change_no_history_value(spark, tmp_path):
      "is not a known key"),
     ({"history": {**HISTORY, "groups": {"coach": ["Coach"]}}}, "features.history.groups.coach[0]", "names 'Coach'"),
     ({"history": {**HISTORY, "windows": [0]}}, "features.history.windows", "positive day counts"),
+    ({"history": {**HISTORY, "sequence": {"days": 5, "aggregates": ["last_goals"]}}},
+     "features.history.sequence.aggregates[0]", "a sequence holds count, sum, mean, rate"),
+    ({"history": {**HISTORY, "sequence": {"days": 1}}}, "features.history.sequence.days", "from 2 to 366"),
     ({"columns": {"label": {"expr": "Round", "kind": "numeric"}}}, "features.columns.label", "keeps for itself"),
     ({"columns": {"Round": "numeric"}, "derived": {"Round": {"expr": "1", "kind": "numeric"}}},
      "features.derived.Round", "declares 'Round' again"),

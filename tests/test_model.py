@@ -73,3 +73,61 @@ def test_classification_learns_and_survives_save_and_load(tmp_path):
     # Scoring feeds 1-D pandas columns by input name; the model takes them as they come.
     flat = {k: v[:5] for k, v in data.items()}
     np.testing.assert_allclose(loaded.predict(flat, verbose=0), model.predict(x, verbose=0)[:5], rtol=1e-6)
+
+
+SEQUENCE_SPEC = FeatureSpec(SPEC.numeric, SPEC.categorical, None, {"seq_route_late_rate": 7, "seq_carrier_late_rate": 7})
+
+
+def sequence_columns(n: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return columns(n) | {name: rng.normal(size=(n, 7)).astype(np.float32) for name in SEQUENCE_SPEC.sequences}
+
+
+@pytest.mark.parametrize("overrides, spec, layer", [
+    (("training.architecture=mlp", "training.wide=false"), SPEC, "hidden_0"),
+    (("training.architecture=mlp", "training.wide=true"), SPEC, "wide_and_deep"),
+    (("training.architecture=cross", "training.cross_layers=3"), SPEC, "cross_2"),
+    (("training.architecture=sequence", "training.sequence_layer=gru"), SEQUENCE_SPEC, "sequence_gru"),
+    (("training.architecture=sequence", "training.sequence_layer=conv"), SEQUENCE_SPEC, "sequence_pool"),
+])
+def test_each_architecture_builds_from_config_and_takes_a_training_step(overrides, spec, layer):
+    from pipelines.ml.inputs import model_inputs, spec_of_model
+
+    cfg = training(*overrides)
+    model = build_model(spec, cfg)
+    assert layer in {lay.name for lay in model.layers}
+    assert spec_of_model(model).sequences == spec.sequences
+    compile_model(model, cfg, make_optimizer(cfg, learning_rate=0.01))
+    x = model_inputs(sequence_columns(16), spec)
+    y = (x["num_distance"] > 0).astype(np.float32)
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.all(np.isfinite(loss))
+    assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_the_default_architecture_is_the_wide_mlp_it_was():
+    cfg = load_config("local").training
+    assert (cfg.architecture, cfg.wide) == ("mlp", True)
+    names = {layer.name for layer in build_model(SPEC, training()).layers}
+    assert "wide_and_deep" in names and not any(n.startswith(("cross_", "sequence")) for n in names)
+
+
+def test_a_sequence_model_without_sequence_columns_says_what_to_declare():
+    with pytest.raises(ValueError, match="features.history.sequence"):
+        build_model(SPEC, training("training.architecture=sequence"))
+
+
+def test_sequence_columns_read_as_fixed_length_arrays_whatever_the_container():
+    from pipelines.ml.inputs import TensorInputError, model_inputs
+
+    frame = sequence_columns(3)
+    # A pandas column of arrays (scoring) and a 2-D array (Petastorm) give the same tensor; a null reads as zeros.
+    ragged = np.empty(3, dtype=object)
+    ragged[:] = [frame["seq_route_late_rate"][0], None, np.full(7, np.nan)]
+    got = model_inputs(frame | {"seq_route_late_rate": ragged}, SEQUENCE_SPEC)["seq_route_late_rate"]
+    assert got.shape == (3, 7) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[0], frame["seq_route_late_rate"][0])
+    assert not got[1:].any()
+    with pytest.raises(TensorInputError, match="expects 7"):
+        model_inputs(frame | {"seq_route_late_rate": np.zeros((3, 5), np.float32)}, SEQUENCE_SPEC)

@@ -85,3 +85,29 @@ def test_training_and_scoring_feed_the_model_the_same_tensors(spark, tmp_path):
     x = model_inputs(odd, spec)
     assert all((x[n] == 0).all() for n in spec.categorical)
     assert all(x[n][1, 0] == 0.0 for n in spec.numeric)
+
+
+def test_a_sequence_model_scores_its_array_columns_in_spark_tasks_as_on_the_driver(spark, tmp_path):
+    """Spark hands the scoring task an array<float> column as a pandas column of arrays; the spec
+    read off the saved model sizes it, and the scores match the driver's."""
+    from pipelines.config import load_config
+    from pipelines.ml.inputs import FeatureSpec, model_inputs, spec_of_model
+    from pipelines.ml.model import build_model, load_model
+    from pipelines.ml.scoring import score
+
+    spec = FeatureSpec(("num_distance",), {"cat_carrier": 5}, None, {"seq_route_late_rate": 4})
+    cfg = load_config("local", ["training.architecture=sequence", "training.hidden_units=[4]",
+                                "training.sequence_units=3"]).training
+    path = str(tmp_path / "model.keras")
+    build_model(spec, cfg).save(path)
+    model = load_model(path)
+    assert spec_of_model(model).sequences == {"seq_route_late_rate": 4}
+    rng = np.random.default_rng(2)
+    rows = [(i, 20131201, float(rng.normal()), int(rng.integers(0, 5)), [float(v) for v in rng.normal(size=4)])
+            for i in range(200)]
+    df = spark.createDataFrame(rows, "flight_id long, day int, num_distance float, cat_carrier int, "
+                                     "seq_route_late_rate array<float>").repartition(2)
+    scored = score(df, path, threshold=0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")
+    frame = df.toPandas().sort_values("flight_id")
+    expected = model.predict(model_inputs(frame, spec_of_model(model)), verbose=0).reshape(-1)
+    np.testing.assert_allclose(scored["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)

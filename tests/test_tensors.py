@@ -149,3 +149,20 @@ def test_local_cache_copies_the_files_once(snapshot, spec, tmp_path):
     cached = tensors.cache_locally(snapshot.splits["validation"], str(tmp_path))
     assert all(f.startswith(f"file://{tmp_path}") for f in cached.files)
     assert sorted(flight_ids(cached, spec, training=False)) == list(range(4000, 5000))
+
+
+def test_sequence_columns_reach_the_batches_as_fixed_length_float_arrays(spark, tmp_path):
+    """Petastorm reads an array<float> column of model_input; every batch holds it as (n, days)."""
+    from model_input_fixtures import SEQUENCES, model_input_rows
+
+    lakehouse = model_input_lakehouse(spark, tmp_path / "lakehouse", rows={"train": 600, "validation": 200},
+                                      row_group_rows=200, sequence_days=5)
+    snap = tensors.pin_snapshot(lakehouse)
+    spec = tensors.load_feature_spec(lakehouse, snap)
+    assert spec.sequences == {name: 5 for name in SEQUENCES}
+    x, _ = zip(*tensors.iter_batches(snap.splits["validation"], spec, label="label", batch_size=64, training=False))
+    ids = np.concatenate([b["seq_route_late_rate"] for b in x])
+    assert ids.shape == (200, 5) and ids.dtype == np.float32
+    # The validation rows are the second block the fixture wrote (seed 8), in file order by flight id.
+    want = np.stack(model_input_rows(200, 8, first_flight_id=600, sequence_days=5)["seq_route_late_rate"])
+    np.testing.assert_array_equal(np.sort(ids, axis=0), np.sort(want, axis=0))

@@ -162,3 +162,21 @@ def test_a_worker_that_dies_fails_the_job_and_leaves_no_model(spark, root):
     with pytest.raises(TrainingError, match="(?s)failed \\(2 process\\(es\\)\\).*No model was produced"):
         train(cfg, spark, num_proc=2, model_version="dies", callbacks=(die_on_rank_1,), verbose=False)
     assert not os.path.exists(os.path.join(root, "models", "dies", "model.keras"))
+
+
+@pytest.mark.slow
+def test_a_sequence_model_trains_under_horovod_on_two_processes(spark, tmp_path):
+    """The GRU over the seq_* array columns trains on 2 ranks, which end with the same weights,
+    and the saved model reads its sequence inputs back from the spec it records."""
+    lakehouse = model_input_lakehouse(spark, tmp_path / "lakehouse", rows={"train": 1024, "validation": 256},
+                                      row_group_rows=128, sequence_days=7)
+    cfg = training_config(lakehouse.root, "training.architecture=sequence", "training.sequence_units=8",
+                          "training.epochs=1", "training.batch_size=64")
+    result = train(cfg, spark, num_proc=2, model_version="sequence", verbose=False, return_weights=True)
+    rank0, rank1 = result.weights
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, rank1))
+    spec = tensors.FeatureSpec.from_dict(read_json(os.path.join(result.model_dir, "feature_spec.json")))
+    assert spec.sequences == {"seq_route_late_rate": 7, "seq_carrier_late_rate": 7}
+    model = load_model(result.model_path)
+    assert "sequence_gru" in {layer.name for layer in model.layers}
+    assert math.isfinite(result.history[-1]["val_auc"])

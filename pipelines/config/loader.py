@@ -272,7 +272,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{_where(origin, key)}: key '{key}' {message}")
 
-    for key in ("num_proc", "threads_per_proc", "batch_size", "epochs", "embedding_dim", "importance_rows"):
+    for key in ("num_proc", "threads_per_proc", "batch_size", "epochs", "embedding_dim", "importance_rows",
+                "cross_layers", "sequence_units"):
         if getattr(cfg.training, key) < 1:
             fail(f"training.{key}", f"must be at least 1, got {getattr(cfg.training, key)}")
     if not 0 <= cfg.training.dropout < 1:

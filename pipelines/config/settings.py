@@ -46,8 +46,12 @@ class TrainingConfig:
     threads_per_proc: int
     use_gpu: bool
     head: Literal["classification", "regression"]
+    architecture: Literal["mlp", "cross", "sequence"]
     hidden_units: list[int]
     wide: bool
+    cross_layers: int
+    sequence_layer: Literal["gru", "conv"]
+    sequence_units: int
     dropout: float
     l2: float
     embedding_dim: int

@@ -1,5 +1,7 @@
 """The Keras model built from the feature spec: an embedding per categorical column, the numeric
-columns, and an MLP with a head for the dataset's label (sigmoid) or its numeric target (regression).
+columns, a deep part chosen by `training.architecture` (an MLP, a cross network beside it, or a
+GRU / 1D convolution over the sequence columns feeding it), an optional wide part, and a head for
+the dataset's label (sigmoid) or its numeric target (regression).
 
     >>> model = build_model(spec, cfg.training)
     >>> compile_model(model, cfg.training, make_optimizer(cfg.training, learning_rate=1e-3))
@@ -21,9 +23,13 @@ def label_for(training_cfg) -> str:
 
 
 def build_model(spec: FeatureSpec, training_cfg):
-    """An uncompiled functional model with one named (n, 1) input per model_input column.
+    """An uncompiled functional model with one named input per model_input column: (n, 1) for the
+    numeric and categorical columns, (n, length) for the sequence columns.
 
-    Inputs are named exactly like the columns, so scoring feeds a frame's columns by name.
+    Inputs are named exactly like the columns, so scoring feeds a frame's columns by name. The deep
+    part is `training.architecture`: `mlp`, `cross` or `sequence`; `training.wide` adds the wide part
+    to any of them. The default (mlp, wide) builds exactly the layers it built before architectures
+    were configurable, so saved models and their figures stay comparable.
     """
     import tensorflow as tf
 
@@ -40,13 +46,19 @@ def build_model(spec: FeatureSpec, training_cfg):
         embedded = tf.keras.layers.Embedding(size, cfg.embedding_dim, embeddings_regularizer=regularizer,
                                              name=f"{name}_embedding")(inputs[name])
         parts.append(tf.keras.layers.Flatten(name=f"{name}_vector")(embedded))
-    x = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name="features")(parts)
+    architecture = cfg.architecture
+    if architecture == "sequence":
+        parts.append(_sequence_branch(spec, cfg, inputs, regularizer))
+    x0 = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name="features")(parts)
+    x = x0
     for i, width in enumerate(cfg.hidden_units):
         x = tf.keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"hidden_{i}")(x)
         if cfg.dropout:
             # A tf.random.Generator-backed dropout keeps its state in a variable, which the epoch
             # checkpoint saves: a resumed run draws the same masks as an uninterrupted one.
             x = tf.keras.layers.Dropout(cfg.dropout, force_generator=True, name=f"dropout_{i}")(x)
+    if architecture == "cross":
+        x = tf.keras.layers.Concatenate(name="cross_and_deep")([_cross_network(x0, cfg, regularizer), x])
     activation = "sigmoid" if cfg.head == "classification" else "linear"
     logit = tf.keras.layers.Dense(1, name="deep_logit")(x)
     if cfg.wide:
@@ -60,6 +72,48 @@ def build_model(spec: FeatureSpec, training_cfg):
         logit = tf.keras.layers.Add(name="wide_and_deep")([logit, *wide])
     output = tf.keras.layers.Activation(activation, name=label_for(cfg))(logit)
     return tf.keras.Model(inputs=inputs, outputs=output, name=f"{cfg.head}_model")
+
+
+def _cross_network(x0, cfg, regularizer):
+    """A cross network (DCN, Wang et al., 2017): x_{l+1} = x0 * (W x_l + b) + x_l, `cross_layers`
+    times. Each layer multiplies in the inputs once more, so layer l holds feature crosses of
+    degree l + 1 with a weight matrix per layer instead of a weight per pair of columns."""
+    import tensorflow as tf
+
+    width = x0.shape[-1]
+    x = x0
+    for i in range(cfg.cross_layers):
+        projected = tf.keras.layers.Dense(width, kernel_regularizer=regularizer, name=f"cross_{i}")(x)
+        x = tf.keras.layers.Add(name=f"cross_{i}_residual")([tf.keras.layers.Multiply(name=f"cross_{i}_x0")([x0, projected]), x])
+    return x
+
+
+def _sequence_branch(spec: FeatureSpec, cfg, inputs: dict, regularizer):
+    """The seq_* inputs stacked as channels of one (length, k) series, read by a GRU or a 1D
+    convolution (`sequence_layer`) into `sequence_units` values that join the MLP's input."""
+    import tensorflow as tf
+
+    if not spec.sequences:
+        raise ValueError("training.architecture sequence needs seq_* columns in gold.model_input; declare "
+                         "features.history.sequence in the dataset's YAML and rebuild the gold tables")
+    lengths = set(spec.sequences.values())
+    if len(lengths) != 1:
+        raise ValueError(f"the seq_* columns differ in length ({sorted(lengths)}); they must share one")
+    [length] = lengths
+    channels = []
+    for name in spec.sequences:
+        inputs[name] = tf.keras.Input(shape=(length,), name=name, dtype=tf.float32)
+        channels.append(tf.keras.layers.Reshape((length, 1), name=f"{name}_steps")(inputs[name]))
+    series = channels[0] if len(channels) == 1 else tf.keras.layers.Concatenate(axis=-1, name="sequences")(channels)
+    units = cfg.sequence_units
+    if cfg.sequence_layer == "gru":
+        return tf.keras.layers.GRU(units, kernel_regularizer=regularizer, name="sequence_gru")(series)
+    # Two causal convolutions see the last 3 * 2 - 1 = 5 days; pooling keeps what any window held.
+    x = tf.keras.layers.Conv1D(units, 3, padding="causal", activation="relu", kernel_regularizer=regularizer,
+                               name="sequence_conv_0")(series)
+    x = tf.keras.layers.Conv1D(units, 3, padding="causal", dilation_rate=2, activation="relu",
+                               kernel_regularizer=regularizer, name="sequence_conv_1")(x)
+    return tf.keras.layers.GlobalMaxPooling1D(name="sequence_pool")(x)
 
 
 def dropout_generators(model) -> dict:

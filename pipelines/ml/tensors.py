@@ -243,7 +243,8 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
     cfg = training_cfg
     check_shardable(split, num_ranks)
     signature = ({name: tf.TensorSpec((None, 1), tf.float32) for name in spec.numeric}
-                 | {name: tf.TensorSpec((None, 1), tf.int32) for name in spec.categorical},
+                 | {name: tf.TensorSpec((None, 1), tf.int32) for name in spec.categorical}
+                 | {name: tf.TensorSpec((None, n), tf.float32) for name, n in spec.sequences.items()},
                  tf.TensorSpec((None, 1), tf.float32))
     common = dict(label=label, batch_size=cfg.batch_size, rank=rank, num_ranks=num_ranks, seed=cfg.seed,
                   shuffle_buffer=cfg.shuffle_buffer, reader_threads=cfg.reader_threads)

@@ -36,17 +36,19 @@ class ModelColumn:
 
     `policy_from` names the silver column ("weather.temp") whose missing-value policy, when the
     dataset's YAML declares one, replaces `fill` and `flag` (see `with_declared_policies`).
+    A `sequence` column is an array of `length` daily values (`features.history.sequence`).
     """
 
     source: str
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical", "sequence"]
     fill: str = "mean"
     flag: bool = False
     policy_from: str | None = None
+    length: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("numeric", "categorical"):
-            raise ValueError(f"{self.source}: kind must be 'numeric' or 'categorical', got {self.kind!r}")
+        if self.kind not in ("numeric", "categorical", "sequence"):
+            raise ValueError(f"{self.source}: kind must be 'numeric', 'categorical' or 'sequence', got {self.kind!r}")
         if self.fill not in FILLS:
             raise ValueError(f"{self.source}: fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
 
@@ -58,6 +60,11 @@ def numeric(source: str, fill: str = "mean", flag: bool = False, policy_from: st
 def categorical(source: str) -> ModelColumn:
     # A missing category needs no policy: it maps to index 0, like a category never seen.
     return ModelColumn(source, "categorical")
+
+
+def sequence(source: str, length: int) -> ModelColumn:
+    # A day without a value is the training mean (0 after standardising), like a numeric null.
+    return ModelColumn(source, "sequence", length=length)
 
 
 def with_declared_policies(columns: list[ModelColumn], dataset) -> list[ModelColumn]:
@@ -120,7 +127,9 @@ def features_for(dataset) -> Features:
     names = [dataset.prediction_source] + [lookup.source for lookup in decl.lookups]
     names += [n for n in getattr(extension, "SOURCES", ()) if n not in names]
     names = list(dict.fromkeys(names))
-    columns = [numeric(f.name, f.fill, f.flag, f.policy_from) if f.kind == "numeric" else categorical(f.name)
+    sequence_days = decl.history.sequence.days if decl.history and decl.history.sequence else 0
+    columns = [numeric(f.name, f.fill, f.flag, f.policy_from) if f.kind == "numeric"
+               else sequence(f.name, sequence_days) if f.kind == "sequence" else categorical(f.name)
                for f in decl.features() if f.model and f.kept]
     columns += list(getattr(extension, "MODEL_COLUMNS", ()))
     days = max(history_days(decl, dataset), int(getattr(extension, "HISTORY_DAYS", 0)))

@@ -76,7 +76,8 @@ def history_days(decl, dataset) -> int:
     days = 0
     if decl.history:
         through = min(_last_day_known_on(s, predicted_at) for s in _history_sources(dataset))
-        days = max(decl.history.windows) - 1 + (day - _EPOCH).days - through
+        longest = max(*decl.history.windows, decl.history.sequence.days if decl.history.sequence else 0)
+        days = longest - 1 + (day - _EPOCH).days - through
     for lookup in decl.lookups:
         if lookup.lookback:
             days = max(days, (day - _EPOCH).days - (predicted_at - lookup.lookback) // MINUTES_PER_DAY)
@@ -274,7 +275,8 @@ def _with_history(frame, rows, history, dataset):
     adds nothing to a sum, so only the days that hold rows or end a window are computed, however
     sparse the feed (a football club plays one day a week, 46 seasons long). A row takes the
     windows ending on its `_through` day, the last day whose rows and outcomes were known at its
-    prediction time.
+    prediction time. A declared `sequence` reads the same daily partials over the same kind of
+    window ending on `_through`: the arrays hold no later day than the windows do.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -295,5 +297,39 @@ def _with_history(frame, rows, history, dataset):
             window = Window.partitionBy(*keys).orderBy("_day").rangeBetween(-(days_back - 1), 0)
             features += [_windowed(agg, window).cast("double").alias(f"{group}_{agg.name}_{days_back}d")
                          for agg in history.aggregates]
+        if history.sequence and group in history.sequence.groups:
+            days, arrays = _sequences(days, group, keys, history)
+            features += arrays
         frame = frame.join(days.select(*keys, F.col("_day").alias("_through"), *features), [*keys, "_through"], "left")
     return frame
+
+
+def _sequences(days, group: str, keys, history):
+    """(`days` with a helper column per aggregate, the Columns `<group>_<aggregate>_last<N>d`): the
+    group's value on each of the N days ending on the row's `_day` (its `_through`), oldest first;
+    null on a day that counted no row."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    seq = history.sequence
+    window = Window.partitionBy(*keys).orderBy("_day").rangeBetween(-(seq.days - 1), 0)
+    by_name = {agg.name: agg for agg in history.aggregates}
+    columns = []
+    for name in seq.aggregates:
+        agg, p = by_name[name], f"_{name}"
+        n = F.col(f"{p}_n")
+        value = (F.when(n > 0, n) if agg.how == "count" else F.when(n > 0, F.col(f"{p}_s")) if agg.how == "sum"
+                 else F.col(f"{p}_s") / F.when(n > 0, n))
+        # The window's days that had a value, as a map day → value, read at each of the N days.
+        days = days.withColumn(f"_seq{p}", F.map_from_entries(
+            F.collect_list(F.struct(F.col("_day"), value.cast("double"))).over(window)))
+        span = F.sequence(F.col("_day") - (seq.days - 1), F.col("_day"))
+        columns.append(F.transform(span, _value_on(f"_seq{p}")).alias(f"{group}_{name}_last{seq.days}d"))
+    return days, columns
+
+
+def _value_on(daily: str):
+    """The lambda `transform` calls for each day: the day's value in the map column `daily`, or null."""
+    from pyspark.sql import functions as F
+
+    return lambda day: F.try_element_at(F.col(daily), day)

@@ -26,6 +26,8 @@ CALENDAR = {"weekday": "date_format(date, 'E')", "month": "month(date)", "day_of
             "day_of_month": "dayofmonth(date)", "week_of_year": "weekofyear(date)"}
 # History aggregates: name → whether it takes an expression (count counts rows, it takes none).
 AGGREGATES = {"count": False, "sum": True, "mean": True, "rate": True, "last": True, "days_since": True}
+# The aggregates a daily sequence can hold: those with one value per day.
+SEQUENCE_AGGREGATES = ("count", "sum", "mean", "rate")
 # Column names the features table itself uses: no feature may take them.
 RESERVED = ("date", "label", "target")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -84,16 +86,33 @@ class Aggregate:
 
 
 @dataclass(frozen=True)
+class Sequence:
+    """`history.sequence`: per row, the last `days` daily values of `aggregates` for `groups`,
+    oldest first, ending on the day the history windows end on."""
+    days: int
+    groups: tuple[str, ...]
+    aggregates: tuple[str, ...]
+    key: str = "features.history.sequence"
+
+
+@dataclass(frozen=True)
 class History:
     windows: tuple[int, ...]
     groups: dict[str, tuple[str, ...]]
     aggregates: tuple[Aggregate, ...]
     key: str = "features.history"
+    sequence: Sequence | None = None
 
     def features(self) -> list[Feature]:
-        """The output columns, `<group>_<aggregate>_<window>d`, each numeric."""
-        return [Feature(f"{group}_{agg.name}_{days}d", "", "numeric", agg.model, agg.fill, agg.flag, key=agg.key)
-                for group in self.groups for agg in self.aggregates for days in self.windows]
+        """The output columns, `<group>_<aggregate>_<window>d`, each numeric, then the sequences,
+        `<group>_<aggregate>_last<days>d` (kind `sequence`, an array of daily values)."""
+        out = [Feature(f"{group}_{agg.name}_{days}d", "", "numeric", agg.model, agg.fill, agg.flag, key=agg.key)
+               for group in self.groups for agg in self.aggregates for days in self.windows]
+        if self.sequence:
+            seq = self.sequence
+            out += [Feature(f"{group}_{agg}_last{seq.days}d", "", "sequence", key=seq.key)
+                    for group in seq.groups for agg in seq.aggregates]
+        return out
 
 
 @dataclass(frozen=True)
@@ -250,7 +269,7 @@ class _Reader(_Parser):
 
     def history(self, data: Any) -> History:
         key = "features.history"
-        data = self.mapping(data, key, ("windows", "groups", "aggregates"), ("windows", "groups", "aggregates"))
+        data = self.mapping(data, key, ("windows", "groups", "aggregates", "sequence"), ("windows", "groups", "aggregates"))
         windows = data["windows"]
         if not isinstance(windows, list) or not windows or not all(
                 isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in windows):
@@ -281,7 +300,28 @@ class _Reader(_Parser):
                                         fill, flag, akey))
         if not aggregates:
             self.fail(f"{key}.aggregates", "must declare at least one aggregate")
-        return History(tuple(windows), groups, tuple(aggregates))
+        sequence = self.sequence(data["sequence"], groups, aggregates) if data.get("sequence") is not None else None
+        return History(tuple(windows), groups, tuple(aggregates), sequence=sequence)
+
+    def sequence(self, data: Any, groups: dict, aggregates: list[Aggregate]) -> Sequence:
+        key = "features.history.sequence"
+        data = self.mapping(data, key, ("days", "groups", "aggregates"), ("days",))
+        days = data["days"]
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 < days <= 366:
+            self.fail(f"{key}.days", f"must be a day count from 2 to 366, got {days!r}")
+        usable = [a.name for a in aggregates if a.how in SEQUENCE_AGGREGATES]
+        chosen = {}
+        for part, known in (("groups", list(groups)), ("aggregates", usable)):
+            names = data.get(part, known)
+            if not isinstance(names, list) or not names:
+                self.fail(f"{key}.{part}", f"must be a non-empty list, got {names!r}")
+            for i, name in enumerate(names):
+                if name not in known:
+                    self.fail(f"{key}.{part}[{i}]", f"names {name!r}, not one of {', '.join(known) or 'none'}"
+                              + (f" (a sequence holds {', '.join(SEQUENCE_AGGREGATES)} aggregates)"
+                                 if part == "aggregates" else ""))
+            chosen[part] = tuple(names)
+        return Sequence(days, chosen["groups"], chosen["aggregates"])
 
     # -- across sections ------------------------------------------------------------------------
     def check_lookup_keys(self, decl: Declaration) -> None:

@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 
 import cloudpickle
@@ -64,6 +64,10 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
     for split in ("train", "validation"):
         check_shardable(snapshot.splits[split], num_proc)
     spec = load_feature_spec(lakehouse, snapshot, spec_version)
+    if cfg.training.architecture != "sequence":
+        # Only the sequence model reads the seq_* columns: the others neither read nor record them,
+        # so a table that declares sequences trains the same mlp or cross model as one that does not.
+        spec = replace(spec, sequences={})
     if not state:
         state = {
             "model_version": model_version,

@@ -256,6 +256,8 @@ def _declared(columns: Sequence[ModelColumn]) -> set[tuple]:
     for c in columns:
         if c.kind == "categorical":
             declared.add((c.source, "vocabulary", None))
+        elif c.kind == "sequence":
+            declared.add((c.source, "standardize_sequence", None))
         else:
             declared.add((c.source, "standardize", c.fill))
             if c.flag:

@@ -38,6 +38,9 @@ def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequ
     a column with `flag` also gets a `<name>_missing` row (`missing_flag`). Categorical columns
     get the sorted vocabulary of the values seen in the window (`vocabulary`): the i-th value is
     index i+1, anything else 0, so `vocab_size` = len(vocabulary) + 1 (an embedding's input_dim).
+    Sequence columns get one mean and standard deviation over every daily value of the window's
+    arrays (the days of a sequence share one scale), transform `standardize_sequence`, and their
+    length in `vocab_size`.
 
         >>> spec = fit_feature_spec(features, (date(2013, 1, 1), date(2013, 9, 30)), features.model_columns)
     """
@@ -52,6 +55,11 @@ def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequ
             aggregates += [F.avg(value).alias(f"_mean{i}"), F.stddev_pop(value).alias(f"_std{i}")]
             if col.fill == "median":
                 aggregates.append(F.median(value).alias(f"_fill{i}"))
+        elif col.kind == "sequence":
+            values = F.filter(F.col(col.source), lambda v: v.isNotNull())
+            total = lambda f: F.aggregate(values, F.lit(0.0), lambda acc, v: acc + f(v))  # noqa: E731
+            aggregates += [F.sum(F.size(values)).alias(f"_n{i}"), F.sum(total(lambda v: v)).alias(f"_s{i}"),
+                           F.sum(total(lambda v: v * v)).alias(f"_ss{i}")]
         else:
             aggregates.append(F.collect_set(F.col(col.source).cast("string")).alias(f"_vocab{i}"))
     stats = train.agg(*aggregates).collect()[0]
@@ -77,12 +85,19 @@ def fit_feature_spec(features_df, train_window: tuple[date, date], columns: Sequ
             if col.flag:
                 rows.append((f"num_{col.source}_missing", "numeric", "missing_flag", col.source, [], 0,
                              0.0, 1.0, None, None))
+        elif col.kind == "sequence":
+            n = stats[f"_n{i}"] or 0
+            mean = stats[f"_s{i}"] / n if n else 0.0
+            variance = stats[f"_ss{i}"] / n - mean * mean if n else 0.0
+            std = variance ** 0.5 if variance > 1e-18 * max(1.0, mean * mean) else 1.0
+            rows.append((f"seq_{col.source}", "sequence", "standardize_sequence", col.source, [], col.length,
+                         mean, std, None, mean))
         else:
             vocabulary = sorted(stats[f"_vocab{i}"])
             rows.append((f"cat_{col.source}", "categorical", "vocabulary", col.source, vocabulary,
                          len(vocabulary) + 1, None, None, None, None))
-    # Numeric columns first, then categorical, each in declaration order: the model input's order.
-    rows.sort(key=lambda r: r[1] != "numeric")
+    # Numeric columns first, then categorical, then sequences, each in declaration order: the model input's order.
+    rows.sort(key=lambda r: ("numeric", "categorical", "sequence").index(r[1]))
     spark = features_df.sparkSession
     return spark.createDataFrame(
         [(pos, *row, start, end, train_rows, fitted_on) for pos, row in enumerate(rows)], SPEC_SCHEMA).coalesce(1)
@@ -107,7 +122,8 @@ def apply_feature_spec(features_df, spec_df, key: str, keep: Sequence[str] = ())
 
     num_* columns are float32 `(value - mean) / std`, a null taking the spec's `fill` value;
     *_missing flags are 1.0 where the source is null; cat_* columns are int32 indices into the vocabulary, 0 for a value never
-    seen in the training window or null. `label` and `target` are float32, null where unknown
+    seen in the training window or null; seq_* columns are array<float> of the spec's length, each
+    day standardised like a numeric column, a null day (or array) as the mean, so 0. `label` and `target` are float32, null where unknown
     (scoring rows); `gold.model_input` keeps only rows that have them. Columns named in `keep`
     follow unchanged (the split a row belongs to, say).
 
@@ -133,6 +149,10 @@ def apply_feature_spec(features_df, spec_df, key: str, keep: Sequence[str] = ())
                 value = F.coalesce(F.try_element_at(index, source.cast("string")), F.lit(0)).cast("int")
             else:
                 value = F.lit(0).cast("int")
+        elif spec["transform"] == "standardize_sequence":
+            mean, std = F.lit(spec["mean"]), F.lit(spec["std"])
+            days = F.coalesce(source, F.array_repeat(F.lit(None).cast("double"), spec["vocab_size"]))
+            value = F.transform(days, lambda v: ((F.coalesce(v.cast("double"), mean) - mean) / std).cast("float"))
         else:
             raise FeaturesError(f"{catalog.FEATURE_SPEC} row {spec['name']}: unknown transform {spec['transform']!r}")
         columns.append(value.alias(spec["name"]))
