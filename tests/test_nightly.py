@@ -77,6 +77,8 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
 
     model = registry.blessed(lh)
     assert model is not None and Path(model.path).exists()
+    # Beside model.keras, the SavedModel with the feature spec inside (tests/test_export.py checks its scores).
+    assert (Path(model.path).parent / "saved_model" / "saved_model.pb").exists()
     metrics = lh.table("results.metrics").read().toPandas()
     assert set(metrics["model"]) == {"dnn", "logreg"}   # the baselines nightly.baselines names
     assert {"train", "validation", "test"} <= set(metrics["split"])

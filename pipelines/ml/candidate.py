@@ -20,6 +20,7 @@ from pipelines.lineage.pins import upstream
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.export import export_beside
 from pipelines.ml.scoring import score
 from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError, encode
@@ -114,6 +115,8 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
         status=status, reason=reason, **dependencies(cfg, lakehouse, result))
+    # Every registered model can be served without Spark: the spec it was trained with inside the graph.
+    export_beside(lakehouse, result.model_path, entry.feature_spec_version, owner=f"model {result.model_version}")
     registry.register(lakehouse, entry)
     for frame in frames.values():
         frame.unpersist()
