@@ -54,6 +54,7 @@ def exported(spark, tmp_path_factory):
             layer.set_weights([np.random.default_rng(1).normal(size=w.shape) for w in layer.get_weights()])
     features = spark.createDataFrame(raw_rows(400), FEATURES_SCHEMA)
     path = export_saved_model(model, SPEC, source_types(features.schema), str(folder / "saved_model"))
+    model.save(str(folder / "model.keras"))   # beside it, as training leaves it
     return model, features, path
 
 
