@@ -79,6 +79,24 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
 
     model = registry.blessed(lh)
     assert model is not None and Path(model.path).exists()
+    # Beside model.keras, the SavedModel with the feature spec inside (tests/test_export.py checks its scores).
+    assert (Path(model.path).parent / "saved_model" / "saved_model.pb").exists()
+    # MLflow, embedded under the lakehouse: the model's run with its Delta inputs, the champion alias.
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.ml.tracking import CHAMPION, open_tracking
+
+    assert (cfg.root / "mlflow" / "mlflow.db").exists() and model.mlflow_run_id and model.mlflow_model_version
+    open_tracking(cfg)
+    run = mlflow.get_run(model.mlflow_run_id)
+    inputs = {i.dataset.name for i in run.inputs.dataset_inputs}
+    assert f"gold.model_input@v{model.training_version}" in inputs and any(n.startswith("bronze.") for n in inputs)
+    assert "validation_dnn_auc" in run.data.metrics and run.data.params["model_version"] == model.model_version
+    champion = MlflowClient().get_model_version_by_alias(cfg.pipeline.dataset, CHAMPION)
+    assert str(champion.version) == model.mlflow_model_version and champion.run_id == model.mlflow_run_id
+    artifacts = {a.path for a in MlflowClient().list_artifacts(model.mlflow_run_id)}
+    assert {"saved_model", "report"} <= artifacts
     metrics = lh.table("results.metrics").read().toPandas()
     assert set(metrics["model"]) == {"dnn", "logreg"}   # the baselines nightly.baselines names
     assert {"train", "validation", "test"} <= set(metrics["split"])

@@ -32,6 +32,7 @@ class LakehouseConfig:
     model_input_row_group_rows: int
     vacuum_retention_hours: int
     lock_lease_seconds: float
+    tracking_uri: str
 
 
 @dataclass

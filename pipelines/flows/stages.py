@@ -13,7 +13,7 @@ from pipelines import catalog
 from pipelines.catalog import PARTITION_COLUMN, PREDICTIONS
 from pipelines.config import Config
 from pipelines.datasets import dataset_for
-from pipelines.ml import registry, results
+from pipelines.ml import registry, results, tracking
 from pipelines.ml.candidate import train_and_register
 from pipelines.ml.scoring import baseline_path, score_days
 from pipelines.report import build_report
@@ -153,4 +153,8 @@ def stage_evaluate(ctx: NightlyContext) -> int:
 
 def stage_report(ctx: NightlyContext) -> int:
     ctx.report = str(build_report(ctx.cfg, ctx.spark, ctx.lakehouse, run_id=ctx.run_id, run_date=ctx.run_date))
+    model = registry.blessed(ctx.lakehouse)
+    if model is not None and model.run_id == ctx.run_id and model.mlflow_run_id:
+        # The report of the night that trained the model: its plots in the model's MLflow run.
+        tracking.log_report(ctx.cfg, model.mlflow_run_id, os.path.dirname(ctx.report))
     return 1

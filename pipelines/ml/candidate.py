@@ -17,9 +17,12 @@ from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
-from pipelines.ml import registry, results
+from pipelines.ml import registry, results, tracking
 from pipelines.ml.baselines import fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.export import export_beside
+from pipelines.ml.inputs import model_inputs, spec_of_model
+from pipelines.ml.model import load_model
 from pipelines.ml.review import write_review
 from pipelines.ml.scoring import score
 from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
@@ -125,6 +128,13 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
         status=status, reason=reason, **dependencies(cfg, lakehouse, result))
+    # Every registered model can be served without Spark: the spec it was trained with inside the graph.
+    saved_model = export_beside(lakehouse, result.model_path, entry.feature_spec_version,
+                                owner=f"model {result.model_version}")
+    example = model_inputs(frames["train"].limit(5).toPandas(), spec_of_model(load_model(result.model_path)))
+    entry.mlflow_run_id, entry.mlflow_model_version = tracking.log_model_run(
+        cfg, lakehouse, entry, metrics, result.history, example, saved_model_dir=saved_model,
+        extra_artifacts=[os.path.join(result.model_dir, ROC_FILE)])
     registry.register(lakehouse, entry)
     for frame in frames.values():
         frame.unpersist()

@@ -27,7 +27,7 @@ from pipelines.storage import DELTA_RS_DISTRIBUTION
 
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
-          "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int")
+          "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int, mlflow_run_id string, mlflow_model_version string")
 
 # The libraries whose versions decide what training computes, by distribution name (the first
 # installed of each tuple: TensorFlow is `tensorflow-cpu` in the CPU lock, `tensorflow` with CUDA).
@@ -57,6 +57,9 @@ class ModelEntry:
     seeds: str | None = None        # {"training.seed": ..., and what each random stream derives from it}
     libraries: str | None = None    # `environment()`: library versions, Python, platform, device
     num_proc: int | None = None     # the processes it was trained with (its shards and allreduce order)
+    # Where MLflow shows it (`pipelines.ml.tracking`): its run and its version of the registered model.
+    mlflow_run_id: str | None = None
+    mlflow_model_version: str | None = None
 
     @property
     def metric(self) -> dict:

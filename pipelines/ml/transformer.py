@@ -1,0 +1,62 @@
+"""A registered model as a Spark ML Transformer: raw `gold.features` rows in, the same rows with
+`score` and `predicted_label` out, as Horovod's `KerasEstimator` hands back a `KerasModel`.
+
+It encodes with the feature spec version the model was trained with (`apply_feature_spec`) and
+scores in Spark tasks (`pipelines.ml.scoring.score`): the nightly's own path, in one call.
+
+    >>> model = load_transformer(cfg, lh)                  # the blessed model; or model_version="20130320-..."
+    >>> model.transform(lh.table("gold.features").read().filter("date = '2013-03-21'")).show()
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from pyspark.ml import Transformer
+
+from pipelines.ml.scoring import score
+from pipelines.stages.gold.spec import LABEL, SPEC_SCHEMA, TARGET, apply_feature_spec
+
+SCORE_COLUMNS = ("score", "predicted_label")
+
+
+class FeaturesModel(Transformer):
+    """Scores raw feature rows (the dataset's key, `date`, the spec's source columns) with the Keras
+    model at `model_path` and its feature spec rows `spec`; every other column is carried along."""
+
+    def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, threshold: float,
+                 model_version: str | None = None):
+        super().__init__()
+        self.model_path, self.spec, self.key = model_path, [dict(r) for r in spec], key
+        self.threshold, self.model_version = threshold, model_version
+
+    def _transform(self, df):
+        from pyspark.sql import functions as F
+
+        for column in (LABEL, TARGET):
+            if column not in df.columns:   # rows to score need no outcome
+                df = df.withColumn(column, F.lit(None).cast("double"))
+        encoded_names = {self.key, "day", LABEL, TARGET, *(r["name"] for r in self.spec)}
+        carried = [c for c in df.columns if c not in encoded_names and c not in SCORE_COLUMNS]
+        encoded = apply_feature_spec(df, df.sparkSession.createDataFrame(self.spec, SPEC_SCHEMA), key=self.key,
+                                     keep=carried)
+        return score(encoded, self.model_path, self.threshold, key_columns=(self.key, *carried, LABEL))
+
+    def __repr__(self) -> str:
+        return f"FeaturesModel({self.model_version or self.model_path})"
+
+
+def load_transformer(cfg, lakehouse, model_version: str | None = None) -> FeaturesModel:
+    """The registered model `model_version` (default: the blessed one) as a `FeaturesModel`, with
+    the feature spec version its registry entry pins."""
+    from pipelines.datasets import dataset_for
+    from pipelines.ml import registry
+    from pipelines.stages.gold import spec_at, spec_rows
+
+    entry = registry.get(lakehouse, model_version) if model_version else registry.blessed(lakehouse)
+    if entry is None:
+        raise LookupError(f"no registered model {model_version}" if model_version else
+                          "no blessed model yet: run `lakehouse-dl train` or the nightly")
+    owner = f"model {entry.model_version}"
+    spec = spec_rows(spec_at(lakehouse, entry.feature_spec_version, owner))
+    return FeaturesModel(entry.path, spec, key=dataset_for(cfg).key, threshold=cfg.training.threshold,
+                         model_version=entry.model_version)

@@ -1,0 +1,64 @@
+"""MLflow tracking: the embedded store under the lakehouse, a run per model with its parameters,
+metrics and pinned Delta inputs, and registered versions whose aliases follow the blessed model."""
+import json
+from datetime import date
+
+import numpy as np
+
+
+def tiny_model(path):
+    import tensorflow as tf
+
+    num = tf.keras.Input((1,), name="num_distance", dtype=tf.float32)
+    cat = tf.keras.Input((1,), name="cat_carrier", dtype=tf.int32)
+    emb = tf.keras.layers.Flatten()(tf.keras.layers.Embedding(4, 2, name="cat_carrier_embedding")(cat))
+    out = tf.keras.layers.Dense(1, activation="sigmoid")(tf.keras.layers.Concatenate()([num, emb]))
+    path.parent.mkdir(parents=True)
+    tf.keras.Model({"num_distance": num, "cat_carrier": cat}, out).save(str(path))
+    return str(path)
+
+
+def entry_for(version: str, path: str, status: str):
+    from pipelines.ml import registry
+
+    pins = {"gold.model_input": [3], "gold.feature_spec": [2], "silver.flights": [5, 6]}
+    return registry.ModelEntry(model_version=version, created_at=registry.now(), run_id=f"nightly-{version}",
+                               run_date=date(2013, 3, 20), path=path, training_table="gold.model_input",
+                               training_version=3, feature_spec_version=2, config_hash="abc", code_version="test",
+                               metrics="{}", status=status, reason="test", pins=json.dumps(pins), num_proc=1)
+
+
+def test_each_model_is_a_run_with_its_delta_inputs_and_the_blessed_one_is_the_champion(cfg, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.ml.tracking import CHAMPION, PREVIOUS, log_model_run, tracking_uri
+    from pipelines.storage import Lakehouse
+
+    lakehouse = Lakehouse.from_config(cfg)
+    example = {"num_distance": np.zeros((2, 1), np.float32), "cat_carrier": np.ones((2, 1), np.int32)}
+    history = [{"epoch": 1, "loss": 0.7, "val_auc": 0.6}, {"epoch": 2, "loss": 0.6, "val_auc": float("nan")}]
+    metrics = [{"model_version": "v1", "model": "dnn", "split": "test", "auc": 0.71, "rows": 10}]
+    runs = {}
+    for version in ("v1", "v2"):
+        path = tiny_model(tmp_path / "models" / version / "model.keras")
+        runs[version] = log_model_run(cfg, lakehouse, entry_for(version, path, "blessed"), metrics, history, example)
+
+    assert tracking_uri(cfg) == f"sqlite:///{cfg.root / 'mlflow' / 'mlflow.db'}" and (cfg.root / "mlflow" / "mlflow.db").exists()
+    run = mlflow.get_run(runs["v1"][0])
+    assert run.data.params["training_table"] == "gold.model_input@v3" and run.data.metrics["test_dnn_auc"] == 0.71
+    assert [m.value for m in MlflowClient().get_metric_history(run.info.run_id, "loss")] == [0.7, 0.6]
+    inputs = {(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs}
+    assert inputs == {("gold.model_input@v3", "training"), ("gold.feature_spec@v2", "feature_spec"),
+                      ("silver.flights@v5", "upstream"), ("silver.flights@v6", "upstream")}
+    source = json.loads(run.inputs.dataset_inputs[0].dataset.source)
+    assert source["path"].startswith(str(cfg.root)) and "delta_table_version" in source
+
+    client = MlflowClient()
+    name = cfg.pipeline.dataset
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == runs["v2"][1]
+    assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == runs["v1"][1]
+    model = client.get_model_version(name, runs["v2"][1])
+    assert model.run_id == runs["v2"][0]
+    logged = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
+    assert set(logged.signature.inputs.input_names()) == {"num_distance", "cat_carrier"}
