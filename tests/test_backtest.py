@@ -83,15 +83,16 @@ def test_the_backtest_measures_every_model_on_each_fold_and_their_mean_and_sprea
 def test_tune_records_every_trial_and_the_nightly_takes_the_best(spark, spread_lakehouse):
     from pipelines.ml.tuning import tune, with_best
 
+    # --set merges into conf/base's space: the batch sizes are the tiny table's.
     cfg = training_config(spread_lakehouse.root, *SPLITS, "tuning.parallelism=2",
-                          "tuning.space.dnn={learning_rate: {loguniform: [0.001, 0.01]}, hidden_units: {choice: [[16], [32, 16]]}}",
-                          "tuning.space.gbt={}")
+                          "tuning.space.dnn={learning_rate: {loguniform: [0.003, 0.01]}, hidden_units: {choice: [[16], [32, 16]]}}",
+                          "tuning.space.dnn.batch_size={choice: [128]}")
     rows = tune(cfg, spark, spread_lakehouse, models=["dnn", "logreg"], max_evals=2)
     table = spread_lakehouse.table("results.trials").read().toPandas()
     assert len(table) == 4 and set(table["model"]) == {"dnn", "logreg"} and (table["status"] == "ok").all()
     for row in rows:
         assert len(json.loads(row["fold_aucs"])) == 2 and row["seconds"] > 0
-        assert set(json.loads(row["params"])) == ({"learning_rate", "hidden_units"} if row["model"] == "dnn"
+        assert set(json.loads(row["params"])) == (set(cfg.tuning.space["dnn"]) if row["model"] == "dnn"
                                                   else {"reg_param", "elastic_net"})
     best_dnn = max((r for r in rows if r["model"] == "dnn"), key=lambda r: r["mean_auc"])
     tuned, best = with_best(cfg, spread_lakehouse)
