@@ -38,6 +38,14 @@ def test_a_fold_count_that_leaves_no_training_month_is_refused():
     assert first.train == (date(2013, 1, 1), date(2013, 1, 31)) and second.validation == (date(2013, 3, 1), date(2013, 3, 14))
 
 
+def test_months_without_rows_are_no_fold():
+    # A league's summer break: June and July have no matches.
+    present = {date(2004, m, 1) for m in (1, 2, 3, 4, 5, 8, 9)}
+    fold_list = folds((date(2004, 1, 1), date(2004, 6, 30)), (date(2004, 7, 1), date(2004, 9, 30)), 2, present)
+    assert [f.validation for f in fold_list] == [(date(2004, 8, 1), date(2004, 8, 31)), (date(2004, 9, 1), date(2004, 9, 30))]
+    assert fold_list[0].train == (date(2004, 1, 1), date(2004, 7, 31))
+
+
 def test_blessing_compares_the_backtest_mean_and_the_configured_spread_penalty():
     from types import SimpleNamespace
 

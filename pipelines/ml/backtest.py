@@ -43,21 +43,24 @@ class Fold:
         return int(f"{start:%Y%m%d}"), int(f"{end:%Y%m%d}")
 
 
-def folds(train_window: tuple[date, date], validation_window: tuple[date, date], count: int) -> list[Fold]:
-    """The `count` folds whose validation months are the last calendar months of train_window's
-    start to validation_window's end; each trains from that start to the day before its month.
+def folds(train_window: tuple[date, date], validation_window: tuple[date, date], count: int,
+          months_with_rows: set[date] | None = None) -> list[Fold]:
+    """The `count` folds whose validation months are the last calendar months from train_window's
+    start to validation_window's end (of those in `months_with_rows`, first days of months, when
+    given: a league's summer break is no fold); each trains from that start to the day before.
 
-    Raises ValueError when the windows hold fewer than `count + 1` months (a fold would train on nothing).
+    Raises ValueError when there are fewer than `count + 1` such months (a fold would train on nothing).
     """
     start, end = train_window[0], validation_window[1]
     months = []
     month = start.replace(day=1)
     while month <= end:
-        months.append(month)
+        if months_with_rows is None or month in months_with_rows:
+            months.append(month)
         month = (month + timedelta(days=32)).replace(day=1)
     if len(months) < count + 1:
-        raise ValueError(f"backtest.folds={count} needs {count + 1} months from {start} to {end}, "
-                         f"there are {len(months)}; lower backtest.folds")
+        raise ValueError(f"backtest.folds={count} needs {count + 1} months with rows from {start} to {end}, "
+                         f"there are {len(months)}; lower backtest.folds or widen the windows")
     out = []
     for i, month in enumerate(months[-count:], 1):
         first = max(month, start)
@@ -66,9 +69,18 @@ def folds(train_window: tuple[date, date], validation_window: tuple[date, date],
     return out
 
 
-def folds_for(cfg) -> list[Fold]:
-    """The folds of `cfg`: its train and validation splits, `backtest.folds` of them."""
-    return folds(cfg.split("train"), cfg.split("validation"), cfg.backtest.folds)
+def months_with_rows(rows) -> set[date]:
+    """The first days of the months `rows` (Spark, with `day` yyyymmdd) have rows in."""
+    from pyspark.sql import functions as F
+
+    found = rows.select((F.col("day") / 100).cast("int").alias("m")).distinct().collect()
+    return {date(r["m"] // 100, r["m"] % 100, 1) for r in found}
+
+
+def folds_for(cfg, present: set[date] | None = None) -> list[Fold]:
+    """The folds of `cfg`: its train and validation splits, `backtest.folds` of them (among the
+    months `present`, when given)."""
+    return folds(cfg.split("train"), cfg.split("validation"), cfg.backtest.folds, present)
 
 
 def fold_rows(rows, fold: Fold, window: str):
@@ -221,10 +233,15 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     from pipelines.ml.evaluation import binary_metrics
     from pipelines.ml.tensors import load_feature_spec, pin_snapshot
 
-    fold_list = folds_for(cfg)
     threshold, key = cfg.training.threshold, dataset_for(cfg).key
     frames = model_input_frames(lakehouse, version)
     rows = frames["train"].unionByName(frames["validation"]).cache()
+    try:
+        fold_list = folds_for(cfg, months_with_rows(rows))
+    except ValueError as exc:
+        rows.unpersist()
+        log.warning(f"[backtest] no backtest: {exc}; the blessing compares the validation window only")
+        return []
     out = []
 
     def measured(model, fold, scored):

@@ -105,7 +105,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     blessed_auc = None
     if current is not None and current.model_version != result.model_version:
         blessed_auc = _auc_of(cfg, lakehouse, current, frames["validation"], threshold)
-    if cfg.training.head == "classification":
+    if any(m["split"] == backtest.MEAN and m["model"] == "dnn" for m in metrics):
         status, reason = backtest.decide(metrics, cfg.backtest, blessed_auc)
     else:
         status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)

@@ -31,9 +31,16 @@ TRIALS_SCHEMA = ("search_id string, dataset string, space_hash string, model str
                  "seconds double, status string, error string, created_at timestamp")
 
 
+def _folds(cfg, lakehouse, version: int) -> list:
+    from pipelines.ml.baselines import model_input_frames
+
+    frames = model_input_frames(lakehouse, version)
+    return backtest.folds_for(cfg, backtest.months_with_rows(frames["train"].unionByName(frames["validation"])))
+
+
 def space_hash(cfg, model: str) -> str:
     """A short hash of one model's search space and folds: trials of another space are not compared."""
-    data = {"space": cfg.tuning.space.get(model, {}), "folds": backtest.fold_windows_json(backtest.folds_for(cfg)),
+    data = {"space": cfg.tuning.space.get(model, {}), "splits": cfg.pipeline.splits, "folds": cfg.backtest.folds,
             "epochs": cfg.backtest.epochs, "max_train_rows": cfg.backtest.max_train_rows}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -83,7 +90,7 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
     budget = max_evals or cfg.tuning.max_evals
     snapshot = pin_snapshot(lakehouse, table_version)
     spec = load_feature_spec(lakehouse, snapshot)
-    fold_list = backtest.folds_for(cfg)
+    fold_list = _folds(cfg, lakehouse, snapshot.version)
     search_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     algo = tpe.suggest if cfg.tuning.algo == "tpe" else rand.suggest
     rows = []
