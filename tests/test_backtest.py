@@ -110,3 +110,12 @@ def test_tune_records_every_trial_and_the_nightly_takes_the_best(spark, spread_l
     # Another search space is another search: its trials are not taken as the best.
     other = training_config(spread_lakehouse.root, *SPLITS, "tuning.space.dnn={dropout: {uniform: [0, 0.3]}}")
     assert with_best(other, spread_lakehouse)[0].training == other.training
+
+
+def test_a_search_space_naming_an_unknown_setting_is_refused():
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"tuning.space.dnn.learning_rat' is not a setting of dnn"):
+        load_config("local", ["tuning.space.dnn.learning_rat={uniform: [0, 1]}"])
+    with pytest.raises(ConfigError, match=r"tuning.space.gbt.max_depth' must be"):
+        load_config("local", ["tuning.space.gbt.max_depth={between: [3, 5]}"])

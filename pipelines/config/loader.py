@@ -300,8 +300,14 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         if getattr(cfg.tuning, key) < 1:
             fail(f"tuning.{key}", f"must be at least 1, got {getattr(cfg.tuning, key)}")
     kinds = {"choice", "uniform", "loguniform", "quniform"}
+    settable = {"dnn": {f.name for f in dataclasses.fields(cfg.training)} - {"num_proc", "head", "baselines"},
+                "logreg": {"reg_param", "elastic_net"}, "gbt": {"max_depth", "max_iter", "step_size"}}
     for model, settings in cfg.tuning.space.items():
+        if model not in settable:
+            fail(f"tuning.space.{model}", f"is not a model that can be tuned (known: {', '.join(settable)})")
         for name, spec in settings.items():
+            if name not in settable[model]:
+                fail(f"tuning.space.{model}.{name}", f"is not a setting of {model} (allowed: {', '.join(sorted(settable[model]))})")
             if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in kinds:
                 fail(f"tuning.space.{model}.{name}", f"must be one of {{choice|uniform|loguniform|quniform: [...]}}, got {spec!r}")
     _resolve_paths(cfg, fail)
