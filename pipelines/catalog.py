@@ -60,6 +60,7 @@ PREDICTIONS = "results.predictions"
 METRICS = "results.metrics"
 HISTORY = "results.training_history"
 MODELS = "results.models"
+TRIALS = "results.trials"
 RUNS = "results.runs"
 STAGE_LOG = "ops.stage_log"
 FEED_GAPS = "ops.feed_gaps"
@@ -80,6 +81,7 @@ _FIXED = [
     TableEntry(PREDICTIONS, (PARTITION_COLUMN,), "ml.results", "scores of the blessed model per key and day"),
     TableEntry(METRICS, (), "ml.results", "AUC, log loss, accuracy, ... per run, model and split"),
     TableEntry(HISTORY, (), "ml.results", "one row per training epoch"),
+    TableEntry(TRIALS, (), "ml.tuning", "one row per hyper-parameter trial: model, settings, fold AUCs, time"),
     TableEntry(MODELS, (), "ml.registry", "the model registry: one row per trained model and its status"),
     TableEntry(RUNS, (), "ops.runs", "one row per job and date: status, stage times and counts"),
     TableEntry(STAGE_LOG, (), "ops.runs", "the finished stages of each date, which a resumed run skips"),

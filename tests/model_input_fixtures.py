@@ -22,9 +22,11 @@ CARRIER_EFFECT = np.array([0.0, 1.2, -0.8, 0.3, 1.0, -1.2])
 SEQUENCES = ["seq_route_late_rate", "seq_carrier_late_rate"]
 
 
-def model_input_rows(n: int, seed: int, first_flight_id: int = 0, sequence_days: int = 0) -> dict[str, np.ndarray]:
-    """`n` rows of model-ready columns whose label depends on the features (so a model can learn);
-    with `sequence_days`, also SEQUENCES, whose last days push the label too."""
+def model_input_rows(n: int, seed: int, first_flight_id: int = 0, sequence_days: int = 0,
+                     day_span: int = 28) -> dict[str, np.ndarray]:
+    """`n` rows of model-ready columns whose label depends on the features (so a model can learn),
+    on days spread over the `day_span` days from 2013-01-01; with `sequence_days`, also SEQUENCES,
+    whose last days push the label too."""
     rng = np.random.default_rng(seed)
     distance = rng.normal(size=n).astype(np.float32)
     dep_hour = rng.normal(size=n).astype(np.float32)
@@ -38,7 +40,8 @@ def model_input_rows(n: int, seed: int, first_flight_id: int = 0, sequence_days:
         logit = logit + sequences[SEQUENCES[0]][:, -3:].mean(axis=1)
     late = rng.random(n) < 1 / (1 + np.exp(-logit))
     arr_delay = (12 * logit + rng.normal(scale=8, size=n)).astype(np.float32)
-    day = (20130101 + rng.integers(0, 28, size=n)).astype(np.int32)
+    dates = np.datetime64("2013-01-01") + rng.integers(0, day_span, size=n).astype("timedelta64[D]")
+    day = np.array([int(str(d).replace("-", "")) for d in dates], dtype=np.int32)
     return {
         "flight_id": np.arange(first_flight_id, first_flight_id + n, dtype=np.int64),
         "day": day,
@@ -68,7 +71,8 @@ def feature_spec_rows(sequence_days: int = 0) -> list[dict]:
 
 
 def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int = 7,
-                      row_group_rows: int = 500, files_per_split: int = 2, sequence_days: int = 0) -> dict[str, int]:
+                      row_group_rows: int = 500, files_per_split: int = 2, sequence_days: int = 0,
+                      day_span: int = 28) -> dict[str, int]:
     """Write `gold.model_input` (partitioned by `split`) and `gold.feature_spec`; return their versions.
 
     Row groups are `row_group_rows` long and each split is spread over `files_per_split` files, so
@@ -84,7 +88,8 @@ def write_model_input(lakehouse, rows: dict[str, int] | None = None, seed: int =
     rows = rows or {"train": 4000, "validation": 1000}
     frames, next_id = [], 0
     for i, (split, n) in enumerate(rows.items()):
-        frame = pd.DataFrame(model_input_rows(n, seed + i, first_flight_id=next_id, sequence_days=sequence_days))
+        frame = pd.DataFrame(model_input_rows(n, seed + i, first_flight_id=next_id, sequence_days=sequence_days,
+                                              day_span=day_span))
         frame["split"] = split
         frames.append(frame)
         next_id += n

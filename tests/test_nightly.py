@@ -32,6 +32,9 @@ SLICE = [
     "training.early_stopping_patience=2",
     # The logistic regression only (the bless rule's bar): tests/test_baselines.py fits the trees.
     "nightly.baselines=[logreg]",
+    # Two rolling-origin folds fit the slice: train on January, validate on February; train on
+    # January and February, validate on March's first fortnight.
+    "backtest.folds=2", "backtest.epochs=2",
     "spark.master=local[2]", "spark.shuffle_partitions=2",
     # A week of validation rows must still give each of the 2 Horovod ranks its own row groups.
     "lakehouse.model_input_row_group_rows=1024",
@@ -100,6 +103,16 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     metrics = lh.table("results.metrics").read().toPandas()
     assert set(metrics["model"]) == {"dnn", "logreg"}   # the baselines nightly.baselines names
     assert {"train", "validation", "test"} <= set(metrics["split"])
+    # The backtest: every model on each fold, and its mean and spread; the blessing compared them.
+    assert {"fold_1", "fold_2", "backtest_mean", "backtest_std"} <= set(metrics["split"])
+    for name in ("dnn", "logreg"):
+        mine = metrics[metrics["model"] == name].set_index("split")["auc"]
+        assert mine["backtest_mean"] == pytest.approx((mine["fold_1"] + mine["fold_2"]) / 2)
+        assert 0.5 < mine["backtest_mean"] < 1 and mine["backtest_std"] >= 0
+    february = (lh.table("gold.model_input").read(version=model.training_version)
+                .filter("split != 'test' AND day BETWEEN 20130201 AND 20130228").count())
+    assert (metrics[metrics["split"] == "fold_1"]["rows"] == february).all()
+    assert "backtest" in model.reason and "backtest_mean_dnn_auc" in model.metric
     history = lh.table("results.training_history").read().orderBy("epoch").toPandas()
     assert 1 <= len(history) <= 6 and list(history["epoch"]) == list(range(1, len(history) + 1))
     assert (history["samples_per_second"] > 0).all() and (history["learning_rate"] > 0).all()

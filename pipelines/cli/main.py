@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pipelines.cli.data",
     "pipelines.cli.features",
     "pipelines.cli.train",
+    "pipelines.cli.tune",
     "pipelines.cli.reproduce",
     "pipelines.cli.nightly",
     "pipelines.cli.maintain",

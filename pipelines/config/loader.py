@@ -234,6 +234,8 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str) -> Any:
     where = _where(origin, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, origin, key + ".")
+    if tp is Any:
+        return value
     org = typing.get_origin(tp)
     args = typing.get_args(tp)
     if org is Literal:
@@ -292,6 +294,23 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
     if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
         fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
+    for key in ("folds", "epochs"):
+        if getattr(cfg.backtest, key) < 1:
+            fail(f"backtest.{key}", f"must be at least 1, got {getattr(cfg.backtest, key)}")
+    for key in ("max_evals", "parallelism"):
+        if getattr(cfg.tuning, key) < 1:
+            fail(f"tuning.{key}", f"must be at least 1, got {getattr(cfg.tuning, key)}")
+    kinds = {"choice", "uniform", "loguniform", "quniform"}
+    settable = {"dnn": {f.name for f in dataclasses.fields(cfg.training)} - {"num_proc", "head", "baselines"},
+                "logreg": {"reg_param", "elastic_net"}, "gbt": {"max_depth", "max_iter", "step_size"}}
+    for model, settings in cfg.tuning.space.items():
+        if model not in settable:
+            fail(f"tuning.space.{model}", f"is not a model that can be tuned (known: {', '.join(settable)})")
+        for name, spec in settings.items():
+            if name not in settable[model]:
+                fail(f"tuning.space.{model}.{name}", f"is not a setting of {model} (allowed: {', '.join(sorted(settable[model]))})")
+            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in kinds:
+                fail(f"tuning.space.{model}.{name}", f"must be one of {{choice|uniform|loguniform|quniform: [...]}}, got {spec!r}")
     _resolve_paths(cfg, fail)
 
 
@@ -343,6 +362,9 @@ def config_from_dict(data: dict[str, Any], source: str = "stored configuration")
         True
     """
     origin = {"": source}
+    # A configuration stored before a section existed takes that section from conf/base.
+    data = {**{f.name: base_value(f.name) for f in dataclasses.fields(Config)
+               if f.name not in data and f.name != "env"}, **data}
     cfg = _build(Config, data, origin, prefix="")
     _check_splits(cfg, origin)
     return cfg

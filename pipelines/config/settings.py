@@ -85,6 +85,24 @@ class NightlyConfig:
 
 
 @dataclass
+class BacktestConfig:
+    folds: int
+    epochs: int
+    max_train_rows: int
+    spread_penalty: float
+    min_lift: float
+
+
+@dataclass
+class TuningConfig:
+    max_evals: int
+    parallelism: int
+    algo: Literal["tpe", "random"]
+    # {model: {setting: {kind: arguments}}}, kinds as conf/base/backtest.yaml lists them.
+    space: dict[str, dict[str, dict[str, Any]]]
+
+
+@dataclass
 class Config:
     env: str
     spark: SparkConfig
@@ -92,6 +110,8 @@ class Config:
     pipeline: PipelineConfig
     training: TrainingConfig
     nightly: NightlyConfig
+    backtest: BacktestConfig
+    tuning: TuningConfig
 
     @property
     def root(self) -> Path:

@@ -23,20 +23,29 @@ def model_input_frames(lakehouse, version: int, splits: tuple[str, ...] = ("trai
     return {split: df.filter(F.col(split_column) == split) for split in splits}
 
 
+def baseline_scores(df, fitted, key: str):
+    """`df` scored by a fitted MLlib pipeline: `key`, label, score (the probability of the label)."""
+    from pyspark.ml.functions import vector_to_array
+
+    return fitted.transform(df).select(key, "label", vector_to_array("probability")[1].alias("score"))
+
+
 def feature_columns(columns: list[str]) -> tuple[list[str], list[str]]:
     """The numeric (num_*) and categorical (cat_*) model columns among `columns`."""
     return ([c for c in columns if c.startswith("num_")], [c for c in columns if c.startswith("cat_")])
 
 
 def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = BASELINES, label: str = "label", *,
-                  seed: int, max_iter: int = 50) -> dict[str, dict]:
+                  seed: int, max_iter: int = 50, params: dict[str, dict] | None = None) -> dict[str, dict]:
     """Fit each baseline in `kinds` on `train_df` and score AUC on train and validation.
 
     logreg: logistic regression on num_* plus a one-hot encoding of each cat_* index (index 0,
     out of vocabulary, keeps its own column). gbt: gradient-boosted trees on num_* and the raw
     cat_* indices (trees split on them directly). Returns
     ``{kind: {"train_auc", "val_auc", "seconds", "features", "model"}}`` where "model" is the
-    fitted `PipelineModel` (its `probability` column scores new rows).
+    fitted `PipelineModel` (its `probability` column scores new rows). `params` overrides a
+    baseline's settings, as `lakehouse-dl tune` finds them: {"logreg": {"reg_param", "elastic_net"},
+    "gbt": {"max_depth", "max_iter", "step_size"}}.
     """
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import GBTClassifier, LogisticRegression
@@ -59,15 +68,19 @@ def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = 
     try:
         for kind in kinds:
             started = time.time()
+            p = (params or {}).get(kind, {})
             if kind == "logreg":
                 onehot = [f"{c}_onehot" for c in categorical]
                 stages = ([OneHotEncoder(inputCols=categorical, outputCols=onehot, handleInvalid="keep")]
                           if categorical else [])
                 stages += [VectorAssembler(inputCols=numeric + onehot, outputCol="features", handleInvalid="keep"),
-                           LogisticRegression(labelCol=label, featuresCol="features", maxIter=max_iter)]
+                           LogisticRegression(labelCol=label, featuresCol="features", maxIter=max_iter,
+                                              regParam=float(p.get("reg_param", 0.0)),
+                                              elasticNetParam=float(p.get("elastic_net", 0.0)))]
             else:
                 stages = [VectorAssembler(inputCols=numeric + categorical, outputCol="features", handleInvalid="keep"),
-                          GBTClassifier(labelCol=label, featuresCol="features", maxIter=max_iter, maxDepth=5,
+                          GBTClassifier(labelCol=label, featuresCol="features", maxIter=int(p.get("max_iter", max_iter)),
+                                        maxDepth=int(p.get("max_depth", 5)), stepSize=float(p.get("step_size", 0.1)),
                                         maxBins=64, seed=seed)]
             fitted = Pipeline(stages=stages).fit(train)
             results[kind] = {

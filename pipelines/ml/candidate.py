@@ -17,8 +17,8 @@ from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
-from pipelines.ml import registry, results, tracking
-from pipelines.ml.baselines import fit_baselines, model_input_frames
+from pipelines.ml import backtest, registry, results, tracking, tuning
+from pipelines.ml.baselines import baseline_scores, fit_baselines, model_input_frames
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
 from pipelines.ml.export import export_beside
 from pipelines.ml.inputs import model_inputs, spec_of_model
@@ -51,14 +51,12 @@ def dnn_scores(df, model_path: str, threshold: float, key: str):
     return score(df, model_path, threshold=threshold, key_columns=(key, "label"))
 
 
-def baseline_scores(df, fitted, key: str):
-    """`df` scored by a fitted MLlib pipeline: `key`, label, score (the probability of the label)."""
-    from pyspark.ml.functions import vector_to_array
-
-    return fitted.transform(df).select(key, "label", vector_to_array("probability")[1].alias("score"))
-
-
 def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
+    # The best settings `lakehouse-dl tune` found so far (the configured ones before any search);
+    # the registry stores the configuration the model was trained with.
+    cfg, tuned = tuning.with_best(cfg, lakehouse)
+    if tuned:
+        log.info(f"[train] with the best trial settings of {', '.join(sorted(tuned))}: {tuned}")
     threshold = cfg.training.threshold
     version_name = model_version_for(cfg, run_date)
     result = read_result(model_dir_for(cfg, version_name))
@@ -71,7 +69,8 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
     kinds = ["logreg", *[k for k in cfg.nightly.baselines if k != "logreg"]]
     log.info(f"[train] baselines: {', '.join(BASELINE_NAMES[k] for k in kinds)} on {MODEL_INPUT} v{version}")
-    baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)
+    baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed,
+                              params=tuned)
 
     key = dataset_for(cfg).key
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, key)}
@@ -98,6 +97,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                              "calibration": {"mean_score": mean_score.tolist(), "observed": observed.tolist()}}
             if split == "train":
                 scored.unpersist()
+    # Rolling-origin folds inside the train + validation windows: the blessing compares on them.
+    metrics += backtest.run_backtest(cfg, spark, lakehouse, version, kinds, result.model_version,
+                                     baseline_params=tuned)
     results.write_metrics(lakehouse, run_id, metrics)
     results.write_history(lakehouse, run_id, result.model_version, result.history)
     # Permutation importance for the network and the trees (the logistic regression is the bar, not a subject).
@@ -117,8 +119,12 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     blessed_auc = None
     if current is not None and current.model_version != result.model_version:
         blessed_auc = _auc_of(cfg, lakehouse, current, frames["validation"], threshold)
-    status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
-    summary = {f"{split}_{m['model']}_auc": m["auc"] for split in SPLITS for m in metrics if m["split"] == split}
+    if any(m["split"] == backtest.MEAN and m["model"] == "dnn" for m in metrics):
+        status, reason = backtest.decide(metrics, cfg.backtest, blessed_auc)
+    else:
+        status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
+    summary = {f"{split}_{m['model']}_auc": m["auc"] for split in (*SPLITS, backtest.MEAN, backtest.SPREAD)
+               for m in metrics if m["split"] == split}
     entry = registry.ModelEntry(
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
         path=result.model_path, training_table=MODEL_INPUT, training_version=version,
@@ -177,7 +183,7 @@ def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: f
 def comparison_lines(metrics: list[dict]) -> list[str]:
     """The AUC of every model on every split, as a small table (one line per model)."""
     models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n))
-    splits = [s for s in SPLITS if any(m["split"] == s for m in metrics)]
+    splits = [s for s in (*SPLITS, backtest.MEAN, backtest.SPREAD) if any(m["split"] == s for m in metrics)]
     lines = ["[train] AUC        " + "".join(f"{s:>12}" for s in splits)]
     for model in models:
         cells = []

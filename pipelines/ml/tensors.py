@@ -40,6 +40,8 @@ class SplitFiles:
     files: tuple[str, ...]
     rows: int
     row_groups: int
+    # Inclusive (first, last) `day` (yyyymmdd) to keep, for a backtest fold; None keeps every row.
+    days: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,31 @@ def count_row_groups(files: tuple[str, ...] | list[str]) -> int:
         with fs.open_input_file(path) as handle:
             total += pq.ParquetFile(handle).metadata.num_row_groups
     return total
+
+
+def restrict_days(splits: list[SplitFiles], first: int, last: int, name: str) -> SplitFiles:
+    """The rows of `splits` (files of one table version) whose `day` lies in [first, last]
+    (yyyymmdd), as one split named `name`: a backtest fold. Files without such a day are left
+    out; the rows are counted from the `day` column alone.
+
+        >>> restrict_days([snap.splits["train"], snap.splits["validation"]], 20130101, 20130831, "fold_1_train")
+    """
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    kept, rows = [], 0
+    for uri in (f for s in splits for f in s.files):
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_file(path) as handle:
+            day = pq.read_table(handle, columns=["day"])["day"]
+        n = int(pc.sum(pc.and_(pc.greater_equal(day, first), pc.less_equal(day, last))).as_py() or 0)
+        if n:
+            kept.append(uri)
+            rows += n
+    if not kept:
+        raise TensorInputError(f"{splits[0].table} v{splits[0].version} has no rows from day {first} to {last} ({name})")
+    return SplitFiles(splits[0].table, splits[0].version, name, tuple(kept), rows, count_row_groups(kept), (first, last))
 
 
 def load_feature_spec(lakehouse, snapshot: Snapshot, version: int | None = None) -> FeatureSpec:
@@ -173,6 +200,8 @@ def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size:
     """
     check_shardable(split, num_ranks)
     fields = [*spec.inputs, label]
+    if split.days and "day" not in fields:
+        fields.append("day")
     reader = _open_reader(split, fields, training, seed, epoch, rank, num_ranks, reader_threads)
     rng = np.random.default_rng([seed, epoch, rank])
     wanted = steps * batch_size if training else None
@@ -182,6 +211,9 @@ def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size:
     try:
         for chunk in reader:
             block = {name: np.asarray(getattr(chunk, name)) for name in fields}
+            if split.days:
+                inside = (block["day"] >= split.days[0]) & (block["day"] <= split.days[1])
+                block = {name: column[inside] for name, column in block.items()}
             pending.append(block)
             pending_rows += len(block[label])
             threshold = max(shuffle_buffer, batch_size) if training else batch_size
@@ -289,7 +321,7 @@ def cache_locally(split: SplitFiles, cache_root: str | None = None) -> SplitFile
                 shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
             os.replace(partial, target)
         local.append(f"file://{target}")
-    return SplitFiles(split.table, split.version, split.split, tuple(local), split.rows, split.row_groups)
+    return SplitFiles(split.table, split.version, split.split, tuple(local), split.rows, split.row_groups, split.days)
 
 
 def split_to_dict(split: SplitFiles) -> dict:

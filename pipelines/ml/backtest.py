@@ -1,0 +1,271 @@
+"""Rolling-origin backtests: each model is trained on the days before a month and measured on that
+month, for the last `backtest.folds` months of the train + validation windows. The test window is
+in no fold; the nightly measures it once, at the end.
+
+    >>> [(f.name, f.train, f.validation) for f in folds((date(2013, 1, 1), date(2013, 9, 30)),
+    ...                                                  (date(2013, 10, 1), date(2013, 11, 30)), 2)]
+    [('fold_1', (datetime.date(2013, 1, 1), datetime.date(2013, 9, 30)), (datetime.date(2013, 10, 1), datetime.date(2013, 10, 31))),
+     ('fold_2', (datetime.date(2013, 1, 1), datetime.date(2013, 10, 31)), (datetime.date(2013, 11, 1), datetime.date(2013, 11, 30)))]
+
+Every fold reads the same pinned `gold.model_input` version: the baselines through Spark with a
+`day` filter, the network through Petastorm (`pipelines.ml.tensors.restrict_days`), one process per
+fold, the folds side by side as Spark tasks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MEAN, SPREAD = "backtest_mean", "backtest_std"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Train on `train` (inclusive dates), validate on `validation`, the month after it."""
+
+    name: str
+    train: tuple[date, date]
+    validation: tuple[date, date]
+
+    def days(self, window: str) -> tuple[int, int]:
+        """The window as inclusive yyyymmdd ints, as gold.model_input's `day` column holds them."""
+        start, end = getattr(self, window)
+        return int(f"{start:%Y%m%d}"), int(f"{end:%Y%m%d}")
+
+
+def folds(train_window: tuple[date, date], validation_window: tuple[date, date], count: int,
+          months_with_rows: set[date] | None = None) -> list[Fold]:
+    """The `count` folds whose validation months are the last calendar months from train_window's
+    start to validation_window's end (of those in `months_with_rows`, first days of months, when
+    given: a league's summer break is no fold); each trains from that start to the day before.
+
+    Raises ValueError when there are fewer than `count + 1` such months (a fold would train on nothing).
+    """
+    start, end = train_window[0], validation_window[1]
+    months = []
+    month = start.replace(day=1)
+    while month <= end:
+        if months_with_rows is None or month in months_with_rows:
+            months.append(month)
+        month = (month + timedelta(days=32)).replace(day=1)
+    if len(months) < count + 1:
+        raise ValueError(f"backtest.folds={count} needs {count + 1} months with rows from {start} to {end}, "
+                         f"there are {len(months)}; lower backtest.folds or widen the windows")
+    out = []
+    for i, month in enumerate(months[-count:], 1):
+        first = max(month, start)
+        last = min((month + timedelta(days=32)).replace(day=1) - timedelta(days=1), end)
+        out.append(Fold(f"fold_{i}", (start, first - timedelta(days=1)), (first, last)))
+    return out
+
+
+def months_with_rows(rows) -> set[date]:
+    """The first days of the months `rows` (Spark, with `day` yyyymmdd) have rows in."""
+    from pyspark.sql import functions as F
+
+    found = rows.select((F.col("day") / 100).cast("int").alias("m")).distinct().collect()
+    return {date(r["m"] // 100, r["m"] % 100, 1) for r in found}
+
+
+def folds_for(cfg, present: set[date] | None = None) -> list[Fold]:
+    """The folds of `cfg`: its train and validation splits, `backtest.folds` of them (among the
+    months `present`, when given)."""
+    return folds(cfg.split("train"), cfg.split("validation"), cfg.backtest.folds, present)
+
+
+def fold_rows(rows, fold: Fold, window: str):
+    """Model-input rows (Spark) of one window of a fold, by their `day`."""
+    from pyspark.sql import functions as F
+
+    first, last = fold.days(window)
+    return rows.filter((F.col("day") >= first) & (F.col("day") <= last))
+
+
+# --------------------------------------------------------------------------------------------
+# The network of one fold: runs in a Spark task (or in this process), without Spark
+
+
+def backtest_training(training_cfg, overrides: dict | None = None):
+    """The training settings of a fold: `overrides` (a trial's) on top, one process, the backtest's
+    epochs and rows, no early stopping before the last epoch."""
+    return dataclasses.replace(training_cfg, **(overrides or {}), num_proc=1, local_cache=False)
+
+
+def network_fold(training_cfg, spec, train_split, validation_split) -> dict:
+    """Train the network on `train_split` in this process and score `validation_split`: returns
+    {"labels", "scores"} (numpy arrays) and the training "seconds"."""
+    import time
+
+    from pipelines.ml.model import label_for, load_model
+    from pipelines.ml.tensors import iter_batches
+    from pipelines.ml.training.plan import MODEL_FILE, STATE_FILE, TrainingPlan, write_json
+    from pipelines.ml.training.worker import run_training
+
+    started = time.time()
+    model_dir = tempfile.mkdtemp(prefix="backtest-")
+    try:
+        write_json(os.path.join(model_dir, STATE_FILE), {"epochs_done": 0, "history": [], "best_epoch": 0,
+                                                         "best_score": None, "wait": 0})
+        plan = TrainingPlan(training_cfg, spec, train_split, validation_split, "backtest", model_dir, verbose=False)
+        run_training(plan)
+        model = load_model(os.path.join(model_dir, MODEL_FILE))
+        labels, scores = [], []
+        for x, y in iter_batches(validation_split, spec, label=label_for(training_cfg),
+                                 batch_size=training_cfg.batch_size, training=False):
+            scores.append(np.asarray(model.predict_on_batch(x)).reshape(-1))
+            labels.append(y.reshape(-1))
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    return {"labels": np.concatenate(labels), "scores": np.concatenate(scores),
+            "seconds": round(time.time() - started, 2)}
+
+
+def fold_splits(snapshot, fold: Fold) -> tuple:
+    """The Petastorm splits of a fold: its training days and its validation month, from the train
+    and validation files of the pinned snapshot."""
+    from pipelines.ml.tensors import restrict_days
+
+    files = [snapshot.splits["train"], snapshot.splits["validation"]]
+    return (restrict_days(files, *fold.days("train"), f"{fold.name}_train"),
+            restrict_days(files, *fold.days("validation"), f"{fold.name}_validation"))
+
+
+def network_scores(cfg, spark, snapshot, spec, fold_list: list[Fold], overrides: dict | None = None) -> dict[str, dict]:
+    """{fold name: network_fold(...)} for every fold, the folds as parallel Spark tasks (one
+    process each) when `spark` is given, one after the other here otherwise."""
+    training = backtest_training(cfg.training, {"epochs": cfg.backtest.epochs,
+                                                "max_train_rows": cfg.backtest.max_train_rows, **(overrides or {})})
+    jobs = [(fold.name, *fold_splits(snapshot, fold)) for fold in fold_list]
+    if spark is None:
+        return {name: network_fold(training, spec, tr, va) for name, tr, va in jobs}
+    rdd = spark.sparkContext.parallelize(jobs, len(jobs))
+    done = rdd.map(lambda job: (job[0], network_fold(training, spec, job[1], job[2]))).collect()
+    return dict(done)
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+
+
+def exact_auc(labels, scores) -> float:
+    """The ROC AUC of `scores` against 0/1 `labels` (Mann-Whitney, ties counted half)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels).reshape(-1) > 0.5
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if not positives or not negatives:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores).reshape(-1))
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def summary_rows(rows: list[dict]) -> list[dict]:
+    """Per model, the mean (split `backtest_mean`) and standard deviation (`backtest_std`) over
+    its fold rows (split `fold_*`) of every metric."""
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model and r["split"].startswith("fold_")]
+        if not mine:
+            continue
+        base = {k: mine[0][k] for k in ("model_version", "model") if k in mine[0]}
+        for split, stat in ((MEAN, np.mean), (SPREAD, np.std)):
+            values = {k: float(stat([r[k] for r in mine])) for k in
+                      ("auc", "log_loss", "accuracy", "precision", "recall", "f1")}
+            out.append({**base, "split": split, "rows": int(sum(r["rows"] for r in mine)),
+                        "positives": int(sum(r["positives"] for r in mine)), "threshold": mine[0]["threshold"],
+                        **values})
+    return out
+
+
+def score_of(metrics: list[dict], model: str, penalty: float) -> float:
+    """A model's backtest score: mean fold AUC minus `penalty` times their standard deviation."""
+    mean = next((m["auc"] for m in metrics if m["model"] == model and m["split"] == MEAN), float("nan"))
+    spread = next((m["auc"] for m in metrics if m["model"] == model and m["split"] == SPREAD), 0.0)
+    return mean - penalty * spread
+
+
+def decide(metrics: list[dict], backtest_cfg, blessed_auc: float | None = None,
+           candidate: str = "dnn") -> tuple[str, str]:
+    """Bless or reject, with the reason: the candidate's backtest score beats every baseline's by
+    more than `backtest.min_lift` (scores as `score_of`, with `backtest.spread_penalty`), and its
+    validation AUC beats `blessed_auc`, the blessed model's on the same rows (that model cannot be
+    backtested without training its recipe again)."""
+    penalty, lift = backtest_cfg.spread_penalty, backtest_cfg.min_lift
+    mine = score_of(metrics, candidate, penalty)
+    others = {m["model"] for m in metrics if m["split"] == MEAN and m["model"] != candidate}
+    scored = ", ".join(f"{o} {score_of(metrics, o, penalty):.4f}" for o in sorted(others))
+    beaten = [o for o in others if not mine > score_of(metrics, o, penalty) + lift]
+    rule = f"mean-{penalty:g}*std AUC" if penalty else "mean AUC"
+    if np.isnan(mine) or beaten:
+        return "rejected", f"backtest {rule} {mine:.4f} does not beat {', '.join(sorted(beaten)) or 'nothing'} by {lift:g} ({scored})"
+    validation = next((m["auc"] for m in metrics if m["model"] == candidate and m["split"] == "validation"), float("nan"))
+    if blessed_auc is not None and not validation > blessed_auc:
+        return "rejected", f"validation AUC {validation:.4f} does not beat the blessed model {blessed_auc:.4f}"
+    against = f"; validation AUC {validation:.4f} beats the blessed model {blessed_auc:.4f}" if blessed_auc is not None else ""
+    return "blessed", f"backtest {rule} {mine:.4f} beats {scored}{against}"
+
+
+def fold_windows_json(fold_list: list[Fold]) -> str:
+    """The folds as JSON, for the registry's metrics field and the trials table."""
+    return json.dumps([{"name": f.name, "train": [str(d) for d in f.train],
+                        "validation": [str(d) for d in f.validation]} for f in fold_list])
+
+
+def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_version: str,
+                 baseline_params: dict | None = None, overrides: dict | None = None) -> list[dict]:
+    """The fold rows (split `fold_k`) and their mean and spread of the network (`dnn`, with the
+    training `overrides`) and of each baseline in `kinds`, on gold.model_input at `version`: rows
+    for `results.metrics`. The network is backtested for the classification head only."""
+    import pandas as pd
+
+    from pipelines.datasets import dataset_for
+    from pipelines.ml.baselines import baseline_scores, fit_baselines, model_input_frames
+    from pipelines.ml.evaluation import binary_metrics
+    from pipelines.ml.tensors import load_feature_spec, pin_snapshot
+
+    threshold, key = cfg.training.threshold, dataset_for(cfg).key
+    frames = model_input_frames(lakehouse, version)
+    rows = frames["train"].unionByName(frames["validation"]).cache()
+    try:
+        fold_list = folds_for(cfg, months_with_rows(rows))
+    except ValueError as exc:
+        rows.unpersist()
+        log.warning(f"[backtest] no backtest: {exc}; the blessing compares the validation window only")
+        return []
+    out = []
+
+    def measured(model, fold, scored):
+        return {"model_version": model_version, "model": model, "split": fold.name,
+                **binary_metrics(scored, threshold=threshold).as_dict()}
+
+    try:
+        for fold in fold_list:
+            train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
+            fitted = fit_baselines(spark, train, validation, kinds=kinds, seed=cfg.training.seed, params=baseline_params)
+            for kind, result in fitted.items():
+                out.append(measured(kind, fold, baseline_scores(validation, result["model"], key)))
+            log.info(f"[backtest] {fold.name} (train to {fold.train[1]}, validate {fold.validation[0]}..{fold.validation[1]}): "
+                     + ", ".join(f"{k} {r['val_auc']:.4f}" for k, r in fitted.items()))
+    finally:
+        rows.unpersist()
+    if cfg.training.head == "classification":
+        snapshot = pin_snapshot(lakehouse, version)
+        spec = load_feature_spec(lakehouse, snapshot)
+        scored = network_scores(cfg, spark, snapshot, spec, fold_list, overrides)
+        for fold in fold_list:
+            result = scored[fold.name]
+            df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
+                                                     "label": result["labels"].astype("float64")}))
+            out.append(measured("dnn", fold, df))
+            log.info(f"[backtest] {fold.name}: dnn {out[-1]['auc']:.4f} ({result['seconds']:.0f}s)")
+    return out + summary_rows(out)

@@ -1,0 +1,121 @@
+"""Rolling-origin folds (pure), and the backtest and the search on the tiny model_input."""
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+
+import pytest
+
+from model_input_fixtures import model_input_lakehouse, training_config
+from pipelines.ml.backtest import decide, folds, summary_rows
+
+
+def days(window):
+    start, end = window
+    return {start + timedelta(days=i) for i in range((end - start).days + 1)}
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_no_fold_trains_on_its_own_validation_days_or_touches_the_test_window(count):
+    train, validation, test = ((date(2013, 1, 1), date(2013, 9, 30)), (date(2013, 10, 1), date(2013, 11, 30)),
+                               (date(2013, 12, 1), date(2013, 12, 31)))
+    fold_list = folds(train, validation, count)
+    assert [f.name for f in fold_list] == [f"fold_{i}" for i in range(1, count + 1)]
+    for fold in fold_list:
+        assert not days(fold.train) & days(fold.validation)
+        assert max(days(fold.train)) < min(days(fold.validation))      # trained only on the past
+        assert not (days(fold.train) | days(fold.validation)) & days(test)
+        assert fold.train[0] == date(2013, 1, 1) and fold.validation[0].day == 1
+    # Rolling origin: the validation months are the last ones, one after the other, up to November.
+    assert fold_list[-1].validation == (date(2013, 11, 1), date(2013, 11, 30))
+    assert [f.validation[0].month for f in fold_list] == list(range(12 - count, 12))
+
+
+def test_a_fold_count_that_leaves_no_training_month_is_refused():
+    with pytest.raises(ValueError, match="lower backtest.folds"):
+        folds((date(2013, 1, 1), date(2013, 2, 28)), (date(2013, 3, 1), date(2013, 3, 14)), 3)
+    [first, second] = folds((date(2013, 1, 1), date(2013, 2, 28)), (date(2013, 3, 1), date(2013, 3, 14)), 2)
+    assert first.train == (date(2013, 1, 1), date(2013, 1, 31)) and second.validation == (date(2013, 3, 1), date(2013, 3, 14))
+
+
+def test_months_without_rows_are_no_fold():
+    # A league's summer break: June and July have no matches.
+    present = {date(2004, m, 1) for m in (1, 2, 3, 4, 5, 8, 9)}
+    fold_list = folds((date(2004, 1, 1), date(2004, 6, 30)), (date(2004, 7, 1), date(2004, 9, 30)), 2, present)
+    assert [f.validation for f in fold_list] == [(date(2004, 8, 1), date(2004, 8, 31)), (date(2004, 9, 1), date(2004, 9, 30))]
+    assert fold_list[0].train == (date(2004, 1, 1), date(2004, 7, 31))
+
+
+def test_blessing_compares_the_backtest_mean_and_the_configured_spread_penalty():
+    from types import SimpleNamespace
+
+    def rows(model, aucs):
+        return [{"model": model, "split": f"fold_{i}", "auc": a, "rows": 10, "positives": 3, "threshold": 0.5,
+                 "log_loss": 0.5, "accuracy": 0.7, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+                for i, a in enumerate(aucs, 1)]
+    metrics = rows("dnn", [0.80, 0.60, 0.79]) + rows("logreg", [0.70, 0.71, 0.70])
+    metrics += summary_rows(metrics)
+    assert decide(metrics, SimpleNamespace(spread_penalty=0.0, min_lift=0.0))[0] == "blessed"
+    # A candidate that wins on average but swings from month to month loses once spread counts.
+    status, reason = decide(metrics, SimpleNamespace(spread_penalty=1.0, min_lift=0.0))
+    assert status == "rejected" and "logreg" in reason
+    metrics.append({"model": "dnn", "split": "validation", "auc": 0.75})
+    assert decide(metrics, SimpleNamespace(spread_penalty=0.0, min_lift=0.0), blessed_auc=0.76)[0] == "rejected"
+
+
+@pytest.fixture(scope="module")
+def spread_lakehouse(spark, tmp_path_factory):
+    """The tiny model_input with its days spread over January to March 2013."""
+    return model_input_lakehouse(spark, tmp_path_factory.mktemp("backtest") / "lakehouse", day_span=90)
+
+
+SPLITS = ["pipeline.splits.train=[2013-01-01,2013-02-28]", "pipeline.splits.validation=[2013-03-01,2013-03-31]",
+          "pipeline.splits.test=[2013-04-01,2013-04-30]", "backtest.folds=2", "backtest.epochs=2", "training.learning_rate=0.01"]
+
+
+def test_the_backtest_measures_every_model_on_each_fold_and_their_mean_and_spread(spark, spread_lakehouse):
+    from pipelines.ml.backtest import run_backtest
+
+    cfg = training_config(spread_lakehouse.root, *SPLITS)
+    rows = run_backtest(cfg, spark, spread_lakehouse, spread_lakehouse.table("gold.model_input").version(),
+                        ["logreg"], "m1")
+    by = {(r["model"], r["split"]): r for r in rows}
+    assert set(by) == {(m, s) for m in ("dnn", "logreg") for s in ("fold_1", "fold_2", "backtest_mean", "backtest_std")}
+    # Fold 1 validates on February: a third of the ~5,000 rows, never January's.
+    assert 1200 < by["dnn", "fold_1"]["rows"] < 2000 and by["dnn", "fold_1"]["rows"] == by["logreg", "fold_1"]["rows"]
+    for model in ("dnn", "logreg"):
+        assert 0.6 < by[model, "backtest_mean"]["auc"] < 1, rows
+        assert by[model, "backtest_mean"]["auc"] == pytest.approx((by[model, "fold_1"]["auc"] + by[model, "fold_2"]["auc"]) / 2)
+
+
+def test_tune_records_every_trial_and_the_nightly_takes_the_best(spark, spread_lakehouse):
+    from pipelines.ml.tuning import tune, with_best
+
+    # --set merges into conf/base's space: the batch sizes are the tiny table's.
+    cfg = training_config(spread_lakehouse.root, *SPLITS, "tuning.parallelism=2",
+                          "tuning.space.dnn={learning_rate: {loguniform: [0.003, 0.01]}, hidden_units: {choice: [[16], [32, 16]]}}",
+                          "tuning.space.dnn.batch_size={choice: [128]}")
+    rows = tune(cfg, spark, spread_lakehouse, models=["dnn", "logreg"], max_evals=2)
+    table = spread_lakehouse.table("results.trials").read().toPandas()
+    assert len(table) == 4 and set(table["model"]) == {"dnn", "logreg"} and (table["status"] == "ok").all()
+    for row in rows:
+        assert len(json.loads(row["fold_aucs"])) == 2 and row["seconds"] > 0
+        assert set(json.loads(row["params"])) == (set(cfg.tuning.space["dnn"]) if row["model"] == "dnn"
+                                                  else {"reg_param", "elastic_net"})
+    best_dnn = max((r for r in rows if r["model"] == "dnn"), key=lambda r: r["mean_auc"])
+    tuned, best = with_best(cfg, spread_lakehouse)
+    assert tuned.training.learning_rate == pytest.approx(json.loads(best_dnn["params"])["learning_rate"])
+    assert list(tuned.training.hidden_units) == json.loads(best_dnn["params"])["hidden_units"]
+    assert set(best) == {"dnn", "logreg"}
+    # Another search space is another search: its trials are not taken as the best.
+    other = training_config(spread_lakehouse.root, *SPLITS, "tuning.space.dnn={dropout: {uniform: [0, 0.3]}}")
+    assert with_best(other, spread_lakehouse)[0].training == other.training
+
+
+def test_a_search_space_naming_an_unknown_setting_is_refused():
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"tuning.space.dnn.learning_rat' is not a setting of dnn"):
+        load_config("local", ["tuning.space.dnn.learning_rat={uniform: [0, 1]}"])
+    with pytest.raises(ConfigError, match=r"tuning.space.gbt.max_depth' must be"):
+        load_config("local", ["tuning.space.gbt.max_depth={between: [3, 5]}"])
