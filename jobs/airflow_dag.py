@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow import DAG
-from airflow.models import Variable
 from airflow.operators.bash import BashOperator
 
 SPARK_SUBMIT = (
@@ -19,7 +18,7 @@ SPARK_SUBMIT = (
     "spark-submit --master {{ var.value.spark_master }} "
     "--packages io.delta:delta-spark_2.12:3.3.2 "
     "--py-files dist/lakehouse_dl-0.1.0.zip "
-    "jobs/nightly.py --env cluster --date {{ ds }}"
+    "jobs/nightly.py --env cluster --log-format json --date {{ ds }}"
 )
 
 with DAG(
@@ -32,15 +31,17 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(minutes=10)},
     tags=["lakehouse-dl"],
 ) as dag:
-    # What conf/cluster reads from the environment.
-    cluster_env = {"LAKEHOUSE_ROOT": Variable.get("lakehouse_root", "/data/lakehouse"),
-                   "LAKEHOUSE_LANDING": Variable.get("lakehouse_landing", "/data/landing"),
-                   "SPARK_MASTER": Variable.get("spark_master", "local[*]")}
+    # What conf/cluster reads from the environment. Templates (`env` is a templated field), not
+    # Variable.get: the scheduler parses this file every few seconds, and a Variable read at parse
+    # time is a database query each time.
+    cluster_env = {"LAKEHOUSE_ROOT": "{{ var.value.get('lakehouse_root', '/data/lakehouse') }}",
+                   "LAKEHOUSE_LANDING": "{{ var.value.get('lakehouse_landing', '/data/landing') }}",
+                   "SPARK_MASTER": "{{ var.value.get('spark_master', 'local[*]') }}"}
     nightly = BashOperator(task_id="nightly", bash_command=SPARK_SUBMIT, env=cluster_env, append_env=True)
     # Compaction and vacuum after the night's writes (pipelines/ops/maintenance.py): no Spark, seconds.
     maintain = BashOperator(task_id="maintain",
                             bash_command="cd {{ var.value.lakehouse_dl_home }} && "
                                          "LAKEHOUSE_DL_CONF=$PWD/dist/conf PYTHONPATH=dist/lakehouse_dl-0.1.0.zip "
-                                         "python -m pipelines.cli maintain --env cluster",
+                                         "python -m pipelines.cli maintain --env cluster --log-format json",
                             env=cluster_env, append_env=True)
     nightly >> maintain
