@@ -28,11 +28,12 @@ def entry_for(version: str, path: str, status: str):
                                metrics="{}", status=status, reason="test", pins=json.dumps(pins), num_proc=1)
 
 
-def test_each_model_is_a_run_with_its_delta_inputs_and_the_blessed_one_is_the_champion(cfg, tmp_path):
+def test_each_model_is_a_run_with_its_delta_inputs_the_blessed_one_the_champion_a_rejected_one_the_challenger(
+        cfg, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.ml.tracking import CHAMPION, PREVIOUS, log_model_run, tracking_uri
+    from pipelines.ml.tracking import CHALLENGER, CHAMPION, PREVIOUS, log_model_run, tracking_uri
     from pipelines.storage import Lakehouse
 
     lakehouse = Lakehouse.from_config(cfg)
@@ -40,9 +41,9 @@ def test_each_model_is_a_run_with_its_delta_inputs_and_the_blessed_one_is_the_ch
     history = [{"epoch": 1, "loss": 0.7, "val_auc": 0.6}, {"epoch": 2, "loss": 0.6, "val_auc": float("nan")}]
     metrics = [{"model_version": "v1", "model": "dnn", "split": "test", "auc": 0.71, "rows": 10}]
     runs = {}
-    for version in ("v1", "v2"):
+    for version, status in (("v1", "blessed"), ("v2", "blessed"), ("v3", "rejected")):
         path = tiny_model(tmp_path / "models" / version / "model.keras")
-        runs[version] = log_model_run(cfg, lakehouse, entry_for(version, path, "blessed"), metrics, history, example)
+        runs[version] = log_model_run(cfg, lakehouse, entry_for(version, path, status), metrics, history, example)
 
     assert tracking_uri(cfg) == f"sqlite:///{cfg.root / 'mlflow' / 'mlflow.db'}" and (cfg.root / "mlflow" / "mlflow.db").exists()
     run = mlflow.get_run(runs["v1"][0])
@@ -58,6 +59,8 @@ def test_each_model_is_a_run_with_its_delta_inputs_and_the_blessed_one_is_the_ch
     name = cfg.pipeline.dataset
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == runs["v2"][1]
     assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == runs["v1"][1]
+    # A candidate the registry rejected is registered too, as the challenger; the champion stays.
+    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == runs["v3"][1]
     model = client.get_model_version(name, runs["v2"][1])
     assert model.run_id == runs["v2"][0]
     logged = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")

@@ -184,12 +184,13 @@ def comparison_lines(metrics: list[dict]) -> list[str]:
     """The AUC of every model on every split, as a small table (one line per model)."""
     models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n))
     splits = [s for s in (*SPLITS, backtest.MEAN, backtest.SPREAD) if any(m["split"] == s for m in metrics)]
-    lines = ["[train] AUC        " + "".join(f"{s:>12}" for s in splits)]
+    width = max(12, *(len(s) + 2 for s in splits))
+    lines = ["[train] AUC        " + "".join(f"{s:>{width}}" for s in splits)]
     for model in models:
         cells = []
         for s in splits:
             v = next((m["auc"] for m in metrics if m["model"] == model and m["split"] == s), float("nan"))
-            cells.append(f"{v:>12.4f}")
+            cells.append(f"{v:>{width}.4f}")
         lines.append(f"[train] {model:10}" + "".join(cells))
     return lines
 

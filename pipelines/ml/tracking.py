@@ -24,7 +24,7 @@ from pipelines.catalog import FEATURE_SPEC
 log = logging.getLogger(__name__)
 
 TRACKING_DIR = "mlflow"
-CHAMPION, PREVIOUS = "champion", "previous"
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
 
 
 def tracking_uri(cfg) -> str:
@@ -89,7 +89,8 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
     """One MLflow run for registry `entry` (not yet registered in Delta): params, per-epoch
     metrics (`history`), each model's metrics per split, the pinned inputs, the Keras model with
     its signature and `example` (model inputs: {name: array}), the SavedModel and `extra_artifacts`;
-    the model is registered under the dataset's name, aliased `champion` when `entry` is blessed.
+    the model is registered under the dataset's name, aliased `champion` when `entry` is blessed
+    and `challenger` (the latest candidate not blessed) otherwise.
     Returns (MLflow run id, registered model version)."""
     import mlflow
     from mlflow.models import infer_signature
@@ -120,6 +121,11 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
         version = str(info.registered_model_version)
     if entry.status == "blessed":
         crown(name, version)
+    else:
+        # The latest candidate the registry did not bless: what to compare the champion with.
+        from mlflow import MlflowClient
+
+        MlflowClient().set_registered_model_alias(name, CHALLENGER, version)
     log.info(f"[train] MLflow run {run.info.run_id}, registered model {name} version {version}")
     return run.info.run_id, version
 
