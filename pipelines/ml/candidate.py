@@ -190,7 +190,7 @@ def comparison_lines(metrics: list[dict]) -> list[str]:
     """The AUC of every model on every split, as a small table (one line per model)."""
     models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n))
     splits = [s for s in (*SPLITS, backtest.MEAN, backtest.SPREAD) if any(m["split"] == s for m in metrics)]
-    width = max(12, *(len(s) + 2 for s in splits))
+    width = max([12, *(len(s) + 2 for s in splits)])
     lines = ["[train] AUC        " + "".join(f"{s:>{width}}" for s in splits)]
     for model in models:
         cells = []
