@@ -25,10 +25,7 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_roc(curves: dict[str, tuple[list[float], list[float], float]], path: Path) -> Path:
@@ -41,10 +38,7 @@ def plot_roc(curves: dict[str, tuple[list[float], list[float], float]], path: Pa
     ax.set_ylabel("true-positive rate")
     ax.set_title("ROC, test window")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_calibration(mean_score, observed, path: Path) -> Path:
@@ -54,10 +48,7 @@ def plot_calibration(mean_score, observed, path: Path) -> Path:
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("observed rate of the label")
     ax.set_title("calibration, test window")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_quality(quality, path: Path) -> Path:
@@ -71,10 +62,7 @@ def plot_quality(quality, path: Path) -> Path:
     ax.set_title("rows failing each data-quality rule, per day")
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_drift(drift, day_a: str, day_b: str, path: Path) -> Path:
@@ -85,10 +73,7 @@ def plot_drift(drift, day_a: str, day_b: str, path: Path) -> Path:
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_title(f"feature drift: mean({day_b}) − mean({day_a}), in training standard deviations")
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusion(confusion, path: Path) -> Path:
@@ -105,10 +90,7 @@ def plot_confusion(confusion, path: Path) -> Path:
         ax.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=8)
         ax.set_yticks([0, 1], ["true 0", "true 1"], fontsize=8)
         ax.set_title(f"{r['model']}, {r['rule']} ≥ {r['threshold']:.3f}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_reliability(calibration, path: Path) -> Path:
@@ -121,10 +103,7 @@ def plot_reliability(calibration, path: Path) -> Path:
     ax.set_ylabel("observed rate of the label")
     ax.set_title("reliability, test window")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_slices(slices, path: Path) -> Path:
@@ -147,10 +126,7 @@ def plot_slices(slices, path: Path) -> Path:
         ax.set_title(f"AUC by {name} (rows under each value)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_importance(importance, path: Path, top: int = 20) -> Path:
@@ -163,6 +139,11 @@ def plot_importance(importance, path: Path, top: int = 20) -> Path:
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_title(f"{model}: AUC drop, base AUC {d['base_auc'].iloc[-1]:.3f}" if len(d) else model, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write as a 90-dpi PNG at `path`, and free the figure."""
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
