@@ -307,9 +307,14 @@ def cpu_snapshot(pid: int | None = None) -> dict:
 
 def cpu_figures(before: dict, after: dict) -> dict:
     seconds = after["at"] - before["at"]
-    out = {f"{k}_cpu_seconds": round(max(after[k] - before[k], 0.0), 2) for k in ("driver_python", "jvm", "python_workers")}
+    out = {f"{k}_cpu_seconds": round(after[k] - before[k], 2) for k in ("driver_python", "jvm", "python_workers")}
+    if out["python_workers_cpu_seconds"] < 0:
+        # Processes counted before left the tree unreaped by it (re-parented to init, e.g. Horovod's
+        # rank launchers): their CPU vanished from the sum, so the difference means nothing.
+        out["python_workers_cpu_seconds"] = None
+        out["python_workers_note"] = f"{UNAVAILABLE}: processes left the driver's process tree during the block"
     out["worker_processes_at_end"] = after["worker_processes"]
-    total = sum(out[f"{k}_cpu_seconds"] for k in ("driver_python", "jvm", "python_workers"))
+    total = sum(out[f"{k}_cpu_seconds"] or 0 for k in ("driver_python", "jvm", "python_workers"))
     out["busy_cores"] = round(total / seconds, 2) if seconds > 0 else None
     return out
 
