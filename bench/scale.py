@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.common import (PeakMemory, bench_config, print_table, ratio, run_watched, scratch_dir, start_spark,
                           write_result)
+from bench.profile import PROFILE_SPARK_SETTINGS, StageProfile, line as profile_line, summary as profile_summary
 
 STAGES = ("ingest", "clean", "features", "train")
 
@@ -75,19 +76,25 @@ def run_factor(factor: int, window: tuple[date, date] | None, root: Path, epochs
         spark = start_spark(cfg, f"scale-x{factor}")
         out["spark_start_seconds"] = round(time.perf_counter() - started - out["generate_seconds"], 2)
         for stage in STAGES:
-            t0 = time.perf_counter()
+            # What the stage did: Spark jobs/tasks, shuffle, files, Delta commits, CPU (bench/profile.py).
+            # The profile's own REST calls and folder walks fall outside the stage's seconds.
+            profile = StageProfile(spark, root)
             try:
-                detail = _run_stage(stage, cfg, spark)
+                with profile:
+                    t0 = time.perf_counter()
+                    detail = _run_stage(stage, cfg, spark)
+                    seconds = time.perf_counter() - t0
             except Exception as exc:   # noqa: BLE001 — a stage that fails is reported, and the rest skipped
-                out["stages"][stage] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                out["stages"][stage] = {"error": f"{type(exc).__name__}: {str(exc)[:400]}",
+                                        "profile": profile.figures()}
                 print(f"[scale] ×{factor} {stage} failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
                 break
-            seconds = time.perf_counter() - t0
             rows = detail.pop("rows", None) or input_rows
             out["stages"][stage] = {"seconds": round(seconds, 2), "rows": rows,
-                                    "rows_per_sec": round(rows / seconds), **detail}
+                                    "rows_per_sec": round(rows / seconds), **detail, "profile": profile.figures()}
             print(f"[scale] ×{factor} {stage}: {seconds:,.1f}s, {rows:,} rows, {rows / seconds:,.0f} rows/s, "
                   f"memory now {mem.sample().get('total', 0) / 2**20:,.0f} MiB", flush=True)
+            print(f"[scale] ×{factor} {stage} profile: {profile_line(profile.figures())}", flush=True)
         spark.stop()
     out["memory"] = mem.result()
     out["total_seconds"] = round(time.perf_counter() - started, 2)
@@ -132,7 +139,9 @@ def run_in_subprocess(factor: int, window, epochs: int, driver_memory: str, memo
     out_file = root / "result.json"
     cmd = [sys.executable, "-m", "bench.scale", "--_worker", str(factor), "--_out", str(out_file),
            "--_root", str(root / "lakehouse"), "--epochs", str(epochs), "--driver-memory", driver_memory,
-           *(["--_window", f"{window[0]},{window[1]}"] if window else []), *[f"--_set={e}" for e in extra]]
+           *(["--_window", f"{window[0]},{window[1]}"] if window else []),
+           # The profile reads Spark's UI: keep every job, stage and SQL execution of the run (bench/profile.py).
+           *[f"--_set={e}" for e in (*extra, *PROFILE_SPARK_SETTINGS)]]
     watched = run_watched(cmd, memory_limit_gib)
     try:
         if watched["exceeded_gib"]:
@@ -176,6 +185,20 @@ def growth(results: dict[int, dict]) -> list[dict]:
                 n = factor / min(results)
                 row[f"x{factor}/x{min(results)} time / {n:g}"] = ratio(ratio(s, b), n)
         rows.append(row)
+    return rows
+
+
+def profile_table(results: dict[int, dict]) -> list[dict]:
+    """Per stage and factor, what the stage did (bench/profile.py): Spark jobs and tasks, shuffle read +
+    write, files read by Spark's scans, Parquet files written and Delta commits, executor CPU, JVM GC,
+    and the CPU of Spark's Python workers and of the driver's Python. "-" where a figure was unavailable."""
+    rows = []
+    for stage in STAGES:
+        for factor, r in sorted(results.items()):
+            figures = r.get("stages", {}).get(stage, {}).get("profile")
+            if figures:
+                rows.append({"stage": stage, "factor": f"x{factor}",
+                             "s": figures.get("wall_seconds"), **profile_summary(figures)})
     return rows
 
 
@@ -244,15 +267,18 @@ def main(argv=None) -> dict:
     table = growth(results)
     print_table(table)
     print_table([{"factor": f"x{f}", **r.get("memory", {})} for f, r in results.items()])
+    profiles = profile_table(results)
+    print_table(profiles)
     notes = explain(table)
     for n in notes:
         print(" -", n)
     result = {"quick": quick_flag(args), "window": [str(d) for d in window] if window else "2013 (whole year)",
-              "epochs": args.epochs, "extra": extra, "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "notes": notes,
+              "epochs": args.epochs, "extra": extra, "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "profile": profiles, "notes": notes,
               "measured_how": "each factor in a fresh process and lakehouse; wall time per stage call; "
                               "rows/s = rows the stage handled (ingest: flights+weather records; features: "
                               "flight rows; train: training rows × epochs) / seconds; total = Spark start-up + every stage "
-                              "(generating the data is left out); RSS sampled every 0.2 s"}
+                              "(generating the data is left out); RSS sampled every 0.2 s; stages.<stage>.profile and the "
+                              "profile table: bench/profile.py (Spark's REST API, the Delta logs, psutil)"}
     write_result("scale", result)
     return result
 
