@@ -26,6 +26,10 @@ def test_no_fold_trains_on_its_own_validation_days_or_touches_the_test_window(co
         assert max(days(fold.train)) < min(days(fold.validation))      # trained only on the past
         assert not (days(fold.train) | days(fold.validation)) & days(test)
         assert fold.train[0] == date(2013, 1, 1) and fold.validation[0].day == 1
+        # The network stops early on the last month of the fold's training days and fits on the
+        # days before it: the month it is scored on chooses nothing.
+        assert days(fold.stopping) < days(fold.train) and fold.stopping[1] == fold.validation[0] - timedelta(days=1)
+        assert days(fold.fit) == days(fold.train) - days(fold.stopping) and max(days(fold.fit)) < min(days(fold.stopping))
     # Rolling origin: the validation months are the last ones, one after the other, up to November.
     assert fold_list[-1].validation == (date(2013, 11, 1), date(2013, 11, 30))
     assert [f.validation[0].month for f in fold_list] == list(range(12 - count, 12))
@@ -36,6 +40,9 @@ def test_a_fold_count_that_leaves_no_training_month_is_refused():
         folds((date(2013, 1, 1), date(2013, 2, 28)), (date(2013, 3, 1), date(2013, 3, 14)), 3)
     [first, second] = folds((date(2013, 1, 1), date(2013, 2, 28)), (date(2013, 3, 1), date(2013, 3, 14)), 2)
     assert first.train == (date(2013, 1, 1), date(2013, 1, 31)) and second.validation == (date(2013, 3, 1), date(2013, 3, 14))
+    # One training month leaves none to stop on: that fold's network fits on all of it.
+    assert first.stopping is None and first.fit == first.train
+    assert second.stopping == (date(2013, 2, 1), date(2013, 2, 28)) and second.fit == (date(2013, 1, 1), date(2013, 1, 31))
 
 
 def test_months_without_rows_are_no_fold():
@@ -44,6 +51,8 @@ def test_months_without_rows_are_no_fold():
     fold_list = folds((date(2004, 1, 1), date(2004, 6, 30)), (date(2004, 7, 1), date(2004, 9, 30)), 2, present)
     assert [f.validation for f in fold_list] == [(date(2004, 8, 1), date(2004, 8, 31)), (date(2004, 9, 1), date(2004, 9, 30))]
     assert fold_list[0].train == (date(2004, 1, 1), date(2004, 7, 31))
+    # The stopping month is the last one with matches, May, not the empty July.
+    assert fold_list[0].stopping == (date(2004, 5, 1), date(2004, 5, 31)) and fold_list[0].fit == (date(2004, 1, 1), date(2004, 4, 30))
 
 
 def test_blessing_compares_the_backtest_mean_and_the_configured_spread_penalty():
@@ -119,3 +128,21 @@ def test_a_search_space_naming_an_unknown_setting_is_refused():
         load_config("local", ["tuning.space.dnn.learning_rat={uniform: [0, 1]}"])
     with pytest.raises(ConfigError, match=r"tuning.space.gbt.max_depth' must be"):
         load_config("local", ["tuning.space.gbt.max_depth={between: [3, 5]}"])
+
+
+def test_a_fold_network_trains_the_nightly_recipe_and_a_trial_the_budget_of_the_search():
+    from pipelines.config import load_config
+    from pipelines.ml.backtest import backtest_training
+    from pipelines.ml.tuning import space_hash, trial_budget
+
+    cfg = load_config("local", ["training.dropout=0.2"])
+    fold = backtest_training(cfg.training, cfg.backtest)
+    assert (fold.epochs, fold.early_stopping_patience, fold.max_train_rows, fold.dropout) == (
+        cfg.training.epochs, cfg.training.early_stopping_patience, cfg.training.max_train_rows, 0.2)
+    assert fold.num_proc == 1
+    cheap = load_config("local", ["tuning.epochs=3", "tuning.max_train_rows=1000"])
+    trial = backtest_training(cheap.training, trial_budget(cheap), {"learning_rate": 0.01})
+    assert (trial.epochs, trial.max_train_rows, trial.learning_rate) == (3, 1000, 0.01)
+    # The nightly's backtest keeps the full recipe; trials of another budget are another search.
+    assert backtest_training(cheap.training, cheap.backtest).epochs == cheap.training.epochs
+    assert space_hash(cheap, "dnn") != space_hash(cfg, "dnn")

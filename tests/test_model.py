@@ -106,11 +106,13 @@ def test_each_architecture_builds_from_config_and_takes_a_training_step(override
     assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights()))
 
 
-def test_the_default_architecture_is_the_wide_mlp_it_was():
+def test_the_default_architecture_is_the_mlp_the_backtest_chose_and_the_bundesliga_keeps_its_wide_term():
     cfg = load_config("local").training
-    assert (cfg.architecture, cfg.wide) == ("mlp", True)
+    assert (cfg.architecture, cfg.wide) == ("mlp", False)
     names = {layer.name for layer in build_model(SPEC, training()).layers}
-    assert "wide_and_deep" in names and not any(n.startswith(("cross_", "sequence")) for n in names)
+    assert "hidden_0" in names and "wide_and_deep" not in names
+    assert not any(n.startswith(("cross_", "sequence")) or n.endswith("_wide") for n in names)
+    assert load_config("local", ["pipeline.dataset=bundesliga"]).training.wide is True
 
 
 def test_a_sequence_model_without_sequence_columns_says_what_to_declare():

@@ -294,12 +294,17 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
     if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
         fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
-    for key in ("folds", "epochs"):
-        if getattr(cfg.backtest, key) < 1:
-            fail(f"backtest.{key}", f"must be at least 1, got {getattr(cfg.backtest, key)}")
+    if cfg.backtest.folds < 1:
+        fail("backtest.folds", f"must be at least 1, got {cfg.backtest.folds}")
+    for key in ("epochs", "max_train_rows"):
+        if getattr(cfg.backtest, key) < 0:
+            fail(f"backtest.{key}", f"must be 0 (the training's) or more, got {getattr(cfg.backtest, key)}")
     for key in ("max_evals", "parallelism"):
         if getattr(cfg.tuning, key) < 1:
             fail(f"tuning.{key}", f"must be at least 1, got {getattr(cfg.tuning, key)}")
+    for key in ("epochs", "max_train_rows"):
+        if getattr(cfg.tuning, key) < 0:
+            fail(f"tuning.{key}", f"must be 0 (the backtest's) or more, got {getattr(cfg.tuning, key)}")
     kinds = {"choice", "uniform", "loguniform", "quniform"}
     settable = {"dnn": {f.name for f in dataclasses.fields(cfg.training)} - {"num_proc", "head", "baselines"},
                 "logreg": {"reg_param", "elastic_net"}, "gbt": {"max_depth", "max_iter", "step_size"}}

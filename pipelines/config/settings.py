@@ -98,6 +98,9 @@ class TuningConfig:
     max_evals: int
     parallelism: int
     algo: Literal["tpe", "random"]
+    # A trial's network budget per fold (0: the backtest's).
+    epochs: int
+    max_train_rows: int
     # {model: {setting: {kind: arguments}}}, kinds as conf/base/backtest.yaml lists them.
     space: dict[str, dict[str, dict[str, Any]]]
 

@@ -2,14 +2,19 @@
 month, for the last `backtest.folds` months of the train + validation windows. The test window is
 in no fold; the nightly measures it once, at the end.
 
-    >>> [(f.name, f.train, f.validation) for f in folds((date(2013, 1, 1), date(2013, 9, 30)),
-    ...                                                  (date(2013, 10, 1), date(2013, 11, 30)), 2)]
-    [('fold_1', (datetime.date(2013, 1, 1), datetime.date(2013, 9, 30)), (datetime.date(2013, 10, 1), datetime.date(2013, 10, 31))),
-     ('fold_2', (datetime.date(2013, 1, 1), datetime.date(2013, 10, 31)), (datetime.date(2013, 11, 1), datetime.date(2013, 11, 30)))]
+    >>> for f in folds((date(2013, 1, 1), date(2013, 9, 30)), (date(2013, 10, 1), date(2013, 11, 30)), 2):
+    ...     print(f.name, "train", *f.train, "validate", *f.validation, "| network fits", *f.fit, "stops on", *f.stopping)
+    fold_1 train 2013-01-01 2013-09-30 validate 2013-10-01 2013-10-31 | network fits 2013-01-01 2013-08-31 stops on 2013-09-01 2013-09-30
+    fold_2 train 2013-01-01 2013-10-31 validate 2013-11-01 2013-11-30 | network fits 2013-01-01 2013-09-30 stops on 2013-10-01 2013-10-31
 
 Every fold reads the same pinned `gold.model_input` version: the baselines through Spark with a
 `day` filter, the network through Petastorm (`pipelines.ml.tensors.restrict_days`), one process per
 fold, the folds side by side as Spark tasks.
+
+The network of a fold trains the nightly's recipe (its epochs, early stopping and rows, unless
+`backtest.epochs` / `backtest.max_train_rows` ask for less) and stops early on the fold's own
+`stopping` month, the last month of its training window, which it then does not fit on: the month
+it is scored on chooses nothing, as the baselines' does not.
 """
 from __future__ import annotations
 
@@ -36,6 +41,15 @@ class Fold:
     name: str
     train: tuple[date, date]
     validation: tuple[date, date]
+    # The network's early-stopping month: the last month with rows of `train`, when another one
+    # precedes it (the network fits on `fit`, the days before it); None: it fits on all of `train`
+    # and keeps its best epoch by training AUC.
+    stopping: tuple[date, date] | None = None
+
+    @property
+    def fit(self) -> tuple[date, date]:
+        """The days the network of this fold trains on: `train` without its `stopping` month."""
+        return (self.train[0], self.stopping[0] - timedelta(days=1)) if self.stopping else self.train
 
     def days(self, window: str) -> tuple[int, int]:
         """The window as inclusive yyyymmdd ints, as gold.model_input's `day` column holds them."""
@@ -61,11 +75,15 @@ def folds(train_window: tuple[date, date], validation_window: tuple[date, date],
     if len(months) < count + 1:
         raise ValueError(f"backtest.folds={count} needs {count + 1} months with rows from {start} to {end}, "
                          f"there are {len(months)}; lower backtest.folds or widen the windows")
+    def span(month: date) -> tuple[date, date]:
+        return max(month, start), min((month + timedelta(days=32)).replace(day=1) - timedelta(days=1), end)
+
     out = []
-    for i, month in enumerate(months[-count:], 1):
-        first = max(month, start)
-        last = min((month + timedelta(days=32)).replace(day=1) - timedelta(days=1), end)
-        out.append(Fold(f"fold_{i}", (start, first - timedelta(days=1)), (first, last)))
+    for i in range(len(months) - count, len(months)):
+        first, last = span(months[i])
+        # A month to stop on needs another one before it to fit on.
+        stopping = span(months[i - 1]) if i >= 2 else None
+        out.append(Fold(f"fold_{i - len(months) + count + 1}", (start, first - timedelta(days=1)), (first, last), stopping))
     return out
 
 
@@ -95,15 +113,17 @@ def fold_rows(rows, fold: Fold, window: str):
 # The network of one fold: runs in a Spark task (or in this process), without Spark
 
 
-def backtest_training(training_cfg, overrides: dict | None = None):
-    """The training settings of a fold: `overrides` (a trial's) on top, one process, the backtest's
-    epochs and rows, no early stopping before the last epoch."""
-    return dataclasses.replace(training_cfg, **(overrides or {}), num_proc=1, local_cache=False)
+def backtest_training(training_cfg, backtest_cfg, overrides: dict | None = None):
+    """The training settings of a fold: the nightly's, with `overrides` (a trial's) on top, in one
+    process; `backtest.epochs` and `backtest.max_train_rows` replace the training's when not 0."""
+    cheaper = {k: getattr(backtest_cfg, k) for k in ("epochs", "max_train_rows") if getattr(backtest_cfg, k)}
+    return dataclasses.replace(training_cfg, **cheaper, **(overrides or {}), num_proc=1, local_cache=False)
 
 
-def network_fold(training_cfg, spec, train_split, validation_split) -> dict:
-    """Train the network on `train_split` in this process and score `validation_split`: returns
-    {"labels", "scores"} (numpy arrays) and the training "seconds"."""
+def network_fold(training_cfg, spec, train_split, stopping_split, validation_split) -> dict:
+    """Train the network on `train_split` in this process, stopping early on `stopping_split` (by
+    training AUC when None), and score `validation_split`: returns {"labels", "scores"} (numpy
+    arrays), the training "seconds" and the "best_epoch"."""
     import time
 
     from pipelines.ml.model import label_for, load_model
@@ -116,8 +136,8 @@ def network_fold(training_cfg, spec, train_split, validation_split) -> dict:
     try:
         write_json(os.path.join(model_dir, STATE_FILE), {"epochs_done": 0, "history": [], "best_epoch": 0,
                                                          "best_score": None, "wait": 0})
-        plan = TrainingPlan(training_cfg, spec, train_split, validation_split, "backtest", model_dir, verbose=False)
-        run_training(plan)
+        plan = TrainingPlan(training_cfg, spec, train_split, stopping_split, "backtest", model_dir, verbose=False)
+        trained = run_training(plan)
         model = load_model(os.path.join(model_dir, MODEL_FILE))
         labels, scores = [], []
         for x, y in iter_batches(validation_split, spec, label=label_for(training_cfg),
@@ -127,29 +147,29 @@ def network_fold(training_cfg, spec, train_split, validation_split) -> dict:
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
     return {"labels": np.concatenate(labels), "scores": np.concatenate(scores),
-            "seconds": round(time.time() - started, 2)}
+            "seconds": round(time.time() - started, 2), "best_epoch": trained.get("best_epoch")}
 
 
 def fold_splits(snapshot, fold: Fold) -> tuple:
-    """The Petastorm splits of a fold: its training days and its validation month, from the train
-    and validation files of the pinned snapshot."""
+    """The Petastorm splits of a fold: the days the network fits on, its stopping month (or None)
+    and its validation month, from the train and validation files of the pinned snapshot."""
     from pipelines.ml.tensors import restrict_days
 
     files = [snapshot.splits["train"], snapshot.splits["validation"]]
-    return (restrict_days(files, *fold.days("train"), f"{fold.name}_train"),
+    stopping = (restrict_days(files, *fold.days("stopping"), f"{fold.name}_stopping") if fold.stopping else None)
+    return (restrict_days(files, *fold.days("fit"), f"{fold.name}_fit"), stopping,
             restrict_days(files, *fold.days("validation"), f"{fold.name}_validation"))
 
 
 def network_scores(cfg, spark, snapshot, spec, fold_list: list[Fold], overrides: dict | None = None) -> dict[str, dict]:
     """{fold name: network_fold(...)} for every fold, the folds as parallel Spark tasks (one
     process each) when `spark` is given, one after the other here otherwise."""
-    training = backtest_training(cfg.training, {"epochs": cfg.backtest.epochs,
-                                                "max_train_rows": cfg.backtest.max_train_rows, **(overrides or {})})
+    training = backtest_training(cfg.training, cfg.backtest, overrides)
     jobs = [(fold.name, *fold_splits(snapshot, fold)) for fold in fold_list]
     if spark is None:
-        return {name: network_fold(training, spec, tr, va) for name, tr, va in jobs}
+        return {name: network_fold(training, spec, *splits) for name, *splits in jobs}
     rdd = spark.sparkContext.parallelize(jobs, len(jobs))
-    done = rdd.map(lambda job: (job[0], network_fold(training, spec, job[1], job[2]))).collect()
+    done = rdd.map(lambda job: (job[0], network_fold(training, spec, *job[1:]))).collect()
     return dict(done)
 
 
@@ -267,5 +287,7 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
             df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
                                                      "label": result["labels"].astype("float64")}))
             out.append(measured("dnn", fold, df))
-            log.info(f"[backtest] {fold.name}: dnn {out[-1]['auc']:.4f} ({result['seconds']:.0f}s)")
+            stopped = f"stopped on {fold.stopping[0]:%Y-%m}" if fold.stopping else "no stopping month"
+            log.info(f"[backtest] {fold.name}: dnn {out[-1]['auc']:.4f} (best epoch {result['best_epoch']}, "
+                     f"{stopped}, {result['seconds']:.0f}s)")
     return out + summary_rows(out)

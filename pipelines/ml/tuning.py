@@ -41,7 +41,8 @@ def _folds(cfg, lakehouse, version: int) -> list:
 def space_hash(cfg, model: str) -> str:
     """A short hash of one model's search space and folds: trials of another space are not compared."""
     data = {"space": cfg.tuning.space.get(model, {}), "splits": cfg.pipeline.splits, "folds": cfg.backtest.folds,
-            "epochs": cfg.backtest.epochs, "max_train_rows": cfg.backtest.max_train_rows}
+            "epochs": cfg.backtest.epochs, "max_train_rows": cfg.backtest.max_train_rows,
+            "trial_budget": [cfg.tuning.epochs, cfg.tuning.max_train_rows]}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -98,16 +99,15 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
         started = time.time()
         if model == "dnn":
             # Each trial runs in one Spark task: its folds one after the other, one process each.
-            training = backtest.backtest_training(cfg.training, {"epochs": cfg.backtest.epochs,
-                                                                 "max_train_rows": cfg.backtest.max_train_rows})
-            jobs = [(f.name, *backtest.fold_splits(snapshot, f)) for f in fold_list]
+            training = backtest.backtest_training(cfg.training, trial_budget(cfg))
+            jobs = [backtest.fold_splits(snapshot, f) for f in fold_list]
 
             def objective(params, training=training, jobs=jobs):
                 begun = time.time()
                 try:
                     trial_cfg = dataclasses.replace(training, **_plain(params))
                     aucs = [backtest.exact_auc(r["labels"], r["scores"]) for r in
-                            (backtest.network_fold(trial_cfg, spec, tr, va) for _, tr, va in jobs)]
+                            (backtest.network_fold(trial_cfg, spec, *splits) for splits in jobs)]
                 except Exception as exc:  # a trial that fails is recorded, the search goes on
                     return {"status": STATUS_FAIL, "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - begun}
                 return {"status": STATUS_OK, "loss": -sum(aucs) / len(aucs), "aucs": aucs, "seconds": time.time() - begun}
@@ -131,6 +131,14 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
                  f"{best['mean_auc'] if best else float('nan'):.4f} with {best['params'] if best else '-'}")
     lakehouse.table(TRIALS).write(lakehouse.spark.createDataFrame(rows, TRIALS_SCHEMA), mode="append")
     return rows
+
+
+def trial_budget(cfg):
+    """The backtest settings a network trial trains its folds with: `tuning.epochs` and
+    `tuning.max_train_rows` in place of the backtest's where not 0. A cheaper budget ranks the
+    settings; the nightly then trains the best with the full recipe and backtests it in full."""
+    cheaper = {k: getattr(cfg.tuning, k) for k in ("epochs", "max_train_rows") if getattr(cfg.tuning, k)}
+    return dataclasses.replace(cfg.backtest, **cheaper)
 
 
 def _rstate(seed: int):

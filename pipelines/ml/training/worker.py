@@ -49,12 +49,15 @@ def run_training(plan: TrainingPlan) -> dict:
     initial_epoch = state["epochs_done"]
     train_split, val_split = plan.train, plan.validation
     if cfg.local_cache:
-        train_split, val_split = cache_locally(train_split), cache_locally(val_split)
+        train_split, val_split = cache_locally(train_split), val_split and cache_locally(val_split)
     label = label_for(cfg)
     steps = steps_per_epoch(train_split.rows, cfg.batch_size, size, cfg.max_train_rows)
     train_ds = make_dataset(train_split, plan.spec, cfg, label=label, rank=rank, num_ranks=size,
                             training=True, first_epoch=initial_epoch, epochs=cfg.epochs)
-    val_ds = make_dataset(val_split, plan.spec, cfg, label=label, rank=rank, num_ranks=size, training=False)
+    # No validation split (a backtest fold too short for a stopping month): the best epoch is the
+    # best by training AUC.
+    val_ds = (make_dataset(val_split, plan.spec, cfg, label=label, rank=rank, num_ranks=size, training=False)
+              if val_split is not None else None)
 
     model = build_model(plan.spec, cfg)
     # Linear scaling rule: N workers take N times larger global batches, so N times the rate.
