@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -124,7 +125,6 @@ def network_fold(training_cfg, spec, train_split, stopping_split, validation_spl
     """Train the network on `train_split` in this process, stopping early on `stopping_split` (by
     training AUC when None), and score `validation_split`: returns {"labels", "scores"} (numpy
     arrays), the training "seconds" and the "best_epoch"."""
-    import time
 
     from pipelines.ml.model import label_for, load_model
     from pipelines.ml.tensors import iter_batches
@@ -270,18 +270,22 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
 
     try:
         for fold in fold_list:
+            started = time.perf_counter()
             train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
             fitted = fit_baselines(spark, train, validation, kinds=kinds, seed=cfg.training.seed, params=baseline_params)
             for kind, result in fitted.items():
                 out.append(measured(kind, fold, baseline_scores(validation, result["model"], key)))
             log.info(f"[backtest] {fold.name} (train to {fold.train[1]}, validate {fold.validation[0]}..{fold.validation[1]}): "
-                     + ", ".join(f"{k} {r['val_auc']:.4f}" for k, r in fitted.items()))
+                     + ", ".join(f"{k} {r['val_auc']:.4f}" for k, r in fitted.items())
+                     + f" in {time.perf_counter() - started:.0f}s")
     finally:
         rows.unpersist()
     if cfg.training.head == "classification":
         snapshot = pin_snapshot(lakehouse, version)
         spec = load_feature_spec(lakehouse, snapshot)
+        started = time.perf_counter()
         scored = network_scores(cfg, spark, snapshot, spec, fold_list, overrides)
+        log.info(f"[backtest] the network's {len(fold_list)} folds, side by side, in {time.perf_counter() - started:.0f}s")
         for fold in fold_list:
             result = scored[fold.name]
             df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),

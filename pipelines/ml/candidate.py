@@ -2,14 +2,16 @@
 
 The candidate (Horovod + Petastorm, `pipelines.ml.training.train`), a logistic regression and
 gradient-boosted trees are all measured on the same pinned `gold.model_input` version, on the
-train, validation and test splits. The candidate is blessed only when its validation AUC beats
-both the logistic regression and the blessed model (measured again on the same rows).
+train, validation and test splits and on the backtest folds (`pipelines.ml.backtest`). The
+candidate is blessed by the backtest rule (`backtest.decide`), and only when its validation AUC
+also beats the blessed model's (measured again on the same rows).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import date
 
@@ -58,6 +60,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     if tuned:
         log.info(f"[train] with the best trial settings of {', '.join(sorted(tuned))}: {tuned}")
     threshold = cfg.training.threshold
+    laps = Laps()
     version_name = model_version_for(cfg, run_date)
     result = read_result(model_dir_for(cfg, version_name))
     if result is not None:
@@ -65,12 +68,14 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
     else:
         result = train(cfg, spark, model_version=version_name)
+    laps("network")
     version = result.table_versions[MODEL_INPUT]
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
     kinds = ["logreg", *[k for k in cfg.nightly.baselines if k != "logreg"]]
     log.info(f"[train] baselines: {', '.join(BASELINE_NAMES[k] for k in kinds)} on {MODEL_INPUT} v{version}")
     baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed,
                               params=tuned)
+    laps("baselines")
 
     key = dataset_for(cfg).key
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, key)}
@@ -97,9 +102,11 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                              "calibration": {"mean_score": mean_score.tolist(), "observed": observed.tolist()}}
             if split == "train":
                 scored.unpersist()
+    laps("scoring the splits")
     # Rolling-origin folds inside the train + validation windows: the blessing compares on them.
     metrics += backtest.run_backtest(cfg, spark, lakehouse, version, kinds, result.model_version,
                                      baseline_params=tuned)
+    laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
     results.write_history(lakehouse, run_id, result.model_version, result.history)
     # Permutation importance for the network and the trees (the logistic regression is the bar, not a subject).
@@ -107,6 +114,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     if "gbt" in baselines:
         shuffled["gbt"] = lambda df: baseline_scores(df, baselines["gbt"]["model"], "_group")
     write_review(cfg, lakehouse, run_id, result.model_version, kept, shuffled, frames["validation"])
+    laps("review")
     for scored in kept.values():
         scored.unpersist()
     with open(os.path.join(result.model_dir, ROC_FILE), "w") as fh:
@@ -148,12 +156,30 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         cfg, lakehouse, entry, metrics, result.history, example, saved_model_dir=saved_model,
         extra_artifacts=[os.path.join(result.model_dir, ROC_FILE)])
     registry.register(lakehouse, entry)
+    laps("bless, SavedModel, MLflow")
     for frame in frames.values():
         frame.unpersist()
+    log.info(f"[train] seconds: {laps}")
     log.info(f"[train] model {result.model_version}: {status} ({reason})")
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+class Laps:
+    """Seconds per part of the train stage: `laps("name")` closes the part that began at the
+    previous call; str() lists them, for the stage's log."""
+
+    def __init__(self):
+        self.last, self.seconds = time.perf_counter(), {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self.last
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {s:.0f}" for name, s in self.seconds.items())
 
 
 def dependencies(cfg, lakehouse, result: TrainingResult) -> dict:
