@@ -125,7 +125,6 @@ def network_fold(training_cfg, spec, train_split, stopping_split, validation_spl
     """Train the network on `train_split` in this process, stopping early on `stopping_split` (by
     training AUC when None), and score `validation_split`: returns {"labels", "scores"} (numpy
     arrays), the training "seconds" and the "best_epoch"."""
-
     from pipelines.ml.model import label_for, load_model
     from pipelines.ml.tensors import iter_batches
     from pipelines.ml.training.plan import MODEL_FILE, STATE_FILE, TrainingPlan, write_json
