@@ -146,3 +146,13 @@ def test_a_fold_network_trains_the_nightly_recipe_and_a_trial_the_budget_of_the_
     # The nightly's backtest keeps the full recipe; trials of another budget are another search.
     assert backtest_training(cheap.training, cheap.backtest).epochs == cheap.training.epochs
     assert space_hash(cheap, "dnn") != space_hash(cfg, "dnn")
+
+
+def test_no_folds_means_no_backtest_and_no_search(spark, spread_lakehouse):
+    from pipelines.ml.backtest import run_backtest
+    from pipelines.ml.tuning import tune
+
+    cfg = training_config(spread_lakehouse.root, *SPLITS, "backtest.folds=0")
+    assert run_backtest(cfg, spark, spread_lakehouse, 0, ["logreg"], "m0") == []
+    with pytest.raises(ValueError, match="backtest.folds must be 1 or more"):
+        tune(cfg, spark, spread_lakehouse, models=["logreg"], max_evals=1)

@@ -294,8 +294,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
     if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
         fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
-    if cfg.backtest.folds < 1:
-        fail("backtest.folds", f"must be at least 1, got {cfg.backtest.folds}")
+    if cfg.backtest.folds < 0:
+        fail("backtest.folds", f"must be 0 (no backtest) or more, got {cfg.backtest.folds}")
     for key in ("epochs", "max_train_rows"):
         if getattr(cfg.backtest, key) < 0:
             fail(f"backtest.{key}", f"must be 0 (the training's) or more, got {getattr(cfg.backtest, key)}")

@@ -253,6 +253,9 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     from pipelines.ml.tensors import load_feature_spec, pin_snapshot
 
     threshold, key = cfg.training.threshold, dataset_for(cfg).key
+    if not cfg.backtest.folds:
+        log.info("[backtest] backtest.folds is 0: no backtest; the blessing compares the validation window only")
+        return []
     frames = model_input_frames(lakehouse, version)
     rows = frames["train"].unionByName(frames["validation"]).cache()
     try:

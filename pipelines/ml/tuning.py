@@ -87,6 +87,8 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
 
     from pipelines.ml.tensors import load_feature_spec, pin_snapshot
 
+    if not cfg.backtest.folds:
+        raise ValueError("the search scores every trial on the backtest: backtest.folds must be 1 or more, it is 0")
     models = models or list(cfg.tuning.space)
     budget = max_evals or cfg.tuning.max_evals
     snapshot = pin_snapshot(lakehouse, table_version)
