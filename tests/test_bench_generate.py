@@ -144,6 +144,7 @@ def test_the_same_seed_writes_the_same_files(feeds):
     assert files(feeds["grown"]) == files(feeds["again"])
 
 
+@pytest.mark.slow
 def test_the_real_ingest_reads_the_generated_feed_without_a_rejected_row(feeds, spark):
     from pipelines.stages import bronze
 
