@@ -106,11 +106,18 @@ def test_tune_records_every_trial_and_the_nightly_takes_the_best(spark, spread_l
                           "tuning.space.dnn.batch_size={choice: [128]}")
     rows = tune(cfg, spark, spread_lakehouse, models=["dnn", "logreg"], max_evals=2)
     table = spread_lakehouse.table("results.trials").read().toPandas()
-    assert len(table) == 4 and set(table["model"]) == {"dnn", "logreg"} and (table["status"] == "ok").all()
+    # Per model, trial 0 (the configured settings) and the 2 trials of the budget.
+    assert len(table) == 6 and set(table["model"]) == {"dnn", "logreg"} and (table["status"] == "ok").all()
+    assert sorted(table["trial"]) == [0, 0, 1, 1, 2, 2]
     for row in rows:
         assert len(json.loads(row["fold_aucs"])) == 2 and row["seconds"] > 0
-        assert set(json.loads(row["params"])) == (set(cfg.tuning.space["dnn"]) if row["model"] == "dnn"
-                                                  else {"reg_param", "elastic_net"})
+        params = json.loads(row["params"])
+        if row["trial"] == 0:
+            configured = {k: getattr(cfg.training, k) for k in cfg.tuning.space["dnn"]}
+            assert params == (json.loads(json.dumps(configured)) if row["model"] == "dnn" else {})
+            assert row["model"] == "logreg" or params["learning_rate"] == 0.01
+        else:
+            assert set(params) == (set(cfg.tuning.space["dnn"]) if row["model"] == "dnn" else {"reg_param", "elastic_net"})
     best_dnn = max((r for r in rows if r["model"] == "dnn"), key=lambda r: r["mean_auc"])
     tuned, best = with_best(cfg, spread_lakehouse)
     assert tuned.training.learning_rate == pytest.approx(json.loads(best_dnn["params"])["learning_rate"])

@@ -124,6 +124,14 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
                 return {"status": STATUS_OK, "loss": -sum(aucs) / len(aucs), "aucs": aucs, "seconds": time.time() - begun}
 
             trials = Trials()
+        # Trial 0: the configured settings, so that the nightly keeps them unless a trial beats them.
+        configured = configured_params(cfg, model)
+        if model == "dnn":
+            first = spark.sparkContext.parallelize([configured], 1).map(objective).collect()[0]
+        else:
+            first = objective(configured)
+        rows.append(_row(cfg, model, search_id, snapshot.version, fold_list, 0, configured, first))
+        log.info(f"[tune] {model}: the configured settings score {rows[-1]['mean_auc'] or float('nan'):.4f} on the backtest")
         fmin(objective, hyperopt_space(model, cfg.tuning.space.get(model, {})), algo=algo, max_evals=budget,
              trials=trials, show_progressbar=False, rstate=_rstate(cfg.training.seed))
         rows += _trial_rows(cfg, model, search_id, snapshot.version, fold_list, trials)
@@ -149,26 +157,39 @@ def _rstate(seed: int):
     return np.random.default_rng(seed)
 
 
+def configured_params(cfg, model: str) -> dict:
+    """The configured value of every setting in `model`'s search space: the network's `training.*`;
+    {} for a baseline (its settings are the defaults of `fit_baselines`)."""
+    if model != "dnn":
+        return {}
+    return _plain({name: getattr(cfg.training, name) for name in cfg.tuning.space.get(model, {})})
+
+
 def _trial_rows(cfg, model, search_id, version, fold_list, trials) -> list[dict]:
+    """The rows of Hyperopt's trials, numbered from 1 (trial 0 is the configured settings)."""
     from hyperopt import space_eval
 
     space = hyperopt_space(model, cfg.tuning.space.get(model, {}))
     out = []
-    for i, t in enumerate(trials.trials):
-        result = t.get("result") or {}
+    for i, t in enumerate(trials.trials, 1):
         values = {k: v[0] for k, v in t["misc"]["vals"].items() if v}
         params = _plain(space_eval(space, values)) if len(values) == len(space) else {}
-        aucs = result.get("aucs")
-        ok = result.get("status") == "ok" and aucs
-        mean = sum(aucs) / len(aucs) if ok else None
-        std = (sum((a - mean) ** 2 for a in aucs) / len(aucs)) ** 0.5 if ok else None
-        out.append({"search_id": search_id, "dataset": cfg.pipeline.dataset, "space_hash": space_hash(cfg, model),
-                    "model": model, "trial": i, "params": json.dumps(params, sort_keys=True),
-                    "table_version": int(version), "folds": backtest.fold_windows_json(fold_list),
-                    "fold_aucs": json.dumps(aucs), "mean_auc": mean, "std_auc": std,
-                    "seconds": float(result.get("seconds") or 0.0), "status": "ok" if ok else "failed",
-                    "error": result.get("error"), "created_at": datetime.now(timezone.utc)})
+        out.append(_row(cfg, model, search_id, version, fold_list, i, params, t.get("result") or {}))
     return out
+
+
+def _row(cfg, model, search_id, version, fold_list, trial: int, params: dict, result: dict) -> dict:
+    """One row of results.trials from an objective's result."""
+    aucs = result.get("aucs")
+    ok = result.get("status") == "ok" and aucs
+    mean = sum(aucs) / len(aucs) if ok else None
+    std = (sum((a - mean) ** 2 for a in aucs) / len(aucs)) ** 0.5 if ok else None
+    return {"search_id": search_id, "dataset": cfg.pipeline.dataset, "space_hash": space_hash(cfg, model),
+            "model": model, "trial": trial, "params": json.dumps(params, sort_keys=True),
+            "table_version": int(version), "folds": backtest.fold_windows_json(fold_list),
+            "fold_aucs": json.dumps(aucs), "mean_auc": mean, "std_auc": std,
+            "seconds": float(result.get("seconds") or 0.0), "status": "ok" if ok else "failed",
+            "error": result.get("error"), "created_at": datetime.now(timezone.utc)}
 
 
 def _baseline_frames(lakehouse, version: int):
