@@ -117,8 +117,13 @@ def fold_rows(rows, fold: Fold, window: str):
 def backtest_training(training_cfg, backtest_cfg, overrides: dict | None = None):
     """The training settings of a fold: the nightly's, with `overrides` (a trial's) on top, in one
     process; `backtest.epochs` and `backtest.max_train_rows` replace the training's when not 0."""
-    cheaper = {k: getattr(backtest_cfg, k) for k in ("epochs", "max_train_rows") if getattr(backtest_cfg, k)}
-    return dataclasses.replace(training_cfg, **cheaper, **(overrides or {}), num_proc=1, local_cache=False)
+    return dataclasses.replace(training_cfg, **budget_of(backtest_cfg), **(overrides or {}), num_proc=1, local_cache=False)
+
+
+def budget_of(section) -> dict:
+    """The `epochs` and `max_train_rows` a config section (`backtest`, `tuning`) sets, 0 meaning
+    "keep the one below it" and left out."""
+    return {k: getattr(section, k) for k in ("epochs", "max_train_rows") if getattr(section, k)}
 
 
 def network_fold(training_cfg, spec, train_split, stopping_split, validation_split) -> dict:

@@ -147,8 +147,7 @@ def trial_budget(cfg):
     """The backtest settings a network trial trains its folds with: `tuning.epochs` and
     `tuning.max_train_rows` in place of the backtest's where not 0. A cheaper budget ranks the
     settings; the nightly then trains the best with the full recipe and backtests it in full."""
-    cheaper = {k: getattr(cfg.tuning, k) for k in ("epochs", "max_train_rows") if getattr(cfg.tuning, k)}
-    return dataclasses.replace(cfg.backtest, **cheaper)
+    return dataclasses.replace(cfg.backtest, **backtest.budget_of(cfg.tuning))
 
 
 def _rstate(seed: int):
