@@ -187,6 +187,39 @@ def test_rules_on_a_literal_frame(spark, shop):
     assert reason == "key_not_null: no value for order_id"
 
 
+def test_duplicates_are_marked_the_same_whether_repeated_keys_are_picked_out_or_every_row_is_ranked(
+        spark, shop, monkeypatch):
+    # mark_duplicates ranks only the rows of repeated keys (picked out by a broadcast join), or every
+    # row when too many keys repeat: both must keep the same row and name the same winner.
+    from pipelines.stages.silver import rows as silver_rows
+
+    orders = shop.source("orders")
+    df = spark.createDataFrame(
+        [(1, DAY, "S1", 5.0, DAY, "a.csv", "x", 2), (1, DAY, "S1", 5.0, DAY, "b.csv", "y", 7),
+         (1, DAY, "S1", 5.0, DAY, "a.csv", "x", 9), (2, DAY, "S1", 2.0, DAY, "a.csv", "x", 3),
+         (None, DAY, "S1", 1.0, DAY, "a.csv", "x", 4), (None, DAY, "S1", 1.0, DAY, "a.csv", "x", 5)],
+        "order_id long, day date, store string, amount double, date date, "
+        "_source_file string, _source_sha256 string, _line_number long")
+    stores = spark.createDataFrame([("S1", "Ames")], "store string, city string")
+    ruled = silver.check_rules(silver.fix_types(df, orders), orders, {"stores": stores})
+
+    def marked():
+        # The winner's file and line matter on the rows that passed the blocking rules.
+        return sorted((r["_line_number"], r["_blocked"], r["_duplicate"],
+                       None if r["_blocked"] else (r["_kept_file"], r["_kept_line"]))
+                      for r in silver.mark_duplicates(ruled, orders).collect())
+
+    picked = marked()
+    monkeypatch.setattr(silver_rows, "WINDOW_BROADCAST_KEYS", 0)
+    ranked = marked()
+
+    # Order 1: b.csv wins by file name over a.csv; each loser names it. Blocked rows (no order_id)
+    # are never duplicates; order 2 is alone and kept as itself.
+    assert picked == ranked == [(2, False, True, ("b.csv", 7)), (3, False, False, ("a.csv", 3)),
+                                (4, True, False, None), (5, True, False, None),
+                                (7, False, False, ("b.csv", 7)), (9, False, True, ("b.csv", 7))]
+
+
 @pytest.mark.slow
 def test_three_real_days_account_exactly_and_rerun_idempotently(cfg, spark, lakehouse):
     days = [date(2013, 1, 1), date(2013, 1, 2), date(2013, 1, 3)]

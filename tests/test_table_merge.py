@@ -185,3 +185,36 @@ def test_to_arrow_reads_the_files_a_merge_rewrote(flights, spark):
 
     assert sorted(flights.to_arrow(["flight_id", "arr_delay"]).to_pylist(), key=lambda r: r["flight_id"])[2] == {
         "flight_id": 3, "arr_delay": 25.0}
+
+
+def test_derive_sets_a_function_of_the_matched_rows_own_value(flights, spark):
+    from pyspark.sql import functions as F
+
+    late = spark.createDataFrame([(3, D2, 25.0)], LATE_SCHEMA)
+
+    flights.merge(late, on=["flight_id", "date"], update=["arr_delay"],
+                  derive={"carrier": lambda carrier: F.concat(carrier, F.lit("*"))})
+
+    after = rows_of(flights)
+    assert after[3][2] == "B6*" and after[4][2] == "DL" and after[5][2] == "UA"
+    with pytest.raises(ValueError, match="derives columns it neither matches on nor sets"):
+        flights.merge(late, on=["flight_id", "date"], update=["arr_delay"], derive={"arr_delay": lambda c: c})
+
+
+def test_a_merge_over_many_partitions_writes_one_file_per_partition_value(lakehouse, spark):
+    # The target is partitioned by one of the keys: the join keeps that partitioning and the write
+    # takes it without another exchange (DeltaRsEngine.merge); a date spread over tasks would
+    # leave several files in its folder.
+    table = lakehouse.table("silver.flights")
+    days = [date(2013, 1, d) for d in range(1, 29)]
+    rows = [(i, days[i % len(days)], "UA", float(i), None) for i in range(2000)]
+    table.write(spark.createDataFrame(rows, FLIGHTS_SCHEMA).repartition(7), partition_by=["date"])
+    late = spark.createDataFrame([(i, days[i % len(days)], float(-i)) for i in range(0, 2000, 3)], LATE_SCHEMA)
+
+    result = table.merge(late.repartition(5), on=["flight_id", "date"], update=["arr_delay"],
+                         partitions={"date": days})
+
+    assert result["updated"] == len(range(0, 2000, 3))
+    assert all(len(files_of(table, day)) == 1 for day in days)
+    got = {r["flight_id"]: r["arr_delay"] for r in table.read().collect()}
+    assert got == {i: (float(-i) if i % 3 == 0 else None) for i in range(2000)}

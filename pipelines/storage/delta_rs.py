@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
@@ -98,22 +99,17 @@ class DeltaRsEngine:
             reader = reader.option("basePath", local_path(dt.table_uri))
         # Spark lists more than `parallelPartitionDiscovery.threshold` (32) paths with a Spark job of
         # one task per path (5-10 s for a year of daily files); the log already names every file.
-        key = "spark.sql.sources.parallelPartitionDiscovery.threshold"
-        before = self.spark.conf.get(key, None)
-        self.spark.conf.set(key, str(max(len(files) + 1, 32)))
-        try:
+        with _session_conf(self.spark, {"spark.sql.sources.parallelPartitionDiscovery.threshold":
+                                        str(max(len(files) + 1, 32))}):
             df = reader.parquet(*files)
-        finally:
-            if before is None:
-                self.spark.conf.unset(key)
-            else:
-                self.spark.conf.set(key, before)
         return df.select(*schema.fieldNames())
 
     # -- write ---------------------------------------------------------------------------------
     def write(self, df, path: str, mode: str, partition_by: list[str] | None,
               partitions: dict[str, list] | None, schema_mode: str | None,
-              description: str | None = None, row_group_rows: int | None = None) -> int:
+              description: str | None = None, row_group_rows: int | None = None, clustered: bool = False) -> int:
+        """`Table.write`'s commit. `clustered`: the rows of each partition value are in one Spark
+        partition already (`merge` arranges it), so no exchange by the partition columns is added."""
         from deltalake import Schema
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
         from deltalake.exceptions import CommitFailedError, DeltaError
@@ -157,7 +153,9 @@ class DeltaRsEngine:
                                   arrow_schema.serialize().to_pybytes(),
                                   self.target_file_rows, row_group_rows or self.row_group_rows, allowed)
         if partition_by:
-            df = df.repartition(*partition_by)
+            # Each partition value in one task, its rows together: the task writes one file per
+            # value and holds one value's rows at a time (`make_file_writer`).
+            df = (df if clustered else df.repartition(*partition_by)).sortWithinPartitions(*partition_by)
         else:
             parallelism = self.spark.sparkContext.defaultParallelism
             if df.rdd.getNumPartitions() > parallelism:
@@ -218,13 +216,19 @@ class DeltaRsEngine:
 
     # -- merge ---------------------------------------------------------------------------------
     def merge(self, df, path: str, on: list[str], update: list[str], partitions: dict[str, list] | None,
-              description: str | None = None) -> dict:
+              description: str | None = None, derive: dict | None = None) -> dict:
         """MERGE (matched rows only) of a non-empty `df` with unique keys (`Table.merge` checks both),
         copy-on-write through Spark: the target's rows in `partitions` (the whole table when None)
-        are joined with the source on `on`, matched rows take the source's `update` values, and
-        those partitions are overwritten in one commit by `write`, so the version is atomic like any
-        write and the files are written as every other file of the lakehouse. Nothing is committed
-        when no row matches. Returns the version and the rows updated.
+        are joined with the source on `on`, matched rows take the source's `update` values (and
+        `derive`'s functions of their own values), and those partitions are overwritten in one
+        commit by `write`, so the version is atomic like any write and the files are written as
+        every other file of the lakehouse. Nothing is committed when no row matches. Returns the
+        version and the rows updated.
+
+        One exchange of the target's rows: when the table's partition columns are among `on`, both
+        sides are hash-partitioned by the partition columns, the join keeps that partitioning (no
+        second exchange by all of `on`) and the write takes the rows as they come, one file per
+        partition value. The rows updated are counted on the keys alone, so nothing wide is cached.
 
         Not delta-rs's own `DeltaTable.merge`: delta-rs 1.6 writes the files it rewrites with Arrow
         `string_view` strings, which the pinned pyarrow 14 (hence `Table.to_arrow` and Petastorm)
@@ -232,6 +236,7 @@ class DeltaRsEngine:
         the log records the commit as a WRITE whose description names the merge."""
         from pyspark.sql import functions as F
 
+        derive = derive or {}
         target = self.read(path)
         types = {f.name: f.dataType for f in target.schema.fields}
         source = (df.select(*on, *[F.col(c).cast(types[c]).alias(f"__new_{c}") for c in update])
@@ -252,18 +257,25 @@ class DeltaRsEngine:
         for column, values in (partitions or {}).items():
             target = target.filter(F.col(column).isin(list(values)))
         # An equi-join on the names: a null key matches nothing.
-        joined = target.join(source, on=on, how="left").cache()
-        try:
-            updated = joined.filter(F.col("__matched")).count()
-            if updated == 0:
-                return {"version": self.open(path).version(), "updated": 0}
-            merged = joined.select(*[F.when(F.col("__matched"), F.col(f"__new_{c}")).otherwise(F.col(c)).alias(c)
-                                     if c in update else F.col(c) for c in target.columns])
+        updated = target.select(*on).join(source.select(*on), on=on).count()
+        if updated == 0:
+            return {"version": self.open(path).version(), "updated": 0}
+        clustered = bool(partition_by) and set(partition_by) <= set(on)
+        if clustered:
+            n = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
+            target, source = target.repartition(n, *partition_by), source.repartition(n, *partition_by)
+        joined = target.join(source, on=on, how="left")
+        matched = F.col("__matched")
+        merged = joined.select(*[
+            F.when(matched, F.col(f"__new_{c}")).otherwise(F.col(c)).alias(c) if c in update
+            else F.when(matched, derive[c](F.col(c))).otherwise(F.col(c)).alias(c) if c in derive
+            else F.col(c) for c in target.columns])
+        # The join keeps the partitioning by the partition columns only when Spark may co-partition
+        # on a subset of the join keys; `write` then takes it as it is.
+        with _session_conf(self.spark, {"spark.sql.requireAllClusterKeysForCoPartition": "false"} if clustered else {}):
             version = self.write(merged, path, mode="overwrite", partition_by=None,
-                                 partitions=partitions or None, schema_mode=None,
+                                 partitions=partitions or None, schema_mode=None, clustered=clustered,
                                  description=description or f"merge on {', '.join(on)} setting {', '.join(update)}")
-        finally:
-            joined.unpersist()
         return {"version": version, "updated": updated}
 
 
@@ -280,6 +292,22 @@ def merge_condition(on: list[str], partitions: dict[str, list] | None) -> str:
 def _sql_string(value) -> str:
     """A partition value as a SQL string literal, which both engines cast to the column's type."""
     return "NULL" if value is None else "'" + partition_string(value).replace("'", "''") + "'"
+
+
+@contextmanager
+def _session_conf(spark, settings: dict[str, str]):
+    """Spark SQL settings for the queries run inside the block, restored after it."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def _collect_in_group(sc, df, group: str, description: str) -> list:

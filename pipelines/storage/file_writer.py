@@ -94,6 +94,12 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
 
     With `allowed` (a partition overwrite), a row outside those partition values fails the task,
     so the check costs no second pass over the data.
+
+    The rows of a task come sorted by the partition columns (`DeltaRsEngine.write` sorts them within
+    each Spark partition): a file is closed as soon as the next partition value starts, so a task
+    holds one open file and one partition value's rows, however many values it writes (a few
+    thousand days at ×10), and each batch splits into one or two values. Rows that come unsorted
+    are still written correctly, into more files.
     """
 
     def write_task(batches: Iterator) -> Iterator:
@@ -154,6 +160,8 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 write_rows((), table)
                 continue
             keys = table.select(partition_by).group_by(partition_by).aggregate([]).to_pylist()
+            # In the order the rows come (nulls first, as Spark sorts), whatever order group_by gives.
+            keys.sort(key=lambda k: tuple((k[n] is not None, k[n]) for n in partition_by))
             for key in keys:
                 mask = None
                 for name in partition_by:
@@ -164,7 +172,10 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 if allowed and any(partition_string(key[c]) not in vals for c, vals in allowed.items()):
                     raise ValueError(f"overwrite of partitions {allowed} {OUTSIDE_PARTITIONS}: "
                                      f"{rows.slice(0, 1).to_pylist()[0]}")
-                write_rows(tuple(key[n] for n in partition_by), rows)
+                current = tuple(key[n] for n in partition_by)
+                for finished in [k for k in open_files if k != current]:
+                    close(finished)
+                write_rows(current, rows)
         for key in list(open_files):
             close(key)
         if results:

@@ -41,7 +41,7 @@ class JvmDeltaEngine:
         return DeltaTable.forPath(self.spark, path).history(1).collect()[0]["version"]
 
     def merge(self, df, path: str, on: list[str], update: list[str], partitions: dict[str, list] | None,
-              description: str | None = None) -> dict:
+              description: str | None = None, derive: dict | None = None) -> dict:
         """Delta's own MERGE (matched rows only) of a non-empty `df` with unique keys (`Table.merge`
         checks both); the version and the rows updated are read off the commit it made.
 
@@ -53,9 +53,13 @@ class JvmDeltaEngine:
         if description:
             self.spark.conf.set(key, description)
         try:
+            from pyspark.sql import functions as F
+
             target = DeltaTable.forPath(self.spark, path).alias("t")
+            assignments = {c: F.col(f"s.`{c}`") for c in update}
+            assignments.update({c: fn(F.col(f"t.`{c}`")) for c, fn in (derive or {}).items()})
             (target.merge(df.alias("s"), merge_condition(on, partitions))
-             .whenMatchedUpdate(set={c: f"s.`{c}`" for c in update}).execute())
+             .whenMatchedUpdate(set=assignments).execute())
         finally:
             if before is None:
                 self.spark.conf.unset(key)

@@ -101,9 +101,11 @@ class Table:
         return self.write(self.engine.spark.createDataFrame(rows, schema), mode="overwrite", schema_mode="overwrite")
 
     def merge(self, df, on: list[str], update: list[str], description: str | None = None,
-              partitions: dict[str, list] | None = None) -> dict:
+              partitions: dict[str, list] | None = None, derive: dict[str, Callable] | None = None) -> dict:
         """Delta MERGE: each row of `df` sets the `update` columns of the target row whose `on` columns
-        equal its own; the other rows and columns stay as they are. One atomic commit, none when `df`
+        equal its own; the other rows and columns stay as they are. `derive` maps more columns of the
+        target to a function of their current value (a Spark Column in, a Column out), applied to
+        the matched rows only, as Delta's ``whenMatchedUpdate(set={"c": f(t.c)})``. One atomic commit, none when `df`
         is empty (nor, with delta-rs, when no row matches); `description` is recorded in the commit,
         as `write` does.
 
@@ -132,9 +134,14 @@ class Table:
         if not on or not update or set(on) & set(update):
             raise ValueError(f"a merge into {self.name} matches on `on` columns and sets other, `update` "
                              f"columns; got on={on}, update={update}")
+        derive = dict(derive or {})
         table_columns = self.schema().fieldNames()
-        for where, columns in (("the merge source", df.columns), (f"table {self.name}", table_columns)):
-            missing = [c for c in on + update if c not in columns]
+        if set(derive) & set(on + update):
+            raise ValueError(f"a merge into {self.name} derives columns it neither matches on nor sets; "
+                             f"got derive={sorted(derive)}, on={on}, update={update}")
+        for where, columns, wanted in (("the merge source", df.columns, on + update),
+                                       (f"table {self.name}", table_columns, on + update + list(derive))):
+            missing = [c for c in wanted if c not in columns]
             if missing:
                 raise ValueError(f"columns {missing} of the merge into {self.name} are not in {where}")
         partition_by = self.partition_by()
@@ -148,7 +155,7 @@ class Table:
                              f"deduplicate the source first")
         if source_rows == 0:
             return {"version": self.version(), "updated": 0, "source_rows": 0}
-        result = self.engine.merge(df, self.path, on, update, partitions, description=description)
+        result = self.engine.merge(df, self.path, on, update, partitions, description=description, derive=derive)
         return {**result, "source_rows": source_rows}
 
     # -- the Delta log (delta-rs reads tables of either engine; no Spark) ------------------------

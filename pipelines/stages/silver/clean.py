@@ -95,9 +95,11 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
         bronze = bronze.filter(F.col(PARTITION_COLUMN).isin(result.dates))
     references = {r.reference_source: lh.table(catalog.silver(r.reference_source)).read()
                   for r in source.rules if r.check == "reference" and _exists_or_fail(lh, r, source)}
-    checked = mark_duplicates(check_rules(fix_types(bronze, source), source, references), source).persist()
+    rows = check_rules(fix_types(bronze, source), source, references).persist()
+    checked = mark_duplicates(rows, source).persist()
     try:
         counts = quality_counts(checked, source)
+        rows.unpersist()
         description = f"clean {run_id} {stamp}"
         origin = built_from({bronze_table.name: bronze_version})
         if source.daily:
@@ -111,6 +113,7 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
         write_books(lh, source, checked, counts, result.dates, run_id, description)
     finally:
         checked.unpersist()
+        rows.unpersist()
     result.add_counts(counts, source)
     result.silver_rows = result.bronze_rows - result.quarantined - result.duplicates
     verify_silver(lh, source, result.dates if source.daily else None)

@@ -96,7 +96,9 @@ def check_rules(df, source: Source, references: dict | None = None):
     first blocking rule broken) and `_reason` (every blocking rule broken, with the values).
 
     `references` maps a reference rule's source name to its silver DataFrame; a reference rule
-    joins the distinct keys of that table (broadcast: reference tables are small).
+    joins the distinct keys of that table. No broadcast hint: Spark broadcasts the small ones
+    itself (planes, airports), and a large one (a daily table's ids: 34 million at ×100) is
+    joined by a shuffle instead of being copied whole to every task.
     """
     from pyspark.sql import functions as F
 
@@ -110,7 +112,7 @@ def check_rules(df, source: Source, references: dict | None = None):
         key = f"_key_{rule.name}"
         keys = (references[rule.reference_source].select(F.col(rule.reference_column).alias(key))
                 .where(F.col(key).isNotNull()).distinct().withColumn(f"_hit_{rule.name}", F.lit(True)))
-        df = (df.join(F.broadcast(keys), df[rule.columns[0]] == keys[key], "left")
+        df = (df.join(keys, df[rule.columns[0]] == keys[key], "left")
               .withColumn(f"_known_{rule.name}", F.coalesce(F.col(f"_hit_{rule.name}"), F.lit(False)))
               .drop(key, f"_hit_{rule.name}"))
     reasons = []
@@ -134,14 +136,55 @@ def mark_duplicates(df, source: Source):
     """Add `_duplicate`: true on every row that passed the blocking rules but repeats the key of
     another such row (per date for a daily feed). The row kept is the one ingested last, then by
     file name, then the later line of a file, then content, so the choice does not depend on
-    Spark's ordering. Every row also gets
-    the kept row's file, checksum and line (`KEPT`), which `duplicate_rows` records beside each loser."""
-    from pyspark.sql import Window
+    Spark's ordering. Every row that passed also gets the kept row's file, checksum and line
+    (`KEPT`), which `duplicate_rows` records beside each loser.
+
+    Only the rows whose key repeats go through the window that ranks them (a sort of every row
+    otherwise): the repeated keys are counted first, on the key columns alone, so `df` should be
+    persisted (silver's callers do). Up to `WINDOW_BROADCAST_KEYS` repeated keys are broadcast to
+    pick their rows out; more than that, and every row is ranked."""
+    from functools import reduce
+    from operator import and_
+
     from pyspark.sql import functions as F
 
     key = list(source.primary_key)
     if source.daily and PARTITION_COLUMN not in key:
         key.append(PARTITION_COLUMN)
+    repeated = (df.filter(~F.col("_blocked")).groupBy(*key).count().filter(F.col("count") > 1)
+                .select(*[F.col(c).alias(f"_repeated_{c}") for c in key]))
+    n = repeated.count()
+    if n == 0:
+        return _alone(df)
+    if n > WINDOW_BROADCAST_KEYS:
+        return _ranked(df, source, key)
+    # A null key part equals a null, as in the window's groups.
+    same_key = reduce(and_, [df[c].eqNullSafe(F.col(f"_repeated_{c}")) for c in key])
+    tagged = (df.join(F.broadcast(repeated.withColumn("_repeats", F.lit(True))), same_key, "left")
+              .drop(*[f"_repeated_{c}" for c in key]))
+    repeats = tagged.filter(F.col("_repeats").isNotNull()).drop("_repeats")
+    alone = tagged.filter(F.col("_repeats").isNull()).drop("_repeats")
+    return _ranked(repeats, source, key).unionByName(_alone(alone))
+
+
+# Repeated keys picked out by a broadcast join before ranking; more, and every row is ranked.
+WINDOW_BROADCAST_KEYS = 200_000
+
+
+def _alone(df):
+    """`mark_duplicates`' columns for rows whose key nothing else has: each is kept, as itself."""
+    from pyspark.sql import functions as F
+
+    for kept, own in zip(KEPT, OWN):
+        df = df.withColumn(kept, F.col(own))
+    return df.withColumn("_duplicate", F.lit(False))
+
+
+def _ranked(df, source: Source, key: list[str]):
+    """`mark_duplicates`' columns by ranking the rows of each key (blocked or not) in a window."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     order = []
     for c in ("_ingest_time", SOURCE_FILE, LINE_NUMBER):
         if c in df.columns:

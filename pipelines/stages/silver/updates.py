@@ -51,22 +51,23 @@ def merge_updates(lh, dataset: Dataset, update: Source, dates: list[date] | None
     # The target's id, computed as silver computes it for the target: the same key, the same hash.
     typed = fix_types(bronze, update).withColumn(target.id_column, F.xxhash64(*update.primary_key))
     rows = target_table.read().filter(F.col(PARTITION_COLUMN).isin(result.dates))
-    checked = mark_duplicates(check_rules(typed, update, {target.name: rows.select(target.id_column)}), update).persist()
+    ruled = check_rules(typed, update, {target.name: rows.select(target.id_column)}).persist()
+    checked = mark_duplicates(ruled, update).persist()
     try:
         counts = quality_counts(checked, update)
+        ruled.unpersist()
         description = f"clean {run_id}: {update.name} merged into {target.name}"
-        # An updated row was built from the target's bronze and, now, the update's too.
         keys = [target.id_column, PARTITION_COLUMN]
-        updates = (update_rows(checked, update, dataset)
-                   .join(rows.select(*keys, BUILT_FROM), keys, "left")
-                   .withColumn(BUILT_FROM, merge_built_from(F.col(BUILT_FROM), {bronze_table.name: bronze_version})))
-        columns = [c for c in updates.columns if c not in keys]
-        merged = target_table.merge(updates, on=keys,
-                                    update=columns, partitions={PARTITION_COLUMN: result.dates},
-                                    description=description)
+        updates = update_rows(checked, update, dataset)
+        merged = target_table.merge(updates, on=keys, update=[c for c in updates.columns if c not in keys],
+                                    partitions={PARTITION_COLUMN: result.dates}, description=description,
+                                    # An updated row was built from the target's bronze and, now, the update's too.
+                                    derive={BUILT_FROM: lambda built: merge_built_from(
+                                        built, {bronze_table.name: bronze_version})})
         write_books(lh, update, checked, counts, result.dates, run_id, description)
     finally:
         checked.unpersist()
+        ruled.unpersist()
     result.add_counts(counts, update)
     result.silver_rows = int(merged["updated"])
     verify_updates(lh, update, target, result.dates)
