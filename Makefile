@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # `make run DATASET=bundesliga` runs another dataset of conf/base/datasets/ (default: conf/base's).
 DATASET ?=
 
-.PHONY: setup run test test-fast bench dist clean-lakehouse lock
+.PHONY: setup run test test-fast bench bench-x100 dist clean-lakehouse lock
 
 setup:
 	@scripts/bootstrap.sh
@@ -23,6 +23,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m bench.run_all
+
+# ×1, ×10 and ×100 of January 2013 (2.7 million flights at ×100), scale and peer in one run (README, Benchmarks).
+bench-x100: setup
+	$(BIN)/python -m bench.run_all --only scale,peer --factors 1,10,100 --window 2013-01-01,2013-01-31
 
 dist: setup
 	$(BIN)/python scripts/make_dist.py

@@ -144,7 +144,7 @@ class PeakMemory:
 
         self.proc = psutil.Process(pid or os.getpid())
         self.interval = interval
-        self.peak = {"driver_python": 0, "jvm": 0, "workers": 0, "total": 0}
+        self.peak = {"driver_python": 0, "jvm": 0, "workers": 0, "total": 0, "largest_worker": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -164,9 +164,12 @@ class PeakMemory:
             except psutil.Error:
                 continue
             now[kind] += rss
-        now["total"] = sum(now.values())
+            if kind == "workers":
+                # One process: a Horovod rank or a Spark Python worker (flat in the table size, or not).
+                now["largest_worker"] = max(now.get("largest_worker", 0), rss)
+        now["total"] = now["driver_python"] + now["jvm"] + now["workers"]
         for k, v in now.items():
-            self.peak[k] = max(self.peak[k], v)
+            self.peak[k] = max(self.peak.get(k, 0), v)
         return now
 
     def _run(self):
@@ -189,6 +192,18 @@ class PeakMemory:
 
 # ------------------------------------------------------------------------------------------------
 # Configuration, Spark and scratch lakehouses
+
+
+def parse_window(text: str | None):
+    """`--window 2013-01-01,2013-01-31` as a (first, last) pair of dates; None for the whole year."""
+    from datetime import date
+
+    if not text:
+        return None
+    first, last = (date.fromisoformat(d.strip()) for d in text.split(","))
+    if last < first:
+        raise ValueError(f"--window {text}: the last day is before the first")
+    return first, last
 
 
 def bench_config(root: str | Path, *overrides: str):

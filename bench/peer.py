@@ -33,8 +33,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.common import (PeakMemory, bench_config, default_memory_limit_gib, print_table, ratio, run_watched,
-                          scratch_dir, write_result)
+from bench.common import (PeakMemory, bench_config, default_memory_limit_gib, parse_window, print_table, ratio,
+                          run_watched, scratch_dir, write_result)
 
 KEY = ["date", "carrier", "flight", "origin", "sched_dep_time"]
 
@@ -49,7 +49,7 @@ def read_landing(landing: Path) -> dict:
 
     kw = dict(na_values=["NA"], keep_default_na=False)
     out = {}
-    for source in ("flights", "weather"):
+    for source in ("flights", "flight_outcomes", "weather"):
         files = sorted((landing / source).rglob("*.csv"))
         out[source] = pd.concat((pd.read_csv(f, **kw) for f in files), ignore_index=True)
     out["planes"] = pd.read_csv(landing / "planes" / "planes.csv", **kw)
@@ -64,6 +64,11 @@ def features(raw: dict, late_minutes: int = 15, windows=(7, 28), lookback_hours:
     f = raw["flights"].dropna(subset=["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"])
     f = f.assign(date=pd.to_datetime(dict(year=f.year, month=f.month, day=f.day)))
     f = f.drop_duplicates(KEY).reset_index(drop=True)
+    # The outcomes (times and delays) arrive in their own files the morning after: joined on the
+    # flight's key, as silver merges them.
+    o = raw["flight_outcomes"].dropna(subset=["year", "month", "day", "carrier", "flight", "origin", "sched_dep_time"])
+    o = o.assign(date=pd.to_datetime(dict(year=o.year, month=o.month, day=o.day))).drop_duplicates(KEY)
+    f = f.merge(o[[*KEY, "arr_delay"]], on=KEY, how="left")
     f["time_hour"] = pd.to_datetime(f["time_hour"], utc=True)
     f["sched_hour"] = f["sched_dep_time"] // 100
     f["route"] = f["origin"] + "-" + f["dest"]
@@ -111,11 +116,17 @@ def features(raw: dict, late_minutes: int = 15, windows=(7, 28), lookback_hours:
         history = pd.DataFrame(parts)
         history.index = history.index.set_names(["_day", *keys])
         f = f.merge(history.reset_index(), on=["_day", *keys], how="left")
+    # The schedule: the plane's leg of the day and minutes since its last departure, the departures
+    # its airport schedules in the same hour.
+    f = f.sort_values(["date", "tailnum", "sched_dep_time", "carrier", "flight", "origin"]).reset_index(drop=True)
+    legs = f[f["tailnum"].notna()].groupby(["date", "tailnum"])
+    f.loc[legs.ngroup().index, "plane_leg_of_day"] = legs.cumcount().astype(float) + 1
+    f.loc[legs.ngroup().index, "plane_minutes_since_last_departure"] = legs["sched_minute_of_day"].diff()
+    f["origin_hour_departures"] = f.groupby(["date", "origin", "sched_hour"])["flight"].transform("size").astype(float)
     counts = f.groupby(["_day", "origin"]).size().unstack("origin").reindex(days, fill_value=0).fillna(0)
     prev = counts.shift(1).fillna(0.0).stack(future_stack=True).rename("origin_flights_prev_day").reset_index()
     f = f.merge(prev.rename(columns={"level_0": "_day"}), on=["_day", "origin"], how="left")
-    f["label"] = np.where(arrived.reindex(f.index, fill_value=False) & f["arr_delay"].notna(),
-                          (f["arr_delay"] >= late_minutes).astype(float), np.nan)
+    f["label"] = np.where(f["arr_delay"].notna(), (f["arr_delay"] >= late_minutes).astype(float), np.nan)
     return f
 
 
@@ -175,7 +186,6 @@ def run_peer(landing: Path, cfg) -> dict:
     import pandas as pd
     import tensorflow as tf
 
-    from pipelines.datasets.features import feature_module
     from pipelines.stages.gold import model_columns
     from pipelines.ml.model import build_model, compile_model, make_optimizer
     from pipelines.ml.inputs import FeatureSpec
@@ -190,7 +200,7 @@ def run_peer(landing: Path, cfg) -> dict:
     times["features"] = time.perf_counter() - t
     t = time.perf_counter()
     labelled = frame[frame["label"].notna()]
-    columns = model_columns(cfg, feature_module(cfg.pipeline.dataset))
+    columns = model_columns(cfg)
     spec = fit_spec(labelled, columns, cfg.split("train"))
     sets = {}
     for split in ("train", "validation"):
@@ -291,6 +301,7 @@ def main(argv=None) -> dict:
     p.add_argument("--factors", default="1,10")
     p.add_argument("--probe", default="", help="larger factors to try, in order, until a side no longer finishes")
     p.add_argument("--quick", action="store_true", help="January 2013, ×1 and ×2, 2 epochs")
+    p.add_argument("--window", help="first,last day of 2013 to grow (default: the whole year), as bench.scale")
     p.add_argument("--epochs", type=int, help="training.epochs for both sides (default: the configuration's)")
     p.add_argument("--memory-limit-gib", type=float, default=default_memory_limit_gib())
     p.add_argument("--driver-memory", default="8g")
@@ -304,7 +315,7 @@ def main(argv=None) -> dict:
         window = tuple(date.fromisoformat(d) for d in args._window.split(",")) if args._window else None
         return peer_worker(args._worker, window, Path(args._out), args.epochs, args._set)
 
-    window = (date(2013, 1, 1), date(2013, 1, 31)) if args.quick else None
+    window = (date(2013, 1, 1), date(2013, 1, 31)) if args.quick else parse_window(args.window)
     factors = [1, 2] if args.quick else [int(f) for f in args.factors.split(",")]
     probes = [int(f) for f in args.probe.split(",") if f]
     epochs = args.epochs or (2 if args.quick else None)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import RESULTS, machine_info, machine_line, print_table
+from bench.common import RESULTS, machine_info, machine_line, print_table, ratio
 
 BENCHMARKS = ("delta_io", "input_pipeline", "horovod_scaling", "scale", "peer")
 
@@ -60,10 +60,22 @@ def figures(name: str, r: dict) -> list[dict]:
             secs = " / ".join(f"{k.split()[0]} {v:,.1f}s" for k, v in cells.items() if k.endswith(" s") and v is not None)
             lin = [v for k, v in cells.items() if "time /" in k]
             add(f"{g['stage']} wall time", secs or "-", "(ratio: time ×N/×1 ÷ N; 1 = linear)", lin[-1] if lin else None)
+        for g in r["growth"]:
+            # The goal is about the two largest factors (×100 against ×10): time ratio at most the factor ratio.
+            secs = {int(k[1:].split()[0]): v for k, v in g.items() if k.startswith("x") and k.endswith(" s") and v}
+            if len(secs) >= 3:
+                a, b = sorted(secs)[-2:]
+                add(f"{g['stage']}: time x{b} / time x{a}", f"{secs[b]:,.1f} / {secs[a]:,.1f}", "s",
+                    ratio(secs[b], secs[a]), f"<= {b / a:g}" + (" met" if secs[b] / secs[a] <= b / a else " missed"))
         for f, fr in r["factors"].items():
             m = fr.get("memory", {})
-            add(f"{f} peak memory (driver Python / JVM / workers)",
-                f"{m.get('driver_python_peak_mib')} / {m.get('jvm_peak_mib')} / {m.get('workers_peak_mib')}", "MiB")
+            add(f"{f} peak memory (all processes; driver Python / JVM / workers; largest worker)",
+                f"{m.get('total_peak_mib')}; {m.get('driver_python_peak_mib')} / {m.get('jvm_peak_mib')} / "
+                f"{m.get('workers_peak_mib')}; {m.get('largest_worker_peak_mib')}", "MiB")
+        for row in r.get("input", []):
+            add(f"{row['factor']} training input: Petastorm vs in-memory ({row['steps']})",
+                f"{row['Petastorm samples/s']:,.0f} vs {row['in-memory samples/s']:,.0f}", "samples/s",
+                row["Petastorm / in-memory"])
     elif name == "peer":
         for row in r["table"]:
             add(f"{row['scale']} end to end: pipeline vs pandas+Keras", f"{row['pipeline s']} vs {row['peer s']}", "s",
@@ -103,6 +115,8 @@ def main(argv=None) -> dict:
     p.add_argument("--only", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--root", default="lakehouse", help="lakehouse for input_pipeline and horovod_scaling")
     p.add_argument("--epochs", type=int, help="training epochs of scale and peer (default 4; 2 with --quick)")
+    p.add_argument("--factors", help="scale and peer: comma-separated factors (default 1,10), e.g. 1,10,100")
+    p.add_argument("--window", help="scale and peer: first,last day of 2013 to grow (default: the whole year)")
     p.add_argument("--summary-only", action="store_true",
                    help="run nothing: rebuild the summary from the JSON files already in bench/results")
     args = p.parse_args(argv)
@@ -112,7 +126,8 @@ def main(argv=None) -> dict:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     epochs = args.epochs or (2 if args.quick else 4)
     command = ("python -m bench.run_all" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
-               + (f" --root {args.root}" if args.root != "lakehouse" else "") + (f" --epochs {args.epochs}" if args.epochs else ""))
+               + (f" --root {args.root}" if args.root != "lakehouse" else "") + (f" --epochs {args.epochs}" if args.epochs else "")
+               + (f" --factors {args.factors}" if args.factors else "") + (f" --window {args.window}" if args.window else ""))
     machine = machine_info()
     taken = None
     if args.summary_only:
@@ -128,6 +143,8 @@ def main(argv=None) -> dict:
         cmd = [sys.executable, "-m", f"bench.{name}", *(["--quick"] if args.quick else []),
                *(["--root", args.root] if name in ("input_pipeline", "horovod_scaling") else []),
                *(["--epochs", str(epochs)] if name in ("scale", "peer") else []),
+               *(["--factors", args.factors] if args.factors and name in ("scale", "peer") else []),
+               *(["--window", args.window] if args.window and name in ("scale", "peer") else []),
                *(["--pipeline-from", str(RESULTS / "scale.json")] if name == "peer" and "scale" in chosen else [])]
         print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.time()

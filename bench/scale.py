@@ -14,7 +14,13 @@ splits are the first 75% of the days (train), the next 17% (validation) and the 
 memory is sampled every 0.2 s: the Python driver, the driver JVM (Spark local mode: the executors
 live in it) and the other child processes (Spark's Python workers, Horovod ranks).
 
-    python -m bench.scale [--factors 1,10] [--x100] [--quick]
+After the stages, each factor also measures the training input (`input_rates`): the network trained
+for a fixed number of steps from the pinned snapshot through Petastorm and from the same rows in
+memory, so the Petastorm rate at ×100 can be set against the in-memory rate at ×1.
+
+    python -m bench.scale [--factors 1,10] [--x100] [--window 2013-01-01,2013-01-31] [--quick]
+
+`make bench-x100` runs ×1, ×10 and ×100 of January (2.7 million flights at ×100) with the peer.
 """
 from __future__ import annotations
 
@@ -25,8 +31,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench.common import (PeakMemory, bench_config, print_table, ratio, run_watched, scratch_dir, start_spark,
-                          write_result)
+from bench.common import (PeakMemory, bench_config, parse_window, print_table, ratio, run_watched, scratch_dir,
+                          start_spark, write_result)
 from bench.profile import PROFILE_SPARK_SETTINGS, StageProfile, line as profile_line, summary as profile_summary
 
 STAGES = ("ingest", "clean", "features", "train")
@@ -95,6 +101,12 @@ def run_factor(factor: int, window: tuple[date, date] | None, root: Path, epochs
             print(f"[scale] ×{factor} {stage}: {seconds:,.1f}s, {rows:,} rows, {rows / seconds:,.0f} rows/s, "
                   f"memory now {mem.sample().get('total', 0) / 2**20:,.0f} MiB", flush=True)
             print(f"[scale] ×{factor} {stage} profile: {profile_line(profile.figures())}", flush=True)
+        if all("seconds" in out["stages"].get(s, {}) for s in STAGES):
+            t0 = time.perf_counter()
+            out["input"] = input_rates(cfg, spark)
+            print(f"[scale] ×{factor} input: Petastorm {out['input']['petastorm']['samples_per_sec']:,.0f} samples/s, "
+                  f"in memory {out['input']['in_memory']['samples_per_sec']:,.0f} ({out['input']['steps_per_epoch']} "
+                  f"steps of {out['input']['batch_size']}) in {time.perf_counter() - t0:,.1f}s", flush=True)
         spark.stop()
     out["memory"] = mem.result()
     out["total_seconds"] = round(time.perf_counter() - started, 2)
@@ -127,6 +139,42 @@ def _run_stage(stage: str, cfg, spark) -> dict:
     return {"rows": result.rows["train"] * result.epochs_run, "num_proc": result.num_proc,
             "val_auc": best.get("val_auc"), "epochs": result.epochs_run,
             "train_samples_per_sec": result.samples_per_sec}
+
+
+# Steps per epoch of the input measurement (fewer when the training split is smaller), and epochs
+# (the first, which traces the graph and fills the buffers, is left out of the rate).
+INPUT_STEPS, INPUT_EPOCHS = 40, 4
+
+
+def input_rates(cfg, spark) -> dict:
+    """Item 4's input figure at this factor: the network trained for a fixed number of steps from the
+    pinned snapshot through Petastorm (`make_dataset`, as a Horovod rank reads it) and from the same
+    rows gathered in memory (`bench.input_pipeline`), one process, samples/s of the steady epochs.
+    The rows read per step are the same at every factor; only the table they come from grows."""
+    import dataclasses
+
+    from bench.input_pipeline import fit_rate, gather_dataset, load_rows
+    from pipelines.ml.model import label_for
+    from pipelines.ml.tensors import load_feature_spec, make_dataset, pin_snapshot
+    from pipelines.storage import Lakehouse
+
+    lh = Lakehouse.from_config(cfg, spark)
+    snapshot = pin_snapshot(lh)
+    spec = load_feature_spec(lh, snapshot)
+    split = snapshot.splits["train"]
+    batch = cfg.training.batch_size
+    steps = max(1, min(INPUT_STEPS, split.rows // batch))
+    training = dataclasses.replace(cfg.training, max_train_rows=steps * batch)
+    label = label_for(training)
+    petastorm = fit_rate(make_dataset(split, spec, training, label=label, training=True, epochs=INPUT_EPOCHS),
+                         spec, training, INPUT_EPOCHS, steps)
+    inputs, labels = load_rows(split, spec, label)
+    in_memory = fit_rate(gather_dataset(inputs, labels, training, INPUT_EPOCHS, steps), spec, training,
+                         INPUT_EPOCHS, steps)
+    return {"table_rows": split.rows, "files": len(split.files), "row_groups": split.row_groups,
+            "steps_per_epoch": steps, "batch_size": batch, "epochs": INPUT_EPOCHS,
+            "petastorm": petastorm, "in_memory": in_memory,
+            "ratio_petastorm_to_in_memory": ratio(petastorm["samples_per_sec"], in_memory["samples_per_sec"])}
 
 
 def run_in_subprocess(factor: int, window, epochs: int, driver_memory: str, memory_limit_gib: float | None = None,
@@ -188,6 +236,25 @@ def growth(results: dict[int, dict]) -> list[dict]:
     return rows
 
 
+def input_table(results: dict[int, dict]) -> list[dict]:
+    """Per factor, training samples/s through Petastorm and from memory (`input_rates`), and Petastorm's
+    rate against the in-memory rate of the smallest factor (item 4's goal: at least 0.9 at ×100)."""
+    base = results.get(min(results), {}).get("input", {}).get("in_memory", {}).get("samples_per_sec")
+    rows = []
+    for factor, r in sorted(results.items()):
+        i = r.get("input")
+        if not i:
+            continue
+        rows.append({"factor": f"x{factor}", "table rows": i["table_rows"], "row groups": i["row_groups"],
+                     "steps": f"{i['epochs']} x {i['steps_per_epoch']} of {i['batch_size']}",
+                     "Petastorm samples/s": i["petastorm"]["samples_per_sec"],
+                     "in-memory samples/s": i["in_memory"]["samples_per_sec"],
+                     "Petastorm / in-memory": i["ratio_petastorm_to_in_memory"],
+                     f"Petastorm / in-memory x{min(results)}": ratio(i["petastorm"]["samples_per_sec"], base),
+                     "largest worker MiB": r.get("memory", {}).get("largest_worker_peak_mib")})
+    return rows
+
+
 def profile_table(results: dict[int, dict]) -> list[dict]:
     """Per stage and factor, what the stage did (bench/profile.py): Spark jobs and tasks, shuffle read +
     write, files read by Spark's scans, Parquet files written and Delta commits, executor CPU, JVM GC,
@@ -232,7 +299,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--factors", default="1,10", help="comma-separated factors (default 1,10)")
     p.add_argument("--x100", action="store_true", help="also run ×100 (hours on 2 cores)")
-    p.add_argument("--quick", action="store_true", help="two weeks of 2013, ×1 and ×2")
+    p.add_argument("--quick", action="store_true", help="January 2013, ×1 and ×2")
+    p.add_argument("--window", help="first,last day of 2013 to grow (default: the whole year), e.g. "
+                                    "2013-01-01,2013-01-31 for the ×100 run of `make bench-x100`")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--driver-memory", default="8g", help="spark.driver.memory (local mode: the whole Spark)")
     p.add_argument("--memory-limit-gib", type=float, default=None, help="stop a factor whose processes pass this RSS")
@@ -251,7 +320,7 @@ def main(argv=None) -> dict:
         Path(args._out).write_text(json.dumps(result, default=str))
         return result
 
-    window = (date(2013, 1, 1), date(2013, 1, 31)) if args.quick else None
+    window = (date(2013, 1, 1), date(2013, 1, 31)) if args.quick else parse_window(args.window)
     factors = [1, 2] if args.quick else [int(f) for f in args.factors.split(",")]
     if args.x100 and 100 not in factors:
         factors.append(100)
@@ -267,13 +336,16 @@ def main(argv=None) -> dict:
     table = growth(results)
     print_table(table)
     print_table([{"factor": f"x{f}", **r.get("memory", {})} for f, r in results.items()])
+    inputs = input_table(results)
+    if inputs:
+        print_table(inputs)
     profiles = profile_table(results)
     print_table(profiles)
     notes = explain(table)
     for n in notes:
         print(" -", n)
     result = {"quick": quick_flag(args), "window": [str(d) for d in window] if window else "2013 (whole year)",
-              "epochs": args.epochs, "extra": extra, "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "profile": profiles, "notes": notes,
+              "epochs": args.epochs, "extra": extra, "factors": {f"x{f}": r for f, r in results.items()}, "growth": table, "input": inputs, "profile": profiles, "notes": notes,
               "measured_how": "each factor in a fresh process and lakehouse; wall time per stage call; "
                               "rows/s = rows the stage handled (ingest: flights+weather records; features: "
                               "flight rows; train: training rows × epochs) / seconds; total = Spark start-up + every stage "
