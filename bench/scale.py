@@ -143,7 +143,7 @@ def _run_stage(stage: str, cfg, spark) -> dict:
 
 # Steps per epoch of the input measurement (fewer when the training split is smaller), and epochs
 # (the first, which traces the graph and fills the buffers, is left out of the rate).
-INPUT_STEPS, INPUT_EPOCHS = 40, 4
+INPUT_STEPS, INPUT_EPOCHS = 100, 4
 
 
 def input_rates(cfg, spark) -> dict:
