@@ -22,11 +22,10 @@ REAL_VOCAB_SIZES = {"cat_carrier": 17, "cat_origin": 4, "cat_dest": 105, "cat_ro
 def real_columns(cfg) -> tuple[list[str], dict[str, int]]:
     """The numeric model columns the real features produce (flags included) and the categorical
     ones with their vocabulary sizes, from pipelines/datasets/features/nycflights13.py and the dataset YAML."""
-    from pipelines.datasets.features import feature_module
     from pipelines.stages.gold import model_columns
 
     numeric, categorical = [], {}
-    for col in model_columns(cfg, feature_module(cfg.pipeline.dataset)):
+    for col in model_columns(cfg):
         if col.kind == "numeric":
             numeric.append(f"num_{col.source}")
             if col.flag:
