@@ -86,7 +86,7 @@ def write_synthetic(lh, cfg, rows: dict[str, int], seed: int = 7) -> None:
                            ((rng.random(n) < 0.1) if name.endswith("_missing") else rng.normal(size=n)).astype(np.float32))
         for name, size in categorical.items():
             frame[name] = base[stand_in[name]] if name in stand_in else rng.integers(0, size, n).astype(np.int32)
-        frame.update(label=base["label"], arr_delay=base["arr_delay"])
+        frame.update(label=base["label"], target=base["target"])
         frame = pd.DataFrame(frame)
         frame["split"] = split
         frames.append(frame)
@@ -96,7 +96,7 @@ def write_synthetic(lh, cfg, rows: dict[str, int], seed: int = 7) -> None:
         T.StructField("flight_id", T.LongType(), False), T.StructField("day", T.IntegerType(), False),
         *[T.StructField(c, T.FloatType(), False) for c in numeric],
         *[T.StructField(c, T.IntegerType(), False) for c in categorical],
-        T.StructField("label", T.FloatType(), False), T.StructField("arr_delay", T.FloatType(), False),
+        T.StructField("label", T.FloatType(), False), T.StructField("target", T.FloatType(), False),
         T.StructField("split", T.StringType(), False)])
     spark = lh.spark
     df = spark.createDataFrame(data[[f.name for f in schema.fields]], schema)
