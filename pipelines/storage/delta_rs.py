@@ -12,13 +12,13 @@ import json
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
 from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
 from pipelines.storage.paths import local_path
+from pipelines.storage.spark import session_conf
 from pipelines.storage.schema import check_schema, merge_schemas
 
 # The Python distribution of this engine, whose version the model registry records.
@@ -99,7 +99,7 @@ class DeltaRsEngine:
             reader = reader.option("basePath", local_path(dt.table_uri))
         # Spark lists more than `parallelPartitionDiscovery.threshold` (32) paths with a Spark job of
         # one task per path (5-10 s for a year of daily files); the log already names every file.
-        with _session_conf(self.spark, {"spark.sql.sources.parallelPartitionDiscovery.threshold":
+        with session_conf(self.spark, {"spark.sql.sources.parallelPartitionDiscovery.threshold":
                                         str(max(len(files) + 1, 32))}):
             df = reader.parquet(*files)
         return df.select(*schema.fieldNames())
@@ -272,7 +272,7 @@ class DeltaRsEngine:
             else F.col(c) for c in target.columns])
         # The join keeps the partitioning by the partition columns only when Spark may co-partition
         # on a subset of the join keys; `write` then takes it as it is.
-        with _session_conf(self.spark, {"spark.sql.requireAllClusterKeysForCoPartition": "false"} if clustered else {}):
+        with session_conf(self.spark, {"spark.sql.requireAllClusterKeysForCoPartition": "false"} if clustered else {}):
             version = self.write(merged, path, mode="overwrite", partition_by=None,
                                  partitions=partitions or None, schema_mode=None, clustered=clustered,
                                  description=description or f"merge on {', '.join(on)} setting {', '.join(update)}")
@@ -292,22 +292,6 @@ def merge_condition(on: list[str], partitions: dict[str, list] | None) -> str:
 def _sql_string(value) -> str:
     """A partition value as a SQL string literal, which both engines cast to the column's type."""
     return "NULL" if value is None else "'" + partition_string(value).replace("'", "''") + "'"
-
-
-@contextmanager
-def _session_conf(spark, settings: dict[str, str]):
-    """Spark SQL settings for the queries run inside the block, restored after it."""
-    before = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 def _collect_in_group(sc, df, group: str, description: str) -> list:

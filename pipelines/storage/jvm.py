@@ -3,6 +3,7 @@ the choice between it and the embedded delta-rs engine (`lakehouse.engine`)."""
 from __future__ import annotations
 
 from pipelines.storage.delta_rs import DeltaRsEngine, merge_condition
+from pipelines.storage.spark import session_conf
 
 
 class JvmDeltaEngine:
@@ -47,24 +48,16 @@ class JvmDeltaEngine:
 
         Untested here: the machine the tests run on has no Delta jars."""
         from delta.tables import DeltaTable
+        from pyspark.sql import functions as F
 
-        key = "spark.databricks.delta.commitInfo.userMetadata"   # what writer.option("userMetadata") sets
-        before = self.spark.conf.get(key, None)
-        if description:
-            self.spark.conf.set(key, description)
-        try:
-            from pyspark.sql import functions as F
-
+        # What writer.option("userMetadata") sets, for the MERGE's commit.
+        metadata = {"spark.databricks.delta.commitInfo.userMetadata": description} if description else {}
+        with session_conf(self.spark, metadata):
             target = DeltaTable.forPath(self.spark, path).alias("t")
             assignments = {c: F.col(f"s.`{c}`") for c in update}
             assignments.update({c: fn(F.col(f"t.`{c}`")) for c, fn in (derive or {}).items()})
             (target.merge(df.alias("s"), merge_condition(on, partitions))
              .whenMatchedUpdate(set=assignments).execute())
-        finally:
-            if before is None:
-                self.spark.conf.unset(key)
-            else:
-                self.spark.conf.set(key, before)
         last = DeltaTable.forPath(self.spark, path).history(1).collect()[0]
         metrics = last["operationMetrics"] or {}
         return {"version": last["version"], "updated": int(metrics.get("numTargetRowsUpdated", 0))}

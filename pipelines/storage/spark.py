@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 from pipelines.config import Config
 
@@ -84,3 +85,22 @@ def lost_executors(spark, before: dict[str, dict], wait_s: float = 20.0) -> list
         if lost or not before or time.monotonic() > deadline:
             return lost
         time.sleep(1.0)
+
+
+@contextmanager
+def session_conf(spark, settings: dict[str, str]):
+    """Spark SQL settings for the queries run inside the block, restored (or unset) after it.
+
+        >>> with session_conf(spark, {"spark.sql.shuffle.partitions": "64"}): df.collect()
+    """
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
