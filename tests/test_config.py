@@ -41,7 +41,7 @@ def conf(tmp_path):
     """A small two-layer conf/ with its lakehouse inside tmp_path."""
     return make_conf(tmp_path, {
         "base/lakehouse.yaml": {"lakehouse": {"root": str(tmp_path / "lh"), "landing": "landing",
-                                              "target_file_rows": 1000}},
+                                              "target_file_bytes": 1000}},
         "base/training.yaml": {"training": {"epochs": 6, "batch_size": 512, "hidden_units": [128, 64]}},
         "base/pipeline.yaml": {"pipeline": {"splits": {"train": ["2013-01-01", "2013-09-30"]}}},
         "local/training.yaml": {"training": {"epochs": 3}},
@@ -201,7 +201,7 @@ def test_an_unquoted_date_that_does_not_exist_names_the_file_and_key(conf):
     ("training.batch_size=0", "key 'training.batch_size' must be at least 1"),
     ("training.dropout=1.0", "key 'training.dropout' must be in \\[0, 1\\)"),
     ("training.threshold=0", "key 'training.threshold' must be in \\(0, 1\\)"),
-    ("lakehouse.target_file_rows=0", "key 'lakehouse.target_file_rows' must be at least 1"),
+    ("lakehouse.target_file_bytes=0", "key 'lakehouse.target_file_bytes' must be at least 1"),
 ])
 def test_counts_and_ranges_are_checked(conf, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -173,8 +173,8 @@ def test_bad_columns_partitions_or_a_missing_table_raise_before_anything_runs(fl
         flights.merge(late.withColumnRenamed("arr_delay", "extra"), on=["flight_id"], update=["extra"])
     with pytest.raises(ValueError, match="matches on `on` columns and sets other"):
         flights.merge(late, on=["flight_id"], update=["flight_id"])
-    with pytest.raises(ValueError, match="must list values of partition columns"):
-        flights.merge(late, on=["flight_id"], update=["arr_delay"], partitions={"carrier": ["UA"]})
+    with pytest.raises(ValueError, match="must list values of columns"):
+        flights.merge(late, on=["flight_id"], update=["arr_delay"], partitions={"airline": ["UA"]})
     with pytest.raises(TableNotFoundError, match="silver.weather does not exist"):
         lakehouse.table("silver.weather").merge(late, on=["flight_id"], update=["arr_delay"])
     assert flights.version() == 2

@@ -282,7 +282,7 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
         fail("training.dropout", f"must be in [0, 1), got {cfg.training.dropout}")
     if not 0 < cfg.training.threshold < 1:
         fail("training.threshold", f"must be in (0, 1), got {cfg.training.threshold}")
-    for key in ("target_file_rows", "row_group_rows", "model_input_row_group_rows"):
+    for key in ("target_file_bytes", "row_group_rows", "model_input_row_group_rows"):
         if getattr(cfg.lakehouse, key) < 1:
             fail(f"lakehouse.{key}", "must be at least 1")
     if cfg.lakehouse.lock_lease_seconds <= 0:

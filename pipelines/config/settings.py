@@ -27,7 +27,8 @@ class LakehouseConfig:
     root: str
     landing: str
     engine: Literal["auto", "delta-rs", "jvm"]
-    target_file_rows: int
+    partition_by: Literal["month", "date", "none"]
+    target_file_bytes: int
     row_group_rows: int
     model_input_row_group_rows: int
     vacuum_retention_hours: int

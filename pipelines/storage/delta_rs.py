@@ -14,10 +14,11 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
-from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
+from pipelines.storage.errors import ConcurrentWriteError, LayoutMismatchError, TableNotFoundError
+from pipelines.storage.file_writer import (NEW_ROW_MARKER, OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
-from pipelines.storage.paths import local_path
+from pipelines.storage.layout import DATE_COLUMN, derive, derive_value, derived_from
+from pipelines.storage.paths import file_uri, local_path
 from pipelines.storage.spark import session_conf
 from pipelines.storage.schema import check_schema, merge_schemas
 
@@ -30,8 +31,9 @@ class DeltaRsEngine:
 
     name = "delta-rs"
 
-    def __init__(self, spark, target_file_rows: int, row_group_rows: int):
+    def __init__(self, spark, target_file_bytes: int, row_group_rows: int, target_file_rows: int | None = None):
         self.spark = spark
+        self.target_file_bytes = target_file_bytes
         self.target_file_rows = target_file_rows
         self.row_group_rows = row_group_rows
 
@@ -107,7 +109,8 @@ class DeltaRsEngine:
     # -- write ---------------------------------------------------------------------------------
     def write(self, df, path: str, mode: str, partition_by: list[str] | None,
               partitions: dict[str, list] | None, schema_mode: str | None,
-              description: str | None = None, row_group_rows: int | None = None, clustered: bool = False) -> int:
+              description: str | None = None, row_group_rows: int | None = None, clustered: bool = False,
+              order_by: list[str] | None = None) -> int:
         """`Table.write`'s commit. `clustered`: the rows of each partition value are in one Spark
         partition already (`merge` arranges it), so no exchange by the partition columns is added."""
         from deltalake import Schema
@@ -119,9 +122,16 @@ class DeltaRsEngine:
         if existed:
             dt = self.open(path)
             table_partition_by = list(dt.metadata().partition_columns)
-            if partition_by and list(partition_by) != table_partition_by:
-                raise ValueError(f"{path} is partitioned by {table_partition_by}, not {list(partition_by)}")
+            if partition_by is not None and list(partition_by) != table_partition_by:
+                raise LayoutMismatchError(
+                    f"{path} is partitioned by {table_partition_by or 'nothing'}, but its layout now asks for "
+                    f"{list(partition_by) or 'nothing'}: run `lakehouse-dl maintain --relayout` to rewrite it "
+                    f"in the new layout (or delete the lakehouse folder and run again)")
             partition_by = table_partition_by
+        else:
+            partition_by = list(partition_by or [])
+        df = with_derived_columns(df, partition_by)
+        if existed:
             table_schema = self.spark_schema(dt)
             if mode == "overwrite" and schema_mode == "overwrite" and not partitions:
                 target_schema = df.schema
@@ -135,31 +145,48 @@ class DeltaRsEngine:
                         df = df.withColumn(field.name, F.lit(None).cast(field.dataType))
                 df = df.select(*target_schema.fieldNames())
         else:
-            partition_by = list(partition_by or [])
             missing = [c for c in partition_by if c not in df.columns]
             if missing:
                 raise ValueError(f"partition columns {missing} are not in the data written to {path}")
             target_schema = df.schema
 
-        allowed = None
+        allowed, read_version = None, None
         if partitions:
-            _check_partition_spec(partitions, partition_by, path)
+            unknown = [c for c in partitions if c not in df.columns]
+            if unknown:
+                raise ValueError(f"cannot overwrite the rows of {path} where {unknown} is in a list: "
+                                 f"no such column (it holds {', '.join(df.columns)})")
             allowed = {c: [partition_string(v) for v in vals] for c, vals in partitions.items()}
-
+            if existed and not set(partitions) <= set(partition_by):
+                # A predicate overwrite (Delta's replaceWhere on a data column): rewrite the
+                # partitions that hold a replaced row, keeping their other rows.
+                df, mode, partitions, read_version = self._replace_where(path, df, partitions, partition_by)
+            elif not existed:
+                partitions = None
         os.makedirs(local_path(path), exist_ok=True)
         write_id = uuid.uuid4().hex[:12]
         arrow_schema = to_arrow_schema(df.schema)
         writer = make_file_writer(local_path(path), write_id, partition_by,
-                                  arrow_schema.serialize().to_pybytes(),
-                                  self.target_file_rows, row_group_rows or self.row_group_rows, allowed)
+                                  arrow_schema.serialize().to_pybytes(), self.target_file_bytes,
+                                  row_group_rows or self.row_group_rows, allowed, self.target_file_rows)
+        # Within a file, rows in the order of the partition columns, then of `order_by` (a key the
+        # caller names, so two runs write the same rows in the same order), then of the date, which
+        # keeps each file's date range narrow for skipping by statistics.
+        order = list(dict.fromkeys([*partition_by, *(order_by or []),
+                                    *([DATE_COLUMN] if DATE_COLUMN in df.columns else [])]))
         if partition_by:
             # Each partition value in one task, its rows together: the task writes one file per
             # value and holds one value's rows at a time (`make_file_writer`).
-            df = (df if clustered else df.repartition(*partition_by)).sortWithinPartitions(*partition_by)
+            df = (df if clustered else df.repartition(*partition_by)).sortWithinPartitions(*order)
         else:
-            parallelism = self.spark.sparkContext.defaultParallelism
-            if df.rdd.getNumPartitions() > parallelism:
-                df = df.coalesce(parallelism)
+            # An unpartitioned table is a small one (bookkeeping, reference data): its write is one
+            # task, so one file up to the target size. Where Spark's estimate says the rows are
+            # small, the task computes them too (no exchange); where it cannot tell (it never can
+            # for rows made in Python), the rows are computed in parallel and gathered.
+            if df.rdd.getNumPartitions() > 1:
+                df = df.coalesce(1) if _estimated_bytes(df) < self.target_file_bytes else df.repartition(1)
+            if order_by:
+                df = df.sortWithinPartitions(*order)
         try:
             written = _collect_in_group(self.spark.sparkContext, df.mapInArrow(writer, WRITE_RESULT_SCHEMA),
                                         group=f"lakehouse-dl-write-{write_id}", description=f"write {path}")
@@ -169,7 +196,7 @@ class DeltaRsEngine:
             if OUTSIDE_PARTITIONS in message:
                 # Raised in a task: surface the task's own message, not the Spark stack trace.
                 line = next(l for l in message.splitlines() if OUTSIDE_PARTITIONS in l)
-                raise ValueError(f"{path}: {line[line.index('overwrite of partitions'):]}") from None
+                raise ValueError(f"{path}: {line[line.index('overwrite of '):]}") from None
             raise
         # From here to the commit, any failure deletes every file of this write: the table stays at
         # its last version with no file of a write that never committed (tests inject one at each step).
@@ -192,8 +219,13 @@ class DeltaRsEngine:
                 except DeltaError as exc:
                     if "exists" not in str(exc).lower():
                         raise
+                    if allowed and mode == "overwrite" and not filters:
+                        # An overwrite of some rows must not replace a table it never read.
+                        raise CommitFailedError("the table was created by another writer meanwhile")
                     # Another writer created the table first: commit on top of it like any writer.
-            dt = self.open(path)
+            # A predicate overwrite commits on the version it read the kept rows of, so a commit
+            # landing in between is a conflict, not a silent loss of that commit's rows.
+            dt = self.open(path, version=read_version)
             if schema_mode == "merge":
                 new = [f for f in target_schema.fields if f.name not in self.spark_schema(dt).fieldNames()]
                 if new:
@@ -213,6 +245,87 @@ class DeltaRsEngine:
             raise
         # Committed: the files belong to the table now, whatever happens next.
         return _version_of_write(path, write_id, read_version)
+
+    def _replace_where(self, path: str, df, partitions: dict[str, list], partition_by: list[str]):
+        """A predicate overwrite: the rows of the table where each column of `partitions` is in its
+        list are replaced by `df`, the table's other rows stay. Returns what `write` then writes:
+        (rows, mode, partition overwrite, the version read).
+
+        The files that may hold a replaced row are found from the log (partition values, then
+        min/max statistics); none: the write is a plain append, the cheap case of a new day. Some:
+        every partition holding one (the whole table when it is unpartitioned) is rewritten with
+        its rows outside the predicate plus `df`, in the one commit of the write. New rows carry a
+        marker so the writer checks them alone against the predicate."""
+        import pyarrow as pa
+        from pyspark.sql import functions as F
+
+        dt = self.open(path)
+        read_version = dt.version()
+        schema = self.spark_schema(dt)
+        types = {f.name: f.dataType.typeName() for f in schema.fields}
+        wanted = {c: [_log_value(partition_string(v), types.get(c)) for v in vals] for c, vals in partitions.items()}
+        actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+
+        def may_hold(action: dict) -> bool:
+            for column, values in wanted.items():
+                if column in partition_by:
+                    if _log_value(action.get(f"partition.{column}"), types.get(column)) not in values:
+                        return False
+                    continue
+                rows, nulls = action.get("num_records"), action.get(f"null_count.{column}")
+                low, high = action.get(f"min.{column}"), action.get(f"max.{column}")
+                if nulls is not None and rows is not None and nulls == rows:
+                    if None not in values:
+                        return False
+                    continue
+                if low is None or high is None:
+                    continue           # no statistics: it may hold any value
+                low, high = _log_value(low, types.get(column)), _log_value(high, types.get(column))
+                if not ((None in values and nulls) or any(v is not None and low <= v <= high for v in values)):
+                    return False
+            return True
+
+        marked = df.withColumn(NEW_ROW_MARKER, F.lit(True))
+        affected = [a for a in actions if may_hold(a)]
+        if not affected:
+            return marked, "append", None, read_version
+        rewrite = None
+        if partition_by:
+            rewrite = {}
+            for column in partition_by:
+                if column in wanted:
+                    values = {partition_string(v) for v in partitions[column]}
+                elif derived_from(column) in wanted:
+                    values = {derive_value(column, v) for v in partitions[derived_from(column)]}
+                else:
+                    rewrite = None     # new rows may land anywhere: rewrite the whole table
+                    break
+                values |= {a.get(f"partition.{column}") for a in affected}
+                rewrite[column] = sorted(values, key=lambda v: (v is not None, v or ""))
+        files = [a["path"] for a in actions
+                 if rewrite is None or all(a.get(f"partition.{c}") in vals for c, vals in rewrite.items())]
+        root = dt.table_uri
+        reader = self.spark.read.schema(schema)
+        if partition_by:
+            reader = reader.option("basePath", local_path(root))
+        with session_conf(self.spark, {"spark.sql.sources.parallelPartitionDiscovery.threshold":
+                                        str(max(len(files) + 1, 32))}):
+            existing = reader.parquet(*[file_uri(root, f) for f in files]).select(*schema.fieldNames())
+        replaced = None
+        for column, values in wanted.items():
+            known = [v for v in values if v is not None]
+            cond = F.col(column).isin(known) if known else F.lit(False)
+            if None in values:
+                cond = cond | F.col(column).isNull()
+            replaced = cond if replaced is None else replaced & cond
+        # Rows written under an older schema read the columns added since as null.
+        kept = existing.filter(~F.coalesce(replaced, F.lit(False)))
+        for field in marked.schema.fields:
+            if field.name not in kept.columns and field.name != NEW_ROW_MARKER:
+                kept = kept.withColumn(field.name, F.lit(None).cast(field.dataType))
+        kept = kept.select(*[c for c in marked.columns if c != NEW_ROW_MARKER])
+        rows = marked.unionByName(kept.withColumn(NEW_ROW_MARKER, F.lit(False)))
+        return rows, "overwrite", rewrite, read_version
 
     # -- merge ---------------------------------------------------------------------------------
     def merge(self, df, path: str, on: list[str], update: list[str], partitions: dict[str, list] | None,
@@ -346,10 +459,42 @@ def _version_of_write(path: str, write_id: str, read_version: int) -> int:
     return latest
 
 
-def _check_partition_spec(partitions: dict[str, list], partition_by: list[str], path: str) -> None:
-    unknown = [c for c in partitions if c not in partition_by]
-    if unknown:
-        raise ValueError(f"cannot overwrite partitions of {path} by {unknown}: it is partitioned by {partition_by}")
+def with_derived_columns(df, partition_by: list[str]):
+    """`df` with the derived partition columns of `partition_by` it lacks (`month` from `date`)."""
+    from pyspark.sql import functions as F
+
+    for column in partition_by:
+        source = derived_from(column)
+        if column not in df.columns and source and source in df.columns:
+            df = df.withColumn(column, derive(column, F.col(source)))
+    return df
+
+
+def _estimated_bytes(df) -> int:
+    """Spark's size estimate of `df`'s optimized plan (an upper bound, often a loose one)."""
+    try:
+        return int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
+    except Exception:   # an estimate only: any failure means "large"
+        return 1 << 62
+
+
+def _log_value(value, type_name: str | None):
+    """A value of the log (a partition string, or a statistic) comparable with the column's values."""
+    from datetime import date as _date
+
+    if value is None:
+        return None
+    if type_name == "date":
+        if isinstance(value, datetime):
+            return value.date()
+        return value if isinstance(value, _date) else _date.fromisoformat(str(value)[:10])
+    if type_name in ("integer", "long", "short", "byte"):
+        return int(value)
+    if type_name in ("double", "float"):
+        return float(value)
+    if type_name == "boolean":
+        return value if isinstance(value, bool) else str(value) == "true"
+    return str(value) if not isinstance(value, (datetime,)) else value
 
 
 def _partition_filters(partitions: dict[str, list], schema) -> list[tuple]:

@@ -15,3 +15,7 @@ class SchemaMismatchError(LakehouseError):
 
 class ConcurrentWriteError(LakehouseError):
     """Another writer committed a conflicting change first; nothing of this write was committed."""
+
+
+class LayoutMismatchError(LakehouseError):
+    """The table on disk is partitioned otherwise than its declared layout asks for."""

@@ -86,14 +86,21 @@ def _stat_json(value: Any, round_up: bool = False) -> Any:
 
 
 OUTSIDE_PARTITIONS = "got a row outside them"
+# A boolean column a predicate overwrite adds to tell its new rows (checked against the predicate)
+# from the table's rows it keeps; never written.
+NEW_ROW_MARKER = "__lakehouse_new_row"
 
 
 def make_file_writer(table_root: str, write_id: str, partition_by: list[str], arrow_schema_bytes: bytes,
-                     target_file_rows: int, row_group_rows: int, allowed: dict[str, list[str]] | None = None):
+                     target_file_bytes: int, row_group_rows: int, allowed: dict[str, list[str]] | None = None,
+                     target_file_rows: int | None = None):
     """The function a Spark task runs (through `mapInArrow`) to write its rows as Parquet files.
 
-    With `allowed` (a partition overwrite), a row outside those partition values fails the task,
-    so the check costs no second pass over the data.
+    A file is closed once its rows hold `target_file_bytes` of Arrow data (uncompressed, so the
+    Parquet file comes out smaller) or, when given, `target_file_rows` rows.
+
+    With `allowed` (an overwrite of the rows whose columns hold those values), a new row outside
+    them fails the task, so the check costs no second pass over the data.
 
     The rows of a task come sorted by the partition columns (`DeltaRsEngine.write` sorts them within
     each Spark partition): a file is closed as soon as the next partition value starts, so a task
@@ -109,7 +116,7 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
         from pyspark import TaskContext
 
         schema = pa.ipc.read_schema(pa.py_buffer(arrow_schema_bytes))
-        data_schema = pa.schema([f for f in schema if f.name not in partition_by])
+        data_schema = pa.schema([f for f in schema if f.name not in partition_by and f.name != NEW_ROW_MARKER])
         ctx = TaskContext.get()
         task = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "00000-0"
         open_files: dict[tuple, dict] = {}
@@ -138,10 +145,11 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 os.makedirs(os.path.dirname(absolute), exist_ok=True)
                 writer = pq.ParquetWriter(absolute, data_schema, compression="snappy")
                 f = open_files[key] = {"writer": writer, "rel": rel, "abs": absolute, "rows": 0, "written": 0,
-                                       "tables": []}
+                                       "tables": [], "bytes": 0}
             part = part.select(data_schema.names).cast(data_schema)
             f["tables"].append(part)
             f["rows"] += part.num_rows
+            f["bytes"] += part.nbytes
             # Spark hands batches of its own size (10,000 rows, fewer per partition value): rows
             # wait until a full row group of row_group_rows is there, as Petastorm shards by row group.
             full = (f["rows"] - f["written"]) // row_group_rows * row_group_rows
@@ -149,13 +157,26 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 f["writer"].write_table(pa.concat_tables(f["tables"]).slice(f["written"], full),
                                         row_group_size=row_group_rows)
                 f["written"] += full
-            if f["rows"] >= target_file_rows:
+            if f["bytes"] >= target_file_bytes or (target_file_rows and f["rows"] >= target_file_rows):
                 close(key)
+
+        def check_allowed(table) -> None:
+            rows = table.filter(table[NEW_ROW_MARKER]) if NEW_ROW_MARKER in table.column_names else table
+            for name, values in allowed.items():
+                column = rows[name]
+                text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+                ok = pc.is_in(text, value_set=pa.array([v for v in values if v is not None], pa.string()))
+                ok = pc.or_(pc.fill_null(ok, False), pc.is_null(column)) if None in values else pc.fill_null(ok, False)
+                if not pc.all(ok).as_py():
+                    bad = rows.filter(pc.invert(ok)).slice(0, 1).drop([c for c in (NEW_ROW_MARKER,) if c in rows.column_names])
+                    raise ValueError(f"overwrite of {allowed} {OUTSIDE_PARTITIONS}: {bad.to_pylist()[0]}")
 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             table = pa.Table.from_batches([batch]).cast(schema)
+            if allowed:
+                check_allowed(table)
             if not partition_by:
                 write_rows((), table)
                 continue
@@ -169,9 +190,6 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                     cond = pc.is_null(col) if key[name] is None else pc.equal(col, pa.scalar(key[name], col.type))
                     mask = cond if mask is None else pc.and_(mask, cond)
                 rows = table.filter(mask)
-                if allowed and any(partition_string(key[c]) not in vals for c, vals in allowed.items()):
-                    raise ValueError(f"overwrite of partitions {allowed} {OUTSIDE_PARTITIONS}: "
-                                     f"{rows.slice(0, 1).to_pylist()[0]}")
                 current = tuple(key[n] for n in partition_by)
                 for finished in [k for k in open_files if k != current]:
                     close(finished)

@@ -2,7 +2,8 @@
 the choice between it and the embedded delta-rs engine (`lakehouse.engine`)."""
 from __future__ import annotations
 
-from pipelines.storage.delta_rs import DeltaRsEngine, merge_condition
+from pipelines.storage.delta_rs import DeltaRsEngine, merge_condition, with_derived_columns
+from pipelines.storage.errors import LayoutMismatchError
 from pipelines.storage.spark import session_conf
 
 
@@ -23,7 +24,19 @@ class JvmDeltaEngine:
         return reader.load(path)
 
     def write(self, df, path, mode, partition_by, partitions, schema_mode, description=None,
-              row_group_rows=None) -> int:   # Spark's Parquet writer sizes row groups in bytes
+              row_group_rows=None, order_by=None) -> int:   # Spark's Parquet writer sizes row groups in bytes
+        """`Table.write` through Delta's writer: `partitions` becomes `replaceWhere`, which Delta
+        applies to partition and data columns alike (a day of a table partitioned by month)."""
+        if DeltaRsEngine.exists(path):
+            existing = list(DeltaRsEngine.open(path).metadata().partition_columns)
+            if partition_by is not None and list(partition_by) != existing:
+                raise LayoutMismatchError(f"{path} is partitioned by {existing or 'nothing'}, but its layout now asks "
+                                          f"for {list(partition_by) or 'nothing'}: run `lakehouse-dl maintain "
+                                          f"--relayout` to rewrite it in the new layout")
+            partition_by = existing
+        df = with_derived_columns(df, list(partition_by or []))
+        if order_by:
+            df = df.sortWithinPartitions(*order_by)
         writer = df.write.format("delta").mode(mode)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
@@ -72,7 +85,8 @@ def jvm_delta_available(spark) -> bool:
         return False
 
 
-def choose_engine(spark, engine: str, target_file_rows: int, row_group_rows: int):
+def choose_engine(spark, engine: str, target_file_bytes: int, row_group_rows: int,
+                  target_file_rows: int | None = None):
     """The engine `lakehouse.engine` names: "auto" is the JVM one where its classes load, else delta-rs."""
     if engine == "auto":
         engine = "jvm" if jvm_delta_available(spark) else "delta-rs"
@@ -81,6 +95,6 @@ def choose_engine(spark, engine: str, target_file_rows: int, row_group_rows: int
             raise RuntimeError("lakehouse.engine is 'jvm' but the Delta classes are not on Spark's classpath; "
                                "submit with --packages io.delta:delta-spark_2.12:3.3.2 or set lakehouse.engine=delta-rs")
         return JvmDeltaEngine(spark)
-    return DeltaRsEngine(spark, target_file_rows, row_group_rows)
+    return DeltaRsEngine(spark, target_file_bytes, row_group_rows, target_file_rows)
 
 

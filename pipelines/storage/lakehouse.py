@@ -25,26 +25,31 @@ class Lakehouse:
     """The lakehouse root: tables are named `<layer>.<name>` and live at `<root>/<layer>/<name>`."""
 
     def __init__(self, root: str | Path, spark=None, engine: str | None = None,
-                 target_file_rows: int | None = None, row_group_rows: int | None = None):
-        """`engine`, `target_file_rows` and `row_group_rows` left out take conf/base's values."""
+                 target_file_bytes: int | None = None, row_group_rows: int | None = None,
+                 target_file_rows: int | None = None):
+        """`engine`, `target_file_bytes` and `row_group_rows` left out take conf/base's values;
+        `target_file_rows`, when given, also closes a file at that many rows (tests and benchmarks
+        that need several files of a small table)."""
         self.root = str(root)
         self.spark = spark
         self._engine_name = engine or base_value("lakehouse.engine")
         self._engine = None
-        self.target_file_rows = target_file_rows or base_value("lakehouse.target_file_rows")
+        self.target_file_bytes = target_file_bytes or base_value("lakehouse.target_file_bytes")
+        self.target_file_rows = target_file_rows
         self.row_group_rows = row_group_rows or base_value("lakehouse.row_group_rows")
 
     @classmethod
     def from_config(cls, cfg, spark=None) -> "Lakehouse":
         lk = cfg.lakehouse
-        return cls(lk.root, spark, lk.engine, lk.target_file_rows, lk.row_group_rows)
+        return cls(lk.root, spark, lk.engine, lk.target_file_bytes, lk.row_group_rows)
 
     @property
     def engine(self):
         if self._engine is None:
             if self.spark is None:
                 raise RuntimeError("this Lakehouse was opened without Spark; reads and writes need a SparkSession")
-            self._engine = choose_engine(self.spark, self._engine_name, self.target_file_rows, self.row_group_rows)
+            self._engine = choose_engine(self.spark, self._engine_name, self.target_file_bytes, self.row_group_rows,
+                                         self.target_file_rows)
         return self._engine
 
     def path(self, name: str) -> str:

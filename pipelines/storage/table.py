@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 
 from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, rows_in
 from pipelines.storage.errors import TableNotFoundError
+from pipelines.storage.layout import hidden_columns
 from pipelines.storage.paths import file_uri, local_path
 
 
@@ -59,19 +60,31 @@ class Table:
         """
         if not self.exists():
             raise TableNotFoundError(f"table {self.name} does not exist yet (no Delta log at {self.path})")
-        return self.engine.read(self.path, version=version, timestamp=timestamp)
+        df = self.engine.read(self.path, version=version, timestamp=timestamp)
+        # A derived partition column (`month`) is the layout's, not the data's.
+        hidden = hidden_columns(list(self.delta(version, timestamp).metadata().partition_columns), df.columns)
+        return df.drop(*hidden) if hidden else df
 
     def write(self, df, mode: Literal["append", "overwrite"] = "append",
               partition_by: list[str] | None = None, partitions: dict[str, list] | None = None,
               schema_mode: Literal["merge", "overwrite"] | None = None,
-              description: str | None = None, row_group_rows: int | None = None) -> int:
+              description: str | None = None, row_group_rows: int | None = None,
+              order_by: list[str] | None = None) -> int:
         """Write `df` in one atomic commit and return the new version.
 
         mode="append" adds rows; mode="overwrite" replaces the table, or, with `partitions`
-        (for example ``{"date": ["2013-01-02"]}``), only those partitions, which makes a re-run
-        of a date idempotent. `partition_by` applies when the write creates the table. A schema
-        that differs from the table's fails unless `schema_mode="merge"` (add new columns) or,
-        with a full overwrite, `schema_mode="overwrite"`.
+        (for example ``{"date": ["2013-01-02"]}``), only the rows whose columns hold those values
+        (Delta's `replaceWhere`), which makes a re-run of a date idempotent: a partition column
+        replaces whole partitions, a data column (the date of a table partitioned by month) the
+        matching rows of the partitions that hold them. Every new row must match.
+
+        `partition_by` is the table's layout (`pipelines.storage.layout`): it applies when the
+        write creates the table, and a table on disk laid out otherwise is a LayoutMismatchError
+        (None: whatever the table has). A derived partition column (`month`) is computed from its
+        data column (`date`) here and left out by `read`. `order_by` names a key the rows of each
+        file are sorted by, so two runs write the same files. A schema that differs from the
+        table's fails unless `schema_mode="merge"` (add new columns) or, with a full overwrite,
+        `schema_mode="overwrite"`.
         """
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
@@ -79,7 +92,7 @@ class Table:
             raise ValueError("partitions= names what an overwrite replaces; use mode='overwrite'")
         return self.engine.write(df, self.path, mode=mode, partition_by=partition_by,
                                  partitions=partitions, schema_mode=schema_mode, description=description,
-                                 row_group_rows=row_group_rows)
+                                 row_group_rows=row_group_rows, **({"order_by": order_by} if order_by else {}))
 
     def replace_rows(self, rows: list[dict], schema: str, key: tuple[str, ...],
                      drop: Callable[[dict], bool] | None = None) -> int:
@@ -144,10 +157,9 @@ class Table:
             missing = [c for c in wanted if c not in columns]
             if missing:
                 raise ValueError(f"columns {missing} of the merge into {self.name} are not in {where}")
-        partition_by = self.partition_by()
-        if any(c not in partition_by or not values for c, values in (partitions or {}).items()):
-            raise ValueError(f"partitions={partitions} must list values of partition columns of {self.name}, "
-                             f"which is partitioned by {partition_by}")
+        if any(c not in table_columns or not values for c, values in (partitions or {}).items()):
+            raise ValueError(f"partitions={partitions} must list values of columns of {self.name}, "
+                             f"which holds {', '.join(table_columns)}")
         source_rows, duplicated, examples = _merge_source_keys(df, on)
         if duplicated:
             raise ValueError(f"the source of the merge into {self.name} has {duplicated} keys {on} on more "
@@ -184,7 +196,13 @@ class Table:
         return actions
 
     def schema(self, version: int | None = None):
-        return DeltaRsEngine.spark_schema(self.delta(version))
+        """The table's columns as `read` gives them (a derived partition column left out)."""
+        from pyspark.sql.types import StructType
+
+        dt = self.delta(version)
+        schema = DeltaRsEngine.spark_schema(dt)
+        hidden = hidden_columns(list(dt.metadata().partition_columns), schema.fieldNames())
+        return StructType([f for f in schema.fields if f.name not in hidden]) if hidden else schema
 
     def partition_by(self) -> list[str]:
         return list(self.delta().metadata().partition_columns)
@@ -203,21 +221,40 @@ class Table:
 
     def rows_per_partition(self, columns: tuple[str, ...] | list[str] | str | None = None,
                            version: int | None = None) -> dict:
-        """Rows per partition value, from the log's file statistics (no data is read).
+        """Rows per value of `columns` (the table's partition columns by default).
 
-        `columns` defaults to the table's partition columns. Keys are the value of one column, or a
-        tuple of values for several, typed by the schema (a `date` column gives `date`s, a null
-        partition None).
+        Keys are the value of one column, or a tuple of values for several, typed by the schema (a
+        `date` column gives `date`s, a null None). Partition columns come from the log alone; a
+        data column (the `date` of a table partitioned by month) from the log where a file's
+        statistics show it holds one value, else from that column of the file, read on the driver.
 
             >>> lh.table("silver.quarantine").rows_per_partition(("table", "date"))
         """
+        import pyarrow.parquet as pq
+
         columns = [columns] if isinstance(columns, str) else list(columns or self.partition_by())
-        types = {f.name: f.dataType.typeName() for f in self.schema(version).fields}
+        dt = self.delta(version)
+        parts_by = list(dt.metadata().partition_columns)
+        types = {f.name: f.dataType.typeName() for f in DeltaRsEngine.spark_schema(dt).fields}
+        stored = [c for c in columns if c not in parts_by]
         out: dict = {}
         for a in self.add_actions(version):
-            key = tuple(_typed(a.get(f"partition.{c}"), types.get(c)) for c in columns)
-            key = key[0] if len(columns) == 1 else key
-            out[key] = out.get(key, 0) + int(a.get("num_records") or 0)
+            rows = int(a.get("num_records") or 0)
+            fixed = {c: _typed(a.get(f"partition.{c}"), types.get(c)) for c in parts_by}
+            single = all(a.get(f"null_count.{c}") == 0 and a.get(f"min.{c}") is not None
+                         and a.get(f"min.{c}") == a.get(f"max.{c}") for c in stored)
+            if single:
+                fixed.update({c: _typed(_stat_string(a.get(f"min.{c}")), types.get(c)) for c in stored})
+                groups = [((), rows)]
+            else:
+                data = pq.read_table(local_path(a["path"]), columns=stored)
+                counted = data.group_by(stored).aggregate([([], "count_all")]).to_pylist()
+                groups = [(tuple(g[c] for c in stored), g["count_all"]) for g in counted]
+            for values, n in groups:
+                found = dict(zip(stored, values)) if values else {}
+                key = tuple(found[c] if c in found else fixed[c] for c in columns)
+                key = key[0] if len(columns) == 1 else key
+                out[key] = out.get(key, 0) + n
         return out
 
     def to_arrow(self, columns: list[str] | None = None, version: int | None = None):
@@ -228,7 +265,7 @@ class Table:
 
         schema = self.schema(version)
         wanted = columns or schema.fieldNames()
-        parts_by = self.partition_by()
+        parts_by = list(self.delta(version).metadata().partition_columns)
         arrow_types = {f.name: _arrow_type(f.dataType.typeName()) for f in schema.fields}
         tables = []
         for a in self.add_actions(version):
@@ -308,6 +345,15 @@ def _typed(value: Any, type_name: str | None) -> Any:
         return int(value)
     if type_name == "boolean":
         return value == "true"
+    return value
+
+
+def _stat_string(value: Any) -> Any:
+    """A min/max statistic as the string a partition value would be (dates as ISO dates)."""
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == datetime.min.time() else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
     return value
 
 
