@@ -87,7 +87,7 @@ def test_the_backtest_measures_every_model_on_each_fold_and_their_mean_and_sprea
 
     cfg = training_config(spread_lakehouse.root, *SPLITS)
     rows = run_backtest(cfg, spark, spread_lakehouse, spread_lakehouse.table("gold.model_input").version(),
-                        ["logreg"], "m1")
+                        ["logreg"], "m1").rows
     by = {(r["model"], r["split"]): r for r in rows}
     assert set(by) == {(m, s) for m in ("dnn", "logreg") for s in ("fold_1", "fold_2", "backtest_mean", "backtest_std")}
     # Fold 1 validates on February: a third of the ~5,000 rows, never January's.
@@ -160,6 +160,58 @@ def test_no_folds_means_no_backtest_and_no_search(spark, spread_lakehouse):
     from pipelines.ml.tuning import tune
 
     cfg = training_config(spread_lakehouse.root, *SPLITS, "backtest.folds=0")
-    assert run_backtest(cfg, spark, spread_lakehouse, 0, ["logreg"], "m0") == []
+    assert run_backtest(cfg, spark, spread_lakehouse, 0, ["logreg"], "m0").rows == []
     with pytest.raises(ValueError, match="backtest.folds must be 1 or more"):
         tune(cfg, spark, spread_lakehouse, models=["logreg"], max_evals=1)
+
+
+def test_a_fold_whose_inputs_did_not_change_is_reused_and_a_changed_input_measures_it_again(spark, tmp_path, monkeypatch):
+    from pipelines.ml import backtest, baselines
+    from pipelines.ml.backtest import run_backtest
+
+    lakehouse = model_input_lakehouse(spark, tmp_path / "lakehouse", day_span=90,
+                                      rows={"train": 4000, "validation": 1000, "test": 500})
+    table = lakehouse.table("gold.model_input")
+    cfg = training_config(lakehouse.root, *SPLITS)
+
+    def rows_of(done):
+        return {(r["model"], r["split"]): {k: v for k, v in r.items() if k != "model_version"} for r in done.rows}
+
+    first = run_backtest(cfg, spark, lakehouse, table.version(), ["logreg"], "m1")
+    assert (first.reused, first.computed) == (0, 4) and str(first) == "0 of 4 fold results reused, 4 computed"
+    recorded = lakehouse.table("results.backtest_folds").read().toPandas()
+    assert sorted(zip(recorded["model"], recorded["fold"])) == [("dnn", "fold_1"), ("dnn", "fold_2"),
+                                                                ("logreg", "fold_1"), ("logreg", "fold_2")]
+
+    # A night that rewrites only the test split, which no fold reads: every fold is reused, nothing
+    # is trained, and the metrics are the recorded ones.
+    test_split = table.read().filter("split = 'test'")
+    test_rows = test_split.toPandas()
+    table.write(spark.createDataFrame(test_rows.assign(label=1.0 - test_rows["label"]), test_split.schema),
+                mode="overwrite", partitions={"split": ["test"]})
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a fold whose inputs did not change was trained again")
+    with monkeypatch.context() as m:
+        m.setattr(baselines, "fit_baselines", no_training)
+        m.setattr(backtest, "network_scores", no_training)
+        again = run_backtest(cfg, spark, lakehouse, table.version(), ["logreg"], "m2")
+    assert (again.reused, again.computed) == (4, 0)
+    assert rows_of(again) == rows_of(first) and {r["model_version"] for r in again.rows} == {"m2"}
+
+    # Another network setting: the network's folds are trained again, the baseline's reused.
+    tuned = run_backtest(training_config(lakehouse.root, *SPLITS, "training.dropout=0.3"), spark, lakehouse,
+                         table.version(), ["logreg"], "m3")
+    assert (tuned.reused, tuned.computed) == (2, 2)
+    assert rows_of(tuned)[("logreg", "fold_1")] == rows_of(first)[("logreg", "fold_1")]
+
+    # Changed training rows (a rebuilt day's labels): every fold is measured again.
+    train_split = table.read().filter("split = 'train'")
+    train_rows = train_split.toPandas()
+    flipped = train_rows["label"].where(train_rows["flight_id"] % 7 != 0, 1.0 - train_rows["label"])
+    table.write(spark.createDataFrame(train_rows.assign(label=flipped), train_split.schema), mode="overwrite",
+                partitions={"split": ["train"]})
+    changed = run_backtest(cfg, spark, lakehouse, table.version(), ["logreg"], "m4")
+    assert (changed.reused, changed.computed) == (0, 4)
+    assert rows_of(changed)[("logreg", "fold_1")]["auc"] != rows_of(first)[("logreg", "fold_1")]["auc"]
+    assert len(lakehouse.table("results.backtest_folds").read().toPandas()) == 4 + 2 + 4

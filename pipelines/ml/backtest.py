@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
@@ -245,14 +245,45 @@ def fold_windows_json(fold_list: list[Fold]) -> str:
                         "validation": [str(d) for d in f.validation]} for f in fold_list])
 
 
+# --------------------------------------------------------------------------------------------
+# The backtest of a candidate
+
+
+@dataclass
+class Backtest:
+    """What `run_backtest` measured: `rows` for results.metrics (every fold of every model, then
+    their mean and spread), and how many (fold, model) results were `reused` from
+    `results.backtest_folds` or `computed` (trained and scored) by this run."""
+
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    reused: int = 0
+    computed: int = 0
+
+    def __str__(self) -> str:
+        total = self.reused + self.computed
+        return f"{self.reused} of {total} fold results reused, {self.computed} computed" if total else "no folds"
+
+
 def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_version: str,
-                 baseline_params: dict | None = None, overrides: dict | None = None) -> list[dict]:
+                 baseline_params: dict | None = None, overrides: dict | None = None) -> Backtest:
     """The fold rows (split `fold_k`) and their mean and spread of the network (`dnn`, with the
     training `overrides`) and of each baseline in `kinds`, on gold.model_input at `version`: rows
-    for `results.metrics`. The network is backtested for the classification head only."""
+    for `results.metrics`. The network is backtested for the classification head only.
+
+    Each model's result on each fold is recorded in `results.backtest_folds` under a fingerprint
+    of its inputs (`pipelines.ml.fold_results`); a later run whose fingerprint matches takes the
+    recorded metrics instead of training and scoring again, so a nightly whose train and
+    validation rows, spec, settings and code did not change measures nothing twice. What a run
+    computed is recorded even when a later fold fails, so the run that resumes it starts from it.
+
+        >>> done = run_backtest(cfg, spark, lakehouse, 7, ["logreg", "gbt"], "20131230-ab12cd34")
+        >>> str(done)
+        '6 of 9 fold results reused, 3 computed'
+    """
     import pandas as pd
 
     from pipelines.datasets import dataset_for
+    from pipelines.ml import fold_results
     from pipelines.ml.baselines import baseline_scores, fit_baselines, model_input_frames
     from pipelines.ml.evaluation import binary_metrics
     from pipelines.ml.tensors import load_feature_spec, pin_snapshot
@@ -260,7 +291,7 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     threshold, key = cfg.training.threshold, dataset_for(cfg).key
     if not cfg.backtest.folds:
         log.info("[backtest] backtest.folds is 0: no backtest; the blessing compares the validation window only")
-        return []
+        return Backtest()
     frames = model_input_frames(lakehouse, version)
     rows = frames["train"].unionByName(frames["validation"]).cache()
     try:
@@ -268,37 +299,73 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     except ValueError as exc:
         rows.unpersist()
         log.warning(f"[backtest] no backtest: {exc}; the blessing compares the validation window only")
-        return []
-    out = []
+        return Backtest()
+    snapshot = pin_snapshot(lakehouse, version)
+    spec = load_feature_spec(lakehouse, snapshot)
+    models = [*kinds, *(["dnn"] if cfg.training.head == "classification" else [])]
+    shared = fold_results.shared_inputs(lakehouse, snapshot, spec)
+    fold_training = backtest_training(cfg.training, cfg.backtest, overrides)
+    keys = {(fold.name, model): fold_results.fingerprint(
+                shared, fold, model, fold_results.model_settings(cfg, model, fold_training, baseline_params))
+            for fold in fold_list for model in models}
+    history = fold_results.recorded_results(lakehouse)
+    latest = {r["fingerprint"]: r for r in history}     # oldest first: the latest record of each wins
+    results = {k: latest[fp] for k, (fp, _) in keys.items() if fp in latest}
+    fold_results.explain_missing(fold_list, keys, results, history)
+    computed: list[dict] = []
 
-    def measured(model, fold, scored):
-        return {"model_version": model_version, "model": model, "split": fold.name,
-                **binary_metrics(scored, threshold=threshold).as_dict()}
+    def keep(fold: Fold, model: str, metrics: dict, seconds: float, best_epoch: int | None = None) -> None:
+        fp, inputs = keys[(fold.name, model)]
+        results[(fold.name, model)] = fold_results.record(
+            fold, model, fp, inputs, metrics, table_version=int(version), spec_version=spec.version,
+            model_version=model_version, best_epoch=best_epoch, seconds=float(seconds),
+            created_at=datetime.now(timezone.utc))
+        computed.append(results[(fold.name, model)])
 
     try:
-        for fold in fold_list:
-            started = time.perf_counter()
-            train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
-            fitted = fit_baselines(spark, train, validation, kinds=kinds, seed=cfg.training.seed, params=baseline_params)
-            for kind, result in fitted.items():
-                out.append(measured(kind, fold, baseline_scores(validation, result["model"], key)))
-            log.info(f"[backtest] {fold.name} (train to {fold.train[1]}, validate {fold.validation[0]}..{fold.validation[1]}): "
-                     + ", ".join(f"{k} {r['val_auc']:.4f}" for k, r in fitted.items())
-                     + f" in {time.perf_counter() - started:.0f}s")
+        try:
+            for fold in fold_list:
+                started = time.perf_counter()
+                missing = [k for k in kinds if (fold.name, k) not in results]
+                if missing:
+                    train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
+                    fitted = fit_baselines(spark, train, validation, kinds=missing, seed=cfg.training.seed,
+                                           params=baseline_params)
+                    for kind, result in fitted.items():
+                        scored = baseline_scores(validation, result["model"], key)
+                        keep(fold, kind, binary_metrics(scored, threshold=threshold).as_dict(), result["seconds"])
+                if kinds:
+                    reused = [k for k in kinds if k not in missing]
+                    log.info(f"[backtest] {fold.name} (train to {fold.train[1]}, validate {fold.validation[0]}.."
+                             f"{fold.validation[1]}): "
+                             + ", ".join(f"{k} {results[(fold.name, k)]['auc']:.4f}" for k in kinds)
+                             + (f" ({', '.join(reused)} reused)" if reused else "")
+                             + f" in {time.perf_counter() - started:.0f}s")
+        finally:
+            rows.unpersist()
+        if "dnn" in models:
+            todo = [fold for fold in fold_list if (fold.name, "dnn") not in results]
+            if todo:
+                started = time.perf_counter()
+                scored = network_scores(cfg, spark, snapshot, spec, todo, overrides)
+                log.info(f"[backtest] the network's {len(todo)} fold(s), side by side, in "
+                         f"{time.perf_counter() - started:.0f}s")
+                for fold in todo:
+                    result = scored[fold.name]
+                    df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
+                                                             "label": result["labels"].astype("float64")}))
+                    keep(fold, "dnn", binary_metrics(df, threshold=threshold).as_dict(), result["seconds"],
+                         result["best_epoch"])
+            for fold in fold_list:
+                r = results[(fold.name, "dnn")]
+                stopped = f"stopped on {fold.stopping[0]:%Y-%m}" if fold.stopping else "no stopping month"
+                how = "reused" if fold not in todo else f"{r['seconds']:.0f}s"
+                log.info(f"[backtest] {fold.name}: dnn {r['auc']:.4f} (best epoch {r['best_epoch']}, {stopped}, {how})")
     finally:
-        rows.unpersist()
-    if cfg.training.head == "classification":
-        snapshot = pin_snapshot(lakehouse, version)
-        spec = load_feature_spec(lakehouse, snapshot)
-        started = time.perf_counter()
-        scored = network_scores(cfg, spark, snapshot, spec, fold_list, overrides)
-        log.info(f"[backtest] the network's {len(fold_list)} folds, side by side, in {time.perf_counter() - started:.0f}s")
-        for fold in fold_list:
-            result = scored[fold.name]
-            df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
-                                                     "label": result["labels"].astype("float64")}))
-            out.append(measured("dnn", fold, df))
-            stopped = f"stopped on {fold.stopping[0]:%Y-%m}" if fold.stopping else "no stopping month"
-            log.info(f"[backtest] {fold.name}: dnn {out[-1]['auc']:.4f} (best epoch {result['best_epoch']}, "
-                     f"{stopped}, {result['seconds']:.0f}s)")
-    return out + summary_rows(out)
+        fold_results.record_results(spark, lakehouse, computed)
+    out = [{"model_version": model_version, "model": model, "split": fold.name,
+            **{k: results[(fold.name, model)][k] for k in fold_results.METRIC_FIELDS}}
+           for model in models for fold in fold_list]
+    done = Backtest(out + summary_rows(out), reused=len(keys) - len(computed), computed=len(computed))
+    log.info(f"[backtest] {done}")
+    return done

@@ -1,0 +1,133 @@
+"""The recorded result of every backtest fold (`results.backtest_folds`), keyed by a fingerprint of
+what it was measured from: a fold whose inputs did not change since a run measured it is not
+trained and scored again (`pipelines.ml.backtest.run_backtest` takes the record).
+
+A result's inputs are the data files of the pinned `gold.model_input`'s train and validation
+splits, the feature spec, the fold's windows, the model's settings, the code of `pipelines.ml` and
+the libraries' versions. Any of them changed is another fingerprint, so a reused result is always
+the one that computing it again would give.
+
+    >>> shared = shared_inputs(lakehouse, snapshot, spec)
+    >>> fp, inputs = fingerprint(shared, fold, "gbt", model_settings(cfg, "gbt"))
+    >>> {r["fingerprint"]: r for r in recorded_results(lakehouse)}.get(fp)      # None: compute it
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from pipelines.catalog import BACKTEST_FOLDS
+
+log = logging.getLogger(__name__)
+
+RECORD_SCHEMA = ("fingerprint string, model string, fold string, train_start date, train_end date, "
+                 "validation_start date, validation_end date, table_version long, spec_version long, "
+                 "model_version string, rows long, positives long, auc double, log_loss double, accuracy double, "
+                 "precision double, recall double, f1 double, threshold double, best_epoch int, seconds double, "
+                 "inputs string, created_at timestamp")
+# What a fold result is in results.metrics (`BinaryMetrics.as_dict()`), and what a record keeps of it.
+METRIC_FIELDS = ("rows", "positives", "auc", "log_loss", "accuracy", "precision", "recall", "f1", "threshold")
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the sources of `pipelines.ml`, the code that trains and measures a fold: a run
+    with changed code measures every fold again."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def shared_inputs(lakehouse, snapshot, spec) -> dict:
+    """What every fold result of a run depends on besides its windows and its model's settings:
+    the data files of the snapshot's train and validation splits, which both the network and the
+    baselines read (Delta never rewrites a data file, so the same names are the same rows in the
+    same order, whatever the table's version number: a night that rewrites only the test split
+    changes nothing here); the feature spec as the network sizes itself from it; the code of
+    `pipelines.ml`; the libraries' versions."""
+    from pipelines.ml.registry import environment
+    from pipelines.storage.paths import local_path
+
+    root = local_path(lakehouse.path(snapshot.table))
+    files = sorted(os.path.relpath(local_path(f), root) for split in ("train", "validation")
+                   for f in snapshot.splits[split].files)
+    spec_content = {k: v for k, v in spec.to_dict().items() if k != "version"}
+    return {"data_files": _digest(files), "feature_spec": _digest(spec_content), "code": code_digest(),
+            "libraries": environment()}
+
+
+def model_settings(cfg, model: str, fold_training=None, baseline_params: dict | None = None) -> dict:
+    """The settings a model's fold result depends on: for the network (`dnn`), every field of
+    `fold_training`, the TrainingConfig its folds train with (`backtest.backtest_training`); for a
+    baseline, the seed, its tuned parameters and the threshold its metrics are taken at."""
+    if model == "dnn":
+        return {"training": dataclasses.asdict(fold_training)}
+    return {"seed": cfg.training.seed, "params": (baseline_params or {}).get(model, {}),
+            "threshold": cfg.training.threshold}
+
+
+def fingerprint(shared: dict, fold, model: str, settings: dict) -> tuple[str, str]:
+    """(the fingerprint of `model`'s result on `fold`, the JSON of the inputs it digests). The
+    fold's windows count, not its name: a fold_2 that becomes fold_1 when backtest.folds changes is
+    the same measurement."""
+    inputs = json.dumps({**shared, "model": model, "settings": settings, "train": fold.train,
+                         "validation": fold.validation, "stopping": fold.stopping}, sort_keys=True, default=str)
+    return hashlib.sha256(inputs.encode()).hexdigest()[:32], inputs
+
+
+def record(fold, model: str, fp: str, inputs: str, metrics: dict, **about) -> dict:
+    """One row of results.backtest_folds: a fold result, its fingerprint and inputs, and `about`
+    it (table_version, spec_version, model_version, best_epoch, seconds, created_at)."""
+    return {"fingerprint": fp, "model": model, "fold": fold.name, "train_start": fold.train[0],
+            "train_end": fold.train[1], "validation_start": fold.validation[0],
+            "validation_end": fold.validation[1], **{k: metrics[k] for k in METRIC_FIELDS}, "inputs": inputs,
+            **about}
+
+
+def recorded_results(lakehouse) -> list[dict]:
+    """Every row of results.backtest_folds, oldest first (a small table, read without Spark)."""
+    table = lakehouse.table(BACKTEST_FOLDS)
+    if not table.exists():
+        return []
+    return sorted(table.to_arrow().to_pylist(), key=lambda r: r["created_at"])
+
+
+def record_results(spark, lakehouse, records: list[dict]) -> None:
+    """Append the fold results a run computed to results.backtest_folds, in one commit."""
+    if records:
+        lakehouse.table(BACKTEST_FOLDS).write(spark.createDataFrame(records, RECORD_SCHEMA), mode="append",
+                                              description=f"{len(records)} backtest fold results")
+
+
+def changed_inputs(before: str, now: str) -> list[str]:
+    """The names of the inputs (`shared_inputs`' keys, `settings`) that differ between two records' JSON."""
+    a, b = json.loads(before), json.loads(now)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def explain_missing(fold_list: list, keys: dict, found: dict, history: list[dict]) -> None:
+    """Log why the fold results not `found` are computed: which inputs changed since the latest
+    record of the same model and windows, or that there is none. `keys`: {(fold name, model):
+    (fingerprint, inputs)}."""
+    reasons: dict[str, int] = {}
+    for (name, model), (_, inputs) in keys.items():
+        if (name, model) in found:
+            continue
+        fold = next(f for f in fold_list if f.name == name)
+        before = [r for r in history if r["model"] == model and (r["train_start"], r["train_end"]) == fold.train
+                  and (r["validation_start"], r["validation_end"]) == fold.validation]
+        why = ("changed " + ", ".join(changed_inputs(before[-1]["inputs"], inputs))) if before else "never measured"
+        reasons[why] = reasons.get(why, 0) + 1
+    if reasons:
+        log.info("[backtest] fold results to compute: " + "; ".join(f"{n} {why}" for why, n in reasons.items()))
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
