@@ -215,3 +215,36 @@ def test_a_fold_whose_inputs_did_not_change_is_reused_and_a_changed_input_measur
     assert (changed.reused, changed.computed) == (0, 4)
     assert rows_of(changed)[("logreg", "fold_1")]["auc"] != rows_of(first)[("logreg", "fold_1")]["auc"]
     assert len(lakehouse.table("results.backtest_folds").read().toPandas()) == 4 + 2 + 4
+
+
+def test_the_fold_that_trains_on_the_train_split_scores_the_baselines_fitted_on_it(spark, tmp_path, monkeypatch):
+    from pyspark.sql import functions as F
+
+    from pipelines.datasets import dataset_for
+    from pipelines.ml import baselines
+    from pipelines.ml.backtest import folds_for, run_backtest, trains_on_the_train_split
+    from pipelines.ml.evaluation import binary_metrics
+
+    lakehouse = model_input_lakehouse(spark, tmp_path / "lakehouse", day_span=90)
+    table = lakehouse.table("gold.model_input")
+    # Splits by time, as gold writes them: January and February train, March validates.
+    rows = table.read().withColumn("split", F.when(F.col("day") < 20130301, "train").otherwise("validation"))
+    table.write(spark.createDataFrame(rows.toPandas(), rows.schema), mode="overwrite")
+    version = table.version()
+    # The regression head has no network folds: only the baselines are backtested here.
+    cfg = training_config(lakehouse.root, *SPLITS, "training.head=regression")
+    first, second = folds_for(cfg)
+    assert not trains_on_the_train_split(lakehouse, version, first) and trains_on_the_train_split(lakehouse, version, second)
+
+    frames = baselines.model_input_frames(lakehouse, version)
+    nightly = baselines.fit_baselines(spark, frames["train"], frames["validation"], kinds=["logreg"], seed=cfg.training.seed)
+    fits, fit = [], baselines.fit_baselines
+    monkeypatch.setattr(baselines, "fit_baselines", lambda spark, train, validation, **kw: fits.append(
+        train.agg(F.max("day")).first()[0]) or fit(spark, train, validation, **kw))
+    done = run_backtest(cfg, spark, lakehouse, version, ["logreg"], "m1", fitted_on_train={"logreg": nightly["logreg"]["model"]})
+    # Only the first fold (trained on January) fits a logistic regression of its own.
+    assert len(fits) == 1 and fits[0] < 20130201 and (done.reused, done.computed) == (0, 2)
+    scored = baselines.baseline_scores(frames["validation"], nightly["logreg"]["model"], dataset_for(cfg).key)
+    by = {r["split"]: r for r in done.rows if r["model"] == "logreg"}
+    assert by["fold_2"]["auc"] == binary_metrics(scored, cfg.training.threshold).auc
+    assert by["fold_2"]["rows"] == frames["validation"].count()

@@ -30,6 +30,8 @@ from datetime import date, datetime, timedelta, timezone
 
 import numpy as np
 
+from pipelines.catalog import MODEL_INPUT
+
 log = logging.getLogger(__name__)
 
 MEAN, SPREAD = "backtest_mean", "backtest_std"
@@ -264,8 +266,31 @@ class Backtest:
         return f"{self.reused} of {total} fold results reused, {self.computed} computed" if total else "no folds"
 
 
+def trains_on_the_train_split(lakehouse, version: int, fold: Fold, table: str = MODEL_INPUT) -> bool:
+    """True when `fold` trains on exactly the train split of `table` at `version`: every file of
+    that split holds days of the fold's training window only, and no validation file holds one
+    (from the files' `day` statistics; False when a file has none).
+
+        >>> trains_on_the_train_split(lakehouse, 7, folds_for(cfg)[1])   # trains to September 30
+        True
+    """
+    from pipelines.ml.tensors import SPLIT_COLUMN
+
+    first, last = fold.days("train")
+    for a in lakehouse.table(table).add_actions(version):
+        low, high, split = a.get("min.day"), a.get("max.day"), a.get(f"partition.{SPLIT_COLUMN}")
+        if low is None or high is None:
+            return False
+        if split == "train" and not first <= low <= high <= last:
+            return False
+        if split == "validation" and not (high < first or low > last):
+            return False
+    return True
+
+
 def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_version: str,
-                 baseline_params: dict | None = None, overrides: dict | None = None) -> Backtest:
+                 baseline_params: dict | None = None, overrides: dict | None = None,
+                 fitted_on_train: dict | None = None) -> Backtest:
     """The fold rows (split `fold_k`) and their mean and spread of the network (`dnn`, with the
     training `overrides`) and of each baseline in `kinds`, on gold.model_input at `version`: rows
     for `results.metrics`. The network is backtested for the classification head only.
@@ -275,6 +300,10 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     recorded metrics instead of training and scoring again, so a nightly whose train and
     validation rows, spec, settings and code did not change measures nothing twice. What a run
     computed is recorded even when a later fold fails, so the run that resumes it starts from it.
+
+    `fitted_on_train`: {kind: fitted model} of baselines the caller fitted on the train split of
+    the same version with the same seed and `baseline_params` (the nightly's). A fold that trains
+    on exactly those rows (`trains_on_the_train_split`) scores them instead of fitting them again.
 
         >>> done = run_backtest(cfg, spark, lakehouse, 7, ["logreg", "gbt"], "20131230-ab12cd34")
         >>> str(done)
@@ -327,19 +356,27 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
             for fold in fold_list:
                 started = time.perf_counter()
                 missing = [k for k in kinds if (fold.name, k) not in results]
-                if missing:
-                    train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
-                    fitted = fit_baselines(spark, train, validation, kinds=missing, seed=cfg.training.seed,
-                                           params=baseline_params)
-                    for kind, result in fitted.items():
-                        scored = baseline_scores(validation, result["model"], key)
-                        keep(fold, kind, binary_metrics(scored, threshold=threshold).as_dict(), result["seconds"])
+                shared = ([k for k in missing if k in fitted_on_train]
+                          if fitted_on_train and missing and trains_on_the_train_split(lakehouse, version, fold) else [])
+                validation = fold_rows(rows, fold, "validation")
+                fitted = {k: {"model": fitted_on_train[k], "seconds": 0.0} for k in shared}
+                if len(shared) < len(missing):
+                    fitted.update(fit_baselines(spark, fold_rows(rows, fold, "train"), validation,
+                                                kinds=[k for k in missing if k not in shared],
+                                                seed=cfg.training.seed, params=baseline_params))
+                for kind, result in fitted.items():
+                    begun = time.perf_counter()
+                    scored = baseline_scores(validation, result["model"], key)
+                    keep(fold, kind, binary_metrics(scored, threshold=threshold).as_dict(),
+                         result["seconds"] + time.perf_counter() - begun)
                 if kinds:
-                    reused = [k for k in kinds if k not in missing]
+                    how = [f"{', '.join(ks)} {what}" for ks, what in (
+                        ([k for k in kinds if k not in missing], "reused"), (shared, "fitted on the train split"))
+                        if ks]
                     log.info(f"[backtest] {fold.name} (train to {fold.train[1]}, validate {fold.validation[0]}.."
                              f"{fold.validation[1]}): "
                              + ", ".join(f"{k} {results[(fold.name, k)]['auc']:.4f}" for k in kinds)
-                             + (f" ({', '.join(reused)} reused)" if reused else "")
+                             + (f" ({'; '.join(how)})" if how else "")
                              + f" in {time.perf_counter() - started:.0f}s")
         finally:
             rows.unpersist()

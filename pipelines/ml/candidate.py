@@ -104,8 +104,10 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                 scored.unpersist()
     laps("scoring the splits")
     # Rolling-origin folds inside the train + validation windows: the blessing compares on them.
+    # The fold that trains on the train split scores the baselines just fitted on it.
     measured = backtest.run_backtest(cfg, spark, lakehouse, version, kinds, result.model_version,
-                                     baseline_params=tuned)
+                                     baseline_params=tuned,
+                                     fitted_on_train={kind: b["model"] for kind, b in baselines.items()})
     metrics += measured.rows
     laps("backtest", note=str(measured))
     results.write_metrics(lakehouse, run_id, metrics)
