@@ -3,12 +3,17 @@
 Code asks the catalog for a table's name and never spells one; a table's folder is
 `<root>/<layer>/<name>` (`pipelines.storage.Lakehouse`).
 
+A table is partitioned in one of two ways: a fixed column of its own (`gold.model_input` by
+`split`), or, for a daily table (one row set per date: `daily`), by the layout the lakehouse
+configures (`lakehouse.partition_by`, month by default, or a source's own `partition_by`; see
+`pipelines.storage.layout`). Bookkeeping tables are unpartitioned.
+
     >>> MODEL_INPUT
     'gold.model_input'
     >>> bronze("flights"), rejected("flights"), silver("flights")
     ('bronze.flights', 'bronze.flights_rejected', 'silver.flights')
-    >>> entry("bronze.weather").partition_by
-    ('date',)
+    >>> entry("bronze.weather").daily, entry(QUARANTINE).partition_by
+    (True, ())
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ class TableEntry:
     partition_by: tuple[str, ...]
     owner: str
     content: str
+    # Partitioned by the lakehouse's daily layout (rows carry a `date`), not by `partition_by`.
+    daily: bool = False
 
     @property
     def layer(self) -> str:
@@ -72,14 +79,14 @@ IMPORTANCE = "results.importance"
 
 _FIXED = [
     TableEntry(INGEST_LOG, (), "stages.bronze", "one row per raw file ingested: path, sha256, rows, rejected"),
-    TableEntry(QUARANTINE, ("table", PARTITION_COLUMN), "stages.silver", "rows failing a blocking rule, with the rule and reason"),
-    TableEntry(DUPLICATES, ("table", PARTITION_COLUMN), "stages.silver", "rows removed as duplicates: their file and line, and the kept row's"),
-    TableEntry(DATA_QUALITY, ("table", PARTITION_COLUMN), "stages.silver", "rows checked and failed per table, date and rule"),
-    TableEntry(FEATURES, (PARTITION_COLUMN,), "stages.gold", "readable features, one row per entity, key and label"),
+    TableEntry(QUARANTINE, (), "stages.silver", "rows failing a blocking rule, with the rule and reason"),
+    TableEntry(DUPLICATES, (), "stages.silver", "rows removed as duplicates: their file and line, and the kept row's"),
+    TableEntry(DATA_QUALITY, (), "stages.silver", "rows checked and failed per table, date and rule"),
+    TableEntry(FEATURES, (), "stages.gold", "readable features, one row per entity, key and label", daily=True),
     TableEntry(FEATURE_SPEC, (), "stages.gold", "how each model column is encoded, fitted on the training window"),
     TableEntry(MODEL_INPUT, ("split",), "stages.gold", "fixed-width model-ready rows: what Petastorm reads"),
-    TableEntry(SERVING_INPUT, (PARTITION_COLUMN,), "stages.gold", "the rows scored, encoded with the scoring model's own feature spec"),
-    TableEntry(PREDICTIONS, (PARTITION_COLUMN,), "ml.results", "scores of the blessed model per key and day"),
+    TableEntry(SERVING_INPUT, (), "stages.gold", "the rows scored, encoded with the scoring model's own feature spec", daily=True),
+    TableEntry(PREDICTIONS, (), "ml.results", "scores of the blessed model per key and day", daily=True),
     TableEntry(METRICS, (), "ml.results", "AUC, log loss, accuracy, ... per run, model and split"),
     TableEntry(HISTORY, (), "ml.results", "one row per training epoch"),
     TableEntry(TRIALS, (), "ml.tuning", "one row per hyper-parameter trial: model, settings, fold AUCs, time"),
@@ -98,7 +105,7 @@ TABLES: dict[str, TableEntry] = {e.name: e for e in _FIXED}
 
 def entry(name: str, daily: bool = True) -> TableEntry:
     """The catalog entry of a table, the per-source bronze and silver tables included (`daily`:
-    the source is a daily feed, partitioned by date, not a reference table).
+    the source is a daily feed, laid out by the daily layout, not a reference table).
 
     Raises KeyError for a name the catalog does not know.
     """
@@ -107,9 +114,8 @@ def entry(name: str, daily: bool = True) -> TableEntry:
     layer, _, table = name.partition(".")
     if layer == "bronze" and table.endswith("_rejected"):
         return TableEntry(name, (), "stages.bronze", f"rejected records of source {table[:-len('_rejected')]}")
-    partition_by = (PARTITION_COLUMN,) if daily else ()
     if layer == "bronze" and table:
-        return TableEntry(name, partition_by, "stages.bronze", f"raw rows of source {table}")
+        return TableEntry(name, (), "stages.bronze", f"raw rows of source {table}", daily=daily)
     if layer == "silver" and table:
-        return TableEntry(name, partition_by, "stages.silver", f"clean rows of source {table}")
+        return TableEntry(name, (), "stages.silver", f"clean rows of source {table}", daily=daily)
     raise KeyError(f"{name!r} is not a table of the catalog (pipelines/catalog.py)")

@@ -12,14 +12,16 @@ from pipelines.console import FORMAT_ENV, LEVEL_ENV, configure_logging
 
 def test_every_fixed_table_has_one_entry_with_its_layer_and_partitioning():
     assert catalog.entry(catalog.MODEL_INPUT).partition_by == ("split",)
-    assert catalog.entry(catalog.QUARANTINE).partition_by == ("table", "date")
+    # Bookkeeping tables are unpartitioned; the daily ones follow the lakehouse's daily layout.
+    assert catalog.entry(catalog.QUARANTINE).partition_by == ()
+    assert catalog.entry(catalog.FEATURES).daily and not catalog.entry(catalog.QUARANTINE).daily
     assert {e.layer for e in catalog.TABLES.values()} <= set(catalog.LAYERS)
     assert len({e.name for e in catalog.TABLES.values()}) == len(catalog.TABLES)
 
 
 def test_per_source_tables_follow_the_source_kind():
-    assert catalog.entry(catalog.bronze("flights")).partition_by == ("date",)
-    assert catalog.entry(catalog.silver("planes"), daily=False).partition_by == ()
+    assert catalog.entry(catalog.bronze("flights")).daily
+    assert not catalog.entry(catalog.silver("planes"), daily=False).daily
     assert catalog.entry(catalog.rejected("flights")).partition_by == ()
     with pytest.raises(KeyError, match="not a table of the catalog"):
         catalog.entry("gold.nosuch")

@@ -11,6 +11,7 @@ from pipelines.storage.errors import LayoutMismatchError
 from pipelines.storage.layout import partition_columns
 
 SCHEMA = "id long, date date, value double"
+MONTH = "partition.date_month"
 
 
 def _days(start: date, n: int) -> list[date]:
@@ -30,13 +31,13 @@ def test_a_month_partitioned_table_holds_one_file_per_month_and_reads_without_th
     days = _days(date(2013, 1, 1), 59)        # January and February
     table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite",
                 partition_by=partition_columns("month"), partitions={"date": days})
-    assert table.partition_by() == ["month"]
+    assert table.partition_by() == ["date_month"]
     assert table.read().columns == ["id", "date", "value"]
     assert table.schema().fieldNames() == ["id", "date", "value"]
-    assert sorted(a["partition.month"] for a in table.add_actions()) == ["2013-01", "2013-02"]
+    assert sorted(a[MONTH] for a in table.add_actions()) == ["2013-01", "2013-02"]
     assert table.rows_per_partition("date") == {d: 3 for d in days}
     assert table.rows_per_partition() == {"2013-01": 93, "2013-02": 84}
-    stats = {a["partition.month"]: (a["min.date"], a["max.date"]) for a in table.add_actions()}
+    stats = {a[MONTH]: (a["min.date"], a["max.date"]) for a in table.add_actions()}
     assert str(stats["2013-02"][0])[:10] == "2013-02-01" and str(stats["2013-02"][1])[:10] == "2013-02-28"
 
 
@@ -44,33 +45,33 @@ def test_a_redelivered_day_replaces_exactly_that_days_rows_in_one_commit(lakehou
     table = lakehouse.table("silver.events")
     days = _days(date(2013, 1, 1), 40)
     table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite",
-                partition_by=["month"], partitions={"date": days})
+                partition_by=partition_columns("month"), partitions={"date": days})
     before = table.version()
     again = [date(2013, 1, 15)]
     table.write(spark.createDataFrame([(10_000, again[0], 2.0)], SCHEMA), mode="overwrite",
-                partition_by=["month"], partitions={"date": again})
+                partition_by=partition_columns("month"), partitions={"date": again})
     assert table.version() == before + 1
     rows = _table(table.read().collect())
     assert [r for r in rows if r[1] == again[0]] == [(10_000, again[0], 2.0)]
     assert len(rows) == 39 * 3 + 1
     # Only January was rewritten: February's file is the same one.
-    feb = [a["path"] for a in table.add_actions(before) if a["partition.month"] == "2013-02"]
-    assert feb == [a["path"] for a in table.add_actions() if a["partition.month"] == "2013-02"]
+    feb = [a["path"] for a in table.add_actions(before) if a[MONTH] == "2013-02"]
+    assert feb == [a["path"] for a in table.add_actions() if a[MONTH] == "2013-02"]
     # One file per month still, and the same write again changes nothing but the version.
-    assert sorted(a["partition.month"] for a in table.add_actions()) == ["2013-01", "2013-02"]
+    assert sorted(a[MONTH] for a in table.add_actions()) == ["2013-01", "2013-02"]
     table.write(spark.createDataFrame([(10_000, again[0], 2.0)], SCHEMA), mode="overwrite",
-                partition_by=["month"], partitions={"date": again})
+                partition_by=partition_columns("month"), partitions={"date": again})
     assert _table(table.read().collect()) == rows
 
 
 def test_a_new_day_is_an_append_that_rewrites_no_file(lakehouse, spark):
     table = lakehouse.table("silver.events")
     table.write(spark.createDataFrame(_rows(_days(date(2013, 1, 1), 5)), SCHEMA), mode="overwrite",
-                partition_by=["month"], partitions={"date": _days(date(2013, 1, 1), 5)})
+                partition_by=partition_columns("month"), partitions={"date": _days(date(2013, 1, 1), 5)})
     files = {a["path"] for a in table.add_actions()}
     new_day = [date(2013, 1, 6)]
     table.write(spark.createDataFrame(_rows(new_day, first_id=100), SCHEMA), mode="overwrite",
-                partition_by=["month"], partitions={"date": new_day})
+                partition_by=partition_columns("month"), partitions={"date": new_day})
     assert files < {a["path"] for a in table.add_actions()}
     assert table.count() == 18
 
@@ -78,12 +79,12 @@ def test_a_new_day_is_an_append_that_rewrites_no_file(lakehouse, spark):
 def test_a_row_outside_the_replaced_days_fails_the_write_and_leaves_the_table(lakehouse, spark):
     table = lakehouse.table("silver.events")
     days = _days(date(2013, 1, 1), 3)
-    table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite", partition_by=["month"],
+    table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite", partition_by=partition_columns("month"),
                 partitions={"date": days})
     version = table.version()
     with pytest.raises(ValueError, match="got a row outside them"):
         table.write(spark.createDataFrame([(1, date(2013, 1, 9), 0.0)], SCHEMA), mode="overwrite",
-                    partition_by=["month"], partitions={"date": [date(2013, 1, 2)]})
+                    partition_by=partition_columns("month"), partitions={"date": [date(2013, 1, 2)]})
     assert table.version() == version and table.count() == 9
 
 
@@ -110,7 +111,7 @@ def test_an_unpartitioned_bookkeeping_table_replaces_the_rows_of_a_table_and_day
 def test_a_merge_restricted_to_days_of_a_month_partitioned_table(lakehouse, spark):
     table = lakehouse.table("silver.events")
     days = _days(date(2013, 1, 30), 4)
-    table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite", partition_by=["month"],
+    table.write(spark.createDataFrame(_rows(days), SCHEMA), mode="overwrite", partition_by=partition_columns("month"),
                 partitions={"date": days})
     late = spark.createDataFrame([(0, date(2013, 1, 30), 5.0), (9, date(2013, 2, 2), 6.0)], SCHEMA)
     result = table.merge(late, on=["id", "date"], update=["value"], partitions={"date": [date(2013, 1, 30)]})
@@ -125,7 +126,7 @@ def test_a_table_laid_out_otherwise_asks_for_a_relayout(lakehouse, spark):
     table.write(spark.createDataFrame(_rows(day), SCHEMA), mode="overwrite", partition_by=["date"],
                 partitions={"date": day})
     with pytest.raises(LayoutMismatchError, match="maintain --relayout"):
-        table.write(spark.createDataFrame(_rows(day), SCHEMA), mode="overwrite", partition_by=["month"],
+        table.write(spark.createDataFrame(_rows(day), SCHEMA), mode="overwrite", partition_by=partition_columns("month"),
                     partitions={"date": day})
 
 
@@ -133,7 +134,7 @@ def test_files_roll_over_at_the_target_size_in_bytes(cfg, spark):
     lh = Lakehouse(cfg.lakehouse.root, spark, "delta-rs", target_file_bytes=200_000, row_group_rows=1000)
     table = lh.table("silver.events")
     rows = spark.range(60_000).selectExpr("id", "date'2013-01-01' as date", "cast(id as double) as value")
-    table.write(rows.repartition(1), mode="overwrite", partition_by=["month"])
+    table.write(rows.repartition(1), mode="overwrite", partition_by=partition_columns("month"))
     files, _ = table.size()
     # 60,000 rows of 2 eight-byte values and a four-byte date: about 1.2 MB of Arrow data.
     assert 4 <= files <= 8

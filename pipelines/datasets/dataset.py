@@ -118,7 +118,10 @@ class Source:
     format: str
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...]
+    # The date column of a daily feed (`date`, from the file's path), None for a reference table.
     partition_by: str | None = None
+    # How the feed's tables are partitioned (month, date, none); None: the lakehouse's default.
+    layout: str | None = None
     id_column: str | None = None
     csv: CsvOptions = field(default_factory=CsvOptions)
     rules: tuple[Rule, ...] = ()

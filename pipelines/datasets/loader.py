@@ -24,6 +24,7 @@ from pipelines.config.loader import dataset_path
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
 from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
+from pipelines.storage.layout import LAYOUTS, MONTH_COLUMN
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -251,23 +252,31 @@ class _Parser:
             self.fail(f"{key}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
         columns = self.columns(data["columns"], f"{key}.columns", max_length)
         names = [c.name for c in columns]
-        partition_by = data.get("partition_by")
-        if partition_by is not None:
-            if partition_by != PARTITION_COLUMN:
-                self.fail(f"{key}.partition_by", f"must be '{PARTITION_COLUMN}' (the date of a daily file), got {partition_by!r}")
-            if partition_by in names:
-                self.fail(f"{key}.columns", f"declares '{partition_by}', which the partition column adds")
+        # A daily feed is a source whose path names its file's date; `partition_by` is its tables'
+        # layout (month, date or none; the lakehouse's `partition_by` when left out).
+        layout = data.get("partition_by")
+        daily = any(p in path for p in DATE_PLACEHOLDERS)
+        if layout is not None and layout not in LAYOUTS:
+            self.fail(f"{key}.partition_by", f"must be one of {', '.join(LAYOUTS)} (how the tables of a daily "
+                                              f"feed are partitioned), got {layout!r}")
+        if layout is not None and not daily:
+            self.fail(f"{key}.path", f"holds no {'/'.join(DATE_PLACEHOLDERS)}, but the source declares "
+                                      f"partition_by: {layout}, which only a daily feed (a path naming its file's "
+                                      f"date) has; got {path!r}")
+        partition_by = PARTITION_COLUMN if daily else None
+        if daily:
+            for added in (PARTITION_COLUMN, MONTH_COLUMN):
+                if added in names:
+                    self.fail(f"{key}.columns", f"declares '{added}', which the lakehouse adds to a daily feed's rows")
             missing = [p for p in DATE_PLACEHOLDERS if p not in path]
             if missing:
                 self.fail(f"{key}.path", f"of a daily feed must hold {', '.join(DATE_PLACEHOLDERS)} "
                                           f"(the file's date); {', '.join(missing)} missing in {path!r}")
-        elif any(p in path for p in DATE_PLACEHOLDERS):
-            self.fail(f"{key}.path", "holds date placeholders but the source has no partition_by: date")
         calendar = data.get("calendar", "daily")
         if calendar not in CALENDARS:
             self.fail(f"{key}.calendar", f"must be one of {', '.join(CALENDARS)}, got {calendar!r}")
         if "calendar" in data and not partition_by:
-            self.fail(f"{key}.calendar", "applies to a daily feed (partition_by: date), not a reference table")
+            self.fail(f"{key}.calendar", "applies to a daily feed (a path with {yyyy}/{mm}/{dd}), not a reference table")
         known = set(names) | ({partition_by} if partition_by else set())
         primary_key = self.strings(data["primary_key"], f"{key}.primary_key")
         for i, col in enumerate(primary_key):
@@ -302,7 +311,7 @@ class _Parser:
             self.fail(f"{key}.known", "is declared at the event, but the source declares no event_time")
         updates = self.string(data["updates"], f"{key}.updates") if "updates" in data else None
         src = Source(name=name, path=path, format=fmt, columns=columns, primary_key=primary_key,
-                     partition_by=partition_by, id_column=id_column, csv=csv, rules=rules,
+                     partition_by=partition_by, layout=layout, id_column=id_column, csv=csv, rules=rules,
                      missing=missing_policies, seed_file=seed.get("file"), seed_date_columns=seed_dates,
                      calendar=calendar, known=known_at, event_time=event_time, updates=updates)
         flags = src.flag_columns

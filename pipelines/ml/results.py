@@ -46,7 +46,7 @@ def write_predictions(lakehouse, scored, key: str, model_version: str, run_id: s
         df.unpersist()
         return 0
     rows = df.count()
-    lakehouse.table(PREDICTIONS).write(df, mode="overwrite", partition_by=[PARTITION_COLUMN],
+    lakehouse.table(PREDICTIONS).write(df, mode="overwrite", partition_by=lakehouse.daily_partition_by(),
                                        partitions={PARTITION_COLUMN: [d.isoformat() for d in dates]})
     df.unpersist()
     return rows

@@ -300,10 +300,10 @@ class DeltaRsEngine:
                 else:
                     rewrite = None     # new rows may land anywhere: rewrite the whole table
                     break
-                values |= {a.get(f"partition.{column}") for a in affected}
+                values |= {partition_string(a.get(f"partition.{column}")) for a in affected}
                 rewrite[column] = sorted(values, key=lambda v: (v is not None, v or ""))
-        files = [a["path"] for a in actions
-                 if rewrite is None or all(a.get(f"partition.{c}") in vals for c, vals in rewrite.items())]
+        files = [a["path"] for a in actions if rewrite is None or
+                 all(partition_string(a.get(f"partition.{c}")) in vals for c, vals in rewrite.items())]
         root = dt.table_uri
         reader = self.spark.read.schema(schema)
         if partition_by:

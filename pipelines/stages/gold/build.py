@@ -154,8 +154,9 @@ def _write_features(lh, features, days: list[date], dataset) -> tuple[int, int]:
     try:
         # schema_mode="merge": a features module that gains a column evolves the table (older days
         # read it as null) instead of failing until gold is deleted by hand.
-        lh.table(FEATURES).write(built, mode="overwrite", partition_by=[PARTITION_COLUMN],
+        lh.table(FEATURES).write(built, mode="overwrite", partition_by=lh.daily_partition_by(),
                                  partitions={PARTITION_COLUMN: days}, schema_mode="merge",
+                                 order_by=[PARTITION_COLUMN, dataset.key],
                                  description=f"features for {_dates_text(days)}")
         counts = built.agg(F.count(F.lit(1)).alias("rows"),
                            F.sum(F.col(TARGET).isNull().cast("long")).alias("unlabelled")).first()
@@ -201,11 +202,12 @@ def _write_model_input(lh, key: str, labelled, spec_df, origin: str, splits: dic
         if replace_all:
             # A new spec may bring other columns: the whole table is replaced, schema included.
             table.write(rows, mode="overwrite", partition_by=[SPLIT], schema_mode="overwrite",
-                        description=description, row_group_rows=row_group_rows)
+                        description=description, row_group_rows=row_group_rows, order_by=["date", key])
         else:
             # schema_mode="merge": a table written before rows named their origin gains `_built_from`.
             table.write(rows, mode="overwrite", partition_by=[SPLIT], partitions={SPLIT: list(splits)},
-                        schema_mode="merge", description=description, row_group_rows=row_group_rows)
+                        schema_mode="merge", description=description, row_group_rows=row_group_rows,
+                        order_by=["date", key])
     return table.rows_per_partition(SPLIT) if table.exists() else {}
 
 
@@ -214,10 +216,7 @@ def training_files(features_table, train_window: tuple[date, date]) -> str:
     the training window's partitions. A rebuilt training day has new files, so a new digest."""
     import hashlib
 
-    start, end = train_window
-    files = sorted(a["path"] for a in features_table.add_actions()
-                   if a.get(f"partition.{PARTITION_COLUMN}")
-                   and start <= date.fromisoformat(str(a[f"partition.{PARTITION_COLUMN}"])) <= end)
+    files = features_table.files_between(PARTITION_COLUMN, *train_window)
     digest = hashlib.sha256("\n".join(f.rsplit("/", 2)[-2] + "/" + f.rsplit("/", 1)[-1] for f in files).encode())
     return f"{FEATURES} v{features_table.version()} files {digest.hexdigest()[:16]}"
 

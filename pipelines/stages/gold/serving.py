@@ -67,7 +67,7 @@ def build_serving_input(cfg, lakehouse, days: list[date], spec_version: int | No
             .withColumn(BUILT_FROM, F.lit(built_from({FEATURES: version, FEATURE_SPEC: int(spec_version)}))))
     table = lakehouse.table(SERVING_INPUT)
     # Another model's spec may have other columns: merge the schema, each version keeps its own.
-    version = table.write(rows, mode="overwrite", partition_by=[PARTITION_COLUMN],
+    version = table.write(rows, mode="overwrite", partition_by=lakehouse.daily_partition_by(),
                           partitions={PARTITION_COLUMN: list(days)}, schema_mode="merge",
                           description=f"serving input for {len(days)} day(s), {FEATURE_SPEC} v{spec_version}")
     counts = table.rows_per_partition(PARTITION_COLUMN)

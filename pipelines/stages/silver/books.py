@@ -1,7 +1,7 @@
 """Silver's bookkeeping tables for one source and its dates: `silver.quarantine` (the rows that broke
 a blocking rule), `silver.duplicates` (the rows removed as duplicates, beside the row kept) and
-`ops.data_quality` (rows checked and failed per rule), all replaced by partition (`table`, `date`)
-so a re-run of a date replaces its rows."""
+`ops.data_quality` (rows checked and failed per rule). They are unpartitioned: a run appends its
+rows, and a re-run of a date replaces the rows of that (`table`, `date`)."""
 from __future__ import annotations
 
 from datetime import date

@@ -105,7 +105,7 @@ def clean_source(lh, source: Source, dates: list[date] | None, run_id: str,
         if source.daily:
             updaters = dataset.updaters(source.name) if dataset is not None else []
             silver_table.write(silver_rows(checked, source, updaters, dataset, origin), mode="overwrite",
-                               partition_by=[PARTITION_COLUMN], schema_mode="merge",
+                               partition_by=lh.daily_partition_by(source.layout), schema_mode="merge",
                                partitions={PARTITION_COLUMN: result.dates}, description=description)
         else:
             silver_table.write(silver_rows(checked, source, built_from=origin), mode="overwrite", schema_mode="overwrite",
