@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -73,15 +74,16 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     frames = {k: v.cache() for k, v in model_input_frames(lakehouse, version, splits=SPLITS).items()}
     kinds = ["logreg", *[k for k in cfg.nightly.baselines if k != "logreg"]]
     log.info(f"[train] baselines: {', '.join(BASELINE_NAMES[k] for k in kinds)} on {MODEL_INPUT} v{version}")
-    baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed,
-                              params=tuned)
-    laps("baselines")
+    # Where the same baselines may have been fitted already: this model's folder (a resumed run),
+    # then every registered model's, newest first.
+    earlier = [result.model_dir, *(os.path.dirname(e.path) for e in reversed(registry.entries(lakehouse)))]
+    baselines, reused = nightly_baselines(cfg, spark, lakehouse, version, frames, kinds, tuned, result.model_dir, earlier)
+    laps("baselines", note=f"{', '.join(reused)} reused" if reused else "")
 
     key = dataset_for(cfg).key
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, key)}
     for kind, fitted in baselines.items():
         scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted, key)
-        fitted["model"].write().overwrite().save(os.path.join(result.model_dir, "baselines", kind))
 
     metrics, roc, kept = [], {}, {}
     for split in SPLITS:
@@ -167,6 +169,61 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def nightly_baselines(cfg, spark, lakehouse, version: int, frames: dict, kinds: list[str], params: dict | None,
+                      model_dir: str, earlier: list[str]) -> tuple[dict[str, dict], list[str]]:
+    """The baselines `kinds` fitted on the train split (`fit_baselines`, with `params`), saved in
+    `model_dir/baselines/<kind>` beside the fingerprint of what they were fitted from
+    (`<kind>.json`: the train and validation files, spec, seed, settings, code and libraries, as
+    `pipelines.ml.fold_results` takes them). A baseline whose fingerprint one saved in an `earlier`
+    model folder (newest first) has is copied from there instead of fitted again: the same
+    inputs fit the same model.
+
+    Returns ({kind: {"model": the fitted PipelineModel}}, the kinds reused).
+    """
+    from pyspark.ml import PipelineModel
+
+    from pipelines.ml import fold_results
+    from pipelines.ml.tensors import load_feature_spec, pin_snapshot
+
+    snapshot = pin_snapshot(lakehouse, version)
+    shared = fold_results.shared_inputs(lakehouse, snapshot, load_feature_spec(lakehouse, snapshot))
+    prints = {kind: fold_results.fingerprint_of({**shared, "model": kind, "fitted_on": "the train split",
+                                                 "settings": fold_results.model_settings(cfg, kind, None, params)})
+              for kind in kinds}
+    out, reused = {}, []
+    for kind in kinds:
+        target = os.path.join(model_dir, "baselines", kind)
+        source = next((os.path.join(d, "baselines", kind) for d in earlier
+                       if _fingerprint_at(os.path.join(d, "baselines", kind)) == prints[kind][0]), None)
+        if source and os.path.abspath(source) != os.path.abspath(target):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            reused.append(kind)
+        if source:
+            out[kind] = {"model": PipelineModel.load(target)}
+    todo = [k for k in kinds if k not in out]
+    if todo:
+        fitted = fit_baselines(spark, frames["train"], frames["validation"], kinds=todo, seed=cfg.training.seed,
+                               params=params)
+        for kind, result in fitted.items():
+            result["model"].write().overwrite().save(os.path.join(model_dir, "baselines", kind))
+            out[kind] = result
+    for kind in kinds:
+        fp, inputs = prints[kind]
+        with open(os.path.join(model_dir, "baselines", f"{kind}.json"), "w") as fh:
+            json.dump({"fingerprint": fp, "inputs": json.loads(inputs)}, fh)
+    return {kind: out[kind] for kind in kinds}, reused
+
+
+def _fingerprint_at(saved: str) -> str | None:
+    """The fingerprint recorded beside a saved baseline (None without one, or without the model)."""
+    try:
+        with open(f"{saved}.json") as fh:
+            return json.load(fh)["fingerprint"] if os.path.isdir(saved) else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class Laps:

@@ -77,9 +77,14 @@ def fingerprint(shared: dict, fold, model: str, settings: dict) -> tuple[str, st
     """(the fingerprint of `model`'s result on `fold`, the JSON of the inputs it digests). The
     fold's windows count, not its name: a fold_2 that becomes fold_1 when backtest.folds changes is
     the same measurement."""
-    inputs = json.dumps({**shared, "model": model, "settings": settings, "train": fold.train,
-                         "validation": fold.validation, "stopping": fold.stopping}, sort_keys=True, default=str)
-    return hashlib.sha256(inputs.encode()).hexdigest()[:32], inputs
+    return fingerprint_of({**shared, "model": model, "settings": settings, "train": fold.train,
+                           "validation": fold.validation, "stopping": fold.stopping})
+
+
+def fingerprint_of(inputs: dict) -> tuple[str, str]:
+    """(a digest of `inputs`, their JSON): two equal sets of inputs, and only those, give the same."""
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], text
 
 
 def record(fold, model: str, fp: str, inputs: str, metrics: dict, **about) -> dict:

@@ -107,28 +107,37 @@ def calibration_rows(model: str, test) -> list[dict]:
 
 def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
     """Per model, slice and value: rows, positives, AUC, mean score and observed rate. The slice
-    values are the dataset's `evaluation.slices` expressions over `gold.features`, joined on the key."""
+    values are the dataset's `evaluation.slices` expressions over `gold.features`, joined on the key.
+
+    Every model's test rows are stacked and measured in one pass, and `gold.features` is read for
+    the test window's dates only (`date`, the column its layout skips files on): the test split
+    holds no other day, so the rows and their values are the same as with the whole table."""
+    from functools import reduce
+
     from pyspark.sql import functions as F
 
     dataset = dataset_for(cfg)
     if not dataset.slices or not tests or not lakehouse.table(FEATURES).exists():
         return []
     key = dataset.key
-    values = lakehouse.table(FEATURES).read().select(
+    first, last = cfg.split("test")
+    values = lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last))).select(
         key, *[F.coalesce(F.expr(expr).cast("string"), F.lit("(null)")).alias(f"_slice_{name}")
                for name, expr in dataset.slices.items()])
+    scored = reduce(lambda a, b: a.unionByName(b), [
+        test.select(F.lit(model).alias("_model"), key, "label", "score") for model, test in tests.items()])
+    stacked = scored.join(values, key).select("_model", "label", "score", F.explode(F.array(*[
+        F.struct(F.lit(name).alias("slice"), F.col(f"_slice_{name}").alias("value")) for name in dataset.slices
+    ])).alias("s")).select("_model", "label", "score", "s.slice", "s.value")
+    hist = grouped_histogram(stacked, ["_model", "slice", "value"], SLICE_BINS)
     rows = []
-    for model, test in tests.items():
-        stacked = test.join(values, key).select("label", "score", F.explode(F.array(*[
-            F.struct(F.lit(name).alias("slice"), F.col(f"_slice_{name}").alias("value")) for name in dataset.slices
-        ])).alias("s")).select("label", "score", "s.slice", "s.value")
-        hist = grouped_histogram(stacked, ["slice", "value"], SLICE_BINS)
-        for (name, value), h in hist.groupby(["slice", "value"]):
-            n = float(h["pos"].sum() + h["neg"].sum())
-            rows.append({"model": model, "split": "test", "slice": name, "value": value, "rows": int(n),
-                         "positives": int(h["pos"].sum()), "auc": auc_from_histogram(h),
-                         "mean_score": float(h["score_sum"].sum() / n), "observed": float(h["pos"].sum() / n)})
-    return rows
+    for (model, name, value), h in hist.groupby(["_model", "slice", "value"]):
+        n = float(h["pos"].sum() + h["neg"].sum())
+        rows.append({"model": model, "split": "test", "slice": name, "value": value, "rows": int(n),
+                     "positives": int(h["pos"].sum()), "auc": auc_from_histogram(h),
+                     "mean_score": float(h["score_sum"].sum() / n), "observed": float(h["pos"].sum() / n)})
+    order = list(tests)
+    return sorted(rows, key=lambda r: order.index(r["model"]))
 
 
 def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int) -> list[dict]:
@@ -140,15 +149,20 @@ def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: i
     stacked, groups, n = permuted_copies(validation, rows, seed)
     if n == 0:
         return []
+    # Every model scores the same permuted copies: built once, not once per model.
+    stacked = stacked.cache()
     out = []
-    for model, scorer in scorers.items():
-        started = time.time()
-        hist = grouped_histogram(scorer(stacked), ["_group"], IMPORTANCE_BINS)
-        aucs = {g: auc_from_histogram(h) for g, h in hist.groupby("_group")}
-        base, seconds = aucs[UNSHUFFLED], round(time.time() - started, 1)
-        out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
-                 "base_auc": base, "auc": aucs[g], "auc_drop": base - aucs[g], "seconds": seconds}
-                for g, cols in groups.items()]
+    try:
+        for model, scorer in scorers.items():
+            started = time.time()
+            hist = grouped_histogram(scorer(stacked), ["_group"], IMPORTANCE_BINS)
+            aucs = {g: auc_from_histogram(h) for g, h in hist.groupby("_group")}
+            base, seconds = aucs[UNSHUFFLED], round(time.time() - started, 1)
+            out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
+                     "base_auc": base, "auc": aucs[g], "auc_drop": base - aucs[g], "seconds": seconds}
+                    for g, cols in groups.items()]
+    finally:
+        stacked.unpersist()
     return out
 
 
