@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -351,6 +352,22 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
             created_at=datetime.now(timezone.utc))
         computed.append(results[(fold.name, model)])
 
+    def take_network(scored: dict) -> None:
+        for fold in todo:
+            result = scored[fold.name]
+            df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
+                                                     "label": result["labels"].astype("float64")}))
+            keep(fold, "dnn", binary_metrics(df, threshold=threshold).as_dict(), result["seconds"],
+                 result["best_epoch"])
+
+    todo = [fold for fold in fold_list if (fold.name, "dnn") not in results] if "dnn" in models else []
+    # The network's folds are submitted first, as one Spark job in a thread of their own: its tasks
+    # take the task slots before the baselines' jobs do, and a slot a fold no longer needs (three
+    # folds on two slots) fits baselines instead of standing idle. Each task is one process with
+    # its own seed: what runs beside it changes none of its numbers.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtest-network")
+    started_network = time.perf_counter()
+    network = pool.submit(network_scores, cfg, spark, snapshot, spec, todo, overrides) if todo else None
     try:
         try:
             for fold in fold_list:
@@ -381,24 +398,19 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
         finally:
             rows.unpersist()
         if "dnn" in models:
-            todo = [fold for fold in fold_list if (fold.name, "dnn") not in results]
-            if todo:
-                started = time.perf_counter()
-                scored = network_scores(cfg, spark, snapshot, spec, todo, overrides)
-                log.info(f"[backtest] the network's {len(todo)} fold(s), side by side, in "
-                         f"{time.perf_counter() - started:.0f}s")
-                for fold in todo:
-                    result = scored[fold.name]
-                    df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
-                                                             "label": result["labels"].astype("float64")}))
-                    keep(fold, "dnn", binary_metrics(df, threshold=threshold).as_dict(), result["seconds"],
-                         result["best_epoch"])
+            if network is not None:
+                take_network(network.result())
+                log.info(f"[backtest] the network's {len(todo)} fold(s), side by side with the baselines, in "
+                         f"{time.perf_counter() - started_network:.0f}s")
             for fold in fold_list:
                 r = results[(fold.name, "dnn")]
                 stopped = f"stopped on {fold.stopping[0]:%Y-%m}" if fold.stopping else "no stopping month"
                 how = "reused" if fold not in todo else f"{r['seconds']:.0f}s"
                 log.info(f"[backtest] {fold.name}: dnn {r['auc']:.4f} (best epoch {r['best_epoch']}, {stopped}, {how})")
     finally:
+        pool.shutdown(wait=True)
+        if network is not None and not network.exception() and (todo[0].name, "dnn") not in results:
+            take_network(network.result())    # the baselines failed: the network's folds are kept
         fold_results.record_results(spark, lakehouse, computed)
     out = [{"model_version": model_version, "model": model, "split": fold.name,
             **{k: results[(fold.name, model)][k] for k in fold_results.METRIC_FIELDS}}
