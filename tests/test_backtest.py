@@ -248,3 +248,13 @@ def test_the_fold_that_trains_on_the_train_split_scores_the_baselines_fitted_on_
     by = {r["split"]: r for r in done.rows if r["model"] == "logreg"}
     assert by["fold_2"]["auc"] == binary_metrics(scored, cfg.training.threshold).auc
     assert by["fold_2"]["rows"] == frames["validation"].count()
+
+
+def test_a_fold_result_depends_on_the_code_that_measures_it_not_on_the_review_or_the_registry_s_bookkeeping():
+    from pipelines.ml.fold_results import measuring_modules
+
+    modules = set(measuring_modules())
+    # The network's fold (training, model, Petastorm input), the baselines and the metrics.
+    assert {"pipelines.ml.backtest", "pipelines.ml.baselines", "pipelines.ml.evaluation", "pipelines.ml.model",
+            "pipelines.ml.tensors", "pipelines.ml.training.worker", "pipelines.ml.training"} <= modules
+    assert not {"pipelines.ml.review", "pipelines.ml.candidate", "pipelines.ml.tracking", "pipelines.ml.tuning"} & modules

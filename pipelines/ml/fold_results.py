@@ -3,8 +3,8 @@ what it was measured from: a fold whose inputs did not change since a run measur
 trained and scored again (`pipelines.ml.backtest.run_backtest` takes the record).
 
 A result's inputs are the data files of the pinned `gold.model_input`'s train and validation
-splits, the feature spec, the fold's windows, the model's settings, the code of `pipelines.ml` and
-the libraries' versions. Any of them changed is another fingerprint, so a reused result is always
+splits, the feature spec, the fold's windows, the model's settings, the code of the `pipelines.ml`
+modules that measure a fold and the libraries' versions. Any of them changed is another fingerprint, so a reused result is always
 the one that computing it again would give.
 
     >>> shared = shared_inputs(lakehouse, snapshot, spec)
@@ -34,15 +34,58 @@ RECORD_SCHEMA = ("fingerprint string, model string, fold string, train_start dat
 METRIC_FIELDS = ("rows", "positives", "auc", "log_loss", "accuracy", "precision", "recall", "f1", "threshold")
 
 
+# The modules that measure a fold: the network's (`backtest.network_fold`) and the baselines'.
+MEASURING = ("pipelines.ml.backtest", "pipelines.ml.baselines")
+
+
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """A digest of the sources of `pipelines.ml`, the code that trains and measures a fold: a run
-    with changed code measures every fold again."""
-    package = Path(__file__).resolve().parent
+    """A digest of the sources of the `pipelines.ml` modules that measure a fold: `MEASURING` and
+    every module of the package they import, at the top or inside a function (`measuring_modules`).
+    A run whose copy of any of them differs measures every fold again; the review, the registry's
+    bookkeeping or the tracking changing does not."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in sorted(measuring_modules().items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def measuring_modules() -> dict[str, Path]:
+    """{module name: source file} of `MEASURING` and of the `pipelines.ml` modules they import,
+    transitively (read from their syntax trees: every `import`, wherever it stands)."""
+    import ast
+
+    package = Path(__file__).resolve().parent
+
+    def source(name: str) -> Path | None:
+        parts = name.split(".")[2:]
+        for candidate in (package.joinpath(*parts).with_suffix(".py"), package.joinpath(*parts, "__init__.py")):
+            if parts and candidate.is_file():
+                return candidate
+        return None
+
+    found: dict[str, Path] = {}
+    todo = list(MEASURING)
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        if name in found or path is None:
+            continue
+        found[name] = path
+        # Importing a module runs its packages' __init__ first.
+        todo += [name.rsplit(".", i)[0] for i in range(1, name.count(".") - 1)]
+        package_name = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("pipelines.ml.")]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package_name.split(".")[:len(package_name.split(".")) - node.level + 1] + ([base] if base else []))
+                if base.startswith("pipelines.ml"):
+                    # `from pipelines.ml import fold_results` names a module; `from x import f`, a name in x.
+                    todo += [base, *(f"{base}.{a.name}" for a in node.names)]
+    return found
 
 
 def shared_inputs(lakehouse, snapshot, spec) -> dict:
@@ -50,8 +93,8 @@ def shared_inputs(lakehouse, snapshot, spec) -> dict:
     the data files of the snapshot's train and validation splits, which both the network and the
     baselines read (Delta never rewrites a data file, so the same names are the same rows in the
     same order, whatever the table's version number: a night that rewrites only the test split
-    changes nothing here); the feature spec as the network sizes itself from it; the code of
-    `pipelines.ml`; the libraries' versions."""
+    changes nothing here); the feature spec as the network sizes itself from it; the code that
+    measures a fold (`code_digest`); the libraries' versions."""
     from pipelines.ml.registry import environment
     from pipelines.storage.paths import local_path
 
