@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from pipelines.config import Config
 from pipelines.flows.stages import (NightlyContext, StageError, stage_clean, stage_evaluate, stage_features,
                                     stage_ingest, stage_landing, stage_report, stage_score, stage_train)
+from pipelines.ops.maintenance import compact_small_files
 from pipelines.ops.runs import RunRecord, finished_stages, forget_stages, last_run, log_stage, new_run_id, record_run
 from pipelines.storage import Lakehouse, LakehouseLock
 
@@ -59,6 +60,7 @@ def run_nightly(cfg: Config, spark, run_date: date, force: bool = False) -> RunR
                                      f"{type(exc).__name__}: {str(exc).rstrip('.')}. Run the same command again to resume "
                                      f"from this stage.") from exc
                 log_stage(lakehouse, record, stage)
+            _compact(lakehouse, cfg)
             record.status = "succeeded"
             record.report = ctx.report
         except BaseException as exc:
@@ -68,6 +70,18 @@ def run_nightly(cfg: Config, spark, run_date: date, force: bool = False) -> RunR
         finally:
             record_run(lakehouse, record)
     return record
+
+
+def _compact(lakehouse: Lakehouse, cfg: Config) -> None:
+    """Fold the small files this run appended (bookkeeping tables, a new day of a month) into one
+    per partition, so no table grows a file per run."""
+    import time
+
+    started = time.time()
+    done = compact_small_files(lakehouse, cfg.lakehouse.target_file_bytes)
+    if done:
+        log.info(f"[nightly] compact: {len(done)} table{'s' if len(done) > 1 else ''}, "
+                 f"{sum(b for _, b, _ in done):,} → {sum(a for _, _, a in done):,} files in {time.time() - started:.1f}s")
 
 
 def run_backfill(cfg: Config, spark, start: date, end: date, force: bool = False) -> list[RunRecord]:

@@ -106,6 +106,21 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
     return out
 
 
+def compact_small_files(lakehouse: Lakehouse, target_size_bytes: int) -> list[tuple[str, int, int]]:
+    """Compact every table (but the NOT_COMPACTED ones) where a partition holds more than one file:
+    what a nightly run leaves in the tables it appends to. (table, files before, files after) of
+    each table compacted; a table with nothing to compact gets no new version."""
+    done = []
+    for name in lakehouse.table_names():
+        table = lakehouse.table(name)
+        if name in NOT_COMPACTED or not sharing_a_partition(table):
+            continue
+        before, _ = table.size()
+        table.compact(target_size_bytes=target_size_bytes)
+        done.append((name, before, table.size()[0]))
+    return done
+
+
 def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False
              ) -> list[Maintained]:
     """Maintain every table of the lakehouse; one line per table, then a total."""

@@ -125,8 +125,9 @@ class DeltaRsEngine:
             if partition_by is not None and list(partition_by) != table_partition_by:
                 raise LayoutMismatchError(
                     f"{path} is partitioned by {table_partition_by or 'nothing'}, but its layout now asks for "
-                    f"{list(partition_by) or 'nothing'}: run `lakehouse-dl maintain --relayout` to rewrite it "
-                    f"in the new layout (or delete the lakehouse folder and run again)")
+                    f"{list(partition_by) or 'nothing'}: a layout is fixed when a table is "
+                    f"created: rebuild it (delete the dataset's lakehouse folder and run the nightly again, which "
+                    f"re-ingests the landing files) or set the old layout back (`lakehouse.partition_by`)")
             partition_by = table_partition_by
         else:
             partition_by = list(partition_by or [])

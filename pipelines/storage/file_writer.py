@@ -162,12 +162,14 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
 
         def check_allowed(table) -> None:
             rows = table.filter(table[NEW_ROW_MARKER]) if NEW_ROW_MARKER in table.column_names else table
+            if rows.num_rows == 0:
+                return
             for name, values in allowed.items():
                 column = rows[name]
                 text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
                 ok = pc.is_in(text, value_set=pa.array([v for v in values if v is not None], pa.string()))
                 ok = pc.or_(pc.fill_null(ok, False), pc.is_null(column)) if None in values else pc.fill_null(ok, False)
-                if not pc.all(ok).as_py():
+                if pc.any(pc.invert(ok)).as_py():
                     bad = rows.filter(pc.invert(ok)).slice(0, 1).drop([c for c in (NEW_ROW_MARKER,) if c in rows.column_names])
                     raise ValueError(f"overwrite of {allowed} {OUTSIDE_PARTITIONS}: {bad.to_pylist()[0]}")
 

@@ -31,8 +31,8 @@ class JvmDeltaEngine:
             existing = list(DeltaRsEngine.open(path).metadata().partition_columns)
             if partition_by is not None and list(partition_by) != existing:
                 raise LayoutMismatchError(f"{path} is partitioned by {existing or 'nothing'}, but its layout now asks "
-                                          f"for {list(partition_by) or 'nothing'}: run `lakehouse-dl maintain "
-                                          f"--relayout` to rewrite it in the new layout")
+                                          f"for {list(partition_by) or 'nothing'}: a layout is fixed when a table is "
+                                          f"created: rebuild it or set the old layout back (`lakehouse.partition_by`)")
             partition_by = existing
         df = with_derived_columns(df, list(partition_by or []))
         if order_by:
