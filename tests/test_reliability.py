@@ -323,13 +323,11 @@ def test_bad_input_is_refused_with_exit_2_before_anything_starts(tmp_path, args,
     root, outside, cwd = tmp_path / "lakehouse", tmp_path / "elsewhere", tmp_path / "cwd"
     cwd.mkdir()
     args = [a.format(outside=outside) for a in args]
-    started = time.time()
     # -X importtime lists every module the process imported: proof that Spark (and TensorFlow) never loaded.
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cli", "nightly", *args,
                            "--set", f"lakehouse.root={root}"],
                           capture_output=True, text=True, cwd=cwd, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(PROJECT)})
-    elapsed = time.time() - started
     said = [ln for ln in proc.stderr.splitlines() if not ln.startswith("import time:")]
     imported = {ln.split("|")[-1].strip().split(".")[0] for ln in proc.stderr.splitlines()
                 if ln.startswith("import time:")}
@@ -337,8 +335,9 @@ def test_bad_input_is_refused_with_exit_2_before_anything_starts(tmp_path, args,
     assert any(message.format(root=root) in ln for ln in said), said
     assert proc.stdout == ""
     assert not root.exists() and not outside.exists() and list(cwd.iterdir()) == []
+    # Refused before any work: neither Spark nor TensorFlow was imported (no stopwatch, which a
+    # busy machine would make flaky).
     assert "pipelines" in imported and not {"pyspark", "py4j", "tensorflow", "horovod"} & imported
-    assert elapsed < 15, f"refusing took {elapsed:.1f}s"
 
 
 # ------------------------------------------------------------------------------------------------
