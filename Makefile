@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # `make run DATASET=bundesliga` runs another dataset of conf/base/datasets/ (default: conf/base's).
 DATASET ?=
 
-.PHONY: setup run test test-fast bench bench-x100 dist clean-lakehouse lock
+.PHONY: setup run test test-fast bench bench-x100 bench-daily dist clean-lakehouse lock
 
 setup:
 	@scripts/bootstrap.sh
@@ -27,6 +27,11 @@ bench: setup
 # ×1, ×10 and ×100 of January 2013 (2.7 million flights at ×100), scale and peer in one run (README, Benchmarks).
 bench-x100: setup
 	$(BIN)/python -m bench.run_all --only scale,peer --factors 1,10,100 --window 2013-01-01,2013-01-31
+
+# The synthetic daily feed: 5,000 days of one row a day in two sources, ingest + clean + features
+# against the pandas peer, and the files of every table against its months (README, Benchmarks).
+bench-daily: setup
+	$(BIN)/python -m bench.daily_feed --days 5000
 
 dist: setup
 	$(BIN)/python scripts/make_dist.py

@@ -4,6 +4,8 @@ machine and the command).
 
     python -m bench.run_all [--quick] [--only delta_io,input_pipeline] [--root ./lakehouse] [--epochs 4]
 
+daily_feed is the 5,000-day feed of one row a day (`make bench-daily`; `--quick`: 400 days).
+
 scale and peer train for the same `--epochs` (default 4; 2 with --quick), so that peer takes its
 pipeline side from scale's runs instead of running every stage twice.
 
@@ -20,7 +22,7 @@ import time
 
 from bench.common import RESULTS, machine_info, machine_line, print_table, ratio
 
-BENCHMARKS = ("delta_io", "input_pipeline", "horovod_scaling", "scale", "peer")
+BENCHMARKS = ("delta_io", "input_pipeline", "horovod_scaling", "scale", "peer", "daily_feed")
 
 
 def figures(name: str, r: dict) -> list[dict]:
@@ -84,6 +86,19 @@ def figures(name: str, r: dict) -> list[dict]:
         lg = r["largest_scale_within_limit"]
         add(f"largest scale within {r['memory_limit_gib']} GiB (tried {r['tried']})",
             f"pipeline ×{lg['pipeline']}, peer ×{lg['peer']}")
+    elif name == "daily_feed":
+        stages = " / ".join(f"{s} {r['stages'][s]['seconds']:,.1f}s" for s in ("ingest", "clean", "features"))
+        add(f"{r['days']:,} days × 2 sources, one row a day: ingest + clean + features ({stages})",
+            r["total_seconds"], "s", None, f"<= {r['goal']['total_seconds_at_most']:g} s"
+            + (" met" if r["goal_seconds_met"] else " missed"))
+        add(f"{r['days']:,}-day feed: pipeline vs pandas reading and joining the same {r['peer']['files']:,} CSVs",
+            f"{r['total_seconds']:,.1f} vs {r['peer']['seconds']:,.2f}", "s", r["ratio_pipeline_to_peer"])
+        most = max(r["tables"], key=lambda t: t["files"])
+        over = [t["table"] for t in r["tables"] if not t["files_per_month_met"]]
+        add(f"{r['days']:,}-day feed ({r['months']} months): the most files in one of its {len(r['tables'])} tables; "
+            "tables over one file per month",
+            f"{most['files']:,} ({most['table']}, {most['months']} months); {', '.join(over) or 'none'}", "files",
+            None, f"<= {r['goal']['files_per_month_at_most']} per month" + (" met" if r["goal_files_met"] else " missed"))
     return rows
 
 
