@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import REPO, bench_config, print_table, ratio, scratch_dir, start_spark, write_result
+from bench.profile import PROFILE_SPARK_SETTINGS
 
 NAME = "daily_feed"
 FIRST_DAY = date(2010, 1, 1)
@@ -159,33 +160,55 @@ def write_landing(landing: Path, dataset, days: list[date], seed: int) -> dict:
 # The pipeline and the tables it leaves
 
 
-def run_stages(cfg, spark) -> dict:
-    """Ingest, clean and features as the nightly chains them; seconds, rows and what each did."""
-    from pipelines.stages import bronze, gold, silver
+def run_stages(cfg, spark, log=print) -> dict:
+    """Ingest, clean and features as the nightly chains them (the days one stage rewrote are the
+    days the next one builds); each stage's seconds, rows, rows/s, what it did, and its profile
+    (bench/profile.py: Spark jobs and tasks, Delta commits, CPU), taken outside its seconds."""
+    from bench.profile import StageProfile, line
 
-    out = {}
-    t0 = time.perf_counter()
-    ingested = bronze.ingest(cfg, spark, dates=None)
-    # The nightly's hand-off: clean the days whose files changed, features the days clean rewrote.
-    dates = sorted({d for r in ingested for d in r.dates}) or None
-    out["ingest"] = {"seconds": time.perf_counter() - t0, "rows": sum(r.rows for r in ingested),
-                     "rejected": sum(r.rejected for r in ingested),
-                     "files": sum(r.files_ingested for r in ingested), "dates": len(dates or [])}
-    t0 = time.perf_counter()
-    cleaned = silver.clean(cfg, spark, dates=dates)
-    dates = sorted({d for r in cleaned for d in r.dates}) if dates else None
-    out["clean"] = {"seconds": time.perf_counter() - t0, "rows": sum(r.bronze_rows for r in cleaned),
-                    "tables": {r.table: {"bronze_rows": r.bronze_rows, "silver_rows": r.silver_rows,
-                                         "quarantined": r.quarantined, "duplicates": r.duplicates}
-                               for r in cleaned}}
-    t0 = time.perf_counter()
-    summary = gold.build_features(cfg, spark, dates=dates)
-    out["features"] = {"seconds": time.perf_counter() - t0, "rows": int(summary.get("features") or 0),
-                       "model_input": summary.get("model_input"), "spec": summary.get("spec")}
-    for stage in out.values():
-        stage["seconds"] = round(stage["seconds"], 3)
-        stage["rows_per_sec"] = round(stage["rows"] / stage["seconds"]) if stage["seconds"] else None
+    out, dates = {}, None
+    for stage in STAGES:
+        profile = StageProfile(spark, cfg.lakehouse.root)
+        with profile:
+            t0 = time.perf_counter()
+            detail, dates = STAGE_STEPS[stage](cfg, spark, dates)
+            seconds = time.perf_counter() - t0
+        out[stage] = {"seconds": round(seconds, 3), **detail,
+                      "rows_per_sec": round(detail["rows"] / seconds) if seconds else None,
+                      "profile": profile.figures()}
+        log(f"[daily_feed] {stage}: {seconds:,.1f}s, {detail['rows']:,} rows; {line(profile.figures())}")
     return out
+
+
+def _ingest(cfg, spark, dates):
+    from pipelines.stages import bronze
+
+    ingested = bronze.ingest(cfg, spark, dates=dates)
+    # The nightly cleans only the days whose files changed (every day, when none did).
+    return ({"rows": sum(r.rows for r in ingested), "rejected": sum(r.rejected for r in ingested),
+             "files": sum(r.files_ingested for r in ingested)},
+            sorted({d for r in ingested for d in r.dates}) or None)
+
+
+def _clean(cfg, spark, dates):
+    from pipelines.stages import silver
+
+    cleaned = silver.clean(cfg, spark, dates=dates)
+    return ({"rows": sum(r.bronze_rows for r in cleaned),
+             "tables": {r.table: {"bronze_rows": r.bronze_rows, "silver_rows": r.silver_rows,
+                                  "quarantined": r.quarantined, "duplicates": r.duplicates} for r in cleaned}},
+            sorted({d for r in cleaned for d in r.dates}) if dates else None)
+
+
+def _features(cfg, spark, dates):
+    from pipelines.stages import gold
+
+    summary = gold.build_features(cfg, spark, dates=dates)
+    return ({"rows": int(summary.get("features") or 0), "model_input": summary.get("model_input"),
+             "spec": summary.get("spec")}, dates)
+
+
+STAGE_STEPS = {"ingest": _ingest, "clean": _clean, "features": _features}
 
 
 def table_files(lh, feed_months: int) -> list[dict]:
@@ -268,7 +291,7 @@ def run(days_count: int, root: Path, seed: int, spark=None, log=print) -> dict:
     t0 = time.perf_counter()
     conf = write_conf(root, days)
     with conf_root(conf):
-        cfg = bench_config(root / "lakehouse", f"pipeline.dataset={NAME}")
+        cfg = bench_config(root / "lakehouse", f"pipeline.dataset={NAME}", *PROFILE_SPARK_SETTINGS)
         dataset = load_dataset(NAME)
         landing = Path(cfg.lakehouse.landing)
         shutil.rmtree(cfg.lakehouse.root, ignore_errors=True)
@@ -282,7 +305,7 @@ def run(days_count: int, root: Path, seed: int, spark=None, log=print) -> dict:
         spark_seconds = round(time.perf_counter() - t0, 3)
         load_before = [round(x, 2) for x in os.getloadavg()]
         try:
-            stages = run_stages(cfg, spark)
+            stages = run_stages(cfg, spark, log)
             load_after = [round(x, 2) for x in os.getloadavg()]
             lh = Lakehouse.from_config(cfg, spark)
             tables = table_files(lh, months)
@@ -309,8 +332,12 @@ def run(days_count: int, root: Path, seed: int, spark=None, log=print) -> dict:
 
 def report(r: dict) -> None:
     """The stage table, the table of files per table, the peer and the goals."""
+    from bench.profile import summary
+
+    shown = ("jobs", "tasks", "files written", "commits", "exec CPU s", "driver py CPU s")
     rows = [{"stage": s, "seconds": r["stages"][s]["seconds"], "rows": r["stages"][s]["rows"],
-             "rows/s": r["stages"][s]["rows_per_sec"]} for s in STAGES]
+             "rows/s": r["stages"][s]["rows_per_sec"],
+             **{k: summary(r["stages"][s].get("profile", {})).get(k) for k in shown}} for s in STAGES]
     rows.append({"stage": "total", "seconds": r["total_seconds"],
                  "rows": sum(s["rows"] for s in r["landing"].values()), "rows/s": r["rows_per_sec"]})
     print()
@@ -344,6 +371,9 @@ def main(argv=None) -> dict:
         args.days = QUICK_DAYS if args.quick else DAYS
     if args.days < 20:
         p.error("--days must be at least 20: the splits need days to train on, validate and test")
+    from pipelines.console import configure_logging
+
+    configure_logging()   # the stages' own lines ([ingest], [clean], [features]) between the benchmark's
     root = Path(args.root).resolve() if args.root else scratch_dir(NAME)
     root.mkdir(parents=True, exist_ok=True)
     try:
