@@ -269,7 +269,11 @@ def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: f
 
     try:
         key = dataset_for(cfg).key
-        rows = lakehouse.table(FEATURES).read().join(validation.select(key), key)
+        # The validation split holds the validation window's days only: no other day of
+        # gold.features is read (its layout skips the files by `date`).
+        first, last = cfg.split("validation")
+        rows = (lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last)))
+                .join(validation.select(key), key))
         encoded = encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
         return binary_metrics(dnn_scores(encoded.filter(F.col("label").isNotNull()), entry.path, threshold, key),
                               threshold).auc

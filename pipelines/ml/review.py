@@ -55,6 +55,12 @@ def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, 
     of each model on the validation and test splits; `importance_scorers[model](df)`: `df` scored
     (its `_group` column carried as the key); `validation`: the model-input rows of that split.
 
+    What each part reads: the confusion matrix, the calibration and the slices every row of the
+    test split (they count rows, and a slice's rows must be all of them), each from the scores the
+    train stage cached; the threshold search the validation split's score histogram; the
+    importance a seeded sample of `training.importance_rows` validation rows, the only part whose
+    cost grows with the number of feature groups (one scored copy of the sample per group).
+
     Returns the seconds each part took.
     """
     stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
@@ -143,7 +149,10 @@ def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
 def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int) -> list[dict]:
     """Permutation importance of each feature group for each model in `scorers`, on the same
     `rows` validation rows and the same permutations; one row per model and group, `auc_drop` the
-    unshuffled AUC minus the AUC with the group shuffled."""
+    unshuffled AUC minus the AUC with the group shuffled.
+
+    The pass scores `rows` × (groups + 1) rows per model, a seeded sample (`permuted_copies`): its
+    cost follows `rows` and the number of feature groups, not the size of the validation split."""
     if not scorers:
         return []
     stacked, groups, n = permuted_copies(validation, rows, seed)
