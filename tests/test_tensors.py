@@ -108,6 +108,29 @@ def test_dataset_holds_the_requested_epochs_back_to_back(snapshot, spec, cfg):
     assert sum(int(y.shape[0]) for _, y in val) == 1000
 
 
+def test_a_fit_reads_its_epochs_with_one_reader_and_a_resumed_fit_reads_what_the_rest_of_it_would(
+        snapshot, spec, cfg, monkeypatch):
+    """One Petastorm reader per rank for the whole fit (each reader plans every file and row group
+    again); the fit resumed after an epoch gets exactly the batches of the uninterrupted fit's
+    later epochs."""
+    split = snapshot.splits["train"]
+    cfg.training.batch_size, cfg.training.shuffle_buffer = 100, 1000
+    opened = []
+    real_open = tensors._open_reader
+    monkeypatch.setattr(tensors, "_open_reader", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+
+    def rows(first_epoch: int) -> list[list[int]]:
+        # Reading the key as the label shows exactly which rows each batch holds.
+        ds = tensors.make_dataset(split, spec, cfg.training, label="flight_id", rank=1, num_ranks=2,
+                                  first_epoch=first_epoch, epochs=3)
+        return [y.numpy().astype(np.int64).ravel().tolist() for _, y in ds]
+
+    whole = rows(0)
+    assert len(opened) == 1 and len(whole) == 3 * 20
+    assert whole[:20] != whole[20:40]   # every epoch is shuffled anew
+    assert rows(1) == whole[20:] and len(opened) == 2
+
+
 def test_validation_batches_are_the_same_every_epoch_without_reading_again(snapshot, spec, cfg):
     """Keras expects every validation pass to have as many batches as the first: after the first
     pass the batches come from memory, identical, even with the files gone."""

@@ -175,9 +175,10 @@ def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size
     """(inputs, label) batches of one epoch of this rank's shard, read by Petastorm.
 
     Training: row groups in a seeded order, rows shuffled in blocks of `shuffle_buffer`, exactly
-    `steps` full batches (the shard is read again if it runs out). Evaluation: the shard once, in
-    file order, the last batch possibly short. The order depends only on (seed, epoch, rank), so a
-    resumed run reads what an uninterrupted one would.
+    `steps` full batches (the shard is read again, in another seeded order, if it runs out).
+    Evaluation: the shard once, in file order, the last batch possibly short. The order depends
+    only on (seed, epoch, rank); `make_dataset` reads a whole fit as one such "epoch" of all its
+    steps.
     """
     for x, y in iter_blocks(split, spec, label=label, batch_size=batch_size, rank=rank, num_ranks=num_ranks,
                             training=training, epoch=epoch, seed=seed, steps=steps,
@@ -188,10 +189,14 @@ def iter_batches(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size
 
 def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size: int, rank: int = 0,
                 num_ranks: int = 1, training: bool = True, epoch: int = 0, seed: int = 0,
-                steps: int | None = None, shuffle_buffer: int = 10_000, reader_threads: int = 1
-                ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+                steps: int | None = None, shuffle_buffer: int = 10_000, reader_threads: int = 1,
+                skip_steps: int = 0) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """The batches of `iter_batches`, back to back in blocks of whole batches (the last one of an
     evaluation pass possibly short): cut them with `tf.data.Dataset.rebatch(batch_size)`.
+
+    Training with `skip_steps`: the first `skip_steps` of the `steps` batches are read and
+    shuffled as they would be, then dropped, so a fit resumed after some epochs reads exactly what
+    the rest of an uninterrupted one would (`make_dataset` reads a whole fit with one reader).
 
     Handing tf.data one block per shuffle buffer instead of one batch at a time means the Python
     generator, which holds the GIL, runs once per block (about five batches of 2,048) instead of
@@ -205,6 +210,7 @@ def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size:
     reader = _open_reader(split, fields, training, seed, epoch, rank, num_ranks, reader_threads)
     rng = np.random.default_rng([seed, epoch, rank])
     wanted = steps * batch_size if training else None
+    skip = skip_steps * batch_size if training else 0
     emitted = 0
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
@@ -226,7 +232,8 @@ def iter_blocks(split: SplitFiles, spec: FeatureSpec, *, label: str, batch_size:
             full = (pending_rows // batch_size) * batch_size
             if wanted is not None:
                 full = min(full, wanted - emitted)
-            yield _batch(merged, spec, label, 0, full)
+            if emitted + full > skip:
+                yield _batch(merged, spec, label, max(0, skip - emitted), full)
             emitted += full
             pending = [{k: v[full:] for k, v in merged.items()}]
             pending_rows -= full
@@ -267,8 +274,13 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
 
     For training it holds epochs `first_epoch .. epochs-1` back to back, each exactly
     `steps_per_epoch(...)` batches, so Keras' `fit(steps_per_epoch=..., initial_epoch=first_epoch)`
-    walks through it epoch by epoch. For evaluation it is the rank's shard once, kept in memory
-    after the first pass (validation splits are small), so every epoch sees the same batches.
+    walks through it epoch by epoch. The whole fit is one pass of one Petastorm reader over the
+    shard, read again as often as the epochs need: a reader opens every file's footer and plans
+    every row group, which cost each epoch as much again when each epoch opened its own, and grew
+    with the table. A fit resumed at `first_epoch` reads the epochs before it
+    and drops them, so it gets the batches an uninterrupted fit would. For evaluation it is the
+    rank's shard once, kept in memory after the first pass (validation splits are small), so every
+    epoch sees the same batches.
     """
     import tensorflow as tf
 
@@ -283,12 +295,11 @@ def make_dataset(split: SplitFiles, spec: FeatureSpec, training_cfg, *, label: s
     if training:
         steps = steps_per_epoch(split.rows, cfg.batch_size, num_ranks, cfg.max_train_rows)
 
-        def one_epoch(epoch):
-            return iter_blocks(split, spec, training=True, epoch=int(epoch), steps=steps, **common)
+        def whole_fit():
+            return iter_blocks(split, spec, training=True, epoch=0, steps=steps * epochs,
+                               skip_steps=steps * first_epoch, **common)
 
-        dataset = tf.data.Dataset.range(first_epoch, epochs).flat_map(
-            lambda epoch: tf.data.Dataset.from_generator(one_epoch, args=(epoch,), output_signature=signature)
-            .rebatch(cfg.batch_size))
+        dataset = tf.data.Dataset.from_generator(whole_fit, output_signature=signature).rebatch(cfg.batch_size)
     else:
         # Keras counts the batches of the first validation pass and expects exactly as many in every
         # later epoch; a pass that came up short would stop this rank alone and break Horovod's
