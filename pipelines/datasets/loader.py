@@ -252,26 +252,19 @@ class _Parser:
             self.fail(f"{key}.format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
         columns = self.columns(data["columns"], f"{key}.columns", max_length)
         names = [c.name for c in columns]
-        # A daily feed is a source whose path names its file's date; `partition_by` is its tables'
-        # layout (month, date or none; the lakehouse's `partition_by` when left out).
+        # A daily feed's path names its file's date; `partition_by` is its tables' layout.
         layout = data.get("partition_by")
         daily = any(p in path for p in DATE_PLACEHOLDERS)
         if layout is not None and layout not in LAYOUTS:
-            self.fail(f"{key}.partition_by", f"must be one of {', '.join(LAYOUTS)} (how the tables of a daily "
-                                              f"feed are partitioned), got {layout!r}")
+            self.fail(f"{key}.partition_by", f"must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         if layout is not None and not daily:
-            self.fail(f"{key}.path", f"holds no {'/'.join(DATE_PLACEHOLDERS)}, but the source declares "
-                                      f"partition_by: {layout}, which only a daily feed (a path naming its file's "
-                                      f"date) has; got {path!r}")
+            self.fail(f"{key}.path", f"holds no {'/'.join(DATE_PLACEHOLDERS)}: partition_by applies to a daily feed")
         partition_by = PARTITION_COLUMN if daily else None
         if daily:
-            for added in (PARTITION_COLUMN, MONTH_COLUMN):
-                if added in names:
-                    self.fail(f"{key}.columns", f"declares '{added}', which the lakehouse adds to a daily feed's rows")
-            missing = [p for p in DATE_PLACEHOLDERS if p not in path]
-            if missing:
-                self.fail(f"{key}.path", f"of a daily feed must hold {', '.join(DATE_PLACEHOLDERS)} "
-                                          f"(the file's date); {', '.join(missing)} missing in {path!r}")
+            for added in [c for c in (PARTITION_COLUMN, MONTH_COLUMN) if c in names]:
+                self.fail(f"{key}.columns", f"declares '{added}', which the lakehouse adds to a daily feed's rows")
+            if missing := [p for p in DATE_PLACEHOLDERS if p not in path]:
+                self.fail(f"{key}.path", f"of a daily feed must hold {', '.join(DATE_PLACEHOLDERS)}; {', '.join(missing)} missing in {path!r}")
         calendar = data.get("calendar", "daily")
         if calendar not in CALENDARS:
             self.fail(f"{key}.calendar", f"must be one of {', '.join(CALENDARS)}, got {calendar!r}")
