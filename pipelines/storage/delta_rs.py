@@ -14,10 +14,10 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from pipelines.storage.errors import ConcurrentWriteError, LayoutMismatchError, TableNotFoundError
+from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
 from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
-from pipelines.storage.layout import DATE_COLUMN
+from pipelines.storage.layout import DATE_COLUMN, check_layout
 from pipelines.storage.replace import estimated_bytes, replace_where, with_derived_columns
 from pipelines.storage.paths import local_path
 from pipelines.storage.spark import session_conf
@@ -122,14 +122,7 @@ class DeltaRsEngine:
         existed = self.exists(path)
         if existed:
             dt = self.open(path)
-            table_partition_by = list(dt.metadata().partition_columns)
-            if partition_by is not None and list(partition_by) != table_partition_by:
-                raise LayoutMismatchError(
-                    f"{path} is partitioned by {table_partition_by or 'nothing'}, but its layout now asks for "
-                    f"{list(partition_by) or 'nothing'}: a layout is fixed when a table is "
-                    f"created: rebuild it (delete the dataset's lakehouse folder and run the nightly again, which "
-                    f"re-ingests the landing files) or set the old layout back (`lakehouse.partition_by`)")
-            partition_by = table_partition_by
+            partition_by = check_layout(path, dt.metadata().partition_columns, partition_by)
         else:
             partition_by = list(partition_by or [])
         df = with_derived_columns(df, partition_by)

@@ -2,8 +2,9 @@
 the choice between it and the embedded delta-rs engine (`lakehouse.engine`)."""
 from __future__ import annotations
 
-from pipelines.storage.delta_rs import DeltaRsEngine, merge_condition, with_derived_columns
-from pipelines.storage.errors import LayoutMismatchError
+from pipelines.storage.delta_rs import DeltaRsEngine, merge_condition
+from pipelines.storage.layout import check_layout
+from pipelines.storage.replace import with_derived_columns
 from pipelines.storage.spark import session_conf
 
 
@@ -28,12 +29,7 @@ class JvmDeltaEngine:
         """`Table.write` through Delta's writer: `partitions` becomes `replaceWhere`, which Delta
         applies to partition and data columns alike (a day of a table partitioned by month)."""
         if DeltaRsEngine.exists(path):
-            existing = list(DeltaRsEngine.open(path).metadata().partition_columns)
-            if partition_by is not None and list(partition_by) != existing:
-                raise LayoutMismatchError(f"{path} is partitioned by {existing or 'nothing'}, but its layout now asks "
-                                          f"for {list(partition_by) or 'nothing'}: a layout is fixed when a table is "
-                                          f"created: rebuild it or set the old layout back (`lakehouse.partition_by`)")
-            partition_by = existing
+            partition_by = check_layout(path, DeltaRsEngine.open(path).metadata().partition_columns, partition_by)
         df = with_derived_columns(df, list(partition_by or []))
         if order_by:
             df = df.sortWithinPartitions(*order_by)

@@ -65,6 +65,20 @@ def derive_value(column: str, value) -> str | None:
     raise ValueError(f"{column!r} is not a derived partition column")
 
 
+def check_layout(path: str, table_partition_by: list[str], asked: list[str] | None) -> list[str]:
+    """The partition columns a write to the existing table at `path` uses: the table's own, unless
+    the writer `asked` for others (its declared layout), which is a LayoutMismatchError."""
+    from pipelines.storage.errors import LayoutMismatchError
+
+    if asked is not None and list(asked) != list(table_partition_by):
+        raise LayoutMismatchError(
+            f"{path} is partitioned by {list(table_partition_by) or 'nothing'}, but its layout now asks for "
+            f"{list(asked) or 'nothing'}: a layout is fixed when a table is created: rebuild it (delete the "
+            f"dataset's lakehouse folder and run the nightly again, which re-ingests the landing files) or set "
+            f"the old layout back (`lakehouse.partition_by`)")
+    return list(table_partition_by)
+
+
 def hidden_columns(partition_by: list[str], columns: list[str]) -> list[str]:
     """The derived partition columns of a table whose source column is in `columns`: the ones a
     read leaves out."""
