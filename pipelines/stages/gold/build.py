@@ -86,10 +86,10 @@ def build_features(cfg, spark, dates: Sequence[date] | None = None, refit_spec: 
     spec_started = time.time()
     labelled, features_version = _labelled(lh)
     fitted_on = training_files(lh.table(FEATURES), splits["train"])
-    reason = "asked to refit" if refit_spec else _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"],
-                                                                columns, fitted_on)
+    reason, spec = (("asked to refit", None) if refit_spec else
+                    _refit_reason(lh.table(FEATURE_SPEC), labelled, splits["train"], columns, fitted_on))
     if reason:
-        spec = fit_feature_spec(labelled, splits["train"], columns, fitted_on)
+        spec = spec if spec is not None else fit_feature_spec(labelled, splits["train"], columns, fitted_on)
         lh.table(FEATURE_SPEC).write(spec, mode="overwrite", schema_mode="overwrite",
                                    description=f"feature spec fitted on {_window_text(splits['train'])}: {reason}")
     spec_version = lh.table(FEATURE_SPEC).version()
@@ -221,33 +221,55 @@ def training_files(features_table, train_window: tuple[date, date]) -> str:
     return f"{FEATURES} v{features_table.version()} files {digest.hexdigest()[:16]}"
 
 
-def _refit_reason(spec_table, labelled, train_window, columns, fitted_on: str) -> str | None:
-    """Why the stored spec no longer holds, or None when it does."""
+def _refit_reason(spec_table, labelled, train_window, columns, fitted_on: str):
+    """(why the stored spec no longer holds, the spec fitted to find out or None); the reason is
+    None when the stored spec holds."""
     from pyspark.sql import functions as F
 
     if not spec_table.exists():
-        return "no spec yet"
+        return "no spec yet", None
     stored = spec_rows(spec_table.read())
     if not stored:
-        return "the stored spec is empty"
+        return "the stored spec is empty", None
     start, end = train_window
     if (stored[0]["train_start"], stored[0]["train_end"]) != (start, end):
         return (f"training window changed from {_window_text((stored[0]['train_start'], stored[0]['train_end']))} "
-                f"to {_window_text(train_window)}")
+                f"to {_window_text(train_window)}"), None
     if _declared(columns) != {(r.get("source"), r.get("transform"), r.get("fill_with")) for r in stored}:
-        return "the model columns or their missing-value policies changed"
-    # The training window's rows were rebuilt (their values may differ even where the counts do not).
+        return "the model columns or their missing-value policies changed", None
     before = stored[0].get("fitted_on")
     if before is None:
-        return "the stored spec does not record the files it was fitted on"
+        return "the stored spec does not record the files it was fitted on", None
     if before.split(" files ")[-1] != fitted_on.split(" files ")[-1]:
+        # The training window's files were rewritten: a rebuilt day, or another day of its month
+        # (a month is one partition). Their values may differ where the counts do not, so the spec
+        # is fitted again (one aggregation) and kept only if it differs from the stored one.
+        spec = fit_feature_spec(labelled, train_window, columns, fitted_on)
+        if _same_statistics(stored, spec_rows(spec)):
+            log.info(f"[features] {FEATURE_SPEC}: the training window's files were rewritten "
+                     f"({before.split(' files ')[0]} -> {fitted_on.split(' files ')[0]}) with the same statistics")
+            return None, None
         return (f"the training window's rows changed: fitted on {before.split(' files ')[0]}, "
-                f"rewritten by {fitted_on.split(' files ')[0]}")
+                f"rewritten by {fitted_on.split(' files ')[0]}"), spec
     # A spec fitted while the training window was still filling would otherwise stay frozen.
     rows = labelled.filter(F.col("date").between(F.lit(start), F.lit(end))).count()
     if rows != stored[0]["train_rows"]:
-        return f"training rows changed from {stored[0]['train_rows']:,} to {rows:,}"
-    return None
+        return f"training rows changed from {stored[0]['train_rows']:,} to {rows:,}", None
+    return None, None
+
+
+def _same_statistics(stored: list[dict], fitted: list[dict]) -> bool:
+    """Whether two specs encode every column alike (means and deviations up to summation order)."""
+    import math
+
+    def close(a, b):
+        return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+
+    if [r["name"] for r in stored] != [r["name"] for r in fitted] or stored[0]["train_rows"] != fitted[0]["train_rows"]:
+        return False
+    return all(list(a["vocabulary"] or []) == list(b["vocabulary"] or []) and a["vocab_size"] == b["vocab_size"]
+               and close(a["mean"], b["mean"]) and close(a["std"], b["std"]) and close(a["fill"], b["fill"])
+               for a, b in zip(stored, fitted))
 
 
 def _declared(columns: Sequence[ModelColumn]) -> set[tuple]:
