@@ -13,6 +13,7 @@ from typing import Any
 
 from pipelines.config import ConfigError
 from pipelines.datasets.timing import EventTime, TimePoint
+from pipelines.ml.decision import DecisionRule
 
 FORMATS = ("csv", "jsonl", "parquet")
 # Declared column types and the Spark SQL type each one becomes.
@@ -255,6 +256,9 @@ class Dataset:
     # The slices the evaluation measures each model on (`evaluation: {slices: {name: expr}}`): a
     # name → Spark SQL over gold.features' columns, whose value names the slice a row is in.
     slices: dict[str, str] = field(default_factory=dict)
+    # How a classification model's scores become decisions (`evaluation.decision`): the
+    # calibration and the threshold objective, fitted on the validation window (pipelines.ml.decision).
+    decision: DecisionRule = field(default_factory=DecisionRule)
 
     @property
     def key(self) -> str:

@@ -24,6 +24,7 @@ from pipelines.config.loader import dataset_path
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
 from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
+from pipelines.ml.decision import DecisionRule
 from pipelines.storage.layout import LAYOUTS, MONTH_COLUMN
 
 # --------------------------------------------------------------------------------------------
@@ -128,17 +129,31 @@ class _Parser:
         features = data.get("features") or {}
         if not isinstance(features, dict):
             self.fail("features", f"must be a mapping, got {type(features).__name__}")
-        slices = self.mapping(self.mapping(data.get("evaluation") or {}, "evaluation", {"slices"}).get("slices") or {},
-                              "evaluation.slices", set((data.get("evaluation") or {}).get("slices") or {}))
+        evaluation = self.mapping(data.get("evaluation") or {}, "evaluation", {"slices", "decision"})
+        slices = self.mapping(evaluation.get("slices") or {}, "evaluation.slices", set(evaluation.get("slices") or {}))
         ds = Dataset(name=name, description=str(data.get("description", "")).strip(), sources=sources,
                      file=self.file, seed_package=seed.get("package"), seed_folder=seed.get("folder", "data"),
                      seed_archive=seed.get("archive"), **prediction,
                      splits=self.splits(data.get("splits")),
                      default_run_date=self.day(data["default_run_date"], "default_run_date")
                      if "default_run_date" in data else None,
-                     features=features, slices={str(k): self.string(v, f"evaluation.slices.{k}") for k, v in slices.items()})
+                     features=features, slices={str(k): self.string(v, f"evaluation.slices.{k}") for k, v in slices.items()},
+                     decision=self.decision(evaluation.get("decision")))
         ds.clean_order()
         return ds
+
+    def decision(self, value: Any) -> DecisionRule:
+        """`evaluation.decision: {objective, at, false_positive, false_negative, calibration}`."""
+        if value is None:
+            return DecisionRule()
+        value = self.mapping(value, "evaluation.decision",
+                             {"objective", "at", "false_positive", "false_negative", "calibration"})
+        numbers = {k: self.number(value[k], f"evaluation.decision.{k}")
+                   for k in ("at", "false_positive", "false_negative") if k in value}
+        try:
+            return DecisionRule(**{k: value[k] for k in ("objective", "calibration") if k in value}, **numbers)
+        except ValueError as exc:
+            self.fail("evaluation.decision", str(exc))
 
     def prediction(self, value: Any, sources: dict[str, Source]) -> dict:
         """The Dataset fields of `prediction: {source, time, target, label}` ({} when not declared)."""
