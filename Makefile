@@ -24,12 +24,12 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m bench.run_all
 
-# ×1, ×10 and ×100 of January 2013 (2.7 million flights at ×100), scale and peer in one run (README, Benchmarks).
+# ×1, ×10 and ×100 of January 2013 (2.7 million flights at ×100), scale and peer in one run (docs/benchmarks.md).
 bench-x100: setup
 	$(BIN)/python -m bench.run_all --only scale,peer --factors 1,10,100 --window 2013-01-01,2013-01-31
 
 # The synthetic daily feed: 5,000 days of one row a day in two sources, ingest + clean + features
-# against the pandas peer, and the files of every table against its months (README, Benchmarks).
+# against the pandas peer, and the files of every table against its months (docs/benchmarks.md).
 bench-daily: setup
 	$(BIN)/python -m bench.daily_feed --days 5000
 

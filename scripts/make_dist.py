@@ -47,7 +47,7 @@ def submit_command(archive: Path, job: str = "jobs/nightly.py", env: str = "clus
         '  spark-submit --master "$SPARK_MASTER" \\',
         f"  --py-files {shlex.quote(str(archive.resolve()))} \\",
         f"  {job} --env {env}",
-        f"# with the JVM Delta engine and GPUs: --env cluster and --packages {DELTA_PACKAGE} (README)",
+        f"# with the JVM Delta engine and GPUs: --env cluster and --packages {DELTA_PACKAGE} (docs/cluster.md)",
     ]
     return "\n".join(lines)
 

@@ -87,12 +87,13 @@ def test_the_dag_imports_in_airflow_with_its_task_graph(dag):
 
 
 def test_the_dag_and_the_cron_line_pass_the_same_date_as_nightly_date(dag):
-    """The run of 2013-12-31 02:30 is for the day that just ended, as the README's cron line
+    """The run of 2013-12-31 02:30 is for the day that just ended, as the cron line of docs/cluster.md
     (`date -d yesterday`) and `lakehouse-dl nightly --date` mean it."""
     nightly = dag["dags"]["lakehouse_dl_nightly"]
     ran_on = date(2013, 12, 31)
     assert nightly["interval_start"] == (ran_on - timedelta(days=1)).isoformat()
     assert nightly["nightly"].endswith("jobs/nightly.py --env cluster --log-format json --date 2013-12-30")
     assert "spark-submit --master spark://m:7077" in nightly["nightly"]
-    cron = next(line for line in (PROJECT / "README.md").read_text().splitlines() if line.startswith("30 2 * * *"))
+    cron = next(line for line in (PROJECT / "docs" / "cluster.md").read_text().splitlines()
+                if line.startswith("30 2 * * *"))
     assert "nightly --date $(date -d yesterday +\\%F)" in cron

@@ -503,12 +503,11 @@ def test_notebooks_run_on_the_slice(nightly_lakehouse, notebook):
     assert images >= 1, f"{notebook} drew no plot"
 
 
-def readme_cluster_commands() -> list[str]:
-    """The commands of the first bash block of the README's "Running on a cluster" section, with
+def documented_cluster_commands() -> list[str]:
+    """The commands of the first bash block of docs/cluster.md ("Running on a cluster"), with
     backslash continuations joined."""
-    text = (PROJECT / "README.md").read_text()
-    section = text[text.index("## Running on a cluster"):]
-    block = section[section.index("```bash\n") + len("```bash\n"):]
+    text = (PROJECT / "docs" / "cluster.md").read_text()
+    block = text[text.index("```bash\n") + len("```bash\n"):]
     block = block[:block.index("```")]
     return [line.strip() for line in block.replace("\\\n", " ").splitlines()
             if line.strip() and not line.strip().startswith("#")]
@@ -530,9 +529,9 @@ def executor_pid(workdir: Path) -> int | None:
 
 
 @pytest.mark.cluster
-def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster_and_resume_after_an_executor_dies(
+def test_the_documented_cluster_commands_train_with_horovod_on_a_standalone_cluster_and_resume_after_an_executor_dies(
         nightly_lakehouse, tmp_path, standalone_cluster, spark):
-    """The README's cluster commands, as written, with the placeholders filled: the nightly for the next
+    """The cluster commands of docs/cluster.md, as written, with the placeholders filled: the nightly for the next
     day, retraining, submitted to a real standalone cluster of two one-core workers. The executor of
     one Horovod rank is killed (SIGKILL) after the first epoch's checkpoint: the submit fails naming
     the lost executor and registers nothing. The same submit again resumes from the checkpoint:
@@ -549,7 +548,7 @@ def test_the_readme_cluster_commands_train_with_horovod_on_a_standalone_cluster_
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
     root = Path(cfg.lakehouse.root).parent     # the lakehouse; the dataset's tables are in root/nycflights13
-    commands = readme_cluster_commands()
+    commands = documented_cluster_commands()
     assert [c.split()[0] for c in commands] == ["make", "export", "spark-submit"], commands
     next_day = "2013-03-21"
     placeholders = {"/shared/lakehouse": str(root), "spark://master:7077": standalone_cluster.master_url,
