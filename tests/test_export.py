@@ -5,6 +5,8 @@ from datetime import date
 import numpy as np
 import pytest
 
+from pipelines.ml.decision import Decision
+
 SPEC = [
     {"position": 1, "name": "num_distance", "kind": "numeric", "transform": "standardize", "source": "distance",
      "vocabulary": [], "vocab_size": 0, "mean": 1000.0, "std": 400.0, "fill_with": "median", "fill": 900.0},
@@ -53,9 +55,14 @@ def exported(spark, tmp_path_factory):
         if layer.name.endswith("_embedding") or layer.name.endswith("_wide"):
             layer.set_weights([np.random.default_rng(1).normal(size=w.shape) for w in layer.get_weights()])
     features = spark.createDataFrame(raw_rows(400), FEATURES_SCHEMA)
-    path = export_saved_model(model, SPEC, source_types(features.schema), str(folder / "saved_model"))
+    path = export_saved_model(model, SPEC, source_types(features.schema), str(folder / "saved_model"), DECISION)
     model.save(str(folder / "model.keras"))   # beside it, as training leaves it
     return model, features, path
+
+
+# A Platt calibration that moves every score: what the train stage fits on the validation window.
+DECISION = Decision(threshold=0.45, calibration="platt", params={"a": 2.0, "b": 0.3}, objective="f1",
+                    chosen_on="validation")
 
 
 def test_the_saved_model_scores_raw_rows_like_spark_encoding_and_the_keras_model(spark, exported):
@@ -73,9 +80,15 @@ def test_the_saved_model_scores_raw_rows_like_spark_encoding_and_the_keras_model
 
     served = tf.saved_model.load(path).signatures["serving_default"]
     raw = features.toPandas().sort_values("flight_id")   # nullable ints arrive as float64 with NaN
-    scores = served(**raw_inputs(raw, served))["score"].numpy()
+    out = served(**raw_inputs(raw, served))
+    raw_scores, scores = out["raw_score"].numpy(), out["score"].numpy()
     assert scores.shape == (400,)
-    np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(raw_scores, expected, rtol=1e-6, atol=1e-6)
+    # The decision inside: the calibrated score and the label, as Spark scoring gives them.
+    np.testing.assert_allclose(scores, DECISION.calibrate(expected), rtol=1e-5, atol=1e-6)
+    labels = out["predicted_label"].numpy()
+    near = np.abs(DECISION.calibrate(expected) - DECISION.threshold) < 1e-5
+    assert (labels[~near] == DECISION.labels(DECISION.calibrate(expected))[~near]).all() and 0 < labels.sum() < 400
     # The rows really exercise what the spec does: every index of each vocabulary, unseen and null values.
     assert set(encoded["cat_hour"]) == {0, 1, 2, 3, 4} and set(encoded["cat_carrier"]) == {0, 1, 2, 3}
     assert set(encoded["cat_known"]) == {0, 1, 2} and encoded["num_distance_missing"].sum() > 0

@@ -122,6 +122,11 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     days = {r["date"] for r in preds.select("date").distinct().collect()}
     assert date(2013, 3, 21) in days  # tomorrow's flights were scored
     assert preds.filter("score < 0 OR score > 1").count() == 0
+    # Predictions carry the served model's decision: the threshold recorded with it in the registry.
+    decision = registry.decision_of(model)
+    assert decision.calibration == "platt" and decision.objective == "f1"
+    served = preds.filter(f"model_version = '{model.model_version}'").toPandas()
+    assert ((served["score"] >= decision.threshold).astype(int) == served["predicted_label"]).all()
     check_the_review(lh, model.model_version, metrics)
     page = Path(record.report)
     assert page.exists() and len(list(page.parent.glob("*.png"))) >= 8
@@ -136,14 +141,24 @@ def check_the_review(lh, model_version, metrics):
         return lh.table(name).read().filter(f"model_version = '{model_version}'").toPandas()
 
     confusion = read("results.confusion")
-    assert set(zip(confusion["model"], confusion["rule"])) == {(m, r) for m in ("dnn", "logreg") for r in ("f1", "fixed")}
+    assert set(zip(confusion["model"], confusion["rule"])) == {
+        (m, r) for m in ("dnn", "logreg") for r in ("decision", "f1", "fixed")}
+    chosen_on = {"fixed": "configuration", "f1": "validation", "decision": "f1"}   # the dataset's objective
     for r in confusion.to_dict("records"):
         assert r["tp"] + r["fp"] + r["fn"] + r["tn"] == r["rows"] == test_rows[r["model"]]
-        assert 0 < r["threshold"] < 1 and r["chosen_on"] == ("configuration" if r["rule"] == "fixed" else "validation")
+        assert 0 < r["threshold"] < 1 and r["chosen_on"] == chosen_on[r["rule"]]
     assert (confusion[confusion["rule"] == "fixed"]["threshold"] == 0.5).all()
+    # The decision's threshold is the one the model's metrics and its predicted_label use: it
+    # calls some test rows late (a fixed 0.5 on the network's raw scores called none).
+    decided = confusion[confusion["rule"] == "decision"].set_index("model")
+    at = metrics[(metrics["split"] == "test") & (metrics["model_version"] == model_version)].set_index("model")
+    for model in ("dnn", "logreg"):
+        assert decided.loc[model, "threshold"] == pytest.approx(at.loc[model, "threshold"])
+        assert decided.loc[model, "tp"] + decided.loc[model, "fp"] > 0 and at.loc[model, "f1"] > 0
     calibration = read("results.calibration")
     for model, c in calibration.groupby("model"):
         assert c["rows"].sum() == test_rows[model] and c["brier"].nunique() == 1 and 0 < c["brier"].iloc[0] < 0.3
+        assert c["ece"].nunique() == 1 and 0 <= c["ece"].iloc[0] < 0.2
     assert set(calibration["model"]) == {"dnn", "logreg"}
     slices = read("results.slices")
     assert set(slices["slice"]) == {"origin", "carrier", "hour_band"}   # nycflights13.yaml's evaluation.slices

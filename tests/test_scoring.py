@@ -27,7 +27,7 @@ def test_scores_match_the_driver_model(spark, saved_model):
     rng = np.random.default_rng(1)
     rows = [(int(i), 20131201, float(rng.normal()), int(rng.integers(0, 5))) for i in range(300)]
     df = spark.createDataFrame(rows, "flight_id long, day int, num_distance float, cat_carrier int").repartition(3)
-    scored = score(df, path, threshold=0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")
+    scored = score(df, path, 0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")
     assert len(scored) == 300 and scored["flight_id"].is_unique
     frame = df.toPandas().sort_values("flight_id")
     expected = model.predict(model_inputs(frame, spec_of_model(model)), verbose=0).reshape(-1)
@@ -76,7 +76,7 @@ def test_training_and_scoring_feed_the_model_the_same_tensors(spark, tmp_path):
         np.testing.assert_array_equal(trained[name], scored_inputs[name])
 
     expected = model.predict(trained, verbose=0).reshape(-1)
-    scores = score(rows, path, threshold=0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")["score"].to_numpy()
+    scores = score(rows, path, 0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")["score"].to_numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
     # One rule for categories the model does not know: negative or beyond its vocabulary → 0.
@@ -107,7 +107,7 @@ def test_a_sequence_model_scores_its_array_columns_in_spark_tasks_as_on_the_driv
             for i in range(200)]
     df = spark.createDataFrame(rows, "flight_id long, day int, num_distance float, cat_carrier int, "
                                      "seq_route_late_rate array<float>").repartition(2)
-    scored = score(df, path, threshold=0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")
+    scored = score(df, path, 0.5, key_columns=("flight_id", "day")).toPandas().sort_values("flight_id")
     frame = df.toPandas().sort_values("flight_id")
     expected = model.predict(model_inputs(frame, spec_of_model(model)), verbose=0).reshape(-1)
     np.testing.assert_allclose(scored["score"].to_numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -131,18 +131,21 @@ def stage_score(ctx: NightlyContext) -> int:
         log.warning(f"[nightly] score: no network is blessed yet (the latest candidate, {model.model_version}, "
                     f"was {model.status}: {model.reason}); the {baseline} baseline fitted beside it scores")
     days = ctx.scoring_days()
-    scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, ctx.cfg.training.threshold, baseline)
+    decision = registry.decision_of(model, baseline or "dnn")
+    scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, decision, baseline)
     version = registry.baseline_version(model.model_version, baseline) if baseline else model.model_version
     rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, version, ctx.run_id, versions)
     log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
              f"{version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
+             f"{decision.describe()}, "
              f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")
     return rows
 
 
 def stage_evaluate(ctx: NightlyContext) -> int:
     """Live metrics of each day whose outcomes have arrived since it was scored, once per day."""
-    rows = results.live_metrics(ctx.lakehouse, dataset_for(ctx.cfg).key, ctx.run_date, ctx.cfg.training.threshold)
+    rows = results.live_metrics(ctx.lakehouse, dataset_for(ctx.cfg).key, ctx.run_date,
+                                registry.served_thresholds(ctx.lakehouse), ctx.cfg.training.threshold)
     for m in rows:
         log.info(f"[nightly] evaluate: {m['date']} scored by {m['model_version']}, {m['rows']:,} rows "
                  f"with outcomes: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")

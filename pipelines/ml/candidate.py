@@ -22,6 +22,8 @@ from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
 from pipelines.ml import backtest, registry, results, tracking, tuning
 from pipelines.ml.baselines import baseline_scores, fit_baselines, model_input_frames
+from pipelines.ml.decision import (DECISION_BINS, Decision, DecisionRule, decisions_json,
+                                   expected_calibration_error, fit_decision)
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
 from pipelines.ml.export import export_beside
 from pipelines.ml.inputs import model_inputs, spec_of_model
@@ -49,9 +51,10 @@ def model_version_for(cfg, run_date: date) -> str:
     return f"{run_date:%Y%m%d}-{config_hash(cfg)[:8]}"
 
 
-def dnn_scores(df, model_path: str, threshold: float, key: str):
-    """`df` (model-input rows) scored by the saved model: `key`, label, score, predicted_label."""
-    return score(df, model_path, threshold=threshold, key_columns=(key, "label"))
+def dnn_scores(df, model_path: str, decision: Decision | float, key: str):
+    """`df` (model-input rows) scored by the saved model and `decision` (a bare number: the raw
+    score at that threshold): `key`, label, score, predicted_label."""
+    return score(df, model_path, decision, key_columns=(key, "label"))
 
 
 def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
@@ -80,27 +83,38 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     baselines, reused = nightly_baselines(cfg, spark, lakehouse, version, frames, kinds, tuned, result.model_dir, earlier)
     laps("baselines", note=f"{', '.join(reused)} reused" if reused else "")
 
-    key = dataset_for(cfg).key
+    dataset = dataset_for(cfg)
+    key = dataset.key
+    # Raw scores (the network's output, the baselines' probability): each model's decision is
+    # fitted on its validation scores, then applied to every split.
     scorers = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, key)}
     for kind, fitted in baselines.items():
         scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted, key)
+    present = {split: frames[split].limit(1).count() > 0 for split in SPLITS}
+    raw_validation = {name: scorer(frames["validation"]).cache() for name, scorer in scorers.items()
+                      if present["validation"]}
+    decisions = fit_decisions(raw_validation, dataset.decision, threshold,
+                              chosen_on=f"the validation split of {MODEL_INPUT} v{version}")
+    laps("decisions")
 
     metrics, roc, kept = [], {}, {}
     for split in SPLITS:
-        if frames[split].limit(1).count() == 0:
+        if not present[split]:
             log.info(f"[train] no {split} rows in {MODEL_INPUT} v{version}: no {split} metrics")
             continue
         for name, scorer in scorers.items():
-            scored = scorer(frames[split]).cache()
+            raw = raw_validation[name] if split == "validation" else scorer(frames[split])
+            scored = decisions[name].apply(raw).cache()
             if split != "train":
                 kept[(name, split)] = scored   # the review reads them; unpersisted after it
-            m = binary_metrics(scored, threshold=threshold)
+            m = binary_metrics(scored, threshold=decisions[name].threshold)
             metrics.append({"model_version": result.model_version, "model": name, "split": split, **m.as_dict()})
             if split == "test":
                 hist = score_histogram(scored)
                 fpr, tpr = roc_points(hist)
-                mean_score, observed, _ = calibration(hist)
-                roc[name] = {"fpr": fpr, "tpr": tpr, "auc": m.auc,
+                mean_score, observed, rows = calibration(hist)
+                roc[name] = {"fpr": fpr, "tpr": tpr, "auc": m.auc, "threshold": decisions[name].threshold,
+                             "ece": expected_calibration_error(mean_score, observed, rows),
                              "calibration": {"mean_score": mean_score.tolist(), "observed": observed.tolist()}}
             if split == "train":
                 scored.unpersist()
@@ -118,9 +132,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     shuffled = {"dnn": lambda df: dnn_scores(df, result.model_path, threshold, "_group")}
     if "gbt" in baselines:
         shuffled["gbt"] = lambda df: baseline_scores(df, baselines["gbt"]["model"], "_group")
-    write_review(cfg, lakehouse, run_id, result.model_version, kept, shuffled, frames["validation"])
+    write_review(cfg, lakehouse, run_id, result.model_version, kept, shuffled, frames["validation"], decisions)
     laps("review")
-    for scored in kept.values():
+    for scored in [*kept.values(), *raw_validation.values()]:
         scored.unpersist()
     with open(os.path.join(result.model_dir, ROC_FILE), "w") as fh:
         json.dump(roc, fh)
@@ -138,6 +152,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
     summary = {f"{split}_{m['model']}_auc": m["auc"] for split in (*SPLITS, backtest.MEAN, backtest.SPREAD)
                for m in metrics if m["split"] == split}
+    summary.update({f"test_{m['model']}_f1": m["f1"] for m in metrics if m["split"] == "test"})
+    summary.update({f"{name}_threshold": d.threshold for name, d in decisions.items()})
+    summary.update({f"test_{name}_ece": r["ece"] for name, r in roc.items()})
     entry = registry.ModelEntry(
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
         path=result.model_path, training_table=MODEL_INPUT, training_version=version,
@@ -146,12 +163,12 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                             "gbt_validation_auc": auc("gbt"), "best_epoch": result.best_epoch,
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
-        status=status, reason=reason, **dependencies(cfg, lakehouse, result))
+        status=status, reason=reason, decisions=decisions_json(decisions), **dependencies(cfg, lakehouse, result))
     # Every registered model can be served without Spark: the spec it was trained with inside the graph.
     saved_model = None
     if lakehouse.table(FEATURES).exists():
         saved_model = export_beside(lakehouse, result.model_path, entry.feature_spec_version,
-                                    owner=f"model {result.model_version}")
+                                    owner=f"model {result.model_version}", decision=decisions["dnn"])
     else:
         # A model trained from a model_input written without the features stage (a test fixture).
         log.warning(f"[train] no {FEATURES} table to read the raw column types from: no SavedModel for "
@@ -169,6 +186,16 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def fit_decisions(raw_validation: dict, rule: DecisionRule, threshold: float, chosen_on: str) -> dict[str, Decision]:
+    """{model: its decision}, fitted on its raw validation scores (`raw_validation[model]`) by the
+    dataset's `rule`; without validation rows, the raw score at the configured `threshold`."""
+    decisions = {}
+    for name, raw in raw_validation.items():
+        decisions[name] = fit_decision(score_histogram(raw, bins=DECISION_BINS), rule, chosen_on=chosen_on)
+        log.info(f"[train] {name} decision: {decisions[name].describe()}")
+    return decisions if decisions else {name: Decision.fixed(threshold) for name in ("dnn", *BASELINE_NAMES)}
 
 
 def nightly_baselines(cfg, spark, lakehouse, version: int, frames: dict, kinds: list[str], params: dict | None,

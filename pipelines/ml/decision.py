@@ -133,6 +133,11 @@ class Decision:
                    chosen_on=data.get("chosen_on", "configuration"))
 
 
+def as_decision(decision: "Decision | float") -> "Decision":
+    """A Decision as given, or a fixed threshold on the raw score for a bare number."""
+    return decision if isinstance(decision, Decision) else Decision.fixed(float(decision))
+
+
 def decisions_json(decisions: dict[str, Decision]) -> str:
     """{model: decision} as the registry stores it."""
     return json.dumps({k: d.to_dict() for k, d in decisions.items()}, sort_keys=True)

@@ -62,11 +62,28 @@ def _inputs_of(spec: Sequence[Mapping], types: Mapping[str, str]) -> dict[str, t
     return inputs
 
 
-def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str]):
-    """A `tf.Module` holding `model` whose `serve` function maps raw source columns to scores."""
+def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], decision=None):
+    """A `tf.Module` holding `model` whose `serve` function maps raw source columns to `score` (the
+    calibrated probability of the model's `decision`, `pipelines.ml.decision`), `predicted_label`
+    (score >= the decision's threshold) and `raw_score` (the network's own output)."""
     import tensorflow as tf
 
+    from pipelines.ml.decision import as_decision
+
     inputs = _inputs_of(spec, types)
+    decision = as_decision(decision if decision is not None else 0.5)
+
+    def calibrated(raw):
+        p = tf.cast(raw, tf.float64)
+        if decision.calibration == "platt":
+            p = tf.clip_by_value(p, 1e-7, 1 - 1e-7)
+            return tf.sigmoid(decision.params["a"] * (tf.math.log(p) - tf.math.log1p(-p)) + decision.params["b"])
+        if decision.calibration == "isotonic":
+            starts = tf.constant(decision.params["starts"], tf.float64)
+            values = tf.constant(decision.params["values"], tf.float64)
+            index = tf.clip_by_value(tf.searchsorted(starts, p, side="right") - 1, 0, len(decision.params["values"]) - 1)
+            return tf.gather(values, index)
+        return p
 
     class FeaturesModel(tf.Module):
         def __init__(self):
@@ -112,17 +129,20 @@ def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str]):
                     raise ExportError(f"spec column {row['name']}: unknown transform {row['transform']!r}")
                 encoded[row["name"]] = tf.reshape(value, [-1, 1])
             wanted = {t.name.split(":")[0] for t in self.model.inputs}
-            score = self.model({k: v for k, v in encoded.items() if k in wanted}, training=False)
-            return {"score": tf.reshape(tf.cast(score, tf.float32), [-1])}
+            raw_score = tf.reshape(self.model({k: v for k, v in encoded.items() if k in wanted}, training=False), [-1])
+            score = calibrated(raw_score)
+            return {"score": tf.cast(score, tf.float32), "raw_score": tf.cast(raw_score, tf.float32),
+                    "predicted_label": tf.cast(score >= decision.threshold, tf.int32)}
 
     return FeaturesModel()
 
 
-def export_saved_model(model, spec: Sequence[Mapping], types: Mapping[str, str], path: str) -> str:
-    """Write `model` with the spec inside as a SavedModel at `path` (its `saved_model.pb` and variables)."""
+def export_saved_model(model, spec: Sequence[Mapping], types: Mapping[str, str], path: str, decision=None) -> str:
+    """Write `model` with the spec and its `decision` inside as a SavedModel at `path` (its
+    `saved_model.pb` and variables)."""
     import tensorflow as tf
 
-    module = serving_module(model, spec, types)
+    module = serving_module(model, spec, types, decision)
     tf.saved_model.save(module, path, signatures={SIGNATURE: module.serve})
     log.info(f"[export] SavedModel with the feature spec inside: {path}")
     return path
@@ -150,9 +170,9 @@ def _spark_string(value) -> str:
     return str(value)
 
 
-def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "the model") -> str:
+def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "the model", decision=None) -> str:
     """The SavedModel of the Keras model at `model_path` with `gold.feature_spec` v`spec_version`
-    inside, written beside it (`<model dir>/saved_model/`); returns its folder."""
+    and its `decision` inside, written beside it (`<model dir>/saved_model/`); returns its folder."""
     import os
 
     from pipelines.catalog import FEATURES
@@ -162,4 +182,4 @@ def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "t
     spec = spec_rows(spec_at(lakehouse, spec_version, owner))
     types = source_types(lakehouse.table(FEATURES).read().schema)
     return export_saved_model(load_model(model_path), spec, types,
-                              os.path.join(os.path.dirname(model_path), SAVED_MODEL_DIR))
+                              os.path.join(os.path.dirname(model_path), SAVED_MODEL_DIR), decision)

@@ -22,12 +22,14 @@ from importlib import metadata
 
 from pipelines import __version__
 from pipelines.catalog import FEATURE_SPEC, MODELS
+from pipelines.ml.decision import Decision, decisions_from_json
 from pipelines.config import PROJECT_ROOT
 from pipelines.storage import DELTA_RS_DISTRIBUTION
 
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
-          "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int, mlflow_run_id string, mlflow_model_version string")
+          "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int, mlflow_run_id string, mlflow_model_version string, "
+          "decisions string")
 
 # The libraries whose versions decide what training computes, by distribution name (the first
 # installed of each tuple: TensorFlow is `tensorflow-cpu` in the CPU lock, `tensorflow` with CUDA).
@@ -60,6 +62,9 @@ class ModelEntry:
     # Where MLflow shows it (`pipelines.ml.tracking`): its run and its version of the registered model.
     mlflow_run_id: str | None = None
     mlflow_model_version: str | None = None
+    # {model kind: decision} as JSON (`pipelines.ml.decision`): the calibration and threshold fitted
+    # on the validation window for the network ("dnn") and each baseline beside it.
+    decisions: str | None = None
 
     @property
     def metric(self) -> dict:
@@ -147,6 +152,28 @@ FALLBACK_BASELINE = "logreg"
 def baseline_version(model_version: str, kind: str) -> str:
     """The model version predictions name when the baseline `kind` fitted beside a candidate scored them."""
     return f"{model_version}/{kind}"
+
+
+def decision_of(entry: ModelEntry, kind: str = "dnn") -> Decision:
+    """The decision `kind` (the network, or a baseline fitted beside it) of `entry` is served
+    with; for an entry registered before decisions were fitted, the raw score at the
+    `training.threshold` it was trained with."""
+    fitted = decisions_from_json(entry.decisions)
+    if kind in fitted:
+        return fitted[kind]
+    config = json.loads(entry.config) if entry.config else {}
+    return Decision.fixed((config.get("training") or {}).get("threshold", 0.5))
+
+
+def served_thresholds(lakehouse) -> dict[str, float]:
+    """{model version as predictions name it: the threshold its predicted_label used}."""
+    out = {}
+    for entry in entries(lakehouse):
+        out[entry.model_version] = decision_of(entry).threshold
+        for kind in decisions_from_json(entry.decisions):
+            if kind != "dnn":
+                out[baseline_version(entry.model_version, kind)] = decision_of(entry, kind).threshold
+    return out
 
 
 def get(lakehouse, model_version: str) -> ModelEntry | None:

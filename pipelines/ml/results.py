@@ -88,10 +88,15 @@ def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
     return [r.asDict() for r in df.orderBy("split", "model").collect()]
 
 
-def live_metrics(lakehouse, key: str, through: date, threshold: float) -> list[dict]:
+def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float] | float,
+                 default_threshold: float = 0.5) -> list[dict]:
     """Metrics of the predictions of each date up to `through` whose outcomes have arrived (a
     `label` in `gold.features`, joined on the dataset's `key`), per date and model version, for the pairs that have no
-    live metrics yet: each date is measured once, when its outcomes are in."""
+    live metrics yet: each date is measured once, when its outcomes are in. Each model version's
+    rows are labelled at the threshold it scored them with (`thresholds`, by model version, as
+    `registry.served_thresholds` gives them; `default_threshold` for a version it lacks)."""
+    if not isinstance(thresholds, dict):
+        thresholds, default_threshold = {}, float(thresholds)
     from pyspark.sql import functions as F
 
     preds = lakehouse.table(PREDICTIONS)
@@ -110,6 +115,6 @@ def live_metrics(lakehouse, key: str, through: date, threshold: float) -> list[d
         if (day, model_version) in done:
             continue
         subset = scored.filter((F.col(PARTITION_COLUMN) == F.lit(day)) & (F.col("model_version") == model_version))
-        m = binary_metrics(subset, threshold=threshold)
+        m = binary_metrics(subset, threshold=thresholds.get(model_version, default_threshold))
         rows.append({"model_version": model_version, "model": "dnn", "date": day, **m.as_dict()})
     return rows

@@ -2,11 +2,14 @@
 with (the network and the MLlib baselines). Rows are keyed by model version: the train stage run
 again for a date replaces them.
 
-- `results.confusion`: the confusion matrix on the test split at the threshold chosen on the
-  validation split by `training.threshold_rule` (f1, youden), and at the configured
+- `results.confusion`: the confusion matrix on the test split at the model's decision threshold
+  (rule `decision`: what its predicted_label uses, `pipelines.ml.decision`), at the threshold
+  chosen on the validation split by `training.threshold_rule` (f1, youden), and at the configured
   `training.threshold` (rule `fixed`); the rule, where it was chosen and the value are columns.
-- `results.calibration`: the reliability curve on the test split (mean score against the observed
-  rate in ten score ranges) and the Brier score.
+  The scores are the calibrated ones.
+- `results.calibration`: the reliability curve of the calibrated scores on the test split (mean
+  score against the observed rate in ten score ranges), the Brier score and the expected
+  calibration error (`ece`).
 - `results.slices`: rows, positives, AUC, mean score and observed rate on the test split per value
   of each slice the dataset declares (`evaluation: {slices: ...}`, over `gold.features`).
 - `results.importance`: permutation importance on a seeded sample of the validation split
@@ -26,6 +29,7 @@ from typing import Callable
 
 from pipelines.catalog import CALIBRATION, CONFUSION, FEATURES, IMPORTANCE, SLICES
 from pipelines.datasets import dataset_for
+from pipelines.ml.decision import expected_calibration_error
 from pipelines.ml.evaluation import (auc_from_histogram, brier_score, calibration, choose_threshold, confusion,
                                      feature_groups, grouped_histogram, score_histogram)
 
@@ -42,7 +46,7 @@ _RUN = "run_id string, model_version string, model string, split string, "
 CONFUSION_SCHEMA = (_RUN + "rule string, chosen_on string, threshold double, rows long, tp long, fp long, "
                     "fn long, tn long, precision double, recall double, f1 double, created_at timestamp")
 CALIBRATION_SCHEMA = (_RUN + "bin int, mean_score double, observed double, rows long, brier double, "
-                      "created_at timestamp")
+                      "created_at timestamp, ece double")
 SLICES_SCHEMA = (_RUN + "slice string, value string, rows long, positives long, auc double, mean_score double, "
                  "observed double, created_at timestamp")
 IMPORTANCE_SCHEMA = (_RUN + "feature string, columns string, rows long, base_auc double, auc double, "
@@ -50,10 +54,12 @@ IMPORTANCE_SCHEMA = (_RUN + "feature string, columns string, rows long, base_auc
 
 
 def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, importance_scorers: dict[str, Callable],
-                 validation) -> dict[str, float]:
+                 validation, decisions: dict | None = None) -> dict[str, float]:
     """Write the four tables for `model_version`. `scored[(model, split)]`: the key, label and score
     of each model on the validation and test splits; `importance_scorers[model](df)`: `df` scored
-    (its `_group` column carried as the key); `validation`: the model-input rows of that split.
+    (its `_group` column carried as the key); `validation`: the model-input rows of that split;
+    `decisions[model]`: the decision its scores were calibrated with (`pipelines.ml.decision`),
+    whose threshold the confusion matrix also shows (rule `decision`).
 
     What each part reads: the confusion matrix, the calibration and the slices every row of the
     test split (they count rows, and a slice's rows must be all of them), each from the scores the
@@ -67,7 +73,8 @@ def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, 
     models = sorted({m for m, split in scored if split == "test" and (m, "validation") in scored})
     parts = {
         "confusion": (CONFUSION, CONFUSION_SCHEMA, lambda: [
-            r for m in models for r in confusion_rows(cfg, m, scored[(m, "validation")], scored[(m, "test")])]),
+            r for m in models for r in confusion_rows(cfg, m, scored[(m, "validation")], scored[(m, "test")],
+                                                      (decisions or {}).get(m))]),
         "calibration": (CALIBRATION, CALIBRATION_SCHEMA, lambda: [
             r for m in models for r in calibration_rows(m, scored[(m, "test")])]),
         "slices": (SLICES, SLICES_SCHEMA, lambda: slice_rows(cfg, lakehouse, {m: scored[(m, "test")] for m in models})),
@@ -85,30 +92,34 @@ def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, 
     return seconds
 
 
-def confusion_rows(cfg, model: str, validation, test) -> list[dict]:
-    """The test split's confusion matrix at the threshold `training.threshold_rule` chooses on the
-    validation split, and at the configured threshold."""
+def confusion_rows(cfg, model: str, validation, test, decision=None) -> list[dict]:
+    """The test split's confusion matrix at the model's `decision` threshold (the one its
+    predicted_label uses), at the threshold `training.threshold_rule` chooses on the validation
+    split, and at the configured threshold."""
     rule, fixed = cfg.training.threshold_rule, cfg.training.threshold
     hist = score_histogram(validation, bins=THRESHOLD_BINS)
     rows = []
-    for r in dict.fromkeys([rule, "fixed"]):
-        threshold = choose_threshold(hist, r, fixed, THRESHOLD_BINS)
+    for r in dict.fromkeys((["decision"] if decision is not None else []) + [rule, "fixed"]):
+        threshold = decision.threshold if r == "decision" else choose_threshold(hist, r, fixed, THRESHOLD_BINS)
         c = confusion(test, threshold)
         precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
         recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
         rows.append({"model": model, "split": "test", "rule": r,
-                     "chosen_on": "configuration" if r == "fixed" else "validation", "threshold": float(threshold),
+                     "chosen_on": {"fixed": "configuration", "decision": decision and decision.objective}.get(r, "validation"),
+                     "threshold": float(threshold),
                      "rows": sum(c.values()), **c, "precision": precision, "recall": recall,
                      "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0})
     return rows
 
 
 def calibration_rows(model: str, test) -> list[dict]:
-    """The reliability curve (ten score ranges, the empty ones left out) and the Brier score."""
+    """The reliability curve (ten score ranges, the empty ones left out), the Brier score and the
+    expected calibration error (the rows' mean |score - observed rate| over those ranges)."""
     mean_score, observed, n = calibration(score_histogram(test))
     brier = brier_score(test)
+    ece = expected_calibration_error(mean_score, observed, n)
     return [{"model": model, "split": "test", "bin": i, "mean_score": float(s), "observed": float(o), "rows": int(k),
-             "brier": brier} for i, (s, o, k) in enumerate(zip(mean_score, observed, n))]
+             "brier": brier, "ece": ece} for i, (s, o, k) in enumerate(zip(mean_score, observed, n))]
 
 
 def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:

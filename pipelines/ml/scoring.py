@@ -14,20 +14,24 @@ from datetime import date
 
 from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
 from pipelines.datasets import dataset_for
+from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
 from pipelines.stages.gold import build_serving_input
 
 
-def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...], batch_size: int = 4096):
-    """Score `df` (model-input rows) with the model at `model_path`.
+def score(df, model_path: str, decision: Decision | float, key_columns: tuple[str, ...], batch_size: int = 4096):
+    """Score `df` (model-input rows) with the model at `model_path` and its `decision` (the
+    calibration and threshold fitted with it, `pipelines.ml.decision`; a bare number is a fixed
+    threshold on the raw score).
 
     Returns a DataFrame of `key_columns` (columns of `df` carried along, the key and `day` say) +
-    `score` (float) + `predicted_label` (int).
+    `score` (float, calibrated) + `predicted_label` (int).
 
         >>> rows = lh.table("gold.serving_input").read().filter("day = 20131231")
-        >>> preds = score(rows, path, cfg.training.threshold, key_columns=(dataset.key, "day"))
+        >>> preds = score(rows, path, registry.decision_of(entry), key_columns=(dataset.key, "day"))
     """
+    decision = as_decision(decision)
     from pyspark.sql.types import DoubleType, IntegerType, StructField, StructType
 
     out_schema = StructType([df.schema[k] for k in key_columns] + [
@@ -49,24 +53,22 @@ def score(df, model_path: str, threshold: float, key_columns: tuple[str, ...], b
                 continue
             probs = model.predict(model_inputs(frame, spec), batch_size=batch_size, verbose=0).reshape(-1)
             out = frame[list(key_columns)].copy()
-            out["score"] = probs.astype("float64")
-            out["predicted_label"] = (probs >= threshold).astype("int32")
+            out["score"] = decision.calibrate(probs)
+            out["predicted_label"] = decision.labels(out["score"])
             yield out
 
     return df.mapInPandas(score_batches, out_schema)
 
 
-def score_with_baseline(df, path: str, threshold: float, key_columns: tuple[str, ...]):
+def score_with_baseline(df, path: str, decision: Decision | float, key_columns: tuple[str, ...]):
     """Score `df` (model-input rows) with the MLlib pipeline saved at `path` (a baseline fitted
-    beside a candidate on the same rows): the same columns as `score`."""
+    beside a candidate on the same rows) and its `decision`: the same columns as `score`."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
 
     probability = vector_to_array("probability")[1]
-    return (PipelineModel.load(path).transform(df)
-            .select(*key_columns, probability.alias("score"),
-                    (probability >= F.lit(threshold)).cast("int").alias("predicted_label")))
+    raw = PipelineModel.load(path).transform(df).select(*key_columns, probability.alias("score"))
+    return as_decision(decision).apply(raw)
 
 
 def baseline_path(model, kind: str) -> str:
@@ -74,11 +76,12 @@ def baseline_path(model, kind: str) -> str:
     return os.path.join(os.path.dirname(model.path), "baselines", kind)
 
 
-def score_days(cfg, lakehouse, model, days: list[date], threshold: float,
+def score_days(cfg, lakehouse, model, days: list[date], decision: Decision | float,
                baseline: str | None = None) -> tuple[object, dict]:
     """Every row of `gold.features` dated `days`, labelled or not, encoded with the feature
     spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored by
-    the model, or by the `baseline` fitted beside it when one is named.
+    the model, or by the `baseline` fitted beside it when one is named, with `decision` (that
+    model's, `registry.decision_of`).
 
     Returns (scores, versions): the lazy scores (key, day, score, predicted_label) and the
     versions they come from, `feature_spec_version` and `serving_input_version`.
@@ -90,8 +93,8 @@ def score_days(cfg, lakehouse, model, days: list[date], threshold: float,
     key = dataset_for(cfg).key
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
     if baseline:
-        scored = score_with_baseline(serving, baseline_path(model, baseline), threshold, key_columns=(key, "day"))
+        scored = score_with_baseline(serving, baseline_path(model, baseline), decision, key_columns=(key, "day"))
     else:
-        scored = score(serving, model.path, threshold=threshold, key_columns=(key, "day"))
+        scored = score(serving, model.path, decision, key_columns=(key, "day"))
     return scored, {"feature_spec_version": int(model.feature_spec_version), "serving_input_version": version,
                     "rows": rows}

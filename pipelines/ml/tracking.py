@@ -116,6 +116,9 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
                                            input_example=example, registered_model_name=name)
         if saved_model_dir:
             mlflow.log_artifacts(saved_model_dir, artifact_path="saved_model")
+        if entry.decisions:
+            # Each model's calibration and threshold (pipelines.ml.decision), as the registry keeps them.
+            mlflow.log_dict(json.loads(entry.decisions), "decisions.json")
         for path in extra_artifacts:
             mlflow.log_artifact(path)
         version = str(info.registered_model_version)

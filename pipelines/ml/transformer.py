@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 from pyspark.ml import Transformer
 
+from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.scoring import score
 from pipelines.stages.gold.spec import LABEL, SPEC_SCHEMA, TARGET, apply_feature_spec
 
@@ -21,13 +22,14 @@ SCORE_COLUMNS = ("score", "predicted_label")
 
 class FeaturesModel(Transformer):
     """Scores raw feature rows (the dataset's key, `date`, the spec's source columns) with the Keras
-    model at `model_path` and its feature spec rows `spec`; every other column is carried along."""
+    model at `model_path`, its feature spec rows `spec` and its `decision` (calibration and
+    threshold, `pipelines.ml.decision`); every other column is carried along."""
 
-    def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, threshold: float,
+    def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, decision: Decision | float,
                  model_version: str | None = None):
         super().__init__()
         self.model_path, self.spec, self.key = model_path, [dict(r) for r in spec], key
-        self.threshold, self.model_version = threshold, model_version
+        self.decision, self.model_version = as_decision(decision), model_version
 
     def _transform(self, df):
         from pyspark.sql import functions as F
@@ -39,7 +41,7 @@ class FeaturesModel(Transformer):
         carried = [c for c in df.columns if c not in encoded_names and c not in SCORE_COLUMNS]
         encoded = apply_feature_spec(df, df.sparkSession.createDataFrame(self.spec, SPEC_SCHEMA), key=self.key,
                                      keep=carried)
-        return score(encoded, self.model_path, self.threshold, key_columns=(self.key, *carried, LABEL))
+        return score(encoded, self.model_path, self.decision, key_columns=(self.key, *carried, LABEL))
 
     def __repr__(self) -> str:
         return f"FeaturesModel({self.model_version or self.model_path})"
@@ -58,5 +60,5 @@ def load_transformer(cfg, lakehouse, model_version: str | None = None) -> Featur
                           "no blessed model yet: run `lakehouse-dl train` or the nightly")
     owner = f"model {entry.model_version}"
     spec = spec_rows(spec_at(lakehouse, entry.feature_spec_version, owner))
-    return FeaturesModel(entry.path, spec, key=dataset_for(cfg).key, threshold=cfg.training.threshold,
+    return FeaturesModel(entry.path, spec, key=dataset_for(cfg).key, decision=registry.decision_of(entry),
                          model_version=entry.model_version)

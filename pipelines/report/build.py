@@ -37,7 +37,8 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
 
     if model is not None:
         summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
-                    ("trained on", f"{model.training_table} v{model.training_version}")]
+                    ("trained on", f"{model.training_table} v{model.training_version}"),
+                    ("decision", registry.decision_of(model).describe())]
         history = lakehouse.table(catalog.HISTORY).read().filter(F.col("model_version") == model.model_version)
         rows = [r.asDict() for r in history.orderBy("epoch").collect()]
         if rows:
@@ -98,13 +99,13 @@ def review_section(lakehouse, model_version: str, out: Path, images: dict, table
     confusion = rows_of(catalog.CONFUSION)
     if confusion is not None:
         confusion = confusion.sort_values(["model", "rule"])
-        tables["Confusion on the test window (threshold chosen on validation by the rule; fixed: the configured one)"] = [
+        tables["Confusion on the test window (decision: the model's own threshold; the rule's chosen on validation; fixed: the configured one)"] = [
             {k: r[k] for k in ("model", "rule", "chosen_on", "threshold", "tp", "fp", "fn", "tn", "precision", "recall", "f1")}
             for r in confusion.to_dict("records")]
         images["Confusion matrices on the test window"] = plots.plot_confusion(confusion, out / "confusion.png")
     calibration = rows_of(catalog.CALIBRATION)
     if calibration is not None:
-        images["Reliability on the test window (Brier score in the legend)"] = plots.plot_reliability(
+        images["Reliability on the test window (Brier score and expected calibration error in the legend)"] = plots.plot_reliability(
             calibration, out / "reliability.png")
     slices = rows_of(catalog.SLICES)
     if slices is not None:

@@ -98,7 +98,9 @@ def plot_reliability(calibration, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     for model, c in calibration.sort_values("bin").groupby("model"):
-        ax.plot(c["mean_score"], c["observed"], marker="o", label=f"{model} (Brier {c['brier'].iloc[0]:.4f})")
+        ece = c["ece"].iloc[0] if "ece" in c and c["ece"].notna().any() else None
+        label = f"{model} (Brier {c['brier'].iloc[0]:.4f}" + (f", ECE {ece:.3f})" if ece is not None else ")")
+        ax.plot(c["mean_score"], c["observed"], marker="o", label=label)
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("observed rate of the label")
     ax.set_title("reliability, test window")
