@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from datetime import datetime, timezone
 
@@ -85,8 +86,86 @@ def configure_logging(level: str | int | None = None, fmt: str | None = None) ->
     logger.propagate = False
     os.environ[LEVEL_ENV] = logging.getLevelName(numeric)
     os.environ[FORMAT_ENV] = fmt
+    quiet_libraries(numeric)
 
 
 def configured() -> bool:
     """True once `configure_logging` ran in this process."""
     return any(isinstance(h, _Stdout) for h in logging.getLogger(PACKAGE_LOGGER).handlers)
+
+
+# Third-party loggers that speak at INFO about their own housekeeping (MLflow's database set-up,
+# py4j's gateway): below `--verbose` they keep to warnings.
+CHATTY_LOGGERS = ("mlflow", "py4j", "alembic", "urllib3")
+
+
+def quiet_libraries(level: int) -> None:
+    """Third-party chatter only at DEBUG: their loggers to WARNING, TensorFlow's C++ start-up lines
+    off (TF_CPP_MIN_LOG_LEVEL, read when TensorFlow loads, here or in a Horovod rank), and Keras's
+    progress bars (`1/1 [====] - ETA`, from predictions other libraries make) into logging."""
+    if level <= logging.DEBUG:
+        return
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or "keras" in sys.modules:
+        silence_keras()
+
+
+def quiet_tensorflow() -> None:
+    """`silence_keras` unless the package logs at DEBUG (`--verbose`): for code that has just
+    imported TensorFlow (loading a model, logging one to MLflow)."""
+    if logging.getLogger(PACKAGE_LOGGER).getEffectiveLevel() > logging.DEBUG:
+        silence_keras()
+
+
+def silence_keras() -> None:
+    """TensorFlow's Python warnings to errors only, Keras's progress bars off (already-imported TF)."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    try:
+        tf.keras.utils.disable_interactive_logging()
+    except AttributeError:   # older Keras
+        pass
+
+
+class RankOutput:
+    """A text stream for `horovod.spark.run(stdout=..., stderr=...)`: Horovod writes each rank's
+    lines as `[rank]<stdout>:line`. Stdout lines (the epoch lines, which rank 0 logs) go to this
+    process's stdout without that prefix; stderr lines (TensorFlow's warnings, tracebacks) are
+    logged at DEBUG, shown with `--verbose`, and the last `keep` of them are kept for the error
+    message when training fails.
+
+        >>> horovod.spark.run(fn, stdout=RankOutput("stdout"), stderr=RankOutput("stderr"))
+    """
+
+    PREFIX = re.compile(r"^(?:[^\[]*)\[(\d+)\]<(stdout|stderr)>:")
+
+    def __init__(self, kind: str, keep: int = 60):
+        self.kind, self.keep = kind, keep
+        self.pending = ""
+        self.tail: list[str] = []
+        self.log = logging.getLogger(f"{PACKAGE_LOGGER}.ranks")
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        match = self.PREFIX.match(line)
+        rank, body = (match.group(1), line[match.end():]) if match else (None, line)
+        if self.kind == "stdout":
+            sys.stdout.write(body + "\n")
+            sys.stdout.flush()
+            return
+        self.tail = (self.tail + [f"[rank {rank}] {body}" if rank is not None else body])[-self.keep:]
+        self.log.debug(f"[rank {rank}] {body}" if rank is not None else body)
+
+    def flush(self) -> None:
+        if self.pending:
+            line, self.pending = self.pending, ""
+            self._line(line)

@@ -182,6 +182,9 @@ def load_model(path: str):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
+        from pipelines.console import quiet_tensorflow
+
+        quiet_tensorflow()
         model = tf.keras.models.load_model(path, compile=False)
         _LOADED.clear()   # one model at a time is what every caller needs; keeps a worker's memory flat
         _LOADED[key] = model

@@ -95,6 +95,7 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
     import mlflow
     from mlflow.models import infer_signature
 
+    from pipelines.console import quiet_tensorflow
     from pipelines.ml.model import load_model
 
     name = open_tracking(cfg)
@@ -111,6 +112,7 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
                                 if k not in ("model_version", "model", "split") and _finite(v)})
         pins = json.loads(entry.pins) if entry.pins else {}
         log_inputs(lakehouse, pins, entry.training_table, FEATURE_SPEC)
+        quiet_tensorflow()   # MLflow's own predictions would print Keras's progress bars
         prediction = keras_model.predict(example, verbose=0)
         info = mlflow.tensorflow.log_model(keras_model, name="model", signature=infer_signature(example, prediction),
                                            input_example=example, registered_model_name=name)

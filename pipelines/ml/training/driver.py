@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -20,6 +21,7 @@ import cloudpickle
 
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.config import config_hash
+from pipelines.console import RankOutput
 from pipelines.ml.tensors import check_shardable, load_feature_spec, pin_snapshot
 from pipelines.ml.training.launch import rank_entry, shipped_files
 from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STATE_FILE, TrainingError, TrainingPlan,
@@ -27,6 +29,8 @@ from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STAT
 from pipelines.ml.training.worker import run_training
 from pipelines.storage import Lakehouse
 from pipelines.storage.spark import executors, lost_executors
+
+log = logging.getLogger(__name__)
 
 
 def new_model_version() -> str:
@@ -162,10 +166,22 @@ def _run_horovod(plan: TrainingPlan, spark, num_proc: int) -> list[dict]:
         raise TrainingError(f"training.num_proc={num_proc} needs {num_proc} Spark task slots but this Spark has "
                             f"{slots}; lower training.num_proc or give Spark more cores")
     # The plan travels as bytes, unpickled by each rank once the shipped package is on its path.
-    results = horovod.spark.run(rank_entry, args=(cloudpickle.dumps(plan), shipped_files(spark)),
-                                num_proc=num_proc, use_gloo=True,
-                                verbose=1 if plan.verbose else 0,
-                                start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")))
+    # The ranks' stdout (rank 0's epoch lines) reaches this stdout without Horovod's `[0]<stdout>:`
+    # prefix; their stderr (TensorFlow's warnings) is logged at DEBUG, and its last lines are
+    # shown when training fails.
+    out, err = RankOutput("stdout"), RankOutput("stderr")
+    try:
+        results = horovod.spark.run(rank_entry, args=(cloudpickle.dumps(plan), shipped_files(spark)),
+                                    num_proc=num_proc, use_gloo=True,
+                                    verbose=1 if plan.verbose else 0, stdout=out, stderr=err,
+                                    start_timeout=int(os.environ.get("HOROVOD_SPARK_START_TIMEOUT", "300")))
+    except Exception:
+        err.flush()
+        if err.tail:
+            log.warning("the Horovod ranks' last lines on stderr:\n" + "\n".join(err.tail))
+        raise
+    finally:
+        out.flush()
     if len(results) != num_proc or any(r is None for r in results):
         raise TrainingError(f"{num_proc} Horovod processes were started but only "
                             f"{sum(r is not None for r in results)} returned a result")
