@@ -643,3 +643,30 @@ def test_the_documented_cluster_commands_train_with_horovod_on_a_standalone_clus
           f"{trained.initial_epoch}: {trained.wall_seconds:.1f}s ({trained.samples_per_sec:,.0f} samples/s); "
           f"the same training in local mode: {local.wall_seconds:.1f}s ({local.epochs_run} epochs, "
           f"{local.samples_per_sec:,.0f} samples/s); the resumed submit {time.time() - started:.0f}s")
+
+
+def test_status_shows_the_night_the_serving_model_and_the_feeds_in_one_screen(nightly_lakehouse, capsys):
+    import json
+
+    from pipelines.cli.main import main
+    from pipelines.ml import registry
+
+    cfg, lh, record = nightly_lakehouse
+    assert main(["status", "--json", *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root).parent)), [])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dataset"] == "nycflights13"
+    night = report["runs"][0]
+    assert (night["job"], night["run_date"], night["status"]) == ("nightly", RUN_DATE.isoformat(), "succeeded")
+    assert {"ingest", "clean", "features", "train", "score"} <= set(night["stages"])
+    blessed = registry.blessed(lh)
+    assert report["serving"]["model_version"] == blessed.model_version and report["serving"]["why"] == blessed.reason
+    assert report["serving"]["decision"] == registry.decision_of(blessed).describe()
+    feeds = {f["source"]: f for f in report["feeds"]}
+    assert set(feeds) == {"flights", "flight_outcomes", "weather"}
+    assert all(f["days"] > 0 and f["missing_days"] == sum(
+        (date.fromisoformat(b) - date.fromisoformat(a)).days + 1 for a, b in f["gaps"]) for f in feeds.values())
+    assert {t["table"] for t in report["tables"]} == {t.name for t in lh.tables()}
+
+    assert main(["status", *sum((["--set", o] for o in overrides(Path(cfg.lakehouse.root).parent)), [])]) == 0
+    screen = capsys.readouterr().out
+    assert blessed.model_version in screen and "serving model" in screen and "daily feeds" in screen

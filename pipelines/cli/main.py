@@ -19,6 +19,7 @@ from pipelines.console import configure_logging
 # Modules that contribute subcommands through `add_commands(sub, common, dates)`, in help order.
 COMMAND_MODULES = [
     "pipelines.cli.tables",
+    "pipelines.cli.status",
     "pipelines.cli.data",
     "pipelines.cli.features",
     "pipelines.cli.train",
@@ -29,7 +30,7 @@ COMMAND_MODULES = [
     "pipelines.cli.lineage",
 ]
 # Commands that only read: no closing "finished in" line.
-QUIET_COMMANDS = ("tables", "config", "lineage")
+QUIET_COMMANDS = ("tables", "config", "lineage", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ def add_commands(sub, common, dates) -> None:
 
 
 def run_tables(args, cfg) -> int:
+    from pipelines.report.status import human_size
     from pipelines.storage import Lakehouse, tables_json
 
     infos = Lakehouse.from_config(cfg).tables()
@@ -30,16 +31,8 @@ def run_tables(args, cfg) -> int:
     print(header)
     print("-" * len(header))
     for i in infos:
-        print(f"{i.name:32} {i.version:>7} {i.rows:>12,} {i.files:>6} {_size(i.size_bytes):>10}  {i.last_operation} at {i.last_modified}")
+        print(f"{i.name:32} {i.version:>7} {i.rows:>12,} {i.files:>6} {human_size(i.size_bytes):>10}  {i.last_operation} at {i.last_modified}")
     return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def run_config(args, cfg) -> int:

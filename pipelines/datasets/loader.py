@@ -22,9 +22,9 @@ from pipelines.catalog import PARTITION_COLUMN
 from pipelines.config import ConfigError
 from pipelines.config.loader import dataset_path
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
-                                        Column, CsvOptions, Dataset, MissingPolicy, Rule, Source)
+                                        Column, CsvOptions, Dataset, DecisionRule, MissingPolicy, Rule, Source)
 from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
-from pipelines.ml.decision import DecisionRule
+from pipelines.datasets.yaml_checks import YamlChecks
 from pipelines.storage.layout import LAYOUTS, MONTH_COLUMN
 
 # --------------------------------------------------------------------------------------------
@@ -55,47 +55,8 @@ def load_dataset(name_or_path: str | Path, conf_root: Path | None = None) -> Dat
     return _Parser(str(path)).dataset(data)
 
 
-class _Parser:
+class _Parser(YamlChecks):
     """Builds the dataclasses from YAML, naming the file and the dotted key in every error."""
-
-    def __init__(self, file: str):
-        self.file = file
-
-    def fail(self, key: str, message: str):
-        raise ConfigError(f"{self.file}: key '{key}' {message}")
-
-    def mapping(self, value: Any, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
-        if not isinstance(value, dict):
-            self.fail(key, f"must be a mapping, got {type(value).__name__}")
-        for k in value:
-            if k not in allowed:
-                self.fail(f"{key}.{k}" if key else str(k), f"is not a known key (allowed here: {', '.join(sorted(allowed))})")
-        for k in required:
-            if k not in value:
-                self.fail(f"{key}.{k}" if key else k, "is required")
-        return value
-
-    def string(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(key, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def boolean(self, value: Any, key: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def number(self, value: Any, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(key, f"must be a number, got {value!r}")
-        return float(value)
-
-    def strings(self, value: Any, key: str) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            self.fail(key, f"must be a non-empty list of names, got {value!r}")
-        return tuple(self.string(v, f"{key}[{i}]") for i, v in enumerate(value))
 
     # -- the dataset --------------------------------------------------------------------------
     def dataset(self, data: Any) -> Dataset:
@@ -143,15 +104,10 @@ class _Parser:
         return ds
 
     def decision(self, value: Any) -> DecisionRule:
-        """`evaluation.decision: {objective, at, false_positive, false_negative, calibration}`."""
-        if value is None:
-            return DecisionRule()
-        value = self.mapping(value, "evaluation.decision",
-                             {"objective", "at", "false_positive", "false_negative", "calibration"})
-        numbers = {k: self.number(value[k], f"evaluation.decision.{k}")
-                   for k in ("at", "false_positive", "false_negative") if k in value}
+        """`evaluation.decision` (DecisionRule's fields; its defaults when not declared)."""
+        value = self.mapping(value or {}, "evaluation.decision", set(DecisionRule.__dataclass_fields__))
         try:
-            return DecisionRule(**{k: value[k] for k in ("objective", "calibration") if k in value}, **numbers)
+            return DecisionRule.declared(value, self.number)
         except ValueError as exc:
             self.fail("evaluation.decision", str(exc))
 
@@ -173,14 +129,6 @@ class _Parser:
         return dict(prediction_source=name, prediction_time=at,
                     target=self.string(data["target"], "prediction.target"),
                     label=self.string(data["label"], "prediction.label"))
-
-    def day(self, value: Any, key: str) -> date:
-        if isinstance(value, date):
-            return value
-        try:
-            return date.fromisoformat(str(value))
-        except ValueError:
-            self.fail(key, f"must be a date YYYY-MM-DD, got {value!r}")
 
     def splits(self, value: Any) -> dict[str, tuple[date, date]]:
         """`splits: {train: [start, end], validation: [...], test: [...]}`, inclusive dates."""
@@ -246,13 +194,6 @@ class _Parser:
         if exists.name in {r.name for r in src.rules}:
             self.fail(f"sources.{src.name}.rules", f"{exists.name!r} is the name of the rule updates get")
         return replace(src, rules=(*src.rules, exists))
-
-    def length(self, value: Any, key: str) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(key, f"must be a whole number of characters, at least 1, got {value!r}")
-        return value
 
     def source(self, name: str, data: Any, key: str, max_length: int | None = None) -> Source:
         data = self.mapping(data, key, {"path", "format", "csv", "columns", "primary_key", "partition_by",

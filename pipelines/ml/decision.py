@@ -26,38 +26,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from pipelines.datasets.dataset import CALIBRATIONS, OBJECTIVES, DecisionRule  # noqa: F401  (re-exported)
+
 # The histogram resolution the threshold is chosen at (and the calibration fitted on).
 DECISION_BINS = 10_000
-OBJECTIVES = ("f1", "precision_at", "recall_at", "cost", "youden")
-CALIBRATIONS = ("platt", "isotonic", "none")
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """What a dataset declares under `evaluation.decision` (the defaults when it declares nothing)."""
-    objective: str = "f1"
-    at: float | None = None                 # precision_at / recall_at: the floor to reach
-    false_positive: float = 1.0             # cost: the price of a false positive
-    false_negative: float = 1.0             # cost: the price of a false negative
-    calibration: str = "platt"
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown decision objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
-        if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"unknown calibration {self.calibration!r}; known: {', '.join(CALIBRATIONS)}")
-        if self.objective in ("precision_at", "recall_at") and not (self.at is not None and 0 < self.at <= 1):
-            raise ValueError(f"objective {self.objective} needs `at` in (0, 1], got {self.at!r}")
-        if self.objective == "cost" and (self.false_positive < 0 or self.false_negative < 0
-                                         or self.false_positive + self.false_negative == 0):
-            raise ValueError("objective cost needs non-negative false_positive and false_negative, not both 0")
-
-    def describe(self) -> str:
-        if self.objective in ("precision_at", "recall_at"):
-            return f"{self.objective} {self.at:g}"
-        if self.objective == "cost":
-            return f"cost (FP {self.false_positive:g}, FN {self.false_negative:g})"
-        return self.objective
 
 
 @dataclass(frozen=True)
