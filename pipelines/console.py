@@ -95,8 +95,9 @@ def configured() -> bool:
 
 
 # Third-party loggers that speak at INFO about their own housekeeping (MLflow's database set-up,
-# py4j's gateway): below `--verbose` they keep to warnings.
-CHATTY_LOGGERS = ("mlflow", "py4j", "alembic", "urllib3")
+# py4j's gateway, xgboost.spark's every fit, on the driver and in the task, which takes the
+# driver's level): below `--verbose` they keep to warnings.
+CHATTY_LOGGERS = ("mlflow", "py4j", "alembic", "urllib3", "XGBoost-PySpark")
 
 
 def quiet_libraries(level: int) -> None:

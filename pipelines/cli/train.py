@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from pipelines.cli.common import spark_for
+from pipelines.config.settings import BASELINES
 
 
 def add_commands(sub, common, dates) -> None:
@@ -15,7 +16,7 @@ def add_commands(sub, common, dates) -> None:
     p.add_argument("--table-version", type=int, help="gold.model_input version to train on (default: the latest)")
     p.add_argument("--spec-version", type=int, help="gold.feature_spec version (default: the latest)")
     p.add_argument("--model-version", help="name of the model version; give a failed run's to resume it")
-    p.add_argument("--baselines", help="comma-separated logreg,gbt, or 'none' (default: training.baselines)")
+    p.add_argument("--baselines", help=f"comma-separated {','.join(BASELINES)}, or 'none' (default: training.baselines)")
     p.add_argument("--json", action="store_true", help="also print the training result as JSON")
     p.set_defaults(func=run_train)
 

@@ -3,6 +3,7 @@ every trial lands in results.trials and the nightly trains with the best one."""
 from __future__ import annotations
 
 from pipelines.cli.common import spark_for
+from pipelines.config.settings import BASELINES
 
 
 def add_commands(sub, common, dates) -> None:
@@ -10,7 +11,7 @@ def add_commands(sub, common, dates) -> None:
     p = sub.add_parser("tune", help="search hyper-parameters (Hyperopt SparkTrials) on the backtest folds of the "
                                     "pinned gold.model_input and record every trial in results.trials")
     common(p)
-    p.add_argument("--models", help="comma-separated dnn,logreg,gbt (default: every model of tuning.space)")
+    p.add_argument("--models", help=f"comma-separated dnn,{','.join(BASELINES)} (default: every model of tuning.space)")
     p.add_argument("--max-evals", type=int, help="trials per model (default: tuning.max_evals)")
     p.add_argument("--table-version", type=int, help="gold.model_input version (default: the latest)")
     p.set_defaults(func=run_tune)

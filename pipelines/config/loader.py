@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipelines.config.settings import Config
+from pipelines.config.settings import BASELINES, Config
 
 # The project folder: conf/ and the default lakehouse lie beside the package. Imported from the zip
 # `make dist` builds (spark-submit --py-files), it is the folder holding the zip, dist/, where
@@ -307,7 +307,7 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
             fail(f"tuning.{key}", f"must be 0 (the backtest's) or more, got {getattr(cfg.tuning, key)}")
     kinds = {"choice", "uniform", "loguniform", "quniform"}
     settable = {"dnn": {f.name for f in dataclasses.fields(cfg.training)} - {"num_proc", "head", "baselines"},
-                "logreg": {"reg_param", "elastic_net"}, "gbt": {"max_depth", "max_iter", "step_size"}}
+                **{kind: set(baseline.settings) for kind, baseline in BASELINES.items()}}
     for model, settings in cfg.tuning.space.items():
         if model not in settable:
             fail(f"tuning.space.{model}", f"is not a model that can be tuned (known: {', '.join(settable)})")

@@ -13,6 +13,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """One kind of baseline `pipelines.ml.baselines` fits: its name in logs, and the settings that
+    `tuning.space.<kind>` may search and `fit_baselines(params={kind: ...})` takes."""
+    name: str
+    settings: tuple[str, ...]
+
+
+# Every baseline kind, the one list of them: the configuration's lists (`training.baselines`,
+# `nightly.baselines`), the search space's check and `fit_baselines` derive from it.
+BASELINES = {
+    "logreg": Baseline("logistic regression", ("reg_param", "elastic_net")),
+    "gbt": Baseline("gradient-boosted trees", ("max_depth", "max_iter", "step_size")),
+    "xgb": Baseline("XGBoost trees", ("max_depth", "n_estimators", "learning_rate")),
+}
+BaselineKind = Literal[tuple(BASELINES)]
+
+
 @dataclass
 class SparkConfig:
     app_name: str
@@ -74,14 +92,14 @@ class TrainingConfig:
     regression_loss: Literal["huber", "mse"]
     huber_delta: float
     reader_threads: int
-    baselines: list[Literal["logreg", "gbt"]]
+    baselines: list[BaselineKind]
 
 
 @dataclass
 class NightlyConfig:
     retrain_every_days: int
     rescore_days: int
-    baselines: list[Literal["logreg", "gbt"]]
+    baselines: list[BaselineKind]
     default_date: str
 
 

@@ -1,4 +1,6 @@
-"""Spark MLlib baselines on the model's own features: the bar the neural model has to clear.
+"""Baselines on the model's own features, each a Spark ML `Pipeline`: the bar the neural model has
+to clear. Logistic regression and gradient-boosted trees are MLlib's; XGBoost's trees run through
+`xgboost.spark`, a Python stage that saves and loads inside a `PipelineModel` like the others.
 
     >>> frames = model_input_frames(lakehouse, version=3)
     >>> fit_baselines(spark, frames["train"], frames["validation"], seed=cfg.training.seed)["logreg"]["val_auc"]
@@ -9,8 +11,10 @@ import time
 
 from pipelines import catalog
 from pipelines.catalog import MODEL_INPUT
+from pipelines.config.settings import BASELINES as DECLARED
 
-BASELINES = ("logreg", "gbt")
+BASELINES = tuple(DECLARED)
+BASELINE_NAMES = {kind: baseline.name for kind, baseline in DECLARED.items()}
 
 
 def model_input_frames(lakehouse, version: int, splits: tuple[str, ...] = ("train", "validation"),
@@ -40,12 +44,13 @@ def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = 
     """Fit each baseline in `kinds` on `train_df` and score AUC on train and validation.
 
     logreg: logistic regression on num_* plus a one-hot encoding of each cat_* index (index 0,
-    out of vocabulary, keeps its own column). gbt: gradient-boosted trees on num_* and the raw
-    cat_* indices (trees split on them directly). Returns
+    out of vocabulary, keeps its own column). gbt: MLlib's gradient-boosted trees on num_* and the
+    raw cat_* indices (trees split on them directly). xgb: XGBoost's histogram trees on the same
+    columns as gbt, in one Spark task. Returns
     ``{kind: {"train_auc", "val_auc", "seconds", "features", "model"}}`` where "model" is the
-    fitted `PipelineModel` (its `probability` column scores new rows). `params` overrides a
-    baseline's settings, as `lakehouse-dl tune` finds them: {"logreg": {"reg_param", "elastic_net"},
-    "gbt": {"max_depth", "max_iter", "step_size"}}.
+    fitted `PipelineModel` (its `probability` column, [p0, p1], scores new rows). `params`
+    overrides a baseline's settings, as `lakehouse-dl tune` finds them (the names each kind takes:
+    `pipelines.config.settings.BASELINES`).
     """
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import GBTClassifier, LogisticRegression
@@ -78,10 +83,12 @@ def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = 
                                               regParam=float(p.get("reg_param", 0.0)),
                                               elasticNetParam=float(p.get("elastic_net", 0.0)))]
             else:
+                trees = (GBTClassifier(labelCol=label, featuresCol="features", maxIter=int(p.get("max_iter", max_iter)),
+                                       maxDepth=int(p.get("max_depth", 5)), stepSize=float(p.get("step_size", 0.1)),
+                                       maxBins=64, seed=seed)
+                         if kind == "gbt" else xgboost_classifier(label, seed, p))
                 stages = [VectorAssembler(inputCols=numeric + categorical, outputCol="features", handleInvalid="keep"),
-                          GBTClassifier(labelCol=label, featuresCol="features", maxIter=int(p.get("max_iter", max_iter)),
-                                        maxDepth=int(p.get("max_depth", 5)), stepSize=float(p.get("step_size", 0.1)),
-                                        maxBins=64, seed=seed)]
+                          trees]
             fitted = Pipeline(stages=stages).fit(train)
             results[kind] = {
                 "train_auc": float(evaluator.evaluate(fitted.transform(train))),
@@ -94,3 +101,21 @@ def fit_baselines(spark, train_df, val_df, kinds: tuple[str, ...] | list[str] = 
         train.unpersist()
         val.unpersist()
     return results
+
+
+def xgboost_classifier(label: str, seed: int, params: dict):
+    """XGBoost's classifier on the assembled `features`: 200 trees of depth 6 at learning rate 0.1
+    unless `params` says otherwise, in one Spark task (`num_workers=1`; its threads are
+    `spark.task.cpus`).
+
+    `missing` is NaN, what the assembler writes for a null (`handleInvalid="keep"`): a 0 is a
+    value (a standardised mean, an out-of-vocabulary index), not a gap, although the assembler may
+    hand it over as a sparse vector's absent entry (xgboost.spark reads every vector densely).
+    """
+    from xgboost.spark import SparkXGBClassifier
+
+    return SparkXGBClassifier(features_col="features", label_col=label, num_workers=1, seed=seed,
+                              max_depth=int(params.get("max_depth", 6)),
+                              n_estimators=int(params.get("n_estimators", 200)),
+                              learning_rate=float(params.get("learning_rate", 0.1)),
+                              missing=float("nan"))

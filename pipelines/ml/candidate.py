@@ -1,10 +1,11 @@
-"""Train a candidate, measure it against the MLlib baselines, and register it: the nightly train stage.
+"""Train a candidate, measure it against the baselines, and register it: the nightly train stage.
 
-The candidate (Horovod + Petastorm, `pipelines.ml.training.train`), a logistic regression and
-gradient-boosted trees are all measured on the same pinned `gold.model_input` version, on the
-train, validation and test splits and on the backtest folds (`pipelines.ml.backtest`). The
-candidate is blessed by the backtest rule (`backtest.decide`), and only when its validation AUC
-also beats the blessed model's (measured again on the same rows).
+The candidate (Horovod + Petastorm, `pipelines.ml.training.train`) and the baselines of
+`nightly.baselines` (a logistic regression always; gradient-boosted trees, XGBoost's trees) are
+all measured on the same pinned `gold.model_input` version, on the train, validation and test
+splits and on the backtest folds (`pipelines.ml.backtest`). The candidate is blessed by the
+backtest rule (`backtest.decide`), and only when its validation AUC also beats the blessed
+model's (measured again on the same rows).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pipelines.config import config_hash
 from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
 from pipelines.ml import backtest, registry, results, tracking, tuning
-from pipelines.ml.baselines import baseline_scores, fit_baselines, model_input_frames
+from pipelines.ml.baselines import BASELINE_NAMES, baseline_scores, fit_baselines, model_input_frames
 from pipelines.ml.decision import (DECISION_BINS, Decision, DecisionRule, decisions_json,
                                    expected_calibration_error, fit_decision)
 from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
@@ -36,7 +37,6 @@ from pipelines.stages.gold import ServingError, encode
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-BASELINE_NAMES = {"logreg": "logistic regression", "gbt": "gradient-boosted trees"}
 
 
 @dataclass
@@ -159,8 +159,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
         path=result.model_path, training_table=MODEL_INPUT, training_version=version,
         feature_spec_version=result.table_versions.get(FEATURE_SPEC), config_hash=result.config_hash, code_version=registry.code_version(),
-        metrics=json.dumps({"validation_auc": auc("dnn"), "logreg_validation_auc": auc("logreg"),
-                            "gbt_validation_auc": auc("gbt"), "best_epoch": result.best_epoch,
+        metrics=json.dumps({"validation_auc": auc("dnn"),
+                            **{f"{kind}_validation_auc": auc(kind) for kind in BASELINE_NAMES},
+                            "best_epoch": result.best_epoch,
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
         status=status, reason=reason, decisions=decisions_json(decisions), **dependencies(cfg, lakehouse, result))

@@ -31,11 +31,13 @@ SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date d
           "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int, mlflow_run_id string, mlflow_model_version string, "
           "decisions string")
 
-# The libraries whose versions decide what training computes, by distribution name (the first
-# installed of each tuple: TensorFlow is `tensorflow-cpu` in the CPU lock, `tensorflow` with CUDA).
+# The libraries whose versions decide what training and the baselines it is measured against
+# compute, by distribution name (the first installed of each tuple: TensorFlow is `tensorflow-cpu`
+# in the CPU lock, `tensorflow` with CUDA; XGBoost likewise `xgboost-cpu` or `xgboost`).
 LIBRARIES = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-macos"), "keras": ("keras",),
              "horovod": ("horovod",), "pyspark": ("pyspark",), "petastorm": ("petastorm",),
-             "delta-rs": (DELTA_RS_DISTRIBUTION,), "pyarrow": ("pyarrow",), "numpy": ("numpy",)}
+             "delta-rs": (DELTA_RS_DISTRIBUTION,), "pyarrow": ("pyarrow",), "numpy": ("numpy",),
+             "xgboost": ("xgboost-cpu", "xgboost")}
 
 
 @dataclass
