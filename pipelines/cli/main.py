@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "pipelines.cli.nightly",
     "pipelines.cli.maintain",
     "pipelines.cli.lineage",
+    "pipelines.cli.dataset",
 ]
 # Commands that only read: no closing "finished in" line.
 QUIET_COMMANDS = ("tables", "config", "lineage", "status")
