@@ -179,8 +179,9 @@ def _source(s: SourceDraft) -> list[str]:
                "sparse": "files on some days only"}[s.calendar]
         out.append(f"    calendar: {s.calendar}     # {why}" + (f"; {gaps} expected day(s) without one" if gaps > 0 else ""))
         if s.updates_candidate:
-            out += [f"    # The key of {s.updates_candidate}, with columns {s.updates_candidate} lacks: if this feed delivers the",
-                    f"    # outcomes of {s.updates_candidate}'s rows after their day, uncomment (silver merges them in):",
+            target = s.updates_candidate
+            out += [f"    # The key of {target}, with columns {target} lacks: if this feed delivers the outcomes",
+                    f"    # of {_possessive(target)} rows after their day, uncomment (silver merges them in):",
                     f"    # updates: {s.updates_candidate}",
                     '    # known: {at: day_after, time: "06:00"}']
         else:
@@ -190,7 +191,7 @@ def _source(s: SourceDraft) -> list[str]:
         spec = c.type if c.name == c.file_name else f"{{type: {c.type}, rename: {c.name}}}"
         note = ""
         if c.odd_count:
-            note = (f"  # {c.odd_count} sampled value{'s' if c.odd_count > 1 else ''} not {_article(c.type)}: "
+            note = (f"  # {c.odd_count} sampled value{'s are' if c.odd_count > 1 else ' is'} not {_article(c.type)}: "
                     f"{', '.join(map(repr, c.odd))} (rejected by bronze: see `dataset check`)")
         elif c.name != c.file_name:
             note = "  # renamed: the lakehouse adds `date` (the file's) to a daily feed's rows"
@@ -259,6 +260,10 @@ def _expected(days: list[date], calendar: str) -> list[date]:
     if calendar == "weekdays":
         return [d for d in every if d.weekday() < 5]
     return every if calendar == "daily" else list(days)
+
+
+def _possessive(name: str) -> str:
+    return f"{name}'" if name.endswith("s") else f"{name}'s"
 
 
 def _article(typ: str) -> str:
