@@ -170,3 +170,43 @@ def test_check_fails_on_a_file_refused_whole_and_on_a_declaration_that_does_not_
     shop["declaration"].write_text(shop["declaration"].read_text().replace("sale_id: int", "sale_id: integer", 1))
     assert main(["dataset", "check", "shop", *shop["args"]]) == 1
     assert "the declaration does not load" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_new_users_first_hour_init_two_features_check_and_the_nightly(shop, spark, capsys):
+    """The whole first hour on the shop: draft, add only the prediction block and two features,
+    dry-run, and the nightly, which scores the next day's sales and registers a model."""
+    from pipelines.config import load_config
+    from pipelines.flows.nightly import run_nightly
+    from pipelines.ml import registry
+    from pipelines.storage import Lakehouse
+
+    assert init(shop) == 0
+    text = shop["declaration"].read_text()
+    text = (text.replace("    # updates: sales", "    updates: sales")
+            .replace('    # known: {at: day_after, time: "06:00"}', '    known: {at: day_after, time: "06:00"}')
+            .replace("# prediction:", "prediction:").replace("#   source: sales", "  source: sales")
+            .replace('#   time: {at: day_before, time: "23:00"}', '  time: {at: day_before, time: "23:00"}')
+            # The outcome of every sale with a return row: refunded or not (a refund is NA when not).
+            .replace("#   target: refund", '  target: "coalesce(refund, 0)"')
+            .replace('#   label: "refund > 0"', '  label: "coalesce(refund, 0) > 0"'))
+    text += "features:\n  columns:\n    store: categorical\n    product: categorical\n"
+    shop["declaration"].write_text(text)
+    assert main(["dataset", "check", "shop", *shop["args"]]) == 0
+    assert "ok: every file parses (1 record rejected, 1 row would be quarantined)" in capsys.readouterr().out
+
+    root = shop["args"][1].split("=", 1)[1]
+    cfg = load_config("local", [f"lakehouse.root={root}", "pipeline.dataset=shop", "training.epochs=2",
+                                "training.batch_size=8", "training.num_proc=2", "backtest.folds=0",
+                                "nightly.baselines=[logreg]", "training.importance_rows=50",
+                                "spark.master=local[2]", "spark.shuffle_partitions=2"])
+    run_date = FIRST + timedelta(days=DAYS - 2)
+    record = run_nightly(cfg, spark, run_date)
+    assert record.status == "succeeded", record
+    lh = Lakehouse.from_config(cfg, spark)
+    tomorrow = lh.table("results.predictions").read().filter(f"date = '{run_date + timedelta(days=1)}'").collect()
+    assert len(tomorrow) == ROWS_A_DAY and {r["predicted_label"] for r in tomorrow} <= {0, 1}
+    model = registry.latest(lh)
+    assert model is not None and set(registry.decision_of(model).to_dict()) >= {"threshold", "calibration"}
+    # Every delivered sales line is in silver, or rejected by bronze with its reason.
+    assert lh.table("silver.sales").read().count() + lh.table("bronze.sales_rejected").read().count() == DAYS * ROWS_A_DAY
