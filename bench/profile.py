@@ -199,10 +199,11 @@ class StageProfile:
             return f"{UNAVAILABLE}: {type(self._sql0).__name__}"
         last = max((e["id"] for e in self._sql0), default=-1)
         # offset is a position in the retained list, not an id: start from where the list ended
-        # before the block, and from 0 when executions were dropped meanwhile.
+        # before the block, and from 0 when executions were dropped meanwhile (a full list drops
+        # one for each new one, so the offset finds nothing).
         new = [e for e in self._get(f"sql?details=true&planDescription=false&offset={len(self._sql0)}&length=1000000")
                if e["id"] > last]
-        if new and min(e["id"] for e in new) != last + 1:
+        if not new or min(e["id"] for e in new) != last + 1:
             new = [e for e in self._get("sql?details=true&planDescription=false&length=1000000") if e["id"] > last]
         by_format: dict[str, int] = {}
         for execution in new:

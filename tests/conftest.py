@@ -40,14 +40,14 @@ def spark():
     from pipelines.config import load_config
     from pipelines.storage.spark import build_spark
 
-    # One driver serves the whole suite (thousands of queries): a larger heap, and the UI keeps
+    # One driver serves the whole suite (thousands of queries): a larger heap, and the SQL UI keeps
     # the last 50 queries' plans instead of 1,000 (with them all, the old generation filled up and a
-    # collect in test_gold's full year hung once the suite had grown).
+    # collect in test_gold's full year hung once the suite had grown). Jobs and stages keep Spark's
+    # defaults: bench.profile's tests read them from the REST API.
     cfg = load_config("local", ["spark.master=local[2]", "spark.shuffle_partitions=2",
                                 "spark.conf.spark.ui.showConsoleProgress=false",
                                 "spark.conf.spark.driver.memory=3g",
-                                "spark.conf.spark.sql.ui.retainedExecutions=50",
-                                "spark.conf.spark.ui.retainedJobs=100", "spark.conf.spark.ui.retainedStages=100"])
+                                "spark.conf.spark.sql.ui.retainedExecutions=50"])
     session = build_spark(cfg, app_name="lakehouse-dl tests")
     yield session
     session.stop()
