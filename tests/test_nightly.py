@@ -433,7 +433,7 @@ def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nigh
     means = lambda version: {r["name"]: r["mean"] for r in spec.to_arrow(version=version).to_pylist()}  # noqa: E731
     assert means(spec.version())["num_distance"] != means(model.feature_spec_version)["num_distance"]
 
-    scored, versions = score_days(cfg, lh, model, [tomorrow], cfg.training.threshold)
+    scored, versions = score_days(cfg, lh, model, [tomorrow], registry.decision_of(model))
     again = {r["flight_id"]: r["score"] for r in scored.collect()}
     assert versions["feature_spec_version"] == model.feature_spec_version
     assert again.keys() == before.keys()
@@ -442,7 +442,7 @@ def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nigh
     # A model whose spec version cannot be read is refused by name, not served another spec.
     model.feature_spec_version = 999
     with pytest.raises(ServingError, match="gold.feature_spec v999, which can no longer be read"):
-        score_days(cfg, lh, model, [tomorrow], cfg.training.threshold)
+        score_days(cfg, lh, model, [tomorrow], registry.decision_of(model))
 
 
 def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_paths(nightly_lakehouse, tmp_path, spark):
