@@ -61,6 +61,17 @@ class PipelineConfig:
 
 
 @dataclass
+class NaiveForecast:
+    """A naive forecast of the regression target a dataset declares (`training.naive_forecasts`):
+    the last known target of the rows of the same `group` (Spark SQL over gold.model_input's
+    columns and `date`; none: every row) dated at least `lag_days` before the row. `lag_days` must
+    cover the dataset's outcome delay (pipelines.ml.naive checks it): what it reads is known when
+    the row is predicted."""
+    lag_days: int
+    group: list[str]
+
+
+@dataclass
 class TrainingConfig:
     num_proc: int
     threads_per_proc: int
@@ -91,6 +102,7 @@ class TrainingConfig:
     importance_rows: int
     regression_loss: Literal["huber", "mse"]
     huber_delta: float
+    naive_forecasts: dict[str, NaiveForecast]
     reader_threads: int
     baselines: list[BaselineKind]
 

@@ -9,6 +9,7 @@ the dataset's label (sigmoid) or its numeric target (regression).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from pipelines.ml.inputs import FeatureSpec
 from pipelines.stages.gold.spec import LABEL, TARGET
@@ -22,14 +23,49 @@ def label_for(training_cfg) -> str:
     return LABELS[training_cfg.head]
 
 
-def build_model(spec: FeatureSpec, training_cfg):
+@dataclass(frozen=True)
+class TargetScale:
+    """The regression target's mean and standard deviation on the training rows. The network
+    learns the standardised target, (y - mean) / std, and its output layer restores it: the saved
+    model predicts in the target's own units, and its last Dense layer starts near the mean
+    whatever the target's scale (an unscaled target of mean 100 kept a small network far from the
+    training mean for its whole budget).
+
+        >>> scale = TargetScale.fit([1.0, 2.0, 3.0]); scale.restore(scale.standardise(2.5))
+        2.5
+    """
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, values) -> "TargetScale":
+        """From the training rows' targets (nulls and NaN left out); a constant target gets std 1."""
+        import numpy as np
+
+        y = np.asarray(values, dtype=np.float64)
+        y = y[~np.isnan(y)]
+        if y.size == 0:
+            raise ValueError("no known target on the training rows to standardise it by")
+        mean, std = float(y.mean()), float(y.std())
+        return cls(mean, std if std > 1e-9 * max(1.0, abs(mean)) else 1.0)
+
+    def standardise(self, y):
+        return (y - self.mean) / self.std
+
+    def restore(self, z):
+        return z * self.std + self.mean
+
+
+def build_model(spec: FeatureSpec, training_cfg, target_scale: TargetScale | None = None):
     """An uncompiled functional model with one named input per model_input column: (n, 1) for the
     numeric and categorical columns, (n, length) for the sequence columns.
 
     Inputs are named exactly like the columns, so scoring feeds a frame's columns by name. The deep
     part is `training.architecture`: `mlp`, `cross` or `sequence`; `training.wide` adds the wide part
     to any of them. The default (mlp, wide) builds exactly the layers it built before architectures
-    were configurable, so saved models and their figures stay comparable.
+    were configurable, so saved models and their figures stay comparable. The regression head ends
+    in a fixed layer that restores the standardised output to the target's units (`target_scale`,
+    none: the identity).
     """
     import tensorflow as tf
 
@@ -70,6 +106,9 @@ def build_model(spec: FeatureSpec, training_cfg):
             weight = tf.keras.layers.Embedding(size, 1, name=f"{name}_wide")(inputs[name])
             wide.append(tf.keras.layers.Flatten(name=f"{name}_wide_weight")(weight))
         logit = tf.keras.layers.Add(name="wide_and_deep")([logit, *wide])
+    if cfg.head == "regression":
+        scale = target_scale or TargetScale(0.0, 1.0)
+        logit = tf.keras.layers.Rescaling(scale.std, offset=scale.mean, name="restore_target")(logit)
     output = tf.keras.layers.Activation(activation, name=label_for(cfg))(logit)
     return tf.keras.Model(inputs=inputs, outputs=output, name=f"{cfg.head}_model")
 
@@ -149,8 +188,15 @@ def make_optimizer(training_cfg, learning_rate: float):
     raise ValueError(f"training.optimizer must be adam, sgd or rmsprop, got {name!r}")
 
 
-def compile_model(model, training_cfg, optimizer) -> None:
-    """Loss and metrics of the head: BCE + AUC for classification, MSE or Huber + MAE for regression."""
+def compile_model(model, training_cfg, optimizer, target_scale: TargetScale | None = None) -> None:
+    """Loss and metrics of the head: BCE + AUC for classification, MSE or Huber + MAE for regression.
+
+    The regression loss is the loss of the standardised target: the model's output is in the
+    target's units, and Huber(delta) and MSE of a residual r both equal std² times their value at
+    (r / std, delta / std), so the loss weight 1 / std² gives exactly the standardised loss (the L2
+    penalty then weighs the same against it whatever the target's scale). `huber_delta` stays in
+    the target's units; the MAE metric too.
+    """
     import tensorflow as tf
 
     if training_cfg.head == "classification":
@@ -160,6 +206,9 @@ def compile_model(model, training_cfg, optimizer) -> None:
         loss = (tf.keras.losses.Huber(delta=training_cfg.huber_delta) if training_cfg.regression_loss == "huber"
                 else tf.keras.losses.MeanSquaredError())
         metrics = [tf.keras.metrics.MeanAbsoluteError(name="mae")]
+        std = (target_scale or TargetScale(0.0, 1.0)).std
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, loss_weights=1.0 / std ** 2)
+        return
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 

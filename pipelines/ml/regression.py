@@ -1,0 +1,91 @@
+"""The regression head's measures: MAE, RMSE and MAPE computed in Spark, the network's predictions
+in the target's units, and the bless rule (the network is served only where its validation MAE
+beats the best baseline's and the best naive forecast's).
+
+    >>> regression_metrics(predictions, prediction_col="prediction").mae
+    >>> decide(metrics)                                       # ("blessed", "validation MAE 1.52 beats ...")
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
+from pipelines.stages.gold.spec import TARGET
+
+
+@dataclass
+class RegressionMetrics:
+    rows: int
+    mae: float
+    rmse: float
+    mape: float     # percent, over the rows whose target is not 0; NaN when every target is 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def regression_metrics(df, prediction_col: str = "prediction", target_col: str = TARGET) -> RegressionMetrics:
+    """Mean absolute error, root mean squared error and mean absolute percentage error of
+    `prediction_col` against `target_col`, in one pass over `df` (rows with a null target left out).
+
+        >>> regression_metrics(spark.createDataFrame([(1.0, 2.0), (4.0, 2.0)], "target double, prediction double"))
+        RegressionMetrics(rows=2, mae=1.5, rmse=1.5811..., mape=62.5)
+    """
+    from pyspark.sql import functions as F
+
+    y, p = F.col(target_col).cast("double"), F.col(prediction_col).cast("double")
+    error = p - y
+    row = (df.filter(y.isNotNull())
+             .agg(F.count(F.lit(1)).alias("n"), F.avg(F.abs(error)).alias("mae"), F.avg(error * error).alias("mse"),
+                  F.avg(F.when(y != 0, F.abs(error) / F.abs(y))).alias("ape"))
+             .collect()[0])
+    n = int(row["n"] or 0)
+    if n == 0:
+        raise ValueError("cannot evaluate an empty set of predictions")
+    ape = row["ape"]
+    return RegressionMetrics(rows=n, mae=float(row["mae"]), rmse=math.sqrt(float(row["mse"])),
+                             mape=float("nan") if ape is None else 100.0 * float(ape))
+
+
+def predict(df, model_path: str, key_columns: tuple[str, ...], batch_size: int = 4096):
+    """`df` (model-input rows) with the saved regression network's prediction, in the target's units
+    (the model restores them itself): `key_columns` + `prediction`. Lazy, scored in Spark tasks."""
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    from pipelines.ml.inputs import model_inputs, spec_of_model
+    from pipelines.ml.model import load_model
+
+    out_schema = StructType([df.schema[k] for k in key_columns] + [StructField("prediction", DoubleType(), False)])
+
+    def predict_batches(frames):
+        model = load_model(model_path)
+        spec = spec_of_model(model)
+        for frame in frames:
+            if frame.empty:
+                continue
+            out = frame[list(key_columns)].copy()
+            out["prediction"] = model.predict(model_inputs(frame, spec), batch_size=batch_size, verbose=0)\
+                .reshape(-1).astype("float64")
+            yield out
+
+    return df.mapInPandas(predict_batches, out_schema)
+
+
+def decide(metrics: list[dict], candidate: str = "dnn", split: str = "validation") -> tuple[str, str]:
+    """Bless or reject, with the reason: `candidate`'s MAE on `split` must be below the best
+    baseline's (every other model not named `naive_*`) and below the best naive forecast's. The
+    test split chooses nothing."""
+    mae = {m["model"]: m["mae"] for m in metrics if m["split"] == split}
+    mine = mae.get(candidate, float("nan"))
+    naive = {k: v for k, v in mae.items() if k.startswith(NAIVE_PREFIX)}
+    baselines = {k: v for k, v in mae.items() if k != candidate and k not in naive}
+    if not naive:
+        raise ValueError(f"no naive forecast was measured on the {split} split: nothing to bless against")
+    bars = [("baseline", min(baselines.items(), key=lambda kv: kv[1])) if baselines else None,
+            ("naive forecast", min(naive.items(), key=lambda kv: kv[1]))]
+    bars = [b for b in bars if b is not None]
+    text = " and ".join(f"the best {what}, {name} {value:.4f}" for what, (name, value) in bars)
+    if math.isnan(mine) or any(not mine < value for _, (_, value) in bars):
+        return "rejected", f"{split} MAE {mine:.4f} does not beat {text}"
+    return "blessed", f"{split} MAE {mine:.4f} beats {text}"
