@@ -7,11 +7,12 @@ missing-value policies. Built from `conf/base/datasets/<name>.yaml` by `pipeline
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
 from pipelines.config import ConfigError
+from pipelines.datasets.schemas import FileSchema, file_schemas
 from pipelines.datasets.timing import EventTime, TimePoint
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -38,10 +39,21 @@ class Column:
     max_length: int | None = None
     # The column's name in the raw files when the tables call it otherwise (`rename:` in YAML).
     file_name: str | None = None
+    # A daily feed's schema over time (pipelines.datasets.schemas): files dated before `since` or
+    # after `until` lack the column; files dated before `renamed_on` carry it as `rename_from`.
+    since: date | None = None
+    until: date | None = None
+    rename_from: str | None = None
+    renamed_on: date | None = None
 
     @property
     def in_file(self) -> str:
         return self.file_name or self.name
+
+    @property
+    def dated(self) -> bool:
+        """True when some files lack the column or carry it under another name."""
+        return any(v is not None for v in (self.since, self.until, self.renamed_on))
 
     @property
     def spark_type(self) -> str:
@@ -136,6 +148,9 @@ class Source:
     # The source whose rows this one updates (late outcomes): silver merges its rows into that
     # source's silver table on the primary key, setting the columns that source does not declare.
     updates: str | None = None
+    # On the source as the files of one date are (`on`): the label of that date's schema, which
+    # a refused header names. None on the declared source.
+    schema: str | None = None
 
     def expects(self, day: date) -> bool:
         """True when the feed's calendar expects a file for `day`."""
@@ -157,6 +172,28 @@ class Source:
     def file_column_names(self) -> list[str]:
         """The columns as the raw files name them (differ where the dataset renames one)."""
         return [c.in_file for c in self.columns]
+
+    def schemas(self) -> list[FileSchema]:
+        """The schemas of the source's files over time, oldest first (one when no column changes)."""
+        return file_schemas(self.columns)
+
+    def schema_on(self, day: date | None) -> FileSchema:
+        """The schema files of `day` are read by (the declared one for a reference table's file)."""
+        schemas = self.schemas()
+        if day is None and len(schemas) > 1:
+            raise ValueError(f"source {self.name} changes its columns over time: schema_on needs a date")
+        return next(s for s in schemas if day is None or s.holds(day))
+
+    def on(self, day: date | None) -> "Source":
+        """The source as its files of `day` are: the columns they carry, under the names they carry
+        them; the source itself when its schema never changes.
+
+            >>> flights.on(date(2013, 1, 2)).file_column_names
+        """
+        if day is None or not any(c.dated for c in self.columns):
+            return self
+        schema = self.schema_on(day)
+        return replace(self, columns=schema.columns, schema=schema.label)
 
     def column(self, name: str) -> Column:
         for c in self.columns:

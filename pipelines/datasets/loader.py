@@ -23,9 +23,13 @@ from pipelines.config import ConfigError
 from pipelines.config.loader import dataset_path
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, DecisionRule, MissingPolicy, Rule, Source)
+from pipelines.datasets.schemas import check_dated_columns
 from pipelines.datasets.timing import TIME_FORMATS, EventTime, time_point
 from pipelines.datasets.yaml_checks import YamlChecks
 from pipelines.storage.layout import LAYOUTS, MONTH_COLUMN
+
+# A column's keys for a schema that changes over time (`Column` has a field of each name).
+DATED = ("since", "until", "rename_from", "renamed_on")
 
 # --------------------------------------------------------------------------------------------
 # Loading
@@ -253,6 +257,9 @@ class _Parser(YamlChecks):
             self.fail(f"{key}.seed.date_columns", "must name the year, month and day columns a daily feed is split "
                                                   "by, or the one column whose text starts with the date (YYYY-MM-DD)")
         event_time = self.event_time(data.get("event_time"), f"{key}.event_time", set(names))
+        check_dated_columns(self.fail, key, columns, daily=daily, rules=rules,
+                            required={**{c: "a column of the primary key" for c in primary_key},
+                                      **({event_time.column: "the event_time"} if event_time else {})})
         known_at = self.when(data["known"], f"{key}.known") if "known" in data else None
         if known_at is not None and not partition_by:
             self.fail(f"{key}.known", "applies to a daily feed; a reference table is known all along")
@@ -288,20 +295,25 @@ class _Parser(YamlChecks):
     def columns(self, value: Any, key: str, max_length: int | None = None) -> tuple[Column, ...]:
         # A mapping keeps the file's column order (YAML mappings are ordered): `year: int`, or
         # `tailnum: {type: string, max_length: 20}` for a string column with its own limit, or
-        # `Date: {type: date, rename: order_date}` for a column the tables call otherwise.
+        # `Date: {type: date, rename: order_date}` for a column the tables call otherwise, or
+        # `gate: {type: string, since: 2013-06-01}` for one the files carry from a date on
+        # (`until`: up to a date; `rename_from: old, renamed_on: date`: under another name before).
         value = self.mapping(value, key, set(value) if isinstance(value, dict) else set())
         if not value:
             self.fail(key, "must declare at least one column")
         out = []
         for name, typ in value.items():
-            limit, renamed = max_length, None
+            limit, renamed, dated = max_length, None, {}
             if isinstance(typ, dict):
-                spec = self.mapping(typ, f"{key}.{name}", {"type", "max_length", "rename"}, {"type"})
+                spec = self.mapping(typ, f"{key}.{name}", {"type", "max_length", "rename", *DATED}, {"type"})
                 typ = spec["type"]
-                if "rename" in spec:
-                    renamed = self.string(spec["rename"], f"{key}.{name}.rename")
-                    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", renamed):
-                        self.fail(f"{key}.{name}.rename", f"must be a column name, got {renamed!r}")
+                for k in ("rename", "rename_from"):
+                    if k in spec and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", self.string(spec[k], f"{key}.{name}.{k}")):
+                        self.fail(f"{key}.{name}.{k}", f"must be a column name, got {spec[k]!r}")
+                renamed = spec.get("rename")
+                # The schema over time (pipelines.datasets.schemas checks how the keys fit together).
+                dated = {k: spec[k] if k == "rename_from" else self.day(spec[k], f"{key}.{name}.{k}")
+                         for k in DATED if k in spec}
                 if "max_length" in spec:
                     if typ != "string":
                         self.fail(f"{key}.{name}.max_length", f"applies to string columns, not {typ}")
@@ -311,7 +323,7 @@ class _Parser(YamlChecks):
             if str(name).startswith("_"):
                 self.fail(f"{key}.{name}", "may not start with '_' (kept for lineage columns)")
             out.append(Column(renamed or str(name), typ, limit if typ == "string" else None,
-                              str(name) if renamed else None))
+                              str(name) if renamed else None, **dated))
         return tuple(out)
 
     def csv_options(self, value: Any, key: str) -> CsvOptions:

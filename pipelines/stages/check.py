@@ -8,6 +8,8 @@ counted: the records parsed and rejected (with the reasons), the rows each rule 
 or count, the duplicates of the primary key, and the days the source's calendar expects with no
 file. A file refused whole (a header that names other columns, a Parquet file that is not one)
 fails the check; rejected records and quarantined rows do not: the pipeline keeps them apart.
+A daily file is judged by the schema of its own date, and the report names the schema each file
+matched (`schemas`: a feed's columns may change over time, `pipelines.datasets.schemas`).
 
     >>> report = check_dataset(cfg, spark, load_dataset("shop"))
     >>> report["ok"], report["sources"][0]["rejected"]
@@ -73,17 +75,20 @@ def check_source(spark, dataset: Dataset, source: Source, landing: str, dates: l
            "first": None, "last": None,
            "records": 0, "parsed": 0, "rejected": 0, "rejected_reasons": {}, "rejected_examples": [],
            "refused": [], "empty": [], "rules": [], "quarantined": 0, "quarantine_examples": [], "duplicates": 0,
-           "primary_key": list(source.primary_key), "gaps": []}
+           "primary_key": list(source.primary_key), "gaps": [], "schemas": []}
     if source.daily and files:
         out["first"], out["last"] = str(min(f.date for f in files)), str(max(f.date for f in files))
     if source.daily:
         out["gaps"] = [str(d) for d in _missing_dates(files, dates, delivered, source)
                        if as_of is None or due(source, d) <= as_of]
     readable = []
+    # The files that matched each of the source's schemas over time (one when no column changes).
+    schemas = source.schemas()
+    matched: dict[str, list[str]] = {s.label: [] for s in schemas}
     for f in files:
         content = f.read_bytes()
         try:
-            records, why = count_records(content, source), header_reason(content, source)
+            records, why = count_records(content, source), header_reason(content, source.on(f.date))
         except Exception as exc:     # a Parquet file that is not one: bronze could not open it either
             out["refused"].append({"file": f.path, "reason": f"unreadable as {source.format}: {exc}"})
             continue
@@ -91,7 +96,12 @@ def check_source(spark, dataset: Dataset, source: Source, landing: str, dates: l
             out["refused"].append({"file": f.path, "reason": why})
         elif records == 0:
             out["empty"].append(f.path)
+        else:
+            matched[source.schema_on(f.date).label].append(f.path)
         readable.append((f, records))
+    out["schemas"] = [{"schema": s.label, "columns": [c.in_file for c in s.columns],
+                       "differences": s.differences(source.columns), "files": matched[s.label]}
+                      for s in schemas]
     out["records"] = sum(n for _, n in readable)
     if not readable:
         kept[source.name] = spark.createDataFrame([], _kept_schema(source))
@@ -173,6 +183,12 @@ def _source_lines(s: dict) -> list[str]:
         out.append(f"    refused whole: {f['file']}: {f['reason']}")
     if s["empty"]:
         out.append(f"    empty: {', '.join(s['empty'][:5])}" + (", ..." if len(s["empty"]) > 5 else ""))
+    for i, schema in enumerate(s["schemas"] if len(s["schemas"]) > 1 else []):
+        files = schema["files"]
+        span = f": {files[0]}" + (f"..{files[-1]}" if len(files) > 1 else "") if files else ""
+        differs = f" ({'; '.join(schema['differences'])})" if schema["differences"] else ""
+        out.append(f"  {'schemas' if i == 0 else '':13}{schema['schema']}{differs}: matched by "
+                   f"{_n(len(files), 'file')}{span}")
     out.append(f"  records      {s['records']:,}: {s['parsed']:,} parsed, {s['rejected']:,} rejected")
     for reason, count in s["rejected_reasons"].items():
         out.append(f"    {count:,} × {reason}")

@@ -97,7 +97,7 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
     """Fill `cfg.landing` from the dataset's seed package; returns one result per source.
 
     Daily feeds become one CSV per date holding the source's declared columns (values and NA kept
-    as the package writes them), so one package file can feed a schedule and, as another source,
+    as the package writes them; a column's dates and old name as declared, `as_delivered_on`), so one package file can feed a schedule and, as another source,
     its outcomes; reference tables are copied as they are. Only `dates` of the daily feeds are
     written when given, and with `as_of` (local minutes, `pipelines.datasets.timing`) only the
     days whose file is due by then: a feed `known` the day after a date has no file for it yet.
@@ -127,7 +127,7 @@ def seed(cfg, dates: Iterable[date] | None = None, dataset: Dataset | None = Non
                                                     source.csv.quote, undated=undated):
                 if (wanted is not None and day not in wanted) or (as_of is not None and due(source, day) > as_of):
                     continue
-                _deliver(landing / source.path_for(day), content, result)
+                _deliver(landing / source.path_for(day), as_delivered_on(content, source, day), result)
                 result.rows += rows
                 result.dates.append(day)
             result.undated = len(undated)
@@ -248,6 +248,17 @@ def select_columns(raw: bytes, names: list[str], delimiter: str = ",", quote: st
         fields = _fields(line.rstrip(b"\r"), sep, q)
         out.append(sep.join(fields[i] for i in idx))
     return b"\n".join(out)
+
+
+def as_delivered_on(content: bytes, source: Source, day: date) -> bytes:
+    """A day of a seed file (every declared column, under its current name) as the feed delivered
+    it that day: only the columns files of `day` carry, under their names then (`Source.on`)."""
+    delivered = source.on(day)
+    if delivered is source:
+        return content
+    kept = select_columns(content, [source.column(c.name).in_file for c in delivered.columns],
+                          source.csv.delimiter, source.csv.quote)
+    return source.csv.delimiter.join(delivered.file_column_names).encode() + b"\n" + kept.split(b"\n", 1)[1]
 
 
 _ISO_DAY = re.compile(rb'"?(\d{4})-(\d{2})-(\d{2})')

@@ -143,8 +143,9 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     deliveries = []
     for f in files:
         content = f.read_bytes()
+        # A file's header is judged by the schema of its own date (the columns change over time).
         deliveries.append(_Delivery(f, hashlib.sha256(content).hexdigest(), len(content), count_records(content, source),
-                                    header_reason(content, source)))
+                                    header_reason(content, source.on(f.date))))
     changed = [d for d in deliveries if d.file.path not in known or known[d.file.path][0] != d.sha256]
     if not changed:
         result.files_skipped = len(deliveries)

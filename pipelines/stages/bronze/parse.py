@@ -143,8 +143,10 @@ def count_records(content: bytes, source: Source) -> int:
     return len(lines)
 
 
-def _header_problem(found: list[str], expected: list[str]) -> tuple[str | None, list[int] | None]:
-    """(reason, None) when a file's columns differ from the declared ones, else (None, positions)."""
+def _header_problem(found: list[str], expected: list[str],
+                    schema: str | None = None) -> tuple[str | None, list[int] | None]:
+    """(reason, None) when a file's columns differ from the declared ones (those of `schema`, the
+    file's date's, where the columns change over time), else (None, positions)."""
     if found == expected:
         return None, None
     extra = [c for c in found if c not in expected]
@@ -160,7 +162,8 @@ def _header_problem(found: list[str], expected: list[str]) -> tuple[str | None, 
         parts.append(f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     if dupes:
         parts.append(f"repeated column{'s' if len(dupes) > 1 else ''} {', '.join(dupes)}")
-    return f"header does not match the declared columns: {'; '.join(parts)}", None
+    of = f" of files dated {schema}" if schema else ""
+    return f"header does not match the declared columns{of}: {'; '.join(parts)}", None
 
 
 def _csv_header(first_line: bytes, source: Source) -> tuple[str | None, list[int] | None]:
@@ -173,7 +176,7 @@ def _csv_header(first_line: bytes, source: Source) -> tuple[str | None, list[int
     fields, problem = _split_csv(header.lstrip("\ufeff"), source)
     if problem:
         return f"header: {problem}", None
-    return _header_problem([f.strip() for f in fields], source.file_column_names)
+    return _header_problem([f.strip() for f in fields], source.file_column_names, source.schema)
 
 
 def header_reason(content: bytes, source: Source) -> str | None:
@@ -181,6 +184,7 @@ def header_reason(content: bytes, source: Source) -> str | None:
 
     Read on the driver for every delivered file, so that a file with a bad header and no records
     after it (a binary blob without a line break, say) is refused by name, not reported empty.
+    A daily file is judged by `source.on(its date)`, the schema of its date.
     """
     if not content:
         return None
@@ -189,7 +193,8 @@ def header_reason(content: bytes, source: Source) -> str | None:
 
         import pyarrow.parquet as pq
 
-        return _header_problem(pq.ParquetFile(io.BytesIO(content)).schema_arrow.names, source.file_column_names)[0]
+        return _header_problem(pq.ParquetFile(io.BytesIO(content)).schema_arrow.names, source.file_column_names,
+                               source.schema)[0]
     if source.format == "csv" and source.csv.header:
         return _csv_header(split_lines(content)[0], source)[0]
     return None
@@ -409,7 +414,7 @@ def _parse_parquet(content: bytes, source: Source) -> ParsedFile:
     out.records = table.num_rows
     names = source.file_column_names
     types = [c.type for c in source.columns]
-    reason, _ = _header_problem(table.column_names, names)
+    reason, _ = _header_problem(table.column_names, names, source.schema)
     if reason:
         out.warning = reason
     for i, record in enumerate(table.to_pylist()):

@@ -1,6 +1,7 @@
 """Parsing landing files with Spark: one task per batch of files reads their bytes (`binaryFile`)
 and parses each with `pipelines.stages.bronze.parse`, giving one DataFrame of every record:
 the declared columns, `date` for a daily feed, the file and line, and the reason where rejected.
+A daily file is parsed by the schema of its date (`Source.on`); the columns it lacks are null.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ def make_parser(source: Source, files: list[LandingFile]):
 
         import pyarrow as pa
 
-        types = [c.type for c in source.columns]
         fields = list(_arrow_schema(source))
         if source.daily:
             fields.append(pa.field(PARTITION_COLUMN, pa.date32()))
@@ -52,13 +52,16 @@ def make_parser(source: Source, files: list[LandingFile]):
                 if key is None:
                     raise RuntimeError(f"bronze read {spark_path}, which is not among the files of this run")
                 rel, day = key
-                parsed = parse_file(content or b"", source)
+                # Each file by the schema of its date; a column that date lacks is null.
+                delivered = source.on(day)
+                parsed = parse_file(content or b"", delivered)
                 n_good, n_bad = parsed.good.num_rows, len(parsed.rejected)
                 n = n_good + n_bad
                 if n == 0:
                     continue
-                arrays = [pa.concat_arrays([*parsed.good.column(i).chunks, pa.nulls(n_bad, _arrow_type(t))])
-                          for i, t in enumerate(types)]
+                carried = set(delivered.column_names)
+                arrays = [pa.concat_arrays([*parsed.good.column(c.name).chunks, pa.nulls(n_bad, _arrow_type(c.type))])
+                          if c.name in carried else pa.nulls(n, _arrow_type(c.type)) for c in source.columns]
                 if source.daily:
                     arrays.append(pa.array([day] * n, type=pa.date32()))
                 arrays += [

@@ -37,7 +37,8 @@ def fix_types(bronze, source: Source):
 
     cols = []
     for c in source.columns:
-        value = F.col(c.name)
+        # A column declared with its dates after bronze was last written is null until ingested again.
+        value = F.col(c.name) if c.name in bronze.columns or not c.dated else F.lit(None)
         if c.type == "string":
             value = F.when(F.trim(value) == "", None).otherwise(F.trim(value))
         cols.append(value.cast(c.spark_type).alias(c.name))
