@@ -15,6 +15,7 @@ from pipelines.config import Config
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results, tracking
 from pipelines.ml.candidate import train_and_register
+from pipelines.ml.regression_candidate import train_and_register_regression
 from pipelines.ml.scoring import baseline_path, score_days
 from pipelines.report import build_report
 from pipelines.stages import bronze, gold, landing, silver
@@ -113,7 +114,8 @@ def stage_train(ctx: NightlyContext) -> int:
             log.info(f"[nightly] train: reusing blessed model {current.model_version} "
                      f"(trained for {current.run_date}, {age} days old < {ctx.cfg.nightly.retrain_every_days})")
             return 0
-    return train_and_register(ctx.cfg, ctx.spark, ctx.lakehouse, run_id=ctx.run_id, run_date=ctx.run_date).rows_trained
+    register = train_and_register_regression if ctx.cfg.training.head == "regression" else train_and_register
+    return register(ctx.cfg, ctx.spark, ctx.lakehouse, run_id=ctx.run_id, run_date=ctx.run_date).rows_trained
 
 
 def stage_score(ctx: NightlyContext) -> int:

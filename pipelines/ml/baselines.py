@@ -15,6 +15,9 @@ from pipelines.config.settings import BASELINES as DECLARED
 
 BASELINES = tuple(DECLARED)
 BASELINE_NAMES = {kind: baseline.name for kind, baseline in DECLARED.items()}
+# The regression head's baselines, by the kind the configuration's lists name (`logreg` is the
+# linear model of either head): MLlib's linear regression, MLlib's and XGBoost's regression trees.
+REGRESSION_BASELINES = {"logreg": "linreg", "gbt": "gbt", "xgb": "xgb"}
 
 
 def model_input_frames(lakehouse, version: int, splits: tuple[str, ...] = ("train", "validation"),
@@ -119,3 +122,59 @@ def xgboost_classifier(label: str, seed: int, params: dict):
                               n_estimators=int(params.get("n_estimators", 200)),
                               learning_rate=float(params.get("learning_rate", 0.1)),
                               missing=float("nan"))
+
+
+def fit_regression_baselines(train_df, kinds: list[str], label: str = "target", *, seed: int,
+                             max_iter: int = 50) -> dict[str, dict]:
+    """Fit the regression baselines `kinds` (values of REGRESSION_BASELINES) on `train_df`'s rows
+    with a known `label`, on the columns the classification baselines read: linreg on num_* and a
+    one-hot encoding of each cat_* index, gbt and xgb on num_* and the raw indices. Returns
+    ``{kind: {"seconds", "features", "model"}}``; the fitted `PipelineModel`'s `prediction` column
+    predicts new rows (`regression_predictions`).
+    """
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import OneHotEncoder, VectorAssembler
+    from pyspark.ml.regression import GBTRegressor, LinearRegression
+    from pyspark.sql import functions as F
+
+    unknown = [k for k in kinds if k not in REGRESSION_BASELINES.values()]
+    if unknown:
+        raise ValueError(f"unknown regression baseline(s) {unknown}; known: {', '.join(REGRESSION_BASELINES.values())}")
+    numeric, categorical = feature_columns(train_df.columns)
+    if not numeric and not categorical:
+        raise ValueError(f"no num_* or cat_* columns to fit baselines on among {train_df.columns}")
+    train = (train_df.select(*numeric, *categorical, F.col(label).cast("double").alias(label))
+             .filter(F.col(label).isNotNull()).cache())
+    results: dict[str, dict] = {}
+    try:
+        for kind in kinds:
+            started = time.time()
+            if kind == "linreg":
+                onehot = [f"{c}_onehot" for c in categorical]
+                stages = ([OneHotEncoder(inputCols=categorical, outputCols=onehot, handleInvalid="keep")]
+                          if categorical else [])
+                stages += [VectorAssembler(inputCols=numeric + onehot, outputCol="features", handleInvalid="keep"),
+                           LinearRegression(labelCol=label, featuresCol="features", maxIter=max_iter)]
+            else:
+                if kind == "gbt":
+                    trees = GBTRegressor(labelCol=label, featuresCol="features", maxIter=max_iter, maxDepth=5,
+                                         stepSize=0.1, maxBins=64, seed=seed)
+                else:
+                    from xgboost.spark import SparkXGBRegressor
+
+                    trees = SparkXGBRegressor(features_col="features", label_col=label, num_workers=1, seed=seed,
+                                              max_depth=6, n_estimators=200, learning_rate=0.1, missing=float("nan"))
+                stages = [VectorAssembler(inputCols=numeric + categorical, outputCol="features", handleInvalid="keep"),
+                          trees]
+            results[kind] = {"model": Pipeline(stages=stages).fit(train), "seconds": round(time.time() - started, 2),
+                             "features": len(numeric) + len(categorical)}
+    finally:
+        train.unpersist()
+    return results
+
+
+def regression_predictions(df, fitted, key_columns: tuple[str, ...]):
+    """`df` predicted by a fitted regression baseline: `key_columns` + `prediction` (double)."""
+    from pyspark.sql import functions as F
+
+    return fitted.transform(df).select(*key_columns, F.col("prediction").cast("double").alias("prediction"))

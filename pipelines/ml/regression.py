@@ -34,18 +34,35 @@ def regression_metrics(df, prediction_col: str = "prediction", target_col: str =
     """
     from pyspark.sql import functions as F
 
-    y, p = F.col(target_col).cast("double"), F.col(prediction_col).cast("double")
-    error = p - y
-    row = (df.filter(y.isNotNull())
-             .agg(F.count(F.lit(1)).alias("n"), F.avg(F.abs(error)).alias("mae"), F.avg(error * error).alias("mse"),
-                  F.avg(F.when(y != 0, F.abs(error) / F.abs(y))).alias("ape"))
-             .collect()[0])
-    n = int(row["n"] or 0)
-    if n == 0:
+    by = "_all"
+    found = regression_metrics_by(df.withColumn(by, F.lit(0)), [prediction_col], by, target_col)
+    if not found:
         raise ValueError("cannot evaluate an empty set of predictions")
-    ape = row["ape"]
-    return RegressionMetrics(rows=n, mae=float(row["mae"]), rmse=math.sqrt(float(row["mse"])),
-                             mape=float("nan") if ape is None else 100.0 * float(ape))
+    return found[(0, prediction_col)]
+
+
+def regression_metrics_by(df, prediction_cols: list[str], by: str = "split",
+                          target_col: str = TARGET) -> dict[tuple, RegressionMetrics]:
+    """`regression_metrics` of each of `prediction_cols` for each value of `by`, in one pass:
+    {(value of `by`, column): RegressionMetrics}."""
+    from pyspark.sql import functions as F
+
+    y = F.col(target_col).cast("double")
+    aggregates = []
+    for i, column in enumerate(prediction_cols):
+        p = F.col(column).cast("double")
+        error = p - y
+        aggregates += [F.count(p).alias(f"n{i}"), F.avg(F.abs(error)).alias(f"mae{i}"),
+                       F.avg(error * error).alias(f"mse{i}"), F.avg(F.when(y != 0, F.abs(error) / F.abs(y))).alias(f"ape{i}")]
+    out = {}
+    for row in df.filter(y.isNotNull()).groupBy(by).agg(*aggregates).collect():
+        for i, column in enumerate(prediction_cols):
+            n, ape = int(row[f"n{i}"] or 0), row[f"ape{i}"]
+            if n:
+                out[(row[by], column)] = RegressionMetrics(
+                    rows=n, mae=float(row[f"mae{i}"]), rmse=math.sqrt(float(row[f"mse{i}"])),
+                    mape=float("nan") if ape is None else 100.0 * float(ape))
+    return out
 
 
 def predict(df, model_path: str, key_columns: tuple[str, ...], batch_size: int = 4096):

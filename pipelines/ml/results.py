@@ -14,10 +14,11 @@ from pipelines.catalog import FEATURES, HISTORY, METRICS, PARTITION_COLUMN, PRED
 from pipelines.ml.evaluation import binary_metrics
 
 # `date`: the day a live metric row measures (the predictions of that day against its outcomes);
-# null for the train, validation and test rows of a training run.
+# null for the train, validation and test rows of a training run. `mae`, `rmse` and `mape` are the
+# regression head's (pipelines.ml.regression), null on a classifier's rows (and its AUC columns on theirs).
 METRICS_SCHEMA = ("run_id string, model_version string, model string, split string, date date, rows long, "
                   "positives long, auc double, log_loss double, accuracy double, precision double, recall double, "
-                  "f1 double, threshold double, created_at timestamp")
+                  "f1 double, threshold double, created_at timestamp, mae double, rmse double, mape double")
 HISTORY_SCHEMA = ("run_id string, model_version string, epoch int, loss double, auc double, val_loss double, "
                   "val_auc double, samples_per_second double, seconds double, learning_rate double")
 

@@ -22,7 +22,8 @@ import cloudpickle
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.console import RankOutput
-from pipelines.ml.tensors import check_shardable, load_feature_spec, pin_snapshot
+from pipelines.ml.model import TargetScale, label_for
+from pipelines.ml.tensors import SplitFiles, check_shardable, load_feature_spec, pin_snapshot
 from pipelines.ml.training.launch import rank_entry, shipped_files
 from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STATE_FILE, TrainingError, TrainingPlan,
                                         TrainingResult, model_dir_for, read_state, write_json)
@@ -85,9 +86,11 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         os.makedirs(model_dir, exist_ok=True)
         write_json(os.path.join(model_dir, STATE_FILE), state)
     write_json(os.path.join(model_dir, SPEC_FILE), spec.to_dict())
+    target_scale = target_scale_of(snapshot.splits["train"], label_for(cfg.training)) \
+        if cfg.training.head == "regression" else None
     plan = TrainingPlan(cfg.training, spec, snapshot.splits["train"], snapshot.splits["validation"],
                         model_version, model_dir, distributed=num_proc > 1, verbose=verbose,
-                        return_weights=return_weights, callbacks=tuple(callbacks))
+                        return_weights=return_weights, callbacks=tuple(callbacks), target_scale=target_scale)
     model_path = os.path.join(model_dir, MODEL_FILE)
     had_model = os.path.exists(model_path)
     # The executors the ranks will run in, to name the one a failure lost.
@@ -127,6 +130,26 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         weights=[r.get("weights") for r in per_rank] if return_weights else None)
     write_json(os.path.join(model_dir, RESULT_FILE), result.to_dict())
     return result
+
+
+def target_scale_of(split: SplitFiles, column: str) -> TargetScale:
+    """The regression target's scale on the rows `split` trains on (its files, its days), read
+    with pyarrow on the driver: one column of the training rows."""
+    from urllib.parse import urlparse
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    values = []
+    for uri in split.files:
+        path = urlparse(uri).path if uri.startswith("file:") else uri
+        table = pq.read_table(path, columns=[column, "day"] if split.days else [column])
+        y = table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        if split.days:
+            day = table.column("day").to_numpy(zero_copy_only=False)
+            y = y[(day >= split.days[0]) & (day <= split.days[1])]
+        values.append(y)
+    return TargetScale.fit(np.concatenate(values) if values else [])
 
 
 def _steady_rate(history: list[dict], initial_epoch: int) -> float:
@@ -207,5 +230,5 @@ def _check_resumable(state: dict, cfg, model_version: str, table_version, spec_v
 
 def _training_hash(cfg) -> str:
     """Hash of the training settings that shape the model; `epochs` may grow on a resume."""
-    settings = {k: v for k, v in asdict(cfg.training).items() if k not in ("epochs", "num_proc", "baselines")}
+    settings = {k: v for k, v in asdict(cfg.training).items() if k not in ("epochs", "num_proc", "baselines", "naive_forecasts")}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

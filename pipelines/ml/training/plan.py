@@ -40,6 +40,9 @@ class TrainingPlan:
     verbose: bool = True
     return_weights: bool = False
     callbacks: tuple = ()
+    # The regression target's scale on the training rows (`pipelines.ml.model.TargetScale`); None
+    # for the classification head.
+    target_scale: Any = None
 
 
 @dataclass

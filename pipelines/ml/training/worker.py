@@ -59,14 +59,14 @@ def run_training(plan: TrainingPlan) -> dict:
     val_ds = (make_dataset(val_split, plan.spec, cfg, label=label, rank=rank, num_ranks=size, training=False)
               if val_split is not None else None)
 
-    model = build_model(plan.spec, cfg)
+    model = build_model(plan.spec, cfg, plan.target_scale)
     # Linear scaling rule: N workers take N times larger global batches, so N times the rate.
     optimizer = make_optimizer(cfg, learning_rate=cfg.learning_rate * size)
     if hvd is not None:
         # Embedding gradients are sparse; these tables are small, so a dense allreduce is cheaper
         # than Gloo's allgather of slices.
         optimizer = hvd.DistributedOptimizer(optimizer, sparse_as_dense=True)
-    compile_model(model, cfg, optimizer)
+    compile_model(model, cfg, optimizer, plan.target_scale)
 
     checkpoint_dir = os.path.join(plan.model_dir, "checkpoints")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **dropout_generators(model))
@@ -133,7 +133,7 @@ def _export_best(plan: TrainingPlan, best_epoch: int) -> None:
     """Save the best epoch's weights as the model (`model.keras`), atomically, without optimizer."""
     import tensorflow as tf
 
-    export = build_model(plan.spec, plan.training)
+    export = build_model(plan.spec, plan.training, plan.target_scale)
     path = os.path.join(plan.model_dir, "checkpoints", f"{CHECKPOINT_PREFIX}-{best_epoch}")
     tf.train.Checkpoint(model=export).restore(path).expect_partial()
     partial = os.path.join(plan.model_dir, f"partial-{os.getpid()}.{MODEL_FILE}")

@@ -1,0 +1,120 @@
+"""The train stage of the regression head (`training.head: regression`): train the network on the
+standardised target, fit the regression baselines on the same train rows, compute the naive
+forecasts (`pipelines.ml.naive`), measure every one of them on each split of the same pinned
+`gold.model_input` version (MAE, RMSE, MAPE), and register the network, blessed only when its
+validation MAE beats the best baseline's and the best naive forecast's (`pipelines.ml.regression.decide`).
+
+    >>> candidate = train_and_register_regression(cfg, spark, lakehouse, run_id, run_date)
+    >>> candidate.entry.status, candidate.entry.reason
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import date
+
+from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
+from pipelines.datasets import dataset_for
+from pipelines.ml import registry, results
+from pipelines.ml.baselines import (REGRESSION_BASELINES, fit_regression_baselines, model_input_frames,
+                                    regression_predictions)
+from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for
+from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
+from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
+from pipelines.ml.regression import decide, predict, regression_metrics_by
+from pipelines.ml.training import model_dir_for, read_result, train
+from pipelines.stages.gold.spec import TARGET
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+
+
+def regression_kinds(configured: list[str]) -> list[str]:
+    """The regression baselines for the configured kinds: the linear regression always (the bar
+    every candidate clears, as the logistic regression is for classification), then the others."""
+    return ["linreg", *[REGRESSION_BASELINES[k] for k in configured if k != "logreg"]]
+
+
+def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, ...] = SPLITS) -> list[dict]:
+    """MAE, RMSE and MAPE of the network of `result`, of the regression baselines `kinds` (fitted
+    here on the train split and saved in the model's folder, `baselines/<kind>`) and of the naive
+    forecasts, on the rows of each of `splits` whose target is known: one dict per (model, split)."""
+    from pyspark.sql import functions as F
+
+    version = result.table_versions[MODEL_INPUT]
+    dataset = dataset_for(cfg)
+    key = dataset.key
+    frames = {s: f.filter(F.col(TARGET).isNotNull()).cache()
+              for s, f in model_input_frames(lakehouse, version, splits=tuple(dict.fromkeys(("train", *splits)))).items()}
+    fitted = fit_regression_baselines(frames["train"], kinds, seed=cfg.training.seed)
+    for kind, baseline in fitted.items():
+        baseline["model"].write().overwrite().save(os.path.join(result.model_dir, "baselines", kind))
+    train_mean = float(frames["train"].agg(F.avg(F.col(TARGET).cast("double"))).collect()[0][0])
+    forecasts = declared_forecasts(cfg.training.naive_forecasts, outcome_delay_days(dataset))
+    # Every split's rows are the history: a validation day reads the train days before it, and
+    # its own split's days once they are `lag` days old, as the nightly would have known them.
+    naive = naive_forecasts(lakehouse.table(MODEL_INPUT).read(version=version), key, forecasts, train_mean)
+    # Every model's prediction of every row, side by side, so one pass measures them all.
+    rows_measured = None
+    for split in splits:
+        rows_measured = frames[split] if rows_measured is None else rows_measured.unionByName(frames[split])
+    predicted = naive.join(predict(rows_measured, result.model_path, (key,)).withColumnRenamed("prediction", "dnn"), key)
+    for kind, b in fitted.items():
+        predicted = predicted.join(regression_predictions(rows_measured, b["model"], (key,))
+                                   .withColumnRenamed("prediction", kind), key)
+    names = ["dnn", *fitted, *[c for c in naive.columns if c.startswith(NAIVE_PREFIX)]]
+    measured = regression_metrics_by(predicted, names, by="split")
+    rows = [{"model_version": result.model_version, "model": name, "split": split, **measured[(split, name)].as_dict()}
+            for split in splits for name in names if (split, name) in measured]
+    for frame in frames.values():
+        frame.unpersist()
+    return rows
+
+
+def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
+    """The nightly's train stage for the regression head (see the module's doc)."""
+    laps = Laps()
+    version_name = model_version_for(cfg, run_date)
+    result = read_result(model_dir_for(cfg, version_name))
+    if result is None:
+        result = train(cfg, spark, model_version=version_name)
+    else:
+        log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
+    laps("network")
+    metrics = measure(cfg, spark, lakehouse, result, regression_kinds(cfg.nightly.baselines))
+    laps("baselines, naive forecasts, metrics")
+    results.write_metrics(lakehouse, run_id, metrics)
+    status, reason = decide(metrics)
+    summary = {f"{m['split']}_{m['model']}_{k}": m[k] for m in metrics for k in ("mae", "rmse", "mape")}
+    validation = {m["model"]: m["mae"] for m in metrics if m["split"] == "validation"}
+    entry = registry.ModelEntry(
+        model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
+        path=result.model_path, training_table=MODEL_INPUT, training_version=result.table_versions[MODEL_INPUT],
+        feature_spec_version=result.table_versions.get(FEATURE_SPEC), config_hash=result.config_hash,
+        code_version=registry.code_version(),
+        metrics=json.dumps({"head": "regression", "validation_mae": validation.get("dnn"),
+                            **{f"{model}_validation_mae": v for model, v in validation.items() if model != "dnn"},
+                            "best_epoch": result.best_epoch, "samples_per_sec": result.samples_per_sec,
+                            "wall_seconds": result.wall_seconds, **summary}),
+        status=status, reason=reason, **dependencies(cfg, lakehouse, result))
+    registry.register(lakehouse, entry)
+    laps("registry")
+    log.info(f"[train] seconds: {laps}")
+    log.info(f"[train] model {result.model_version}: {status} ({reason})")
+    for line in mae_lines(metrics):
+        log.info(line)
+    return Candidate(entry, metrics, result.rows["train"])
+
+
+def mae_lines(metrics: list[dict]) -> list[str]:
+    """The MAE of every model on every split, one line per model, the network first."""
+    models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n.startswith(NAIVE_PREFIX), n))
+    splits = [s for s in SPLITS if any(m["split"] == s for m in metrics)]
+    lines = ["[train] MAE                       " + "".join(f"{s:>12}" for s in splits)]
+    for model in models:
+        cells = [next((m["mae"] for m in metrics if m["model"] == model and m["split"] == s), float("nan"))
+                 for s in splits]
+        lines.append(f"[train] {model:26}" + "".join(f"{v:>12.4f}" for v in cells))
+    return lines
