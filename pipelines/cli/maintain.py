@@ -10,6 +10,9 @@ def add_commands(sub, common, dates) -> None:
     common(p)
     p.add_argument("--retention-hours", type=int, metavar="H",
                    help="delete unreferenced files older than this (default: lakehouse.vacuum_retention_hours)")
+    p.add_argument("--keep-models", type=int, metavar="K",
+                   help="keep the versions pinned by the serving, previous and challenger models and the last "
+                        "K registered (default: lakehouse.keep_registered_models)")
     p.add_argument("--dry-run", action="store_true", help="say what would be compacted and deleted; change nothing")
     p.set_defaults(func=run_maintain)
 
@@ -20,13 +23,17 @@ def run_maintain(args, cfg) -> int:
     from pipelines.storage import Lakehouse, LakehouseLock, LockHeldError
 
     hours = cfg.lakehouse.vacuum_retention_hours if args.retention_hours is None else args.retention_hours
+    keep = cfg.lakehouse.keep_registered_models if args.keep_models is None else args.keep_models
     if hours < 0:
         print(f"error: --retention-hours must be at least 0, got {hours}", file=sys.stderr)
+        return 2
+    if keep < 0:
+        print(f"error: --keep-models must be at least 0, got {keep}", file=sys.stderr)
         return 2
     lakehouse = Lakehouse.from_config(cfg)
     try:
         with LakehouseLock(cfg.lakehouse.root, "nightly", new_run_id("maintain"), cfg.lakehouse.lock_lease_seconds):
-            maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run)
+            maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run, keep_registered=keep)
     except LockHeldError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3

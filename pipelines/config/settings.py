@@ -50,6 +50,7 @@ class LakehouseConfig:
     row_group_rows: int
     model_input_row_group_rows: int
     vacuum_retention_hours: int
+    keep_registered_models: int
     lock_lease_seconds: float
     tracking_uri: str
 

@@ -8,7 +8,8 @@ Each entry pins what its model depends on, so `lakehouse-dl reproduce` can train
 (`pipelines.ml.reproduce`): the version of every table read, transitively (`pins`, from
 `pipelines.lineage.pins.upstream`), the full merged configuration (`config`), the seeds, the
 library versions and platform (`libraries`), the code version and the number of processes.
-Vacuum keeps every pinned version (`pipelines.ops.maintenance`).
+Vacuum keeps the versions the serving, previous and challenger models and the last
+`lakehouse.keep_registered_models` registered pin (`pipelines.ops.maintenance.kept_models`).
 """
 from __future__ import annotations
 

@@ -9,10 +9,13 @@ files that only old versions refer to; vacuum deletes those older than the reten
 
 Two exceptions keep training reproducible:
 - `gold.model_input` is never compacted: its 4,096-row row groups are Petastorm's shard unit.
-- Vacuum keeps every version of every table that the model registry pins (`results.models`
-  `pins`: the model input and feature spec versions a model read and, transitively, the versions
-  they were built from), however old, so every registered model can be read back with the exact
-  rows it was trained on, and trained again (`lakehouse-dl reproduce`).
+- Vacuum keeps every version of every table that a kept model pins (`results.models` `pins`: the
+  model input and feature spec versions a model read and, transitively, the versions they were
+  built from), however old, so the model can be read back with the exact rows it was trained on,
+  and trained again (`lakehouse-dl reproduce`). The kept models are the serving one, the one it
+  replaced, the challenger and the last `lakehouse.keep_registered_models` registered
+  (`kept_models`): an older model's versions go once the retention has passed, so a year of
+  nightlies does not keep every version it ever pinned.
 
 It takes the nightly job's lakehouse lock, so it never runs beside a nightly run. It needs no
 Spark: delta-rs does the work on the driver.
@@ -59,18 +62,53 @@ class Maintained:
         return text + (f"; {self.note}" if self.note else "")
 
 
-def pinned_versions(lakehouse: Lakehouse) -> dict[str, list[int]]:
-    """{table: versions} that registered models depend on: every version in their `pins`, and
-    their training table's version and feature spec version (all a registry written before
-    `pins` existed records)."""
+def registered(lakehouse: Lakehouse) -> list[dict]:
+    """The registry's rows, oldest first, with the columns maintenance reads (older registries lack
+    the later ones: feature_spec_version, then pins)."""
     table = lakehouse.table(catalog.MODELS)
     if not table.exists():
+        return []
+    columns = [c for c in ("model_version", "created_at", "status", "training_table", "training_version",
+                           "feature_spec_version", "pins") if c in table.schema().fieldNames()]
+    return sorted(table.to_arrow(columns).to_pylist(), key=lambda r: (r["created_at"] is None, r["created_at"]))
+
+
+def kept_models(lakehouse: Lakehouse, keep_registered: int | None) -> dict:
+    """The registered models whose pins vacuum keeps, by role: the one serving (blessed), the one it
+    replaced (`previous`: the last retired), the `challenger` (the last neither blessed nor retired)
+    and the last `keep_registered` registered; every registered model when `keep_registered` is None.
+
+        >>> kept_models(lakehouse, 2)
+        {'serving': 'm3', 'previous': 'm1', 'challenger': 'm7', 'last 2 registered': ['m6', 'm7']}
+    """
+    rows = registered(lakehouse)
+    if not rows:
         return {}
+
+    def last(statuses) -> str | None:
+        return next((r["model_version"] for r in reversed(rows) if r["status"] in statuses), None)
+
+    roles = {"serving": last({"blessed"}), "previous": last({"retired"}),
+             "challenger": last({"candidate", "rejected"})}
+    out = {role: model for role, model in roles.items() if model}
+    if keep_registered is None:
+        out["every registered"] = [r["model_version"] for r in rows]
+    else:
+        out[f"last {keep_registered} registered"] = [r["model_version"] for r in rows[len(rows) - keep_registered:]
+                                                     ] if keep_registered > 0 else []
+    return out
+
+
+def pinned_versions(lakehouse: Lakehouse, keep_registered: int | None = None) -> dict[str, list[int]]:
+    """{table: versions} that the kept models (`kept_models`) depend on: every version in their
+    `pins`, and their training table's version and feature spec version (all a registry written
+    before `pins` existed records)."""
+    kept = kept_models(lakehouse, keep_registered)
+    names = {m for v in kept.values() for m in ([v] if isinstance(v, str) else v)}
     pinned: dict[str, set[int]] = {}
-    # Older registries lack the later columns (feature_spec_version, then pins).
-    columns = [c for c in ("training_table", "training_version", "feature_spec_version", "pins")
-               if c in table.schema().fieldNames()]
-    for row in table.to_arrow(columns).to_pylist():
+    for row in registered(lakehouse):
+        if row.get("model_version") not in names:
+            continue
         if row["training_table"] and row["training_version"] is not None:
             pinned.setdefault(row["training_table"], set()).add(int(row["training_version"]))
         if row.get("feature_spec_version") is not None:
@@ -121,11 +159,18 @@ def compact_small_files(lakehouse: Lakehouse, target_size_bytes: int) -> list[tu
     return done
 
 
-def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False
-             ) -> list[Maintained]:
-    """Maintain every table of the lakehouse; one line per table, then a total."""
+def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False,
+             keep_registered: int | None = None) -> list[Maintained]:
+    """Maintain every table of the lakehouse, keeping the versions the kept models pin
+    (`kept_models`: all of them when `keep_registered` is None); one line per table, then a total."""
     started = time.time()
-    pinned = pinned_versions(lakehouse)
+    kept = kept_models(lakehouse, keep_registered)
+    pinned = pinned_versions(lakehouse, keep_registered)
+    if kept:
+        names = {m for v in kept.values() for m in ([v] if isinstance(v, str) else v)}
+        roles = "; ".join(f"{role} {v if isinstance(v, str) else ', '.join(v) or 'none'}" for role, v in kept.items())
+        log.info(f"[maintain] vacuum keeps what {len(names)} of {len(registered(lakehouse))} registered "
+                 f"models pin ({roles})")
     done = []
     for name in lakehouse.table_names():
         result = maintain_table(lakehouse.table(name), retention_hours, pinned.get(name, []), row_group_rows, dry_run)

@@ -14,10 +14,12 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from pipelines.lineage.columns import BUILT_FROM
 from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
 from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
 from pipelines.storage.layout import DATE_COLUMN, check_layout
+from pipelines.storage.lineage_log import RECORD_KEY, record as lineage_record
 from pipelines.storage.replace import estimated_bytes, replace_where, with_derived_columns
 from pipelines.storage.paths import local_path
 from pipelines.storage.spark import session_conf
@@ -163,7 +165,8 @@ class DeltaRsEngine:
         arrow_schema = to_arrow_schema(df.schema)
         writer = make_file_writer(local_path(path), write_id, partition_by,
                                   arrow_schema.serialize().to_pybytes(), self.target_file_bytes,
-                                  row_group_rows or self.row_group_rows, allowed, self.target_file_rows)
+                                  row_group_rows or self.row_group_rows, allowed, self.target_file_rows,
+                                  record_column=BUILT_FROM)
         # Within a file, rows in the order of the partition columns, then of `order_by` (a key the
         # caller names, so two runs write the same rows in the same order), then of the date, which
         # keeps each file's date range narrow for skipping by statistics.
@@ -203,7 +206,9 @@ class DeltaRsEngine:
             actions = [AddAction(row["path"], row["size"], json.loads(row["partition_values"]), now, True,
                                  row["stats"]) for row in written]
             delta_schema = Schema.from_json(target_schema.json())
+            # What each added file was built from, so pins read the log, not the files (`lineage_log`).
             props = CommitProperties(custom_metadata={"engine": "lakehouse-dl/delta-rs", "writeId": write_id,
+                                                      RECORD_KEY: lineage_record(written),
                                                       **({"description": description} if description else {})})
             filters = _partition_filters(partitions, df.schema) if partitions else None
             if not existed:

@@ -19,7 +19,7 @@ NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 STATS_STRING_LIMIT = 32
 
 WRITE_RESULT_SCHEMA = (
-    "path string, size long, num_records long, partition_values string, stats string"
+    "path string, size long, num_records long, partition_values string, stats string, recorded string"
 )
 
 
@@ -93,7 +93,7 @@ NEW_ROW_MARKER = "__lakehouse_new_row"
 
 def make_file_writer(table_root: str, write_id: str, partition_by: list[str], arrow_schema_bytes: bytes,
                      target_file_bytes: int, row_group_rows: int, allowed: dict[str, list[str]] | None = None,
-                     target_file_rows: int | None = None):
+                     target_file_rows: int | None = None, record_column: str | None = None):
     """The function a Spark task runs (through `mapInArrow`) to write its rows as Parquet files.
 
     A file is closed once its rows hold `target_file_bytes` of Arrow data (uncompressed, so the
@@ -107,6 +107,10 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
     holds one open file and one partition value's rows, however many values it writes (a few
     thousand days at ×10), and each batch splits into one or two values. Rows that come unsorted
     are still written correctly, into more files.
+
+    With `record_column` (a column of the rows), each file's result also names the distinct
+    non-null values of that column in it (`recorded`, a JSON list), which the commit records
+    (`pipelines.storage.lineage_log`).
     """
 
     def write_task(batches: Iterator) -> Iterator:
@@ -129,10 +133,13 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
                 f["writer"].write_table(table.slice(f["written"]), row_group_size=row_group_rows)
             f["writer"].close()
             stats = file_stats(table)
+            recorded = None
+            if record_column in table.column_names:
+                recorded = json.dumps(sorted(v for v in pc.unique(table[record_column]).to_pylist() if v))
             results.append({
                 "path": f["rel"], "size": os.path.getsize(f["abs"]), "num_records": table.num_rows,
                 "partition_values": json.dumps(dict(zip(partition_by, [partition_string(v) for v in key]))),
-                "stats": json.dumps(stats),
+                "stats": json.dumps(stats), "recorded": recorded,
             })
 
         def write_rows(key: tuple, part) -> None:
@@ -201,6 +208,6 @@ def make_file_writer(table_root: str, write_id: str, partition_by: list[str], ar
         if results:
             yield pa.RecordBatch.from_pylist(results, schema=pa.schema([
                 ("path", pa.string()), ("size", pa.int64()), ("num_records", pa.int64()),
-                ("partition_values", pa.string()), ("stats", pa.string())]))
+                ("partition_values", pa.string()), ("stats", pa.string()), ("recorded", pa.string())]))
 
     return write_task

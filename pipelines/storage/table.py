@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal
 from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, rows_in
 from pipelines.storage.errors import TableNotFoundError
 from pipelines.storage.layout import hidden_columns
+from pipelines.storage.lineage_log import LineageLog
 from pipelines.storage.paths import file_uri, local_path
 
 
@@ -222,6 +223,11 @@ class Table:
 
     def partition_by(self) -> list[str]:
         return list(self.delta().metadata().partition_columns)
+
+    def lineage_log(self) -> LineageLog:
+        """The table's log replayed once: `built_from(version)` gives a version's distinct
+        `_built_from` values from the commits' records, reading no data file they cover."""
+        return LineageLog(self.path)
 
     def history(self, limit: int | None = None) -> list[dict]:
         """Commits, newest first: version, timestamp, operation, parameters."""
