@@ -66,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A full disk is one line naming the filesystem, whichever command and library met it.
+        from pipelines.storage.space import disk_full
+
+        full = disk_full(exc, cfg.lakehouse.root)
+        if full is None:
+            raise
+        print(f"FAILED: {full}", file=sys.stderr)
+        return 1
     finally:
         if args.command not in QUIET_COMMANDS:
             print(f"[lakehouse-dl {args.command}] finished in {time.time() - started:.1f}s", file=sys.stderr)

@@ -88,14 +88,25 @@ class LakehouseLock:
         self._beat.start()
 
     def _heartbeat(self) -> None:
+        failing = False
         while not self._stop.wait(self.lease_seconds / 3):
             if self._read_holder().get("run_id") != self.holder["run_id"]:
                 log.warning(f"[lock] {self.path} is no longer held by run {self.holder['run_id']}")
                 return
             self.holder["heartbeat"] = time.time()
             partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.beat")
-            partial.write_text(json.dumps(self.holder))
-            os.replace(partial, self.path)
+            try:
+                partial.write_text(json.dumps(self.holder))
+                os.replace(partial, self.path)
+                failing = False
+            except OSError as exc:
+                # A full disk: the lock file stays as it was (the pid still names a live holder
+                # on this host) and the next beat tries again; the run itself meets the disk too.
+                partial.unlink(missing_ok=True)
+                if not failing:
+                    log.warning(f"[lock] could not renew {self.path} (trying again every "
+                                f"{self.lease_seconds / 3:.0f}s): {exc}")
+                failing = True
 
     def _why_stale(self, holder: dict) -> str | None:
         """Why the holder is gone (its pid ended here, or its lease ran out), or None if it may live."""
