@@ -2,6 +2,7 @@
 metrics and pinned Delta inputs, and registered versions whose aliases follow the blessed model."""
 import json
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +66,9 @@ def test_each_model_is_a_run_with_its_delta_inputs_the_blessed_one_the_champion_
     assert model.run_id == runs["v2"][0]
     logged = mlflow.models.get_model_info(f"models:/{name}@{CHAMPION}")
     assert set(logged.signature.inputs.input_names()) == {"num_distance", "cat_carrier"}
+    # The model's requirements are the installed versions, named up front (no inference by loading it).
+    from importlib.metadata import version as installed
+
+    requirements = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "got")))
+    pinned = set((requirements / "requirements.txt").read_text().split())
+    assert {f"tensorflow-cpu=={installed('tensorflow-cpu')}", f"numpy=={installed('numpy')}"} <= pinned

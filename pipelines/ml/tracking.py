@@ -84,6 +84,24 @@ def log_inputs(lakehouse, pins: Mapping[str, Sequence[int]], training_table: str
     return logged
 
 
+# The distributions MLflow's own inference finds for the Keras model. It finds them by loading the
+# model in a subprocess (6-7 s of every train stage); naming the installed versions is the same list.
+MODEL_DISTRIBUTIONS = ("mlflow", "cloudpickle", "numpy", "scipy", "tensorflow-cpu", "tensorflow")
+
+
+def model_requirements() -> list[str]:
+    """`MODEL_DISTRIBUTIONS` pinned at their installed versions (those installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for name in MODEL_DISTRIBUTIONS:
+        try:
+            pinned.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
+
+
 def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict], example: dict,
                   saved_model_dir: str | None = None, extra_artifacts: Sequence[str] = ()) -> tuple[str, str]:
     """One MLflow run for registry `entry` (not yet registered in Delta): params, per-epoch
@@ -115,7 +133,8 @@ def log_model_run(cfg, lakehouse, entry, metrics: list[dict], history: list[dict
         quiet_tensorflow()   # MLflow's own predictions would print Keras's progress bars
         prediction = keras_model.predict(example, verbose=0)
         info = mlflow.tensorflow.log_model(keras_model, name="model", signature=infer_signature(example, prediction),
-                                           input_example=example, registered_model_name=name)
+                                           input_example=example, registered_model_name=name,
+                                           pip_requirements=model_requirements())
         if saved_model_dir:
             mlflow.log_artifacts(saved_model_dir, artifact_path="saved_model")
         if entry.decisions:
