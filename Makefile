@@ -3,6 +3,11 @@
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# The suite runs on this many worker processes, each test module on one of them (its shared
+# fixtures built once); `make test TEST_WORKERS=1` runs it in one process. Each worker has its own
+# Spark driver (3 GiB heap), so more workers need more memory, not only more cores.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 # `make run DATASET=bundesliga` runs another dataset of conf/base/datasets/ (default: conf/base's).
 DATASET ?=
 
@@ -15,11 +20,11 @@ run: setup
 	$(BIN)/lakehouse-dl run $(if $(DATASET),--dataset $(DATASET))
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The fast tests alone: no end-to-end runs over the full year, no cluster, no notebooks.
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.run_all
