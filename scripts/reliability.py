@@ -76,7 +76,7 @@ EXTRA_POINTS = {"ingest:mid": "[ingest] bronze.flights:", "train:baselines": "[t
 VOLATILE = {"_ingest_time", "_run_id", "run_id", "ingested_at", "scored_at", "created_at", "started_at",
             "ended_at", "finished_at", "seconds", "stage_seconds", "wall_seconds", "samples_per_sec",
             "samples_per_second", "cpu_cores", "model_version", "path", "code_version", "config_hash",
-            "fitted_on", "noted_at"}
+            "fitted_on", "noted_at", "mlflow_run_id"}
 BOOKKEEPING = {"results.runs": ("job", "run_date", "status"), "ops.stage_log": ("run_date", "stage")}
 
 
@@ -217,7 +217,8 @@ def fingerprints(root: Path, overrides: list[str]) -> dict[str, tuple[int, str]]
             if keep:
                 r = {k: r[k] for k in keep}
             r = {k: v for k, v in r.items() if k not in VOLATILE and not k.endswith("_version")}
-            lines.append(json.dumps(_normal(r), sort_keys=True, default=str))
+            # Each run has its own lakehouse folder, which paths in the rows (the model's config) name.
+            lines.append(json.dumps(_normal(r), sort_keys=True, default=str).replace(str(root), "<root>"))
         lines.sort()
         out[info.name] = (len(rows), hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16])
     return out
