@@ -371,17 +371,21 @@ class Suite:
             # so the kill must follow the epoch line at once to land in the middle of the next one.
             deadline = time.time() + self.timeout
             while not ranks and time.time() < deadline and run.proc.poll() is None:
-                ranks = [p for p in psutil.Process(run.proc.pid).children(recursive=True)
-                         if "gloo_exec_fn" in " ".join(_cmdline(p)) and not any(
-                             "gloo_exec_fn" in " ".join(_cmdline(c)) for c in _children(p))]
+                ranks = _ranks(run.proc.pid)
                 time.sleep(0.2)
-        out.reached = bool(ranks) and run.wait_for("epoch  1/", self.timeout, anywhere=True)
+        # The first epoch's checkpoint (state.json) is written before rank 0 prints its line, and
+        # the line reaches this process through Horovod and the driver: the checkpoint is the
+        # earlier sign (epochs of the slice last about a second, early stopping ends it at the 3rd).
+        deadline = time.time() + self.timeout
+        while ranks and not out.reached and time.time() < deadline and run.proc.poll() is None:
+            out.reached = run.seen("epoch  1/", anywhere=True) or _epochs_checkpointed(root) >= 1
+            time.sleep(0.02)
         if not out.reached:
             out.problems.append(f"no Horovod rank process or no first epoch line (rc {run.proc.poll()})")
             run.kill_all()
             return out
         try:
-            ranks[-1].kill()
+            (_ranks(run.proc.pid) or ranks)[-1].kill()
         except psutil.NoSuchProcess:
             out.problems.append("the rank was gone before the kill: training ended before it (epochs too short)")
         out.killed_after = time.time() - run.started
@@ -412,6 +416,29 @@ class Suite:
         out.identical = not diff
         out.problems += diff
         return out
+
+
+def _epochs_checkpointed(root: Path) -> int:
+    """The most epochs any model folder under the lakehouse `root` has checkpointed (state.json)."""
+    done = 0
+    for state in root.glob("*/models/*/state.json"):
+        try:
+            done = max(done, int(json.loads(state.read_text()).get("epochs_done", 0)))
+        except (OSError, ValueError):
+            continue   # being written
+    return done
+
+
+def _ranks(pid: int) -> list:
+    """The Horovod rank processes under the driver `pid` now (the innermost gloo_exec_fn processes)."""
+    import psutil
+
+    try:
+        family = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in family if "gloo_exec_fn" in " ".join(_cmdline(p))
+            and not any("gloo_exec_fn" in " ".join(_cmdline(c)) for c in _children(p))]
 
 
 def _cmdline(p) -> list[str]:
