@@ -19,11 +19,11 @@ def pytest_collection_modifyitems(config, items):
     runs the suite on two workers, each module on one of them (`--dist loadfile`, so a module's
     shared fixtures are built once), handed out in this order: the longest modules start first
     instead of being the last to finish."""
-    slow = {}
-    for item in items:
-        slow[item.module.__name__] = slow.get(item.module.__name__, 0) + bool(item.get_closest_marker("slow"))
-    first_seen = {name: i for i, name in reversed(list(enumerate(item.module.__name__ for item in items)))}
-    items.sort(key=lambda item: (-slow[item.module.__name__], first_seen[item.module.__name__]))
+    from collections import Counter
+
+    slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    # sort() is stable: modules with as many slow tests keep their order, and so do a module's tests.
+    items.sort(key=lambda item: -slow[item.module.__name__])
 
 
 @pytest.fixture(autouse=True)
