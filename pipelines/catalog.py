@@ -69,6 +69,7 @@ HISTORY = "results.training_history"
 MODELS = "results.models"
 TRIALS = "results.trials"
 BACKTEST_FOLDS = "results.backtest_folds"
+BACKTEST_SCORES = "results.backtest_scores"
 RUNS = "results.runs"
 STAGE_LOG = "ops.stage_log"
 FEED_GAPS = "ops.feed_gaps"
@@ -91,6 +92,7 @@ _FIXED = [
     TableEntry(HISTORY, (), "ml.results", "one row per training epoch"),
     TableEntry(TRIALS, (), "ml.tuning", "one row per hyper-parameter trial: model, settings, fold AUCs, time"),
     TableEntry(BACKTEST_FOLDS, (), "ml.fold_results", "one row per backtest fold and model measured: its metrics and the fingerprint of its inputs"),
+    TableEntry(BACKTEST_SCORES, (), "ml.fold_results", "the out-of-fold score of every row of every fold result, by its fingerprint: what the stacked ensemble fits on"),
     TableEntry(MODELS, (), "ml.registry", "the model registry: one row per trained model and its status"),
     TableEntry(RUNS, (), "ops.runs", "one row per job and date: status, stage times and counts"),
     TableEntry(STAGE_LOG, (), "ops.runs", "the finished stages of each date, which a resumed run skips"),

@@ -166,24 +166,29 @@ def test_the_nightly_runs_on_the_second_dataset_from_yaml_and_dropped_files_alon
     assert scheduled.filter(F.col("HomeGoals").isNotNull()).count() == 0     # no result yet
 
     # The registry applied the backtest rule (conf/base/backtest.yaml): the network is blessed
-    # only when its mean fold AUC beats the logistic regression's; otherwise the logistic
+    # when its mean fold AUC beats the logistic regression's, the stack of the two (fitted on the
+    # folds' out-of-fold scores) when it beats both and then serves; otherwise the logistic
     # regression fitted beside it on the same rows scores tomorrow's matches.
     model = registry.latest(lh)
     metric = json.loads(model.metrics)
-    assert model.reason.startswith("backtest mean AUC")
-    beats = metric["backtest_mean_dnn_auc"] > metric["backtest_mean_logreg_auc"]
-    assert model.status == ("blessed" if beats else "rejected")
-    assert (registry.blessed(lh) is not None) == beats
-    scorer = model.model_version if beats else f"{model.model_version}/logreg"
+    assert "backtest mean AUC" in model.reason and "stack" in model.reason
+    dnn, logreg, stack = (metric[f"backtest_mean_{m}_auc"] for m in ("dnn", "logreg", "stack"))
+    stack_wins = stack > max(dnn, logreg)
+    blessed = dnn > logreg or stack_wins
+    assert model.status == ("blessed" if blessed else "rejected")
+    assert model.serves == ("stack" if stack_wins else "dnn")
+    assert (registry.blessed(lh) is not None) == blessed
+    scorer = model.model_version if blessed else f"{model.model_version}/logreg"
     assert {r["model_version"] for r in predictions.collect()} == {scorer}
     # The scorer's decision, fitted on validation and recorded with the model, labels the matches.
-    decision = registry.decision_of(model, "dnn" if beats else "logreg")
+    decision = registry.decision_of(model, model.serves if blessed else "logreg")
     assert decision.objective == "f1" and decision.chosen_on.startswith("the validation split")
     assert all(r["predicted_label"] == int(r["score"] >= decision.threshold) for r in predictions.collect())
     # A calibrated probability (1.0 where a one-season validation split separates the classes).
     assert 0 < metric["dnn_threshold"] <= 1 and 0 < metric["logreg_threshold"] <= 1
     measured = {(m["model"], m["split"]) for m in results.read_metrics(lh)}
-    assert {("dnn", "validation"), ("logreg", "validation"), ("dnn", "test"), ("logreg", "test")} <= measured
+    assert {(m, split) for m in ("dnn", "logreg", "stack") for split in ("validation", "test", "fold_1", "fold_2")
+            } <= measured
     # The evaluation's slices are bundesliga.yaml's own (evaluation.slices).
     assert {r["slice"] for r in lh.table("results.slices").read().select("slice").distinct().collect()} == {
         "weekday", "season_half"}

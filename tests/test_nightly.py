@@ -102,11 +102,14 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
     artifacts = {a.path for a in MlflowClient().list_artifacts(model.mlflow_run_id)}
     assert {"saved_model", "report"} <= artifacts
     metrics = lh.table("results.metrics").read().toPandas()
-    assert set(metrics["model"]) == {"dnn", "logreg"}   # the baselines nightly.baselines names
+    # The baselines nightly.baselines names, and the stack of the network and them (no stack
+    # without the network: a stack of the logistic regression alone is that model).
+    assert set(metrics["model"]) == {"dnn", "logreg", "stack"}
     assert {"train", "validation", "test"} <= set(metrics["split"])
+    assert set(metrics[metrics["split"] == "train"]["model"]) == {"dnn", "logreg"}
     # The backtest: every model on each fold, and its mean and spread; the blessing compared them.
     assert {"fold_1", "fold_2", "backtest_mean", "backtest_std"} <= set(metrics["split"])
-    for name in ("dnn", "logreg"):
+    for name in ("dnn", "logreg", "stack"):
         mine = metrics[metrics["model"] == name].set_index("split")["auc"]
         assert mine["backtest_mean"] == pytest.approx((mine["fold_1"] + mine["fold_2"]) / 2)
         assert 0.5 < mine["backtest_mean"] < 1 and mine["backtest_std"] >= 0
@@ -114,6 +117,16 @@ def test_nightly_writes_every_results_table_and_the_report(nightly_lakehouse):
                 .filter("split != 'test' AND day BETWEEN 20130201 AND 20130228").count())
     assert (metrics[metrics["split"] == "fold_1"]["rows"] == february).all()
     assert "backtest" in model.reason and "backtest_mean_dnn_auc" in model.metric
+    # The stack, fitted on both folds' out-of-fold scores (each fold's month scored by the models
+    # of that fold), saved beside the model; the entry says what it serves.
+    from pipelines.ml import stacking
+
+    stackers = stacking.load(str(Path(model.path).parent / stacking.STACK_FILE))
+    assert set(stackers) == {"stack"} and stackers["stack"].members == ("dnn", "logreg")
+    fold_rows = metrics[(metrics["model"] == "dnn") & metrics["split"].str.startswith("fold_")]["rows"].sum()
+    assert stackers["stack"].rows == fold_rows
+    assert lh.table("results.backtest_scores").count() == 2 * fold_rows
+    assert model.serves in ("dnn", "stack") and "stack" in model.reason and "test_stack_auc" in model.metric
     history = lh.table("results.training_history").read().orderBy("epoch").toPandas()
     assert 1 <= len(history) <= 6 and list(history["epoch"]) == list(range(1, len(history) + 1))
     assert (history["samples_per_second"] > 0).all() and (history["learning_rate"] > 0).all()
@@ -454,8 +467,7 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
     from pipelines.datasets import load_dataset
     from pipelines.datasets.features import features_for
     from pipelines.ml import registry
-    from pipelines.ml.candidate import dnn_scores
-    from pipelines.ml.scoring import score_days
+    from pipelines.ml.scoring import score_days, served_scores
     from pipelines.stages.gold import encode
     from pipelines.storage import Lakehouse
 
@@ -475,15 +487,59 @@ def test_an_unseen_category_and_an_empty_history_get_the_same_score_by_both_path
         row = row.withColumn(column, F.lit(None).cast("double"))
     features.write(row, mode="overwrite", partitions={"date": [new_day]})
 
-    served, _ = score_days(cfg, lh, model, [new_day], cfg.training.threshold)
+    served, _ = score_days(cfg, lh, model, [new_day], registry.decision_of(model))
     serving = {r["flight_id"]: r["score"] for r in served.collect()}
     encoded = encode(cfg, lh, features.read().filter(f"date = '{new_day}'"), model.feature_spec_version)
     cats = encoded.select("cat_carrier", "cat_route", "cat_dest").distinct().collect()
     assert [tuple(r) for r in cats] == [(0, 0, 0)]
     assert encoded.filter("`num_route_late_rate_7d_missing` = 1.0").count() == 3
-    training = {r["flight_id"]: r["score"] for r in dnn_scores(encoded, model.path, cfg.training.threshold, "flight_id").collect()}
+    training = {r["flight_id"]: r["score"] for r in
+                served_scores(encoded, model, "flight_id", key_columns=("flight_id",)).collect()}
     assert len(serving) == 3 and serving.keys() == training.keys()
     assert all(0.0 < serving[k] < 1.0 and abs(serving[k] - training[k]) < 1e-6 for k in serving)
+
+
+def test_a_blessed_stack_is_served_by_the_nightly_and_the_transformer(nightly_lakehouse, tmp_path, spark):
+    """The entry made to serve its stack: tomorrow's rows are scored by the network and the
+    logistic regression beside it, combined by the stacker and decided by the stack's decision,
+    the same by the nightly's scoring and by the Transformer."""
+    import numpy as np
+
+    from pipelines.ml import registry, stacking
+    from pipelines.ml.scoring import baseline_path, score, score_days, score_with_baseline
+    from pipelines.ml.transformer import load_transformer
+    from pipelines.stages.gold import encode
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    model = registry.blessed(lh)
+    model.serves = "stack"
+    registry.register(lh, model)
+    model = registry.blessed(lh)
+    assert model.serves == "stack"
+    decision, stacker = registry.decision_of(model), stacking.load(str(Path(model.path).parent / stacking.STACK_FILE))["stack"]
+    assert decision.chosen_on.startswith("the validation split") and decision == registry.decision_of(model, "stack")
+    tomorrow = date(2013, 3, 21)
+    scored, _ = score_days(cfg, lh, model, [tomorrow], decision)
+    nightly = scored.toPandas().set_index("flight_id").sort_index()
+
+    rows = lh.table("gold.features").read().filter(f"date = '{tomorrow}'")
+    encoded = encode(cfg, lh, rows, model.feature_spec_version)
+    raw = {"dnn": score(encoded, model.path, 0.5, ("flight_id",)),
+           "logreg": score_with_baseline(encoded, baseline_path(model, "logreg"), 0.5, ("flight_id",))}
+    raw = {m: f.toPandas().set_index("flight_id").sort_index()["score"] for m, f in raw.items()}
+    expected = decision.calibrate(stacker.predict(raw))
+    assert len(nightly) == len(expected) > 100
+    assert np.allclose(nightly["score"].to_numpy(), expected, atol=1e-6)
+    assert (nightly["predicted_label"].to_numpy() == decision.labels(expected)).all()
+    # Not the network's scores: the logistic regression's weight moves them.
+    assert not np.allclose(nightly["score"].to_numpy(), registry.decision_of(model, "dnn").calibrate(raw["dnn"].to_numpy()))
+
+    transformer = load_transformer(cfg, lh)
+    assert transformer.stacker == stacker
+    by_transformer = transformer.transform(rows).toPandas().set_index("flight_id").sort_index()
+    assert np.allclose(by_transformer["score"].to_numpy(), nightly["score"].to_numpy(), atol=1e-6)
 
 
 def test_a_second_run_is_refused_while_the_lock_is_held(nightly_lakehouse):

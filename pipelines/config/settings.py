@@ -123,6 +123,8 @@ class BacktestConfig:
     max_train_rows: int
     spread_penalty: float
     min_lift: float
+    # Fit the stacked ensemble (pipelines.ml.stacking) on the folds' out-of-fold scores.
+    stack: bool
 
 
 @dataclass

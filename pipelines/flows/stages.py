@@ -133,7 +133,7 @@ def stage_score(ctx: NightlyContext) -> int:
         log.warning(f"[nightly] score: no network is blessed yet (the latest candidate, {model.model_version}, "
                     f"was {model.status}: {model.reason}); the {baseline} baseline fitted beside it scores")
     days = ctx.scoring_days()
-    decision = registry.decision_of(model, baseline or "dnn")
+    decision = registry.decision_of(model, baseline)
     scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, decision, baseline)
     version = registry.baseline_version(model.model_version, baseline) if baseline else model.model_version
     rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, version, ctx.run_id, versions)

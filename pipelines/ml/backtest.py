@@ -129,12 +129,13 @@ def budget_of(section) -> dict:
     return {k: getattr(section, k) for k in ("epochs", "max_train_rows") if getattr(section, k)}
 
 
-def network_fold(training_cfg, spec, train_split, stopping_split, validation_split) -> dict:
+def network_fold(training_cfg, spec, key: str, train_split, stopping_split, validation_split) -> dict:
     """Train the network on `train_split` in this process, stopping early on `stopping_split` (by
-    training AUC when None), and score `validation_split`: returns {"labels", "scores"} (numpy
-    arrays), the training "seconds" and the "best_epoch"."""
+    training AUC when None), and score `validation_split`: returns {"keys", "labels", "scores"}
+    (numpy arrays, a row each), the training "seconds" and the "best_epoch"."""
+    from pipelines.ml.inputs import model_inputs
     from pipelines.ml.model import label_for, load_model
-    from pipelines.ml.tensors import iter_batches
+    from pipelines.ml.tensors import split_frame
     from pipelines.ml.training.plan import MODEL_FILE, STATE_FILE, TrainingPlan, write_json
     from pipelines.ml.training.worker import run_training
 
@@ -146,14 +147,13 @@ def network_fold(training_cfg, spec, train_split, stopping_split, validation_spl
         plan = TrainingPlan(training_cfg, spec, train_split, stopping_split, "backtest", model_dir, verbose=False)
         trained = run_training(plan)
         model = load_model(os.path.join(model_dir, MODEL_FILE))
-        labels, scores = [], []
-        for x, y in iter_batches(validation_split, spec, label=label_for(training_cfg),
-                                 batch_size=training_cfg.batch_size, training=False):
-            scores.append(np.asarray(model.predict_on_batch(x)).reshape(-1))
-            labels.append(y.reshape(-1))
+        label = label_for(training_cfg)
+        rows = split_frame(validation_split, [key, label, *spec.inputs])
+        scores = np.asarray(model.predict(model_inputs(rows, spec), batch_size=training_cfg.batch_size,
+                                          verbose=0)).reshape(-1)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
-    return {"labels": np.concatenate(labels), "scores": np.concatenate(scores),
+    return {"keys": rows[key].to_numpy(), "labels": rows[label].to_numpy(dtype="float64"), "scores": scores,
             "seconds": round(time.time() - started, 2), "best_epoch": trained.get("best_epoch")}
 
 
@@ -171,12 +171,14 @@ def fold_splits(snapshot, fold: Fold) -> tuple:
 def network_scores(cfg, spark, snapshot, spec, fold_list: list[Fold], overrides: dict | None = None) -> dict[str, dict]:
     """{fold name: network_fold(...)} for every fold, the folds as parallel Spark tasks (one
     process each) when `spark` is given, one after the other here otherwise."""
-    training = backtest_training(cfg.training, cfg.backtest, overrides)
+    from pipelines.datasets import dataset_for
+
+    training, key = backtest_training(cfg.training, cfg.backtest, overrides), dataset_for(cfg).key
     jobs = [(fold.name, *fold_splits(snapshot, fold)) for fold in fold_list]
     if spark is None:
-        return {name: network_fold(training, spec, *splits) for name, *splits in jobs}
+        return {name: network_fold(training, spec, key, *splits) for name, *splits in jobs}
     rdd = spark.sparkContext.parallelize(jobs, len(jobs))
-    done = rdd.map(lambda job: (job[0], network_fold(training, spec, *job[1:]))).collect()
+    done = rdd.map(lambda job: (job[0], network_fold(training, spec, key, *job[1:]))).collect()
     return dict(done)
 
 
@@ -222,14 +224,15 @@ def score_of(metrics: list[dict], model: str, penalty: float) -> float:
 
 
 def decide(metrics: list[dict], backtest_cfg, blessed_auc: float | None = None,
-           candidate: str = "dnn") -> tuple[str, str]:
-    """Bless or reject, with the reason: the candidate's backtest score beats every baseline's by
-    more than `backtest.min_lift` (scores as `score_of`, with `backtest.spread_penalty`), and its
-    validation AUC beats `blessed_auc`, the blessed model's on the same rows (that model cannot be
-    backtested without training its recipe again)."""
+           candidate: str = "dnn", against: list[str] | None = None) -> tuple[str, str]:
+    """Bless or reject, with the reason: the candidate's backtest score beats every other model's
+    (those `against`, when given) by more than `backtest.min_lift` (scores as `score_of`, with
+    `backtest.spread_penalty`), and its validation AUC beats `blessed_auc`, the blessed model's
+    on the same rows (that model cannot be backtested without training its recipe again)."""
     penalty, lift = backtest_cfg.spread_penalty, backtest_cfg.min_lift
     mine = score_of(metrics, candidate, penalty)
-    others = {m["model"] for m in metrics if m["split"] == MEAN and m["model"] != candidate}
+    others = {m["model"] for m in metrics if m["split"] == MEAN and m["model"] != candidate
+              and (against is None or m["model"] in against)}
     scored = ", ".join(f"{o} {score_of(metrics, o, penalty):.4f}" for o in sorted(others))
     beaten = [o for o in others if not mine > score_of(metrics, o, penalty) + lift]
     rule = f"mean-{penalty:g}*std AUC" if penalty else "mean AUC"
@@ -261,6 +264,9 @@ class Backtest:
     rows: list[dict] = dataclasses.field(default_factory=list)
     reused: int = 0
     computed: int = 0
+    # {(fold name, model): pandas frame of key, label, score}: each fold's month scored by the
+    # model of that fold (with `backtest.stack`), what `pipelines.ml.stacking` fits on.
+    scores: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         total = self.reused + self.computed
@@ -341,24 +347,34 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
     history = fold_results.recorded_results(lakehouse)
     latest = {r["fingerprint"]: r for r in history}     # oldest first: the latest record of each wins
     results = {k: latest[fp] for k, (fp, _) in keys.items() if fp in latest}
+    scores: dict = {}
+    if cfg.backtest.stack:
+        # The stacked ensemble needs every fold's scores: a result recorded without them is measured again.
+        stored = fold_results.recorded_scores(lakehouse, {keys[k][0] for k in results})
+        scores = {k: stored[keys[k][0]] for k in results if keys[k][0] in stored}
+        results = {k: v for k, v in results.items() if k in scores}
     fold_results.explain_missing(fold_list, keys, results, history)
     computed: list[dict] = []
+    computed_scores: dict = {}
 
-    def keep(fold: Fold, model: str, metrics: dict, seconds: float, best_epoch: int | None = None) -> None:
+    def keep(fold: Fold, model: str, metrics: dict, seconds: float, scored, best_epoch: int | None = None) -> None:
         fp, inputs = keys[(fold.name, model)]
         results[(fold.name, model)] = fold_results.record(
             fold, model, fp, inputs, metrics, table_version=int(version), spec_version=spec.version,
             model_version=model_version, best_epoch=best_epoch, seconds=float(seconds),
             created_at=datetime.now(timezone.utc))
         computed.append(results[(fold.name, model)])
+        if cfg.backtest.stack:
+            scores[(fold.name, model)] = computed_scores[fp] = scored
 
     def take_network(scored: dict) -> None:
         for fold in todo:
             result = scored[fold.name]
-            df = spark.createDataFrame(pd.DataFrame({"score": result["scores"].astype("float64"),
-                                                     "label": result["labels"].astype("float64")}))
-            keep(fold, "dnn", binary_metrics(df, threshold=threshold).as_dict(), result["seconds"],
-                 result["best_epoch"])
+            frame = pd.DataFrame({"key": result["keys"], "label": result["labels"].astype("float64"),
+                                  "score": result["scores"].astype("float64")})
+            keep(fold, "dnn", binary_metrics(spark.createDataFrame(frame[["score", "label"]]),
+                                             threshold=threshold).as_dict(),
+                 result["seconds"], frame, result["best_epoch"])
 
     todo = [fold for fold in fold_list if (fold.name, "dnn") not in results] if "dnn" in models else []
     # The network's folds are submitted first, as one Spark job in a thread of their own: its tasks
@@ -383,9 +399,12 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
                                                 seed=cfg.training.seed, params=baseline_params))
                 for kind, result in fitted.items():
                     begun = time.perf_counter()
-                    scored = baseline_scores(validation, result["model"], key)
+                    scored = baseline_scores(validation, result["model"], key).cache()
+                    frame = (scored.toPandas().rename(columns={key: "key"})[["key", "label", "score"]]
+                             if cfg.backtest.stack else None)
                     keep(fold, kind, binary_metrics(scored, threshold=threshold).as_dict(),
-                         result["seconds"] + time.perf_counter() - begun)
+                         result["seconds"] + time.perf_counter() - begun, frame)
+                    scored.unpersist()
                 if kinds:
                     how = [f"{', '.join(ks)} {what}" for ks, what in (
                         ([k for k in kinds if k not in missing], "reused"), (shared, "fitted on the train split"))
@@ -412,9 +431,11 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
         if network is not None and not network.exception() and (todo[0].name, "dnn") not in results:
             take_network(network.result())    # the baselines failed: the network's folds are kept
         fold_results.record_results(spark, lakehouse, computed)
+        fold_results.record_scores(spark, lakehouse, computed_scores)
     out = [{"model_version": model_version, "model": model, "split": fold.name,
             **{k: results[(fold.name, model)][k] for k in fold_results.METRIC_FIELDS}}
            for model in models for fold in fold_list]
-    done = Backtest(out + summary_rows(out), reused=len(keys) - len(computed), computed=len(computed))
+    done = Backtest(out + summary_rows(out), reused=len(keys) - len(computed), computed=len(computed),
+                    scores=scores)
     log.info(f"[backtest] {done}")
     return done

@@ -21,7 +21,7 @@ from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
 from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
-from pipelines.ml import backtest, registry, results, tracking, tuning
+from pipelines.ml import backtest, registry, results, stacking, tracking, tuning
 from pipelines.ml.baselines import BASELINE_NAMES, baseline_scores, fit_baselines, model_input_frames
 from pipelines.ml.decision import (DECISION_BINS, Decision, DecisionRule, decisions_json,
                                    expected_calibration_error, fit_decision)
@@ -30,7 +30,7 @@ from pipelines.ml.export import export_beside
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
 from pipelines.ml.review import write_review
-from pipelines.ml.scoring import score
+from pipelines.ml.scoring import score, served_scores
 from pipelines.ml.training import ROC_FILE, TrainingResult, model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError, encode
 
@@ -91,8 +91,24 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for kind, fitted in baselines.items():
         scorers[kind] = lambda df, fitted=fitted["model"]: baseline_scores(df, fitted, key)
     present = {split: frames[split].limit(1).count() > 0 for split in SPLITS}
-    raw_validation = {name: scorer(frames["validation"]).cache() for name, scorer in scorers.items()
-                      if present["validation"]}
+    # Rolling-origin folds inside the train + validation windows: the blessing compares on them,
+    # and the stacked ensembles fit on their out-of-fold scores. The fold that trains on the
+    # train split scores the baselines just fitted on it.
+    measured = backtest.run_backtest(cfg, spark, lakehouse, version, kinds, result.model_version,
+                                     baseline_params=tuned,
+                                     fitted_on_train={kind: b["model"] for kind, b in baselines.items()})
+    stackers = stacking.fit_stackers(measured.scores, cfg.training.seed) if measured.scores else {}
+    stack_rows = stacking.fold_rows(spark, measured.scores, stackers, result.model_version, threshold,
+                                    cfg.training.seed)
+    stacking.save(os.path.join(result.model_dir, stacking.STACK_FILE), stackers)
+    laps("backtest", note=str(measured))
+
+    def with_stacks(raws: dict) -> dict:
+        """The members' raw scores of one split, and the stacks' scores of the same rows."""
+        return {**raws, **{name: stacking.stack_frame(s, raws, key).cache() for name, s in stackers.items()}}
+
+    raw_validation = with_stacks({name: scorer(frames["validation"]).cache() for name, scorer in scorers.items()}
+                                 ) if present["validation"] else {}
     decisions = fit_decisions(raw_validation, dataset.decision, threshold,
                               chosen_on=f"the validation split of {MODEL_INPUT} v{version}")
     laps("decisions")
@@ -102,8 +118,12 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         if not present[split]:
             log.info(f"[train] no {split} rows in {MODEL_INPUT} v{version}: no {split} metrics")
             continue
-        for name, scorer in scorers.items():
-            raw = raw_validation[name] if split == "validation" else scorer(frames[split])
+        # A stack scores the validation and test windows (on train, its members scored their own rows).
+        raws = (raw_validation if split == "validation" else
+                {name: scorer(frames[split]) for name, scorer in scorers.items()})
+        if split == "test":
+            raws = with_stacks({name: raw.cache() for name, raw in raws.items()})
+        for name, raw in raws.items():
             scored = decisions[name].apply(raw).cache()
             if split != "train":
                 kept[(name, split)] = scored   # the review reads them; unpersisted after it
@@ -118,14 +138,11 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                              "calibration": {"mean_score": mean_score.tolist(), "observed": observed.tolist()}}
             if split == "train":
                 scored.unpersist()
+        if split == "test":
+            for raw in raws.values():
+                raw.unpersist()
     laps("scoring the splits")
-    # Rolling-origin folds inside the train + validation windows: the blessing compares on them.
-    # The fold that trains on the train split scores the baselines just fitted on it.
-    measured = backtest.run_backtest(cfg, spark, lakehouse, version, kinds, result.model_version,
-                                     baseline_params=tuned,
-                                     fitted_on_train={kind: b["model"] for kind, b in baselines.items()})
-    metrics += measured.rows
-    laps("backtest", note=str(measured))
+    metrics += measured.rows + stack_rows + backtest.summary_rows(stack_rows)
     results.write_metrics(lakehouse, run_id, metrics)
     results.write_history(lakehouse, run_id, result.model_version, result.history)
     # Permutation importance for the network and the trees (the logistic regression is the bar, not a subject).
@@ -146,12 +163,14 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     blessed_auc = None
     if current is not None and current.model_version != result.model_version:
         blessed_auc = _auc_of(cfg, lakehouse, current, frames["validation"], threshold)
-    if any(m["split"] == backtest.MEAN and m["model"] == "dnn" for m in metrics):
-        status, reason = backtest.decide(metrics, cfg.backtest, blessed_auc)
-    else:
-        status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
+    status, reason, serves = bless(metrics, cfg.backtest, kinds, blessed_auc, auc)
     summary = {f"{split}_{m['model']}_auc": m["auc"] for split in (*SPLITS, backtest.MEAN, backtest.SPREAD)
                for m in metrics if m["split"] == split}
+    if {f"test_{name}_auc" for name in stacking.STACKS} <= set(summary):
+        # What the network adds to the ensemble: the stack with it minus the stack without it.
+        for split in ("test", backtest.MEAN):
+            summary[f"{split}_network_gain_in_stack"] = (summary.get(f"{split}_stack_auc", float("nan"))
+                                                         - summary.get(f"{split}_stack_no_dnn_auc", float("nan")))
     summary.update({f"test_{m['model']}_f1": m["f1"] for m in metrics if m["split"] == "test"})
     summary.update({f"{name}_threshold": d.threshold for name, d in decisions.items()})
     summary.update({f"test_{name}_ece": r["ece"] for name, r in roc.items()})
@@ -159,12 +178,13 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
         path=result.model_path, training_table=MODEL_INPUT, training_version=version,
         feature_spec_version=result.table_versions.get(FEATURE_SPEC), config_hash=result.config_hash, code_version=registry.code_version(),
-        metrics=json.dumps({"validation_auc": auc("dnn"),
+        metrics=json.dumps({"validation_auc": auc(serves),
                             **{f"{kind}_validation_auc": auc(kind) for kind in BASELINE_NAMES},
                             "best_epoch": result.best_epoch,
                             "samples_per_sec": result.samples_per_sec, "wall_seconds": result.wall_seconds,
                             **summary}),
-        status=status, reason=reason, decisions=decisions_json(decisions), **dependencies(cfg, lakehouse, result))
+        status=status, reason=reason, decisions=decisions_json(decisions), serves=serves,
+        **dependencies(cfg, lakehouse, result))
     # Every registered model can be served without Spark: the spec it was trained with inside the graph.
     saved_model = None
     if lakehouse.table(FEATURES).exists():
@@ -183,10 +203,34 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for frame in frames.values():
         frame.unpersist()
     log.info(f"[train] seconds: {laps}")
-    log.info(f"[train] model {result.model_version}: {status} ({reason})")
+    log.info(f"[train] model {result.model_version}: {status}, serving {serves} ({reason})")
+    if "test_network_gain_in_stack" in summary:
+        log.info(f"[train] the network's gain in the stack (AUC with it minus without it): backtest "
+                 f"{summary[f'{backtest.MEAN}_network_gain_in_stack']:+.4f}, test {summary['test_network_gain_in_stack']:+.4f}")
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def bless(metrics: list[dict], backtest_cfg, kinds: list[str], blessed_auc: float | None, auc) -> tuple[str, str, str]:
+    """(status, reason, what the entry serves): the network is blessed when it beats every
+    baseline by the backtest rule (by validation AUC without a backtest) and the blessed model;
+    the stacked ensemble, when it beats every single model, the network included, by the same
+    rule, and is then served instead of the network."""
+    def backtested(model: str) -> bool:
+        return any(m["split"] == backtest.MEAN and m["model"] == model for m in metrics)
+
+    if backtested("dnn"):
+        status, reason = backtest.decide(metrics, backtest_cfg, blessed_auc, against=kinds)
+    else:
+        status, reason = registry.decide(auc("dnn"), auc("logreg"), blessed_auc)
+    if not backtested(stacking.STACK):
+        return status, reason, "dnn"
+    stack_status, stack_reason = backtest.decide(metrics, backtest_cfg, blessed_auc, candidate=stacking.STACK,
+                                                 against=[*kinds, "dnn"])
+    if stack_status == "blessed":
+        return stack_status, f"the stack serves: {stack_reason} (network: {reason})", stacking.STACK
+    return status, f"{reason} (stack: {stack_reason})", "dnn"
 
 
 def fit_decisions(raw_validation: dict, rule: DecisionRule, threshold: float, chosen_on: str) -> dict[str, Decision]:
@@ -196,7 +240,8 @@ def fit_decisions(raw_validation: dict, rule: DecisionRule, threshold: float, ch
     for name, raw in raw_validation.items():
         decisions[name] = fit_decision(score_histogram(raw, bins=DECISION_BINS), rule, chosen_on=chosen_on)
         log.info(f"[train] {name} decision: {decisions[name].describe()}")
-    return decisions if decisions else {name: Decision.fixed(threshold) for name in ("dnn", *BASELINE_NAMES)}
+    return decisions if decisions else {name: Decision.fixed(threshold)
+                                        for name in ("dnn", *BASELINE_NAMES, *stacking.STACKS)}
 
 
 def nightly_baselines(cfg, spark, lakehouse, version: int, frames: dict, kinds: list[str], params: dict | None,
@@ -303,8 +348,8 @@ def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: f
         rows = (lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last)))
                 .join(validation.select(key), key))
         encoded = encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
-        return binary_metrics(dnn_scores(encoded.filter(F.col("label").isNotNull()), entry.path, threshold, key),
-                              threshold).auc
+        scored = served_scores(encoded.filter(F.col("label").isNotNull()), entry, key, key_columns=(key, "label"))
+        return binary_metrics(scored, threshold).auc
     except ServingError as exc:
         recorded = entry.metric.get("validation_auc")
         log.warning(f"[train] blessed model {entry.model_version} cannot be measured again ({exc}); "

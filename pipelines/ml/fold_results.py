@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from pipelines.catalog import BACKTEST_FOLDS
+from pipelines.catalog import BACKTEST_FOLDS, BACKTEST_SCORES
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ RECORD_SCHEMA = ("fingerprint string, model string, fold string, train_start dat
                  "model_version string, rows long, positives long, auc double, log_loss double, accuracy double, "
                  "precision double, recall double, f1 double, threshold double, best_epoch int, seconds double, "
                  "inputs string, created_at timestamp")
+# One row of a fold result's month, scored by that fold's model (the key as a string).
+SCORES_SCHEMA = "fingerprint string, key string, label double, score double"
 # What a fold result is in results.metrics (`BinaryMetrics.as_dict()`), and what a record keeps of it.
 METRIC_FIELDS = ("rows", "positives", "auc", "log_loss", "accuracy", "precision", "recall", "f1", "threshold")
 
@@ -152,6 +154,31 @@ def record_results(spark, lakehouse, records: list[dict]) -> None:
     if records:
         lakehouse.table(BACKTEST_FOLDS).write(spark.createDataFrame(records, RECORD_SCHEMA), mode="append",
                                               description=f"{len(records)} backtest fold results")
+
+
+def record_scores(spark, lakehouse, scores: dict) -> None:
+    """Append the out-of-fold scores of the fold results a run computed ({fingerprint: pandas
+    frame of key, label, score}) to results.backtest_scores, in one commit."""
+    import pandas as pd
+
+    if scores:
+        rows = pd.concat([frame.assign(fingerprint=fp, key=frame["key"].astype(str))
+                          for fp, frame in scores.items()], ignore_index=True)
+        lakehouse.table(BACKTEST_SCORES).write(
+            spark.createDataFrame(rows[["fingerprint", "key", "label", "score"]], SCORES_SCHEMA), mode="append",
+            description=f"out-of-fold scores of {len(scores)} backtest fold results")
+
+
+def recorded_scores(lakehouse, fingerprints) -> dict:
+    """{fingerprint: pandas frame of key, label, score} of the `fingerprints` results.backtest_scores
+    holds (the latest rows of each, when a result was recorded twice)."""
+    table = lakehouse.table(BACKTEST_SCORES)
+    wanted = set(fingerprints)
+    if not table.exists() or not wanted:
+        return {}
+    frame = table.to_pandas()
+    frame = frame[frame["fingerprint"].isin(wanted)].drop_duplicates(["fingerprint", "key"], keep="last")
+    return {fp: rows[["key", "label", "score"]].reset_index(drop=True) for fp, rows in frame.groupby("fingerprint")}
 
 
 def changed_inputs(before: str, now: str) -> list[str]:

@@ -24,13 +24,14 @@ from importlib import metadata
 from pipelines import __version__
 from pipelines.catalog import FEATURE_SPEC, MODELS
 from pipelines.ml.decision import Decision, decisions_from_json
+from pipelines.ml.stacking import STACKS
 from pipelines.config import PROJECT_ROOT
 from pipelines.storage import DELTA_RS_DISTRIBUTION
 
 SCHEMA = ("model_version string, created_at timestamp, run_id string, run_date date, path string, training_table string, "
           "training_version long, feature_spec_version long, config_hash string, code_version string, metrics string, "
           "status string, reason string, pins string, config string, seeds string, libraries string, num_proc int, mlflow_run_id string, mlflow_model_version string, "
-          "decisions string")
+          "decisions string, serves string")
 
 # The libraries whose versions decide what training and the baselines it is measured against
 # compute, by distribution name (the first installed of each tuple: TensorFlow is `tensorflow-cpu`
@@ -68,6 +69,10 @@ class ModelEntry:
     # {model kind: decision} as JSON (`pipelines.ml.decision`): the calibration and threshold fitted
     # on the validation window for the network ("dnn") and each baseline beside it.
     decisions: str | None = None
+    # What the nightly and the Transformer score with when this entry is blessed: "dnn" (the
+    # network; also None, in entries registered before stacks) or a stacked ensemble of it and
+    # the baselines beside it ("stack", `pipelines.ml.stacking`).
+    serves: str | None = None
 
     @property
     def metric(self) -> dict:
@@ -157,10 +162,11 @@ def baseline_version(model_version: str, kind: str) -> str:
     return f"{model_version}/{kind}"
 
 
-def decision_of(entry: ModelEntry, kind: str = "dnn") -> Decision:
-    """The decision `kind` (the network, or a baseline fitted beside it) of `entry` is served
-    with; for an entry registered before decisions were fitted, the raw score at the
-    `training.threshold` it was trained with."""
+def decision_of(entry: ModelEntry, kind: str | None = None) -> Decision:
+    """The decision `kind` (the network, a stack, or a baseline fitted beside it; by default what
+    the entry serves) of `entry` is served with; for an entry registered before decisions were
+    fitted, the raw score at the `training.threshold` it was trained with."""
+    kind = kind or entry.serves or "dnn"
     fitted = decisions_from_json(entry.decisions)
     if kind in fitted:
         return fitted[kind]
@@ -174,7 +180,7 @@ def served_thresholds(lakehouse) -> dict[str, float]:
     for entry in entries(lakehouse):
         out[entry.model_version] = decision_of(entry).threshold
         for kind in decisions_from_json(entry.decisions):
-            if kind != "dnn":
+            if kind not in ("dnn", *STACKS):
                 out[baseline_version(entry.model_version, kind)] = decision_of(entry, kind).threshold
     return out
 

@@ -17,6 +17,8 @@ from pipelines.datasets import dataset_for
 from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
+from pipelines.ml.stacking import STACK_FILE, STACKS
+from pipelines.ml.stacking import load as load_stackers
 from pipelines.stages.gold import build_serving_input
 
 
@@ -71,6 +73,39 @@ def score_with_baseline(df, path: str, decision: Decision | float, key_columns: 
     return as_decision(decision).apply(raw)
 
 
+def score_stacked(df, model_path: str, stacker, decision: Decision | float, key: str,
+                  key_columns: tuple[str, ...]):
+    """Score `df` (model-input rows, one per `key`) with a stacked ensemble
+    (`pipelines.ml.stacking.Stacker`): the network at `model_path` and the baselines saved beside
+    it give their raw scores, the stacker combines them, `decision` calibrates and decides. The
+    same columns as `score`."""
+    from pyspark.sql import functions as F
+
+    raw = Decision.fixed(0.5)
+    joined = None
+    for member in stacker.members:
+        if member == "dnn":
+            scored = score(df, model_path, raw, key_columns)
+        else:
+            scored = score_with_baseline(df, os.path.join(os.path.dirname(model_path), "baselines", member), raw,
+                                         key_columns)
+        scored = scored.drop("predicted_label").withColumnRenamed("score", f"_s_{member}")
+        joined = scored if joined is None else joined.join(scored.select(key, f"_s_{member}"), key)
+    stacked = joined.select(*key_columns, stacker.column({m: F.col(f"_s_{m}") for m in stacker.members}).alias("score"))
+    return as_decision(decision).apply(stacked)
+
+
+def served_scores(df, entry, key: str, key_columns: tuple[str, ...]):
+    """`df` (model-input rows) scored by what the registry `entry` serves: its network, or the
+    stacked ensemble of it and the baselines beside it (`entry.serves`), with the served decision."""
+    from pipelines.ml import registry
+
+    if entry.serves in STACKS:
+        stacker = load_stackers(os.path.join(os.path.dirname(entry.path), STACK_FILE))[entry.serves]
+        return score_stacked(df, entry.path, stacker, registry.decision_of(entry), key, key_columns)
+    return score(df, entry.path, registry.decision_of(entry), key_columns)
+
+
 def baseline_path(model, kind: str) -> str:
     """Where the baseline `kind` fitted beside `model` (a registry entry) was saved."""
     return os.path.join(os.path.dirname(model.path), "baselines", kind)
@@ -94,6 +129,9 @@ def score_days(cfg, lakehouse, model, days: list[date], decision: Decision | flo
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
     if baseline:
         scored = score_with_baseline(serving, baseline_path(model, baseline), decision, key_columns=(key, "day"))
+    elif model.serves in STACKS:
+        stacker = load_stackers(os.path.join(os.path.dirname(model.path), STACK_FILE))[model.serves]
+        scored = score_stacked(serving, model.path, stacker, decision, key, key_columns=(key, "day"))
     else:
         scored = score(serving, model.path, decision, key_columns=(key, "day"))
     return scored, {"feature_spec_version": int(model.feature_spec_version), "serving_input_version": version,

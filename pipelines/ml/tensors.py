@@ -131,6 +131,30 @@ def restrict_days(splits: list[SplitFiles], first: int, last: int, name: str) ->
     return SplitFiles(splits[0].table, splits[0].version, name, tuple(kept), rows, count_row_groups(kept), (first, last))
 
 
+def split_frame(split: SplitFiles, columns: list[str]):
+    """The rows of `split` (its files, in order; only the days it keeps) as a pandas frame of
+    `columns`, read with pyarrow on this process: a fold's month to score, with its keys.
+
+        >>> split_frame(fold_validation, ["flight_id", "label", *spec.inputs])
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    wanted = list(dict.fromkeys([*columns, *(["day"] if split.days else [])]))
+    tables = []
+    for uri in split.files:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_file(path) as handle:
+            table = pq.read_table(handle, columns=wanted)
+        if split.days:
+            first, last = split.days
+            table = table.filter(pc.and_(pc.greater_equal(table["day"], first), pc.less_equal(table["day"], last)))
+        tables.append(table)
+    return pa.concat_tables(tables).select(list(columns)).to_pandas()
+
+
 def load_feature_spec(lakehouse, snapshot: Snapshot, version: int | None = None) -> FeatureSpec:
     """The feature spec at `version` (latest when None) matched against the snapshot's columns."""
     t = lakehouse.table(FEATURE_SPEC)

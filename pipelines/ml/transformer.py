@@ -2,19 +2,22 @@
 `score` and `predicted_label` out, as Horovod's `KerasEstimator` hands back a `KerasModel`.
 
 It encodes with the feature spec version the model was trained with (`apply_feature_spec`) and
-scores in Spark tasks (`pipelines.ml.scoring.score`): the nightly's own path, in one call.
+scores in Spark tasks (`pipelines.ml.scoring.score`): the nightly's own path, in one call. An
+entry that serves a stacked ensemble (`pipelines.ml.stacking`) scores with it: the network and the
+baselines saved beside it, combined by the stacker (`pipelines.ml.scoring.score_stacked`).
 
     >>> model = load_transformer(cfg, lh)                  # the blessed model; or model_version="20130320-..."
     >>> model.transform(lh.table("gold.features").read().filter("date = '2013-03-21'")).show()
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 from pyspark.ml import Transformer
 
 from pipelines.ml.decision import Decision, as_decision
-from pipelines.ml.scoring import score
+from pipelines.ml.scoring import score, score_stacked
 from pipelines.stages.gold.spec import LABEL, SPEC_SCHEMA, TARGET, apply_feature_spec
 
 SCORE_COLUMNS = ("score", "predicted_label")
@@ -26,10 +29,10 @@ class FeaturesModel(Transformer):
     threshold, `pipelines.ml.decision`); every other column is carried along."""
 
     def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, decision: Decision | float,
-                 model_version: str | None = None):
+                 model_version: str | None = None, stacker=None):
         super().__init__()
         self.model_path, self.spec, self.key = model_path, [dict(r) for r in spec], key
-        self.decision, self.model_version = as_decision(decision), model_version
+        self.decision, self.model_version, self.stacker = as_decision(decision), model_version, stacker
 
     def _transform(self, df):
         from pyspark.sql import functions as F
@@ -41,7 +44,10 @@ class FeaturesModel(Transformer):
         carried = [c for c in df.columns if c not in encoded_names and c not in SCORE_COLUMNS]
         encoded = apply_feature_spec(df, df.sparkSession.createDataFrame(self.spec, SPEC_SCHEMA), key=self.key,
                                      keep=carried)
-        return score(encoded, self.model_path, self.decision, key_columns=(self.key, *carried, LABEL))
+        key_columns = (self.key, *carried, LABEL)
+        if self.stacker is not None:
+            return score_stacked(encoded, self.model_path, self.stacker, self.decision, self.key, key_columns)
+        return score(encoded, self.model_path, self.decision, key_columns=key_columns)
 
     def __repr__(self) -> str:
         return f"FeaturesModel({self.model_version or self.model_path})"
@@ -51,7 +57,7 @@ def load_transformer(cfg, lakehouse, model_version: str | None = None) -> Featur
     """The registered model `model_version` (default: the blessed one) as a `FeaturesModel`, with
     the feature spec version its registry entry pins."""
     from pipelines.datasets import dataset_for
-    from pipelines.ml import registry
+    from pipelines.ml import registry, stacking
     from pipelines.stages.gold import spec_at, spec_rows
 
     entry = registry.get(lakehouse, model_version) if model_version else registry.blessed(lakehouse)
@@ -60,5 +66,8 @@ def load_transformer(cfg, lakehouse, model_version: str | None = None) -> Featur
                           "no blessed model yet: run `lakehouse-dl train` or the nightly")
     owner = f"model {entry.model_version}"
     spec = spec_rows(spec_at(lakehouse, entry.feature_spec_version, owner))
+    stacker = None
+    if entry.serves in stacking.STACKS:
+        stacker = stacking.load(os.path.join(os.path.dirname(entry.path), stacking.STACK_FILE))[entry.serves]
     return FeaturesModel(entry.path, spec, key=dataset_for(cfg).key, decision=registry.decision_of(entry),
-                         model_version=entry.model_version)
+                         model_version=entry.model_version, stacker=stacker)

@@ -22,6 +22,7 @@ import uuid
 from datetime import datetime, timezone
 
 from pipelines.catalog import MODEL_INPUT, TRIALS
+from pipelines.datasets import dataset_for
 from pipelines.ml import backtest
 
 log = logging.getLogger(__name__)
@@ -103,13 +104,14 @@ def tune(cfg, spark, lakehouse, models: list[str] | None = None, max_evals: int 
             # Each trial runs in one Spark task: its folds one after the other, one process each.
             training = backtest.backtest_training(cfg.training, trial_budget(cfg))
             jobs = [backtest.fold_splits(snapshot, f) for f in fold_list]
+            key = dataset_for(cfg).key
 
             def objective(params, training=training, jobs=jobs):
                 begun = time.time()
                 try:
                     trial_cfg = dataclasses.replace(training, **_plain(params))
                     aucs = [backtest.exact_auc(r["labels"], r["scores"]) for r in
-                            (backtest.network_fold(trial_cfg, spec, *splits) for splits in jobs)]
+                            (backtest.network_fold(trial_cfg, spec, key, *splits) for splits in jobs)]
                 except Exception as exc:  # a trial that fails is recorded, the search goes on
                     return {"status": STATUS_FAIL, "error": f"{type(exc).__name__}: {exc}", "seconds": time.time() - begun}
                 return {"status": STATUS_OK, "loss": -sum(aucs) / len(aucs), "aucs": aucs, "seconds": time.time() - begun}

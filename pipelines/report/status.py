@@ -28,7 +28,7 @@ def gather_status(cfg, lakehouse, runs: int = RUNS_SHOWN, live_days: int = LIVE_
     serving, why = registry.blessed(lakehouse), None
     if serving is not None:
         why = serving.reason
-        kind = "dnn"
+        kind = serving.serves or "dnn"
     else:
         serving, kind = registry.latest(lakehouse), registry.FALLBACK_BASELINE
         if serving is not None:
@@ -37,7 +37,8 @@ def gather_status(cfg, lakehouse, runs: int = RUNS_SHOWN, live_days: int = LIVE_
     if serving is not None:
         metric = serving.metric
         out["serving"] = {
-            "model_version": serving.model_version if kind == "dnn" else registry.baseline_version(serving.model_version, kind),
+            "model_version": (serving.model_version if kind == (serving.serves or "dnn")
+                              else registry.baseline_version(serving.model_version, kind)),
             "model": kind, "trained_for": serving.run_date.isoformat() if serving.run_date else None,
             "why": why, "decision": registry.decision_of(serving, kind).describe(),
             "validation_auc": metric.get(f"validation_{kind}_auc"), "test_auc": metric.get(f"test_{kind}_auc")}
