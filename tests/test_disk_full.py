@@ -1,6 +1,6 @@
 """A full disk under the lakehouse (pipelines/storage/space.py and the nightly's handling of it):
 told apart from other failures however the libraries wrap it, the files a stopped write left
-removed, and a nightly that fills a real small filesystem during features."""
+removed, and a nightly that fills a real small filesystem during clean, and during features."""
 from __future__ import annotations
 
 import errno
@@ -89,7 +89,7 @@ def test_files_no_version_references_written_since_the_run_started_are_removed_a
 
 
 # ------------------------------------------------------------------------------------------------
-# A nightly that fills a small filesystem during features
+# A nightly that fills a small filesystem during clean or features
 
 DAY = date(2013, 1, 4)
 SLICE = [
@@ -131,16 +131,18 @@ def referenced(lh: Lakehouse) -> set[Path]:
 
 
 def rows(lh: Lakehouse, name: str) -> list[tuple]:
-    """The table's rows, sorted. The names of data files hold each write's random id: the
+    """The table's rows, sorted, without the run id. The names of data files hold each write's random id: the
     fingerprint of the files a feature spec was fitted on differs between any two runs."""
     df = lh.table(name).read()
+    df = df.drop(*[c for c in df.columns if c == "run_id"])      # each run's own id
     return sorted((tuple(re.sub(r" files [0-9a-f]{16}", " files <fingerprint>", v) if isinstance(v, str) else v
                          for v in r) for r in df.select(*sorted(df.columns)).collect()), key=repr)
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_features_fails_in_one_line_keeps_every_table_and_the_rerun_matches(
-        small_disk, tmp_path, spark, monkeypatch, capsys):
+@pytest.mark.parametrize("stage, layer", [("clean", "silver."), ("features", "gold.")])
+def test_a_full_disk_during_a_stage_fails_in_one_line_keeps_every_table_and_the_rerun_matches(
+        stage, layer, small_disk, tmp_path, spark, monkeypatch, capsys):
     from pipelines.cli.nightly import _guarded
     from pipelines.config import load_config
     from pipelines.flows import nightly
@@ -151,43 +153,44 @@ def test_a_full_disk_during_features_fails_in_one_line_keeps_every_table_and_the
     ballast = small_disk / "ballast"
     before: dict[str, int] = {}
 
-    def fill_then_features(ctx):
-        # The lakehouse as features finds it, copied aside: the reference run's features runs on
-        # the same silver with room to spare.
+    def fill_then_run(ctx):
+        # The lakehouse as the stage finds it, copied aside: the reference run's stage runs on
+        # the same tables with room to spare.
         shutil.copytree(cfg.lakehouse.root, reference_cfg.lakehouse.root, ignore=shutil.ignore_patterns("_locks"))
         before.update({name: lh.table(name).version() for name in lh.table_names()})
         with open(ballast, "wb") as fh:
             fh.write(b"\0" * shutil.disk_usage(small_disk).free)
         time.sleep(2)         # a heartbeat of the lock's lease on the full disk
-        return nightly.stage_features(ctx)
+        return getattr(nightly, f"stage_{stage}")(ctx)
 
-    four = {"landing": nightly.stage_landing, "ingest": nightly.stage_ingest, "clean": nightly.stage_clean}
-    monkeypatch.setattr(nightly, "STAGES", {**four, "features": fill_then_features})
+    names = ("landing", "ingest", "clean", "features")
+    earlier = {name: getattr(nightly, f"stage_{name}") for name in names[:names.index(stage)]}
+    monkeypatch.setattr(nightly, "STAGES", {**earlier, stage: fill_then_run})
     capsys.readouterr()
     assert _guarded(lambda: nightly.run_nightly(cfg, spark, DAY), cfg) == 1
     said = capsys.readouterr().err.strip().splitlines()
 
     # One line, naming the space; no traceback, not even from the lock's heartbeat thread.
     assert len(said) == 1, said
-    assert said[0].startswith(f"FAILED: stage 'features' of the nightly run for {DAY} failed: no space left on "
+    assert said[0].startswith(f"FAILED: stage '{stage}' of the nightly run for {DAY} failed: no space left on "
                               f"device under {cfg.lakehouse.root} (filesystem {small_disk}): "), said
     assert said[0].endswith(" MiB free; free space and run the same command again (it resumes from this stage)")
-    # Every table at its last version, gold never begun, and no data file that no version holds.
+    # Every table at its last version, the stage's layer never begun, and no data file that no version holds.
     assert {name: lh.table(name).version() for name in lh.table_names()} == before
-    assert not any(name.startswith("gold.") for name in before)
+    assert not any(name.startswith(layer) for name in lh.table_names())
     assert data_files(cfg.lakehouse.root) == referenced(lh)
     assert not list(Path(cfg.lakehouse.root).rglob("_delta_log/_commit_*"))
 
-    # Space freed, the same command resumes at features; the reference runs features untroubled.
+    # Space freed, the same command resumes at the stage; the reference runs it untroubled.
     ballast.unlink()
-    monkeypatch.setattr(nightly, "STAGES", {**four, "features": nightly.stage_features})
+    monkeypatch.setattr(nightly, "STAGES", {**earlier, stage: getattr(nightly, f"stage_{stage}")})
     record = nightly.run_nightly(cfg, spark, DAY)
-    assert record.status == "succeeded" and record.skipped == ["landing", "ingest", "clean"]
+    assert record.status == "succeeded" and record.skipped == list(earlier)
     reference = Lakehouse.from_config(reference_cfg, spark)
-    assert nightly.run_nightly(reference_cfg, spark, DAY).skipped == ["landing", "ingest", "clean"]
+    assert nightly.run_nightly(reference_cfg, spark, DAY).skipped == list(earlier)
 
     names = lh.table_names()
-    assert names == reference.table_names() and {"gold.features", "gold.model_input"} <= set(names)
+    assert names == reference.table_names() and any(name.startswith(layer) for name in names)
     for name in names:
         if name not in ("ops.stage_log", "results.runs"):      # run ids and times
             assert rows(lh, name) == rows(reference, name), name

@@ -155,7 +155,7 @@ def check_the_review(lh, model_version, metrics):
 
     confusion = read("results.confusion")
     assert set(zip(confusion["model"], confusion["rule"])) == {
-        (m, r) for m in ("dnn", "logreg") for r in ("decision", "f1", "fixed")}
+        (m, r) for m in ("dnn", "logreg", "stack") for r in ("decision", "f1", "fixed")}
     chosen_on = {"fixed": "configuration", "f1": "validation", "decision": "f1"}   # the dataset's objective
     for r in confusion.to_dict("records"):
         assert r["tp"] + r["fp"] + r["fn"] + r["tn"] == r["rows"] == test_rows[r["model"]]
@@ -165,14 +165,14 @@ def check_the_review(lh, model_version, metrics):
     # calls some test rows late (a fixed 0.5 on the network's raw scores called none).
     decided = confusion[confusion["rule"] == "decision"].set_index("model")
     at = metrics[(metrics["split"] == "test") & (metrics["model_version"] == model_version)].set_index("model")
-    for model in ("dnn", "logreg"):
+    for model in ("dnn", "logreg", "stack"):
         assert decided.loc[model, "threshold"] == pytest.approx(at.loc[model, "threshold"])
         assert decided.loc[model, "tp"] + decided.loc[model, "fp"] > 0 and at.loc[model, "f1"] > 0
     calibration = read("results.calibration")
     for model, c in calibration.groupby("model"):
         assert c["rows"].sum() == test_rows[model] and c["brier"].nunique() == 1 and 0 < c["brier"].iloc[0] < 0.3
         assert c["ece"].nunique() == 1 and 0 <= c["ece"].iloc[0] < 0.2
-    assert set(calibration["model"]) == {"dnn", "logreg"}
+    assert set(calibration["model"]) == {"dnn", "logreg", "stack"}
     slices = read("results.slices")
     assert set(slices["slice"]) == {"origin", "carrier", "hour_band"}   # nycflights13.yaml's evaluation.slices
     for (model, _), s in slices.groupby(["model", "slice"]):

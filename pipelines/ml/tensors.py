@@ -151,7 +151,8 @@ def split_frame(split: SplitFiles, columns: list[str]):
         if split.days:
             first, last = split.days
             table = table.filter(pc.and_(pc.greater_equal(table["day"], first), pc.less_equal(table["day"], last)))
-        tables.append(table)
+        # Files of different writes may declare a column nullable or not: read them all as nullable.
+        tables.append(table.cast(pa.schema([f.with_nullable(True) for f in table.schema])))
     return pa.concat_tables(tables).select(list(columns)).to_pandas()
 
 

@@ -1,0 +1,140 @@
+"""A year of nightlies: `backfill` over consecutive days of the Bundesliga slice, the real nightly
+of every day (the landing stage delivers each day's files from the package, as a supplier would),
+a model retrained every `--retrain-every` days. Printed:
+
+- the seconds of each night, the nights that trained apart: the second night against the last, and
+  the median of the first nights against the median of the last ones (issue 28's goal: the last
+  within 1.2x of the second: a night's cost does not grow with the days behind it);
+- registration at the end: the pins of the latest model from the commits' lineage records, and
+  the registry's rewrite (goal: <= 5 s);
+- after `maintain` (no retention, `lakehouse.keep_registered_models`), the data files on disk
+  against one copy of the tables' latest versions (goal: <= 2x).
+
+    python -m bench.year [--days 365] [--start 2005-07-01] [--retrain-every 30] [--root DIR]
+
+`tests/test_year.py` runs it over 60 days in CI; `make bench-year` over 365.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from bench.common import bench_config, folder_bytes, median, print_table, ratio, scratch_dir, start_spark, write_result
+
+NAME = "year"
+START = date(2005, 7, 1)
+GOAL_GROWTH, GOAL_REGISTRATION_S, GOAL_STORAGE = 1.2, 5.0, 2.0
+# A season to train on, one to validate; the nights run through the next one. The network and the
+# backtest are the test slice's (tests/test_bundesliga.py): the figures are about the nights'
+# fixed costs, not the model.
+SLICE = [
+    "pipeline.dataset=bundesliga",
+    "pipeline.splits.train=[2003-07-01,2004-06-30]",
+    "pipeline.splits.validation=[2004-07-01,2005-06-30]",
+    "pipeline.splits.test=[2005-07-01,2006-06-30]",
+    "training.epochs=4", "training.batch_size=32", "training.num_proc=2", "training.wide=true",
+    "training.early_stopping_patience=2", "lakehouse.model_input_row_group_rows=32",
+    "nightly.baselines=[logreg]", "spark.master=local[2]", "spark.shuffle_partitions=2",
+    "backtest.folds=2", "backtest.epochs=2",
+]
+# The nights compared at each end of the run (their median), besides the second and the last.
+ENDS = 5
+
+
+def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark=None) -> dict:
+    """The nightly of each of `days` days from `start` on the lakehouse at `root`, then the
+    registration and the storage figures; returns the figures (see the module's doc)."""
+    from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
+    from pipelines.flows.nightly import run_nightly
+    from pipelines.lineage.pins import upstream
+    from pipelines.ml import registry
+    from pipelines.ops.maintenance import maintain
+    from pipelines.storage import Lakehouse
+
+    cfg = bench_config(root, *SLICE, f"nightly.retrain_every_days={retrain_every}")
+    spark = spark or start_spark(cfg, NAME)
+    lakehouse = Lakehouse.from_config(cfg, spark)
+    nights = []
+    for i in range(days):
+        day = start + timedelta(days=i)
+        started = time.perf_counter()
+        record = run_nightly(cfg, spark, day)
+        seconds = time.perf_counter() - started
+        trained = record.stage_rows.get("train", 0) > 0
+        nights.append({"night": i + 1, "date": day.isoformat(), "seconds": round(seconds, 2), "trained": trained,
+                       "train_s": round(record.stage_seconds.get("train", 0.0), 2)})
+        log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}")
+
+    # Registration: the pins of the latest model, from the records, and the registry's rewrite.
+    latest = registry.latest(lakehouse)
+    started = time.perf_counter()
+    pins = upstream(lakehouse, {MODEL_INPUT: latest.training_version, FEATURE_SPEC: latest.feature_spec_version})
+    pins_s = time.perf_counter() - started
+    started = time.perf_counter()
+    registry.register(lakehouse, latest)
+    register_s = time.perf_counter() - started
+
+    tables_root = Path(lakehouse.root)
+    before = folder_bytes(tables_root)
+    maintain(lakehouse, retention_hours=0, row_group_rows=cfg.lakehouse.row_group_rows,
+             keep_registered=cfg.lakehouse.keep_registered_models)
+    after = folder_bytes(tables_root)
+    one_copy = sum(t.size_bytes for t in lakehouse.tables())
+
+    plain = [n for n in nights if not n["trained"]]
+    second = next((n for n in plain if n["night"] >= 2), None)
+    last = plain[-1] if plain else None
+    first_ends = [n["seconds"] for n in plain if n["night"] >= 2][:ENDS]
+    last_ends = [n["seconds"] for n in plain][-ENDS:]
+    return {
+        "days": days, "start": start.isoformat(), "retrain_every": retrain_every,
+        "nights": nights, "trainings": sum(n["trained"] for n in nights),
+        "second_night_s": second and second["seconds"], "last_night_s": last and last["seconds"],
+        "last/second": ratio(last and last["seconds"], second and second["seconds"]),
+        "first_median_s": median(first_ends) if first_ends else None,
+        "last_median_s": median(last_ends) if last_ends else None,
+        "last/first_median": ratio(median(last_ends), median(first_ends)) if first_ends and last_ends else None,
+        "models_registered": len(registry.entries(lakehouse)),
+        "versions_pinned": sum(len(v) for v in pins.values()), "pins_s": round(pins_s, 3),
+        "register_s": round(register_s, 3), "registration_s": round(pins_s + register_s, 3),
+        "bytes_before_maintain": before, "bytes_after_maintain": after, "bytes_one_copy": one_copy,
+        "storage/one_copy": ratio(after, one_copy),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--start", type=date.fromisoformat, default=START)
+    parser.add_argument("--retrain-every", type=int, default=30)
+    parser.add_argument("--root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    root = args.root or scratch_dir(NAME) / "lakehouse"
+    figures = run(root, args.start, args.days, args.retrain_every)
+    print_table([{k: v for k, v in n.items()} for n in figures["nights"] if n["trained"]])
+    summary = [
+        {"figure": "night: last / second (no training)", "value": figures["last/second"], "goal": f"<= {GOAL_GROWTH}",
+         "met": _met(figures["last/second"], GOAL_GROWTH)},
+        {"figure": f"night: median of the last {ENDS} / first {ENDS}", "value": figures["last/first_median"],
+         "goal": f"<= {GOAL_GROWTH}", "met": _met(figures["last/first_median"], GOAL_GROWTH)},
+        {"figure": "registration s (pins + registry)", "value": figures["registration_s"],
+         "goal": f"<= {GOAL_REGISTRATION_S}", "met": _met(figures["registration_s"], GOAL_REGISTRATION_S)},
+        {"figure": "storage after maintain / one copy", "value": figures["storage/one_copy"],
+         "goal": f"<= {GOAL_STORAGE}", "met": _met(figures["storage/one_copy"], GOAL_STORAGE)},
+    ]
+    print(f"{figures['days']} nights from {figures['start']}, {figures['trainings']} trainings, "
+          f"second night {figures['second_night_s']} s, last {figures['last_night_s']} s, "
+          f"{figures['versions_pinned']} versions pinned by the latest model")
+    print_table(summary)
+    write_result(NAME, figures, command=f"python -m bench.year --days {args.days}")
+    return 0
+
+
+def _met(value, goal: float) -> str:
+    return "?" if value is None else ("met" if value <= goal else "missed")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
