@@ -106,13 +106,19 @@ def stage_features(ctx: NightlyContext) -> int:
 
 
 def stage_train(ctx: NightlyContext) -> int:
-    """Train a candidate when the blessed model is missing or older than `retrain_every_days`."""
-    current = registry.blessed(ctx.lakehouse)
-    if current is not None and current.run_date is not None:
-        age = (ctx.run_date - current.run_date).days
+    """Train a candidate when none was trained in the last `retrain_every_days`: the latest
+    candidate's age counts, blessed or not, so a rejected candidate is not trained again every
+    night until one is blessed (the blessed model, or the fallback baseline, scores meanwhile)."""
+    latest = registry.latest(ctx.lakehouse)
+    if latest is not None and latest.run_date is not None:
+        age = (ctx.run_date - latest.run_date).days
         if 0 <= age < ctx.cfg.nightly.retrain_every_days:
-            log.info(f"[nightly] train: reusing blessed model {current.model_version} "
-                     f"(trained for {current.run_date}, {age} days old < {ctx.cfg.nightly.retrain_every_days})")
+            current = registry.blessed(ctx.lakehouse)
+            serving = (f"blessed model {current.model_version} scores" if current is not None
+                       else f"the {registry.FALLBACK_BASELINE} baseline beside it scores")
+            log.info(f"[nightly] train: the latest candidate, {latest.model_version} ({latest.status}), was trained "
+                     f"for {latest.run_date}, {age} days old < {ctx.cfg.nightly.retrain_every_days}: no training "
+                     f"tonight; {serving}")
             return 0
     register = train_and_register_regression if ctx.cfg.training.head == "regression" else train_and_register
     return register(ctx.cfg, ctx.spark, ctx.lakehouse, run_id=ctx.run_id, run_date=ctx.run_date).rows_trained
