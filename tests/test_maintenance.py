@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 from datetime import date, datetime, timezone
+
+import pytest
 from pathlib import Path
 
 from log_lines import log_lines
@@ -156,3 +158,46 @@ def test_vacuum_keeps_every_table_version_a_registered_model_pins(lakehouse, spa
         assert len(done[name].vacuumed) == 1, name              # version 1's file: nothing pins it
         assert table.to_arrow(version=0).to_pylist() == [{"id": 0, "x": 1.0}], name
         assert table.count() == 3
+
+
+def test_a_pinned_version_older_than_the_log_retention_still_reads_after_checkpoints(lakehouse, spark):
+    """delta-rs deletes commits older than 30 days at each checkpoint unless the table says not
+    to: every table is created saying so, and `maintain` says so for a table created before."""
+    import time
+
+    from deltalake import DeltaTable
+
+    def age_the_log(table, days: int) -> None:
+        old = time.time() - days * 86400
+        for f in Path(table.path, "_delta_log").iterdir():
+            os.utime(f, (old, old))
+
+    def write(table, n: int) -> None:
+        table.write(spark.createDataFrame([(n,)], "n long"), mode="append")
+
+    kept, before = lakehouse.table("ops.kept"), lakehouse.table("ops.created_before")
+    for table in (kept, before):
+        write(table, 0)
+        DeltaTable(table.path).alter.set_table_properties({"delta.checkpointInterval": "2"})
+    assert DeltaTable(kept.path).metadata().configuration["delta.enableExpiredLogCleanup"] == "false"
+    # A table as one created before this setting: the property back to delta-rs's default.
+    DeltaTable(before.path).alter.set_table_properties({"delta.enableExpiredLogCleanup": "true"})
+    for table in (kept, before):
+        age_the_log(table, 40)
+        for n in range(1, 5):
+            write(table, n)
+    assert kept.read(version=0).count() == 1
+    with pytest.raises(Exception):
+        before.read(version=0).count()      # what every table did: version 0's commit is gone
+
+    # maintain keeps the log of a table created before, from then on.
+    again = lakehouse.table("ops.created_later")
+    write(again, 0)
+    DeltaTable(again.path).alter.set_table_properties({"delta.checkpointInterval": "2",
+                                                       "delta.enableExpiredLogCleanup": "true"})
+    maintain(lakehouse, retention_hours=10_000, row_group_rows=1000)
+    pinned = again.version()
+    age_the_log(again, 40)
+    for n in range(1, 5):
+        write(again, n)
+    assert again.read(version=pinned).count() == 1

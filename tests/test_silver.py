@@ -315,3 +315,24 @@ def test_a_column_renamed_in_the_dataset_is_read_under_its_file_name_and_stored_
     rows = sorted(tuple(r) for r in lakehouse.table("silver.events").read().select("id", "event_date").collect())
     assert rows == [(1, date(2024, 3, 1)), (3, date(2024, 3, 2))]
     assert cleaned.quarantined == 1   # id 2: its event_date is not the file's date
+
+
+def test_the_days_ingested_since_silver_was_written_are_what_a_night_without_files_cleans(cfg, spark, lakehouse, shop):
+    """A nightly whose ingest finds no changed file cleans the days ingested after silver's last
+    commit (a run killed between ingest and clean), and nothing when there are none."""
+    land = Path(cfg.lakehouse.landing)
+    # Before silver exists: every day.
+    bronze.ingest(cfg, spark, dataset=shop)
+    assert silver.days_ingested_since_cleaned(lakehouse, shop) is None
+    silver.clean(cfg, spark, dataset=shop)
+    assert silver.days_ingested_since_cleaned(lakehouse, shop) == []
+    # A new day ingested, then the run dies before clean: that day, and only it.
+    (land / "orders" / "2024" / "03" / "02.csv").write_text("order_id,day,store,amount\n7,2024-03-02,S1,3\n")
+    bronze.ingest(cfg, spark, dataset=shop)
+    assert silver.days_ingested_since_cleaned(lakehouse, shop) == [date(2024, 3, 2)]
+    silver.clean(cfg, spark, dates=[date(2024, 3, 2)], dataset=shop)
+    assert silver.days_ingested_since_cleaned(lakehouse, shop) == []
+    # A reference file ingested since: every day may join it.
+    (land / "stores" / "stores.jsonl").write_text(json.dumps({"store": "S1", "city": "Boone"}) + "\n")
+    bronze.ingest(cfg, spark, dataset=shop)
+    assert silver.days_ingested_since_cleaned(lakehouse, shop) is None

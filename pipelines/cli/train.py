@@ -1,5 +1,6 @@
-"""`lakehouse-dl train`: train on a pinned gold.model_input version, then fit the MLlib baselines
-on the same rows and print their validation AUC beside the model's."""
+"""`lakehouse-dl train`: train on a pinned gold.model_input version, then fit the baselines on the
+same rows and print their validation AUC beside the model's (the regression head: the MAE of the
+network, the regression baselines and the naive forecasts on validation)."""
 from __future__ import annotations
 
 import json
@@ -31,9 +32,16 @@ def run_train(args, cfg) -> int:
     spark = spark_for(cfg, "train")
     result = train(cfg, spark, model_version=args.model_version, table_version=args.table_version,
                    spec_version=args.spec_version)
-    baselines = compare_with_baselines(cfg, spark, Lakehouse.from_config(cfg, spark), result, kinds)
+    lakehouse = Lakehouse.from_config(cfg, spark)
+    baselines = compare_with_baselines(cfg, spark, lakehouse, result, kinds)
     for line in summary_lines(result, baselines):
         print(line)
+    if cfg.training.head == "regression" and kinds:
+        # The regression head's bar: its baselines and the naive forecasts, MAE on validation.
+        from pipelines.ml.regression_candidate import mae_lines, measure, regression_kinds
+
+        for line in mae_lines(measure(cfg, spark, lakehouse, result, regression_kinds(kinds), splits=("validation",))):
+            print(line.removeprefix("[train] "))
     if args.json:
         fitted_free = {kind: {k: v for k, v in b.items() if k != "model"} for kind, b in baselines.items()}
         print(json.dumps({**result.to_dict(), "baselines": fitted_free}, indent=2, default=str))

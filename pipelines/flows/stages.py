@@ -88,19 +88,31 @@ def stage_landing(ctx: NightlyContext) -> int:
 
 def stage_ingest(ctx: NightlyContext) -> int:
     ingested = bronze.ingest(ctx.cfg, ctx.spark, dates=None, run_id=ctx.run_id)
-    # Only the days whose files changed go on to clean and features. None (every day) when no
-    # file changed: a run killed after ingest committed must still clean what it ingested.
-    ctx.dates = sorted({d for r in ingested for d in r.dates}) or None
+    # Only the days whose files changed go on to clean and features; every day (None) when a
+    # reference file changed. When no file changed, the days ingested since silver was last
+    # written (a run killed after ingest committed must still clean what it ingested), often
+    # none: a night without a file (a league's weekday) rebuilds nothing.
+    changed = sorted({d for r in ingested for d in r.dates})
+    if changed or any(r.files_ingested for r in ingested):
+        ctx.dates = changed or None
+    else:
+        ctx.dates = silver.days_ingested_since_cleaned(ctx.lakehouse, dataset_for(ctx.cfg))
     return sum(r.rows for r in ingested)
 
 
 def stage_clean(ctx: NightlyContext) -> int:
+    if ctx.dates == []:
+        log.info("[nightly] clean: no file was ingested since silver was last written: nothing to clean")
+        return 0
     cleaned = silver.clean(ctx.cfg, ctx.spark, dates=ctx.dates, run_id=ctx.run_id)
     ctx.dates = sorted({d for r in cleaned for d in r.dates}) if ctx.dates else None
     return sum(r.silver_rows for r in cleaned)
 
 
 def stage_features(ctx: NightlyContext) -> int:
+    if ctx.dates == []:
+        log.info("[nightly] features: silver is unchanged tonight: nothing to build")
+        return 0
     summary = gold.build_features(ctx.cfg, ctx.spark, dates=ctx.dates, lakehouse=ctx.lakehouse)
     return int(summary.get("features", 0))
 

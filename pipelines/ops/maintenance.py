@@ -130,6 +130,9 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
     """Compact (unless the table's layout is fixed), then vacuum past `retention_hours`."""
     files_before, _ = table.size()
     out = Maintained(table.name, files_before, files_before)
+    if not dry_run and table.keep_whole_log():
+        log.info(f"[maintain] {table.name}: its Delta log is now kept whole (no cleanup of commits older "
+                 f"than 30 days, which the versions models pin need)")
     if table.name in NOT_COMPACTED:
         out.note = "not compacted (its row groups are Petastorm's shard unit)"
     elif dry_run:

@@ -27,6 +27,21 @@ from pipelines.storage.schema import check_schema, merge_schemas
 
 # The Python distribution of this engine, whose version the model registry records.
 DISTRIBUTION = "deltalake"
+# Every table keeps its whole Delta log: delta-rs otherwise deletes the commits older than
+# `delta.logRetentionDuration` (30 days) at each checkpoint (every 100 commits), and a version a
+# registered model pins could no longer be read (time travel needs its commits). Vacuum removes
+# data files; the log's small commits and checkpoints stay. `keep_whole_log` sets it on a table
+# created before.
+TABLE_PROPERTIES = {"delta.enableExpiredLogCleanup": "false"}
+
+
+def keep_whole_log(dt) -> bool:
+    """Set `TABLE_PROPERTIES` on the delta-rs table `dt` where missing (one commit); True if it did."""
+    configured = dt.metadata().configuration
+    missing = {k: v for k, v in TABLE_PROPERTIES.items() if configured.get(k) != v}
+    if missing:
+        dt.alter.set_table_properties(missing)
+    return bool(missing)
 
 
 class DeltaRsEngine:
@@ -214,7 +229,8 @@ class DeltaRsEngine:
             if not existed:
                 try:
                     create_table_with_add_actions(path, delta_schema, actions, mode="error",
-                                                  partition_by=partition_by or None, commit_properties=props)
+                                                  partition_by=partition_by or None, commit_properties=props,
+                                                  configuration=TABLE_PROPERTIES)
                     return 0
                 except DeltaError as exc:
                     if "exists" not in str(exc).lower():

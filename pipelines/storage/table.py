@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Literal
 
-from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, rows_in
+from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, keep_whole_log, rows_in
 from pipelines.storage.errors import TableNotFoundError
 from pipelines.storage.layout import hidden_columns
 from pipelines.storage.lineage_log import LineageLog
@@ -321,6 +321,11 @@ class Table:
         if listed and not dry_run:
             dt.vacuum(dry_run=False, **options)
         return listed
+
+    def keep_whole_log(self) -> bool:
+        """Turn off delta-rs's cleanup of commits older than 30 days on a table created before it
+        was turned off at creation (`delta_rs.TABLE_PROPERTIES`); True if it changed the table."""
+        return keep_whole_log(self.delta())
 
     def compact(self, row_group_rows: int | None = None, partitions: dict[str, list] | None = None,
                 target_size_bytes: int | None = None) -> dict:

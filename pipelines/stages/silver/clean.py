@@ -132,3 +132,34 @@ def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
         raise ValueError(f"rule {rule.name} of {source.name} checks {rule.reference}, but {catalog.silver(rule.reference_source)} "
                          f"does not exist yet: ingest and clean {rule.reference_source} first")
     return True
+
+
+def days_ingested_since_cleaned(lh, dataset: Dataset) -> list[date] | None:
+    """The days of the daily feeds' files ingested after silver was last written (from
+    `ops.ingest_log` against each daily silver table's latest commit): what a nightly whose ingest
+    found no changed file still has to clean (a run killed after ingest committed, a `lakehouse-dl
+    ingest` run by hand). None (every day) when a daily silver table does not exist yet or a
+    reference file was ingested since (every day's rows may join it)."""
+    from datetime import datetime, timezone
+
+    built = []
+    for source in dataset.daily_sources:
+        table = lh.table(catalog.silver(source.name))
+        if not table.exists():
+            return None
+        built.append(datetime.fromtimestamp(table.history(1)[0]["timestamp"] / 1000, timezone.utc))
+    log_table = lh.table(catalog.INGEST_LOG)
+    if not built or not log_table.exists():
+        return None
+    since = min(built)
+    days = set()
+    for r in log_table.to_arrow(["source", "path", "ingested_at"]).to_pylist():
+        ingested = r["ingested_at"] if r["ingested_at"].tzinfo else r["ingested_at"].replace(tzinfo=timezone.utc)
+        if ingested <= since:
+            continue
+        source = dataset.sources.get(r["source"])
+        day = source.date_of(r["path"]) if source is not None and source.daily else None
+        if day is None:
+            return None
+        days.add(day)
+    return sorted(days)
