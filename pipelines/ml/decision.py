@@ -53,11 +53,12 @@ class Decision:
     def calibrate(self, scores):
         """A NumPy array of scores as calibrated probabilities."""
         import numpy as np
+        from scipy.special import expit   # the logistic function, without overflow warnings
 
         p = np.asarray(scores, dtype="float64")
         if self.calibration == "platt":
             z = np.log(np.clip(p, _EPS, 1 - _EPS)) - np.log1p(-np.clip(p, _EPS, 1 - _EPS))
-            return 1.0 / (1.0 + np.exp(-(self.params["a"] * z + self.params["b"])))
+            return expit(self.params["a"] * z + self.params["b"])
         if self.calibration == "isotonic":
             starts, values = np.asarray(self.params["starts"]), np.asarray(self.params["values"])
             return values[np.clip(np.searchsorted(starts, p, side="right") - 1, 0, len(values) - 1)]
@@ -185,6 +186,7 @@ def _platt(scores, pos, neg, iterations: int = 100) -> tuple[float, float]:
     """(a, b) of sigmoid(a * logit(s) + b) maximising the likelihood of the binned labels (Newton's
     method on two parameters, with Platt's smoothed targets against overconfidence)."""
     import numpy as np
+    from scipy.special import expit
 
     keep = (pos + neg) > 0
     z = np.log(np.clip(scores[keep], _EPS, 1 - _EPS)) - np.log1p(-np.clip(scores[keep], _EPS, 1 - _EPS))
@@ -194,7 +196,7 @@ def _platt(scores, pos, neg, iterations: int = 100) -> tuple[float, float]:
     y = (pos[keep] * hi + neg[keep] * lo) / n
     a, b = 1.0, 0.0
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(-(a * z + b)))
+        p = expit(a * z + b)
         g = np.array([np.sum(n * (p - y) * z), np.sum(n * (p - y))])
         w = n * p * (1 - p)
         hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]]) + 1e-9 * np.eye(2)

@@ -24,6 +24,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.special import expit
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Stacker:
         """The stacked score of rows whose members' raw scores are `scores[member]` (arrays)."""
         z = self.intercept + sum(w * logit(np.asarray(scores[m], dtype="float64"))
                                  for m, w in zip(self.members, self.weights))
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(z)
 
     def column(self, columns: dict):
         """The stacked score as a Spark column, from {member: the column of its raw score}."""

@@ -128,9 +128,11 @@ class DeltaRsEngine:
     def write(self, df, path: str, mode: str, partition_by: list[str] | None,
               partitions: dict[str, list] | None, schema_mode: str | None,
               description: str | None = None, row_group_rows: int | None = None, clustered: bool = False,
-              order_by: list[str] | None = None) -> int:
+              order_by: list[str] | None = None, rows: list[dict] | None = None) -> int:
         """`Table.write`'s commit. `clustered`: the rows of each partition value are in one Spark
-        partition already (`merge` arranges it), so no exchange by the partition columns is added."""
+        partition already (`merge` arranges it), so no exchange by the partition columns is added.
+        `rows`: the rows `df` was made from, held by the driver (bookkeeping); a whole new
+        unpartitioned table of them is written by the driver itself, without a Spark job."""
         from deltalake import Schema
         from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
         from deltalake.exceptions import CommitFailedError, DeltaError
@@ -145,7 +147,8 @@ class DeltaRsEngine:
         df = with_derived_columns(df, partition_by)
         if existed:
             table_schema = self.spark_schema(dt)
-            if mode == "overwrite" and schema_mode == "overwrite" and not partitions:
+            as_given = mode == "overwrite" and schema_mode == "overwrite" and not partitions
+            if as_given:
                 target_schema = df.schema
             else:
                 check_schema(table_schema, df.schema, path, allow_new_columns=schema_mode == "merge")
@@ -157,6 +160,7 @@ class DeltaRsEngine:
                         df = df.withColumn(field.name, F.lit(None).cast(field.dataType))
                 df = df.select(*target_schema.fieldNames())
         else:
+            as_given = True
             missing = [c for c in partition_by if c not in df.columns]
             if missing:
                 raise ValueError(f"partition columns {missing} are not in the data written to {path}")
@@ -182,6 +186,9 @@ class DeltaRsEngine:
                                   arrow_schema.serialize().to_pybytes(), self.target_file_bytes,
                                   row_group_rows or self.row_group_rows, allowed, self.target_file_rows,
                                   record_column=BUILT_FROM)
+        # The driver writes rows it holds when they are the whole table as given (no column added or
+        # reordered, no partition, no order asked): the same file writer, without a Spark job.
+        local = rows is not None and not partition_by and as_given and not order_by
         # Within a file, rows in the order of the partition columns, then of `order_by` (a key the
         # caller names, so two runs write the same rows in the same order), then of the date, which
         # keeps each file's date range narrow for skipping by statistics.
@@ -191,7 +198,7 @@ class DeltaRsEngine:
             # Each partition value in one task, its rows together: the task writes one file per
             # value and holds one value's rows at a time (`make_file_writer`).
             df = (df if clustered else df.repartition(*partition_by)).sortWithinPartitions(*order)
-        else:
+        elif not local:
             # An unpartitioned table is a small one (bookkeeping, reference data): its write is one
             # task, so one file up to the target size. Where Spark's estimate says the rows are
             # small, the task computes them too (no exchange); where it cannot tell (it never can
@@ -201,8 +208,14 @@ class DeltaRsEngine:
             if order_by:
                 df = df.sortWithinPartitions(*order)
         try:
-            written = _collect_in_group(self.spark.sparkContext, df.mapInArrow(writer, WRITE_RESULT_SCHEMA),
-                                        group=f"lakehouse-dl-write-{write_id}", description=f"write {path}")
+            if local:
+                import pyarrow as pa
+
+                batches = pa.Table.from_pylist(rows, schema=arrow_schema).to_batches()
+                written = [r for b in writer(iter(batches)) for r in b.to_pylist()]
+            else:
+                written = _collect_in_group(self.spark.sparkContext, df.mapInArrow(writer, WRITE_RESULT_SCHEMA),
+                                            group=f"lakehouse-dl-write-{write_id}", description=f"write {path}")
         except BaseException as exc:
             _remove_files_of(local_path(path), write_id)
             message = str(exc)

@@ -100,19 +100,26 @@ class Table:
         """Keep every row whose `key` differs from the given rows', replace the others, in one
         commit; `drop(row)`, when given, also removes the existing rows it is true for.
 
-        For small bookkeeping tables (tens of rows per run): the rewrite goes through the driver.
+        For small bookkeeping tables (tens of rows per run): read and rewritten by the driver,
+        without a Spark job where the engine can (delta-rs).
 
             >>> lh.table("results.runs").replace_rows([row], RUNS_SCHEMA, key=("job", "run_date"))
         """
-        names = self.engine.spark.createDataFrame([], schema).schema.fieldNames()
+        spark_schema = self.engine.spark.createDataFrame([], schema).schema
+        names = spark_schema.fieldNames()
         replaced = {tuple(r.get(k) for k in key) for r in rows}
         kept = []
         if self.exists():
             # Rows written under an older schema read the columns added since as null.
-            kept = [r for r in ({**dict.fromkeys(names), **row.asDict()} for row in self.read().collect())
+            held = self.to_arrow()
+            kept = [r for r in ({**dict.fromkeys(names), **row} for row in held.select(
+                        [c for c in names if c in held.column_names]).to_pylist())
                     if tuple(r.get(k) for k in key) not in replaced and not (drop and drop(r))]
         rows = [{n: r.get(n) for n in names} for r in kept + rows]
-        return self.write(self.engine.spark.createDataFrame(rows, schema), mode="overwrite", schema_mode="overwrite")
+        df = self.engine.spark.createDataFrame(rows, spark_schema)
+        local = {"rows": rows} if self.engine.name == "delta-rs" else {}
+        return self.engine.write(df, self.path, mode="overwrite", partition_by=None, partitions=None,
+                                 schema_mode="overwrite", **local)
 
     def merge(self, df, on: list[str], update: list[str], description: str | None = None,
               partitions: dict[str, list] | None = None, derive: dict[str, Callable] | None = None) -> dict:
@@ -203,23 +210,11 @@ class Table:
     def add_actions(self, version: int | None = None) -> list[dict]:
         """One dict per data file of a version: `path` (absolute URI), `size_bytes`, `num_records`,
         and `partition.<column>`, `min.<column>`, `max.<column>`, `null_count.<column>`."""
-        import pyarrow as pa
-
-        dt = self.delta(version)
-        root = dt.table_uri
-        actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-        for a in actions:
-            a["path"] = file_uri(root, a["path"])
-        return actions
+        return _add_actions(self.delta(version))
 
     def schema(self, version: int | None = None):
         """The table's columns as `read` gives them (a derived partition column left out)."""
-        from pyspark.sql.types import StructType
-
-        dt = self.delta(version)
-        schema = DeltaRsEngine.spark_schema(dt)
-        hidden = hidden_columns(list(dt.metadata().partition_columns), schema.fieldNames())
-        return StructType([f for f in schema.fields if f.name not in hidden]) if hidden else schema
+        return _visible_schema(self.delta(version))
 
     def partition_by(self) -> list[str]:
         return list(self.delta().metadata().partition_columns)
@@ -285,12 +280,13 @@ class Table:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = self.schema(version)
+        dt = self.delta(version)   # one snapshot for the schema and the files: a log replay each
+        schema = _visible_schema(dt)
         wanted = columns or schema.fieldNames()
-        parts_by = list(self.delta(version).metadata().partition_columns)
+        parts_by = list(dt.metadata().partition_columns)
         arrow_types = {f.name: _arrow_type(f.dataType.typeName()) for f in schema.fields}
         tables = []
-        for a in self.add_actions(version):
+        for a in _add_actions(dt):
             stored = [c for c in wanted if c not in parts_by]
             table = pq.read_table(local_path(a["path"]), columns=stored)
             for c in wanted:
@@ -345,6 +341,25 @@ class Table:
         ts = datetime.utcfromtimestamp(last["timestamp"] / 1000).isoformat(timespec="seconds") + "Z"
         return TableInfo(self.name, layer, self.path, dt.version(), rows_in(dt), files, size,
                          last.get("operation", "?"), ts, list(dt.metadata().partition_columns))
+
+
+def _add_actions(dt) -> list[dict]:
+    """`Table.add_actions` of the delta-rs snapshot `dt`."""
+    import pyarrow as pa
+
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    for a in actions:
+        a["path"] = file_uri(dt.table_uri, a["path"])
+    return actions
+
+
+def _visible_schema(dt):
+    """`Table.schema` of the delta-rs snapshot `dt`."""
+    from pyspark.sql.types import StructType
+
+    schema = DeltaRsEngine.spark_schema(dt)
+    hidden = hidden_columns(list(dt.metadata().partition_columns), schema.fieldNames())
+    return StructType([f for f in schema.fields if f.name not in hidden]) if hidden else schema
 
 
 def _merge_source_keys(df, on: list[str]) -> tuple[int, int, list[tuple]]:

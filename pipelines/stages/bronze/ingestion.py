@@ -118,7 +118,9 @@ def ingest_source(lh, landing: str, source: Source, dates: list[date] | None, ru
     without dates, of `delivered`: the days other feeds have) with no file is reported missing,
     unless its file is not due by `as_of` (local minutes) yet."""
     started = time.time()
-    ingest_time = datetime.now(timezone.utc).replace(microsecond=0)
+    # To the microsecond: `silver.days_ingested_since_cleaned` orders it against silver's commits,
+    # and a clean that commits within the second before an ingest starts must still come first.
+    ingest_time = datetime.now(timezone.utc)
     table = lh.table(catalog.bronze(source.name))
     result = IngestResult(table.name)
     files = find_files(landing, source, dates if source.daily else None)

@@ -134,6 +134,12 @@ def _exists_or_fail(lh, rule: Rule, source: Source) -> bool:
     return True
 
 
+# Commits that change no row (compaction, vacuum, table properties), and how many of the latest
+# commits are searched for the last one that did.
+MAINTENANCE_OPERATIONS = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
+MAINTENANCE_SCAN = 50
+
+
 def days_ingested_since_cleaned(lh, dataset: Dataset) -> list[date] | None:
     """The days of the daily feeds' files ingested after silver was last written (from
     `ops.ingest_log` against each daily silver table's latest commit): what a nightly whose ingest
@@ -143,11 +149,16 @@ def days_ingested_since_cleaned(lh, dataset: Dataset) -> list[date] | None:
     from datetime import datetime, timezone
 
     built = []
-    for source in dataset.daily_sources:
+    # The daily sources with a silver table of their own (an outcome feed is merged into its
+    # source's): when each was last written by clean, not by maintenance.
+    for source in (s for s in dataset.daily_sources if not s.updates):
         table = lh.table(catalog.silver(source.name))
         if not table.exists():
             return None
-        built.append(datetime.fromtimestamp(table.history(1)[0]["timestamp"] / 1000, timezone.utc))
+        written = [c for c in table.history(MAINTENANCE_SCAN) if c.get("operation") not in MAINTENANCE_OPERATIONS]
+        if not written:
+            return None
+        built.append(datetime.fromtimestamp(written[0]["timestamp"] / 1000, timezone.utc))
     log_table = lh.table(catalog.INGEST_LOG)
     if not built or not log_table.exists():
         return None
