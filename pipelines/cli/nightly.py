@@ -89,7 +89,11 @@ def print_summary(cfg, record) -> None:
         print(f"\nblessed model {model.model_version}: {model.reason}")
         metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version
                    and m["split"] in ("validation", "test")]
-        if metrics:
+        if metrics and registry.head_of(model) == "regression":
+            print(f"  {'model':26} {'split':11} {'MAE':>9} {'RMSE':>9}")
+            for m in sorted(metrics, key=lambda m: (m["split"], m["model"] != "dnn", m["model"])):
+                print(f"  {m['model']:26} {m['split']:11} {m['mae']:>9.4f} {m['rmse']:>9.4f}")
+        elif metrics:
             print(f"  {'model':8} {'split':11} {'AUC':>7} {'log loss':>9} {'accuracy':>9} {'F1':>7}")
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"] != "dnn", m["model"])):
                 print(f"  {m['model']:8} {m['split']:11} {m['auc']:>7.4f} {m['log_loss']:>9.4f} "

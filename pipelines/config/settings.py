@@ -10,7 +10,13 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+# What a dataset's network learns and its nightly serves: its `label` (a probability and a
+# decision) or its `target` (a number in the target's units). The dataset declares it
+# (`prediction.head`); `training.head` overrides it for a run.
+Head = Literal["classification", "regression"]
+HEADS: tuple[str, ...] = get_args(Head)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class TrainingConfig:
     num_proc: int
     threads_per_proc: int
     use_gpu: bool
-    head: Literal["classification", "regression"]
+    head: Head
     architecture: Literal["mlp", "cross", "sequence"]
     hidden_units: list[int]
     wide: bool

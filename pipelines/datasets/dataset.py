@@ -324,6 +324,10 @@ class Dataset:
     # null while the outcome is unknown: such a row is scored, never trained on.
     target: str | None = None
     label: str | None = None
+    # The head the nightly trains and serves (`prediction.head`): "classification" (the label's
+    # probability and a decision) or "regression" (the target, in its units). The configuration
+    # takes it as `training.head` (pipelines.config.loader), which `--set` can override for a run.
+    head: str = "classification"
     # Inclusive date windows of the event date: {"train": (start, end), "validation": ..., "test": ...}.
     splits: dict[str, tuple[date, date]] = field(default_factory=dict)
     # The date `lakehouse-dl run` runs the nightly for when none is given (a replay's last days).

@@ -21,6 +21,7 @@ import yaml
 from pipelines.catalog import PARTITION_COLUMN
 from pipelines.config import ConfigError
 from pipelines.config.loader import dataset_path
+from pipelines.config.settings import HEADS
 from pipelines.datasets.dataset import (CALENDARS, CHECKS, COLUMN_TYPES, DATE_PLACEHOLDERS, FILLS, FORMATS,
                                         Column, CsvOptions, Dataset, DecisionRule, MissingPolicy, Rule, Source)
 from pipelines.datasets.schemas import check_dated_columns
@@ -116,10 +117,11 @@ class _Parser(YamlChecks):
             self.fail("evaluation.decision", str(exc))
 
     def prediction(self, value: Any, sources: dict[str, Source]) -> dict:
-        """The Dataset fields of `prediction: {source, time, target, label}` ({} when not declared)."""
+        """The Dataset fields of `prediction: {source, time, target, label, head}` ({} when not
+        declared; `head`, the one the nightly trains and serves, is optional)."""
         if value is None:
             return {}
-        data = self.mapping(value, "prediction", {"source", "time", "target", "label"},
+        data = self.mapping(value, "prediction", {"source", "time", "target", "label", "head"},
                             {"source", "time", "target", "label"})
         name = self.string(data["source"], "prediction.source")
         source = sources.get(name)
@@ -132,7 +134,8 @@ class _Parser(YamlChecks):
             self.fail("prediction.time", f"is declared at the event, but source {name} declares no event_time")
         return dict(prediction_source=name, prediction_time=at,
                     target=self.string(data["target"], "prediction.target"),
-                    label=self.string(data["label"], "prediction.label"))
+                    label=self.string(data["label"], "prediction.label"),
+                    head=self.choice(data.get("head", HEADS[0]), "prediction.head", HEADS))
 
     def splits(self, value: Any) -> dict[str, tuple[date, date]]:
         """`splits: {train: [start, end], validation: [...], test: [...]}`, inclusive dates."""

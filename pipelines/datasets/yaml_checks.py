@@ -33,6 +33,11 @@ class YamlChecks:
             self.fail(key, f"must be a non-empty string, got {value!r}")
         return value
 
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
             self.fail(key, f"must be true or false, got {value!r}")

@@ -127,7 +127,7 @@ def stage_train(ctx: NightlyContext) -> int:
         if 0 <= age < ctx.cfg.nightly.retrain_every_days:
             current = registry.blessed(ctx.lakehouse)
             serving = (f"blessed model {current.model_version} scores" if current is not None
-                       else f"the {registry.FALLBACK_BASELINE} baseline beside it scores")
+                       else f"the {registry.fallback_baseline(latest)} baseline beside it scores")
             log.info(f"[nightly] train: the latest candidate, {latest.model_version} ({latest.status}), was trained "
                      f"for {latest.run_date}, {age} days old < {ctx.cfg.nightly.retrain_every_days}: no training "
                      f"tonight; {serving}")
@@ -138,13 +138,15 @@ def stage_train(ctx: NightlyContext) -> int:
 
 def stage_score(ctx: NightlyContext) -> int:
     """Score every row scheduled tomorrow (and the days `scoring_days` adds) with the blessed model,
-    encoded with that model's own feature spec. Until a network is blessed, the logistic regression
-    fitted beside the latest candidate scores them: the model that candidate failed to beat."""
+    encoded with that model's own feature spec: a classifier's calibrated score and decision, a
+    regression model's prediction of the target. Until a network is blessed, the logistic (or
+    linear) regression fitted beside the latest candidate scores them: the model that candidate
+    failed to beat."""
     model = registry.blessed(ctx.lakehouse)
     baseline = None
     if model is None:
         model = registry.latest(ctx.lakehouse)
-        baseline = registry.FALLBACK_BASELINE
+        baseline = registry.fallback_baseline(model) if model is not None else registry.FALLBACK_BASELINE
         if model is None or not os.path.isdir(baseline_path(model, baseline)):
             raise StageError("no model to score with: no network is blessed and no candidate has a "
                              f"{baseline} baseline beside it (see results.models)")
@@ -155,9 +157,9 @@ def stage_score(ctx: NightlyContext) -> int:
     scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, decision, baseline)
     version = registry.baseline_version(model.model_version, baseline) if baseline else model.model_version
     rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, version, ctx.run_id, versions)
+    output = "the target predicted" if registry.head_of(model) == "regression" else decision.describe()
     log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
-             f"{version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, "
-             f"{decision.describe()}, "
+             f"{version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, {output}, "
              f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")
     return rows
 
@@ -167,8 +169,10 @@ def stage_evaluate(ctx: NightlyContext) -> int:
     rows = results.live_metrics(ctx.lakehouse, dataset_for(ctx.cfg).key, ctx.run_date,
                                 registry.served_thresholds(ctx.lakehouse), ctx.cfg.training.threshold)
     for m in rows:
+        measured = (f"MAE {m['mae']:.4f}, RMSE {m['rmse']:.4f}" if m.get("mae") is not None
+                    else f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")
         log.info(f"[nightly] evaluate: {m['date']} scored by {m['model_version']}, {m['rows']:,} rows "
-                 f"with outcomes: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")
+                 f"with outcomes: {measured}")
     if rows:
         results.write_live_metrics(ctx.lakehouse, ctx.run_id, rows)
     return sum(r["rows"] for r in rows)

@@ -306,8 +306,8 @@ def _on_disk(path: str, checksum: str | None, line: int | None, fmt: str) -> tup
 
 def _shown(row: dict, key: str) -> dict:
     """The columns of a row worth showing: the key, the date, scores and versions; not the features."""
-    keep = [key, PARTITION_COLUMN, "day", "score", "predicted_label", "label", "model_version",
-            "feature_spec_version", "serving_input_version", "split"]
+    keep = [key, PARTITION_COLUMN, "day", "score", "predicted_label", "prediction", "label", "target",
+            "model_version", "feature_spec_version", "serving_input_version", "split"]
     return {k: (v.isoformat() if isinstance(v, date) else v) for k, v in row.items() if k in keep and v is not None}
 
 

@@ -2,7 +2,9 @@
 around the trained Keras model, so raw rows of `gold.features` score without Spark.
 
 Its `serving_default` signature takes one 1-D tensor per source column of `gold.features` that
-the spec reads, named like the column, and returns `score` (float32, one per row):
+the spec reads, named like the column, and returns `score`, `predicted_label` and `raw_score`
+(one per row) for a classifier, or `prediction` (float32, in the target's units) for a model of
+the regression head. The columns it takes:
 - numeric sources and categorical sources of an integral or boolean type: float64, NaN for null
   (what `pandas` gives for a nullable column of numbers);
 - categorical sources of a string (or fractional) type: strings, as Spark's `cast("string")`
@@ -62,10 +64,12 @@ def _inputs_of(spec: Sequence[Mapping], types: Mapping[str, str]) -> dict[str, t
     return inputs
 
 
-def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], decision=None):
+def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], decision=None,
+                   head: str = "classification"):
     """A `tf.Module` holding `model` whose `serve` function maps raw source columns to `score` (the
     calibrated probability of the model's `decision`, `pipelines.ml.decision`), `predicted_label`
-    (score >= the decision's threshold) and `raw_score` (the network's own output)."""
+    (score >= the decision's threshold) and `raw_score` (the network's own output); for the
+    regression `head`, to `prediction` (the network's output, which restores the target's units)."""
     import tensorflow as tf
 
     from pipelines.ml.decision import as_decision
@@ -130,6 +134,8 @@ def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], dec
                 encoded[row["name"]] = tf.reshape(value, [-1, 1])
             wanted = {t.name.split(":")[0] for t in self.model.inputs}
             raw_score = tf.reshape(self.model({k: v for k, v in encoded.items() if k in wanted}, training=False), [-1])
+            if head == "regression":
+                return {"prediction": tf.cast(raw_score, tf.float32)}
             score = calibrated(raw_score)
             return {"score": tf.cast(score, tf.float32), "raw_score": tf.cast(raw_score, tf.float32),
                     "predicted_label": tf.cast(score >= decision.threshold, tf.int32)}
@@ -137,12 +143,13 @@ def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], dec
     return FeaturesModel()
 
 
-def export_saved_model(model, spec: Sequence[Mapping], types: Mapping[str, str], path: str, decision=None) -> str:
-    """Write `model` with the spec and its `decision` inside as a SavedModel at `path` (its
-    `saved_model.pb` and variables)."""
+def export_saved_model(model, spec: Sequence[Mapping], types: Mapping[str, str], path: str, decision=None,
+                       head: str = "classification") -> str:
+    """Write `model` with the spec and its `decision` (a classifier's) inside as a SavedModel at
+    `path` (its `saved_model.pb` and variables)."""
     import tensorflow as tf
 
-    module = serving_module(model, spec, types, decision)
+    module = serving_module(model, spec, types, decision, head)
     tf.saved_model.save(module, path, signatures={SIGNATURE: module.serve})
     log.info(f"[export] SavedModel with the feature spec inside: {path}")
     return path
@@ -170,7 +177,8 @@ def _spark_string(value) -> str:
     return str(value)
 
 
-def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "the model", decision=None) -> str:
+def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "the model", decision=None,
+                  head: str = "classification") -> str:
     """The SavedModel of the Keras model at `model_path` with `gold.feature_spec` v`spec_version`
     and its `decision` inside, written beside it (`<model dir>/saved_model/`); returns its folder."""
     import os
@@ -182,4 +190,4 @@ def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "t
     spec = spec_rows(spec_at(lakehouse, spec_version, owner))
     types = source_types(lakehouse.table(FEATURES).read().schema)
     return export_saved_model(load_model(model_path), spec, types,
-                              os.path.join(os.path.dirname(model_path), SAVED_MODEL_DIR), decision)
+                              os.path.join(os.path.dirname(model_path), SAVED_MODEL_DIR), decision, head)

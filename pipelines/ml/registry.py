@@ -153,8 +153,22 @@ def latest(lakehouse) -> ModelEntry | None:
 
 
 # Until a network is blessed, the nightly scores with this baseline, fitted beside the latest
-# candidate on the same rows: the model the candidate failed to beat.
+# candidate on the same rows: the model the candidate failed to beat (the linear regression for a
+# regression candidate, `pipelines.ml.regression_candidate`).
 FALLBACK_BASELINE = "logreg"
+REGRESSION_FALLBACK_BASELINE = "linreg"
+
+
+def head_of(entry: ModelEntry) -> str:
+    """The head `entry`'s network was trained with: "regression" when its metrics say so (as
+    `pipelines.ml.regression_candidate` registers them), "classification" otherwise."""
+    metrics = json.loads(entry.metrics) if entry.metrics else {}
+    return metrics.get("head") or "classification"
+
+
+def fallback_baseline(entry: ModelEntry) -> str:
+    """The baseline fitted beside `entry` that scores while no network is blessed."""
+    return REGRESSION_FALLBACK_BASELINE if head_of(entry) == "regression" else FALLBACK_BASELINE
 
 
 def baseline_version(model_version: str, kind: str) -> str:

@@ -8,10 +8,13 @@ they measure: one row per date and model version, written once that date's outco
 """
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, timezone
 
 from pipelines.catalog import FEATURES, HISTORY, METRICS, PARTITION_COLUMN, PREDICTIONS
 from pipelines.ml.evaluation import binary_metrics
+from pipelines.ml.regression import regression_metrics
+from pipelines.stages.gold.spec import LABEL, TARGET
 
 # `date`: the day a live metric row measures (the predictions of that day against its outcomes);
 # null for the train, validation and test rows of a training run. `mae`, `rmse` and `mape` are the
@@ -19,18 +22,36 @@ from pipelines.ml.evaluation import binary_metrics
 METRICS_SCHEMA = ("run_id string, model_version string, model string, split string, date date, rows long, "
                   "positives long, auc double, log_loss double, accuracy double, precision double, recall double, "
                   "f1 double, threshold double, created_at timestamp, mae double, rmse double, mape double")
+# The columns a model's scores add to `results.predictions`: a classifier's calibrated score and
+# decision, or a regression model's prediction in the target's units.
+CLASSIFICATION_OUTPUTS = ("score", "predicted_label")
+REGRESSION_OUTPUTS = ("prediction",)
+# `auc` for the classification head, `mae` for the regression head (null on the other's rows).
 HISTORY_SCHEMA = ("run_id string, model_version string, epoch int, loss double, auc double, val_loss double, "
-                  "val_auc double, samples_per_second double, seconds double, learning_rate double")
+                  "val_auc double, samples_per_second double, seconds double, learning_rate double, "
+                  "mae double, val_mae double")
 
 
 def write_predictions(lakehouse, scored, key: str, model_version: str, run_id: str, versions: dict) -> int:
-    """Write scored rows (`key`, day, score, predicted_label) for the days they cover, with the
-    model version and the versions they were scored from (`versions`: feature_spec_version and
-    serving_input_version, as `pipelines.ml.scoring.score_days` returns them).
+    """Write scored rows (`key`, day, score, predicted_label; or `key`, day, prediction from a
+    regression model) for the days they cover, with the model version and the versions they were
+    scored from (`versions`: feature_spec_version and serving_input_version, as
+    `pipelines.ml.scoring.score_days` returns them).
 
     Returns the number of rows written. The `date` partition column comes from `day` (yyyymmdd).
+    A dataset's predictions hold one head's columns: a dataset whose head changes starts a new
+    `results.predictions` (`lakehouse-dl` refuses to mix them, naming the columns).
     """
     from pyspark.sql import functions as F
+
+    outputs = list(REGRESSION_OUTPUTS if "prediction" in scored.columns else CLASSIFICATION_OUTPUTS)
+    table = lakehouse.table(PREDICTIONS)
+    if table.exists():
+        held = set(table.schema().fieldNames())
+        if not set(outputs) <= held:
+            raise ValueError(f"{PREDICTIONS} holds {', '.join(sorted(held & {*REGRESSION_OUTPUTS, *CLASSIFICATION_OUTPUTS}))}"
+                             f" from the other head; this model writes {', '.join(outputs)}: the dataset's "
+                             f"prediction.head changed. Move {table.path} aside to start its predictions again")
 
     df = (scored
           .withColumn("date", F.to_date(F.col("day").cast("string"), "yyyyMMdd"))
@@ -39,7 +60,7 @@ def write_predictions(lakehouse, scored, key: str, model_version: str, run_id: s
           .withColumn("serving_input_version", F.lit(int(versions["serving_input_version"])).cast("long"))
           .withColumn("run_id", F.lit(run_id))
           .withColumn("scored_at", F.lit(datetime.now(timezone.utc)).cast("timestamp"))
-          .select(key, "day", "date", "score", "predicted_label", "model_version", "feature_spec_version",
+          .select(key, "day", "date", *outputs, "model_version", "feature_spec_version",
                   "serving_input_version", "run_id", "scored_at")
           .cache())
     dates = sorted(r["date"] for r in df.select("date").distinct().collect())
@@ -71,7 +92,8 @@ def write_live_metrics(lakehouse, run_id: str, rows: list[dict]) -> None:
 def write_history(lakehouse, run_id: str, model_version: str, history: list[dict]) -> None:
     # Names as pipelines.ml.training records them → names of the table's columns.
     names = {"epoch": "epoch", "loss": "loss", "auc": "auc", "val_loss": "val_loss", "val_auc": "val_auc",
-             "samples_per_sec": "samples_per_second", "seconds": "seconds", "lr": "learning_rate"}
+             "samples_per_sec": "samples_per_second", "seconds": "seconds", "lr": "learning_rate",
+             "mae": "mae", "val_mae": "val_mae"}
     rows = [{"run_id": run_id, "model_version": model_version,
              **{column: (None if h.get(key) is None else (int(h[key]) if key == "epoch" else float(h[key])))
                 for key, column in names.items()}}
@@ -107,8 +129,11 @@ def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float
     if lakehouse.table(METRICS).exists():
         done = {(r["date"], r["model_version"]) for r in lakehouse.table(METRICS).read()
                 .filter(F.col("split") == "live").select("date", "model_version").collect()}
-    outcomes = lakehouse.table(FEATURES).read().filter(F.col("label").isNotNull()).select(key, "label")
-    scored = preds.read().filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, key)
+    predictions = preds.read()
+    # A regression model's predictions are measured against the target, in its units.
+    outcome = TARGET if "prediction" in predictions.columns else LABEL
+    outcomes = lakehouse.table(FEATURES).read().filter(F.col(outcome).isNotNull()).select(key, outcome)
+    scored = predictions.filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, key)
     pairs = sorted((r[PARTITION_COLUMN], r["model_version"]) for r in
                    scored.select(PARTITION_COLUMN, "model_version").distinct().collect())
     rows = []
@@ -116,6 +141,10 @@ def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float
         if (day, model_version) in done:
             continue
         subset = scored.filter((F.col(PARTITION_COLUMN) == F.lit(day)) & (F.col("model_version") == model_version))
-        m = binary_metrics(subset, threshold=thresholds.get(model_version, default_threshold))
-        rows.append({"model_version": model_version, "model": "dnn", "date": day, **m.as_dict()})
+        if outcome == TARGET:
+            r = regression_metrics(subset, "prediction", TARGET)
+            m = {"rows": r.rows, "mae": r.mae, "rmse": r.rmse, "mape": None if math.isnan(r.mape) else r.mape}
+        else:
+            m = binary_metrics(subset, threshold=thresholds.get(model_version, default_threshold)).as_dict()
+        rows.append({"model_version": model_version, "model": "dnn", "date": day, **m})
     return rows

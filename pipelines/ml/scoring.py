@@ -14,9 +14,11 @@ from datetime import date
 
 from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
 from pipelines.datasets import dataset_for
+from pipelines.ml.baselines import regression_predictions
 from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
+from pipelines.ml.regression import predict
 from pipelines.ml.stacking import STACK_FILE, STACKS
 from pipelines.ml.stacking import load as load_stackers
 from pipelines.stages.gold import build_serving_input
@@ -106,6 +108,17 @@ def served_scores(df, entry, key: str, key_columns: tuple[str, ...]):
     return score(df, entry.path, registry.decision_of(entry), key_columns)
 
 
+def predict_target(df, model, key_columns: tuple[str, ...], baseline: str | None = None):
+    """`df` (model-input rows) with the prediction of a regression entry `model` (the regression
+    head, `pipelines.ml.regression_candidate`) in the target's units: its network's, or the
+    regression `baseline`'s fitted beside it when one is named. Returns `key_columns` + `prediction`."""
+    if baseline:
+        from pyspark.ml import PipelineModel
+
+        return regression_predictions(df, PipelineModel.load(baseline_path(model, baseline)), key_columns)
+    return predict(df, model.path, key_columns)
+
+
 def baseline_path(model, kind: str) -> str:
     """Where the baseline `kind` fitted beside `model` (a registry entry) was saved."""
     return os.path.join(os.path.dirname(model.path), "baselines", kind)
@@ -116,18 +129,24 @@ def score_days(cfg, lakehouse, model, days: list[date], decision: Decision | flo
     """Every row of `gold.features` dated `days`, labelled or not, encoded with the feature
     spec `model` (a registry entry) was trained with into `gold.serving_input`, and scored by
     the model, or by the `baseline` fitted beside it when one is named, with `decision` (that
-    model's, `registry.decision_of`).
+    model's, `registry.decision_of`). A regression entry predicts the target instead
+    (`predict_target`; `decision` is not used).
 
-    Returns (scores, versions): the lazy scores (key, day, score, predicted_label) and the
-    versions they come from, `feature_spec_version` and `serving_input_version`.
+    Returns (scores, versions): the lazy scores (key, day, score, predicted_label; key, day,
+    prediction for a regression entry) and the versions they come from, `feature_spec_version`
+    and `serving_input_version`.
     """
     from pyspark.sql import functions as F
+
+    from pipelines.ml import registry
 
     owner = f"model {model.model_version}"
     version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
     key = dataset_for(cfg).key
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
-    if baseline:
+    if registry.head_of(model) == "regression":
+        scored = predict_target(serving, model, (key, "day"), baseline)
+    elif baseline:
         scored = score_with_baseline(serving, baseline_path(model, baseline), decision, key_columns=(key, "day"))
     elif model.serves in STACKS:
         stacker = load_stackers(os.path.join(os.path.dirname(model.path), STACK_FILE))[model.serves]

@@ -1,5 +1,6 @@
 """A registered model as a Spark ML Transformer: raw `gold.features` rows in, the same rows with
-`score` and `predicted_label` out, as Horovod's `KerasEstimator` hands back a `KerasModel`.
+`score` and `predicted_label` out (`prediction`, in the target's units, for a model of the
+regression head), as Horovod's `KerasEstimator` hands back a `KerasModel`.
 
 It encodes with the feature spec version the model was trained with (`apply_feature_spec`) and
 scores in Spark tasks (`pipelines.ml.scoring.score`): the nightly's own path, in one call. An
@@ -17,22 +18,25 @@ from typing import Mapping, Sequence
 from pyspark.ml import Transformer
 
 from pipelines.ml.decision import Decision, as_decision
+from pipelines.ml.regression import predict
 from pipelines.ml.scoring import score, score_stacked
 from pipelines.stages.gold.spec import LABEL, SPEC_SCHEMA, TARGET, apply_feature_spec
 
-SCORE_COLUMNS = ("score", "predicted_label")
+SCORE_COLUMNS = ("score", "predicted_label", "prediction")
 
 
 class FeaturesModel(Transformer):
     """Scores raw feature rows (the dataset's key, `date`, the spec's source columns) with the Keras
     model at `model_path`, its feature spec rows `spec` and its `decision` (calibration and
-    threshold, `pipelines.ml.decision`); every other column is carried along."""
+    threshold, `pipelines.ml.decision`), or, for the regression `head`, with its prediction of
+    the target; every other column is carried along."""
 
     def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, decision: Decision | float,
-                 model_version: str | None = None, stacker=None):
+                 model_version: str | None = None, stacker=None, head: str = "classification"):
         super().__init__()
         self.model_path, self.spec, self.key = model_path, [dict(r) for r in spec], key
         self.decision, self.model_version, self.stacker = as_decision(decision), model_version, stacker
+        self.head = head
 
     def _transform(self, df):
         from pyspark.sql import functions as F
@@ -44,6 +48,8 @@ class FeaturesModel(Transformer):
         carried = [c for c in df.columns if c not in encoded_names and c not in SCORE_COLUMNS]
         encoded = apply_feature_spec(df, df.sparkSession.createDataFrame(self.spec, SPEC_SCHEMA), key=self.key,
                                      keep=carried)
+        if self.head == "regression":
+            return predict(encoded, self.model_path, key_columns=(self.key, *carried, TARGET))
         key_columns = (self.key, *carried, LABEL)
         if self.stacker is not None:
             return score_stacked(encoded, self.model_path, self.stacker, self.decision, self.key, key_columns)
@@ -70,4 +76,4 @@ def load_transformer(cfg, lakehouse, model_version: str | None = None) -> Featur
     if entry.serves in stacking.STACKS:
         stacker = stacking.load(os.path.join(os.path.dirname(entry.path), stacking.STACK_FILE))[entry.serves]
     return FeaturesModel(entry.path, spec, key=dataset_for(cfg).key, decision=registry.decision_of(entry),
-                         model_version=entry.model_version, stacker=stacker)
+                         model_version=entry.model_version, stacker=stacker, head=registry.head_of(entry))

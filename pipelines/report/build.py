@@ -31,24 +31,35 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     images: dict[str, Path] = {}
     model = registry.blessed(lakehouse)
     dataset = dataset_for(cfg)
-    summary = [("dataset", f"{dataset.name}: {dataset.description}"), ("label", dataset.label),
+    regression = model is not None and registry.head_of(model) == "regression"
+    summary = [("dataset", f"{dataset.name}: {dataset.description}"),
+               ("target", dataset.target) if regression else ("label", dataset.label),
                ("run", run_id), ("run date", run_date.isoformat())]
     tables: dict[str, list[dict]] = {}
+    # What each head is measured by: a classifier's ranking and decisions, a regression's errors.
+    measure = "mae" if regression else "auc"
+    measured = (("rows", "mae", "rmse", "mape") if regression else
+                ("rows", "auc", "log_loss", "accuracy", "precision", "recall", "f1"))
 
     if model is not None:
         summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
                     ("trained on", f"{model.training_table} v{model.training_version}"),
+                    ("head", "regression: the target predicted, in its units") if regression else
                     ("decision", registry.decision_of(model).describe())]
         history = lakehouse.table(catalog.HISTORY).read().filter(F.col("model_version") == model.model_version)
         rows = [r.asDict() for r in history.orderBy("epoch").collect()]
         if rows:
-            images["Training curves"] = plots.plot_training_curves(rows, out / "training_curves.png")
-            tables["Training history"] = [{k: r[k] for k in ("epoch", "loss", "auc", "val_loss", "val_auc",
-                                                            "samples_per_second")} for r in rows]
+            images["Training curves"] = plots.plot_training_curves(rows, out / "training_curves.png", measure)
+            tables["Training history"] = [{k: r.get(k) for k in ("epoch", "loss", measure, "val_loss", f"val_{measure}",
+                                                                "samples_per_second")} for r in rows]
         metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version]
         tables["Model against baselines"] = [
-            {k: m[k] for k in ("model", "split", "rows", "auc", "log_loss", "accuracy", "precision", "recall", "f1")}
+            {"model": m["model"], "split": m["split"], **{k: m[k] for k in measured}}
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"]))]
+        if regression:
+            images["Validation MAE: the network, the baselines and the naive forecasts"] = plots.plot_errors(
+                {m["model"]: m["mae"] for m in metrics if m["split"] == "validation" and m["mae"] is not None},
+                out / "validation_mae.png")
         roc_path = os.path.join(os.path.dirname(model.path), ROC_FILE)
         if os.path.exists(roc_path):
             with open(roc_path) as fh:
@@ -76,9 +87,10 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     live = sorted((m for m in results.read_metrics(lakehouse) if m["split"] == "live" and m.get("date")
                    and m["date"] <= run_date), key=lambda m: (m["date"], m["model_version"]), reverse=True)
     if live:
+        shown = ("date", "model_version", "rows", *(("mae", "rmse") if regression else
+                                                      ("auc", "accuracy", "precision", "recall")))
         tables["Live metrics: each day's predictions against its outcomes (latest 14)"] = [
-            {k: m[k] for k in ("date", "model_version", "rows", "auc", "accuracy", "precision", "recall")}
-            for m in live[:14]]
+            {k: m[k] for k in shown} for m in live[:14]]
     tables["Tables"] = [{"table": t.name, "version": t.version, "rows": t.rows, "files": t.files}
                         for t in lakehouse.tables()]
     return write_report(out, f"lakehouse-dl nightly {run_date}: {dataset.name}", summary, tables, images)

@@ -14,18 +14,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curves(history: list[dict], path: Path) -> Path:
-    """Loss and AUC per epoch, train against validation."""
+def plot_training_curves(history: list[dict], path: Path, measure: str = "auc") -> Path:
+    """Loss and `measure` (AUC, or the regression head's MAE) per epoch, train against validation."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [h["epoch"] for h in history]
-    for ax, metric in zip(axes, ("loss", "auc")):
-        ax.plot(epochs, [h.get(metric) for h in history], marker="o", label="train")
-        ax.plot(epochs, [h.get(f"val_{metric}") for h in history], marker="o", label="validation")
+    for ax, metric in zip(axes, ("loss", measure)):
+        ax.plot(epochs, [_number(h.get(metric)) for h in history], marker="o", label="train")
+        ax.plot(epochs, [_number(h.get(f"val_{metric}")) for h in history], marker="o", label="validation")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, path)
+
+
+def plot_errors(errors: dict[str, float], path: Path) -> Path:
+    """One bar per model (the network, the baselines, the naive forecasts): its error, smallest first."""
+    names = sorted(errors, key=errors.get)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], [errors[n] for n in names][::-1],
+            color=["tab:orange" if n == "dnn" else "tab:blue" for n in names][::-1])
+    ax.set_xlabel("mean absolute error, in the target's units")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def plot_roc(curves: dict[str, tuple[list[float], list[float], float]], path: Path) -> Path:

@@ -30,18 +30,25 @@ def gather_status(cfg, lakehouse, runs: int = RUNS_SHOWN, live_days: int = LIVE_
         why = serving.reason
         kind = serving.serves or "dnn"
     else:
-        serving, kind = registry.latest(lakehouse), registry.FALLBACK_BASELINE
+        serving = registry.latest(lakehouse)
+        kind = registry.fallback_baseline(serving) if serving is not None else None
         if serving is not None:
             why = (f"no network is blessed yet: the {kind} baseline fitted beside candidate "
                    f"{serving.model_version} ({serving.status}: {serving.reason}) scores")
     if serving is not None:
-        metric = serving.metric
+        metric, head = serving.metric, registry.head_of(serving)
         out["serving"] = {
             "model_version": (serving.model_version if kind == (serving.serves or "dnn")
                               else registry.baseline_version(serving.model_version, kind)),
-            "model": kind, "trained_for": serving.run_date.isoformat() if serving.run_date else None,
-            "why": why, "decision": registry.decision_of(serving, kind).describe(),
-            "validation_auc": metric.get(f"validation_{kind}_auc"), "test_auc": metric.get(f"test_{kind}_auc")}
+            "model": kind, "head": head, "trained_for": serving.run_date.isoformat() if serving.run_date else None,
+            "why": why}
+        if head == "regression":
+            out["serving"].update({"validation_mae": metric.get(f"validation_{kind}_mae"),
+                                   "test_mae": metric.get(f"test_{kind}_mae")})
+        else:
+            out["serving"].update({"decision": registry.decision_of(serving, kind).describe(),
+                                   "validation_auc": metric.get(f"validation_{kind}_auc"),
+                                   "test_auc": metric.get(f"test_{kind}_auc")})
     else:
         out["serving"] = None
     out["live"] = _live(lakehouse, live_days)
@@ -74,7 +81,8 @@ def _live(lakehouse, days: int) -> list[dict]:
     recent = sorted((m for m in live if m["date"] > last - timedelta(days=days)),
                     key=lambda m: (m["date"], m["model_version"]))
     return [{"date": m["date"].isoformat(), "model_version": m["model_version"], "rows": m["rows"],
-             "auc": m["auc"], "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"]}
+             **({"mae": m["mae"], "rmse": m["rmse"]} if m.get("mae") is not None else
+                {"auc": m["auc"], "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"]})}
             for m in recent]
 
 
@@ -132,13 +140,19 @@ def render_status(report: dict) -> str:
     if s is None:
         lines.append("  none: no model has been trained yet")
     else:
-        auc = "  ".join(f"{k} AUC {s[k + '_auc']:.4f}" for k in ("validation", "test") if s.get(k + "_auc") is not None)
-        lines += [f"  {s['model_version']} (trained for {s['trained_for']})  {auc}", f"  why: {s['why']}",
-                  f"  decision: {s['decision']}"]
+        measure = "mae" if s.get("head") == "regression" else "auc"
+        figures = "  ".join(f"{k} {measure.upper()} {s[f'{k}_{measure}']:.4f}" for k in ("validation", "test")
+                            if s.get(f"{k}_{measure}") is not None)
+        lines += [f"  {s['model_version']} (trained for {s['trained_for']})  {figures}", f"  why: {s['why']}"]
+        lines.append(f"  decision: {s['decision']}" if "decision" in s else f"  head: {s.get('head')}")
     lines += ["", f"live metrics (last {LIVE_DAYS} days with outcomes)"]
     if not report["live"]:
         lines.append("  none yet: a day is measured once its outcomes have arrived")
     for m in report["live"]:
+        if "mae" in m:
+            lines.append(f"  {m['date']}  {m['model_version']:24} {m['rows']:>7,} rows  MAE {m['mae']:.4f}  "
+                         f"RMSE {m['rmse']:.4f}")
+            continue
         lines.append(f"  {m['date']}  {m['model_version']:24} {m['rows']:>7,} rows  AUC {m['auc']:.4f}  "
                      f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}")
     lines += ["", "daily feeds (days delivered to bronze)"]
