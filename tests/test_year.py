@@ -3,9 +3,9 @@ every night succeeds and scores its tomorrow, the model is retrained on schedule
 whether the candidate was blessed or not), pins come from the lineage records and equal the
 column walk's, and after `maintain` the kept models' versions still read while the lakehouse
 stays within twice one copy of its tables. The nights' seconds are the benchmark's to judge, not
-this test's. Ten, not the sixty issue 28 asks for: a night of this slice costs about 25 s of
-fixed costs (clean and features rebuild every day on a day without files), 60 would add 25
-minutes to the suite."""
+this test's. Ten, not the sixty issue 28 asks for: a night of this slice costs 9-12 s without
+files and 20-30 s with them, and a training night a minute or more (docs/benchmarks.md, "A year
+of nightlies"); 60 would add about 15 minutes to the suite."""
 from __future__ import annotations
 
 from datetime import date, timedelta
