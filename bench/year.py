@@ -44,9 +44,11 @@ SLICE = [
 ENDS = 5
 
 
-def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark=None) -> dict:
+def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark=None,
+        overrides: tuple[str, ...] = ()) -> dict:
     """The nightly of each of `days` days from `start` on the lakehouse at `root`, then the
-    registration and the storage figures; returns the figures (see the module's doc)."""
+    registration and the storage figures; returns the figures (see the module's doc). `overrides`
+    (`key=value`) go after the slice's settings (a test's cheaper training, say)."""
     from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
     from pipelines.flows.nightly import run_nightly
     from pipelines.lineage.pins import upstream
@@ -54,7 +56,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
     from pipelines.ops.maintenance import maintain
     from pipelines.storage import Lakehouse
 
-    cfg = bench_config(root, *SLICE, f"nightly.retrain_every_days={retrain_every}")
+    cfg = bench_config(root, *SLICE, f"nightly.retrain_every_days={retrain_every}", *overrides)
     spark = spark or start_spark(cfg, NAME)
     lakehouse = Lakehouse.from_config(cfg, spark)
     nights = []
