@@ -133,6 +133,7 @@ def _prediction(draft: DatasetDraft) -> list[str]:
         '#   time: {at: day_before, time: "23:00"}',
         f"#   target: {number}",
         f'#   label: "{number} > 0"',
+        "#   head: classification   # what the nightly serves: the label's probability, or regression: the target",
     ]
 
 
