@@ -118,7 +118,8 @@ def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None
     if not isinstance(training, dict):
         raise ConfigError(f"{path}: key 'training' must be a mapping of training settings, got {training!r}")
     # The head the dataset's nightly trains and serves is declared with its prediction.
-    head = (declared.get("prediction") or {}).get("head") if isinstance(declared.get("prediction"), dict) else None
+    prediction = declared.get("prediction")
+    head = prediction.get("head") if isinstance(prediction, dict) else None
     if head is not None:
         if "head" in training and training["head"] != head:
             raise ConfigError(f"{path}: key 'training.head' ({training['head']}) contradicts 'prediction.head' "

@@ -185,19 +185,8 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
                             **summary}),
         status=status, reason=reason, decisions=decisions_json(decisions), serves=serves,
         **dependencies(cfg, lakehouse, result))
-    # Every registered model can be served without Spark: the spec it was trained with inside the graph.
-    saved_model = None
-    if lakehouse.table(FEATURES).exists():
-        saved_model = export_beside(lakehouse, result.model_path, entry.feature_spec_version,
-                                    owner=f"model {result.model_version}", decision=decisions["dnn"])
-    else:
-        # A model trained from a model_input written without the features stage (a test fixture).
-        log.warning(f"[train] no {FEATURES} table to read the raw column types from: no SavedModel for "
-                    f"{result.model_version}")
-    example = model_inputs(frames["train"].limit(5).toPandas(), spec_of_model(load_model(result.model_path)))
-    entry.mlflow_run_id, entry.mlflow_model_version = tracking.log_model_run(
-        cfg, lakehouse, entry, metrics, result.history, example, saved_model_dir=saved_model,
-        extra_artifacts=[os.path.join(result.model_dir, ROC_FILE)])
+    publish(cfg, lakehouse, entry, metrics, result, frames["train"], decision=decisions["dnn"],
+            extra_artifacts=[os.path.join(result.model_dir, ROC_FILE)])
     registry.register(lakehouse, entry)
     laps("bless, SavedModel, MLflow")
     for frame in frames.values():
@@ -210,6 +199,26 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
     for line in comparison_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def publish(cfg, lakehouse, entry: registry.ModelEntry, metrics: list[dict], result: TrainingResult, train_rows,
+            decision=None, head: str = "classification", extra_artifacts: list[str] = ()) -> None:
+    """What every registered model gets, whatever its head: the SavedModel with the feature spec
+    inside (`pipelines.ml.export`: a classifier's `decision`, or the regression `head`'s
+    prediction), so it is served without Spark, and the MLflow run with the registered model
+    (`pipelines.ml.tracking`, five of `train_rows` as its input example), its ids set on `entry`."""
+    saved_model = None
+    if lakehouse.table(FEATURES).exists():
+        saved_model = export_beside(lakehouse, result.model_path, entry.feature_spec_version,
+                                    owner=f"model {result.model_version}", decision=decision, head=head)
+    else:
+        # A model trained from a model_input written without the features stage (a test fixture).
+        log.warning(f"[train] no {FEATURES} table to read the raw column types from: no SavedModel for "
+                    f"{result.model_version}")
+    example = model_inputs(train_rows.limit(5).toPandas(), spec_of_model(load_model(result.model_path)))
+    entry.mlflow_run_id, entry.mlflow_model_version = tracking.log_model_run(
+        cfg, lakehouse, entry, metrics, result.history, example, saved_model_dir=saved_model,
+        extra_artifacts=extra_artifacts)
 
 
 def bless(metrics: list[dict], backtest_cfg, kinds: list[str], blessed_auc: float | None, auc) -> tuple[str, str, str]:

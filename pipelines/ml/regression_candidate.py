@@ -15,15 +15,12 @@ import logging
 import os
 from datetime import date
 
-from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
+from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.datasets import dataset_for
-from pipelines.ml import registry, results, tracking
+from pipelines.ml import registry, results
 from pipelines.ml.baselines import (REGRESSION_BASELINES, fit_regression_baselines, model_input_frames,
                                     regression_predictions)
-from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for
-from pipelines.ml.export import export_beside
-from pipelines.ml.inputs import model_inputs, spec_of_model
-from pipelines.ml.model import load_model
+from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for, publish
 from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
 from pipelines.ml.regression import decide, predict, regression_metrics_by
@@ -104,7 +101,9 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
                             "wall_seconds": result.wall_seconds, **summary}),
         status=status, reason=reason, **dependencies(cfg, lakehouse, result))
     results.write_history(lakehouse, run_id, result.model_version, result.history)
-    publish(cfg, lakehouse, entry, metrics, result)
+    train_rows = (lakehouse.table(MODEL_INPUT).read(version=result.table_versions[MODEL_INPUT])
+                  .filter("split = 'train'"))
+    publish(cfg, lakehouse, entry, metrics, result, train_rows, head="regression")
     registry.register(lakehouse, entry)
     laps("history, SavedModel, MLflow, registry")
     log.info(f"[train] seconds: {laps}")
@@ -112,27 +111,6 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
     for line in mae_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
-
-
-def publish(cfg, lakehouse, entry, metrics: list[dict], result) -> None:
-    """What every registered model gets, for the regression head: the SavedModel with the feature
-    spec inside (`prediction` in the target's units) and the MLflow run with the registered model
-    (`pipelines.ml.tracking`), its ids set on `entry`."""
-    from pyspark.sql import functions as F
-
-    saved_model = None
-    if lakehouse.table(FEATURES).exists():
-        saved_model = export_beside(lakehouse, result.model_path, entry.feature_spec_version,
-                                    owner=f"model {result.model_version}", head="regression")
-    else:
-        # A model trained from a model_input written without the features stage (a test fixture).
-        log.warning(f"[train] no {FEATURES} table to read the raw column types from: no SavedModel for "
-                    f"{result.model_version}")
-    rows = (lakehouse.table(MODEL_INPUT).read(version=result.table_versions[MODEL_INPUT])
-            .filter(F.col("split") == "train").limit(5).toPandas())
-    example = model_inputs(rows, spec_of_model(load_model(result.model_path)))
-    entry.mlflow_run_id, entry.mlflow_model_version = tracking.log_model_run(
-        cfg, lakehouse, entry, metrics, result.history, example, saved_model_dir=saved_model)
 
 
 def mae_lines(metrics: list[dict]) -> list[str]:

@@ -44,7 +44,7 @@ def write_predictions(lakehouse, scored, key: str, model_version: str, run_id: s
     """
     from pyspark.sql import functions as F
 
-    outputs = list(REGRESSION_OUTPUTS if "prediction" in scored.columns else CLASSIFICATION_OUTPUTS)
+    outputs = list(REGRESSION_OUTPUTS if set(REGRESSION_OUTPUTS) <= set(scored.columns) else CLASSIFICATION_OUTPUTS)
     table = lakehouse.table(PREDICTIONS)
     if table.exists():
         held = set(table.schema().fieldNames())
@@ -131,7 +131,7 @@ def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float
                 .filter(F.col("split") == "live").select("date", "model_version").collect()}
     predictions = preds.read()
     # A regression model's predictions are measured against the target, in its units.
-    outcome = TARGET if "prediction" in predictions.columns else LABEL
+    outcome = TARGET if set(REGRESSION_OUTPUTS) <= set(predictions.columns) else LABEL
     outcomes = lakehouse.table(FEATURES).read().filter(F.col(outcome).isNotNull()).select(key, outcome)
     scored = predictions.filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, key)
     pairs = sorted((r[PARTITION_COLUMN], r["model_version"]) for r in

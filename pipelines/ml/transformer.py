@@ -19,10 +19,11 @@ from pyspark.ml import Transformer
 
 from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.regression import predict
+from pipelines.ml.results import CLASSIFICATION_OUTPUTS, REGRESSION_OUTPUTS
 from pipelines.ml.scoring import score, score_stacked
 from pipelines.stages.gold.spec import LABEL, SPEC_SCHEMA, TARGET, apply_feature_spec
 
-SCORE_COLUMNS = ("score", "predicted_label", "prediction")
+SCORE_COLUMNS = (*CLASSIFICATION_OUTPUTS, *REGRESSION_OUTPUTS)
 
 
 class FeaturesModel(Transformer):
