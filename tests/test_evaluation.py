@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, log_loss, precision_score, recall_score, roc_auc_score
 
-from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.evaluation import binary_metrics, calibration, metrics_and_histogram, roc_points, score_histogram
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,21 @@ def test_roc_and_calibration_are_monotone_and_complete(scored):
     mean_score, observed, n = calibration(hist)
     assert n.sum() == len(label)
     assert np.all((observed >= 0) & (observed <= 1))
+
+
+def test_one_pass_gives_the_metrics_and_the_histogram_of_their_own_passes(scored):
+    """The nightly's one Spark job per model and split: the same histogram as `score_histogram`
+    and an AUC exact up to ties within a 1/10,000 bin."""
+    df, score, label = scored
+    m, hist = metrics_and_histogram(df, threshold=0.5)
+    assert m == binary_metrics(df, threshold=0.5)
+    assert m.auc == pytest.approx(roc_auc_score(label, score), abs=1e-4)
+    alone = score_histogram(df)
+    assert hist["bin"].tolist() == alone["bin"].tolist()
+    assert hist["pos"].tolist() == alone["pos"].tolist() and hist["neg"].tolist() == alone["neg"].tolist()
+    assert np.allclose(hist["mean_score"], alone["mean_score"])
+    with pytest.raises(ValueError, match="must divide"):
+        metrics_and_histogram(df, threshold=0.5, bins=300)
 
 
 def test_empty_scores_are_refused(spark):

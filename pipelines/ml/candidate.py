@@ -25,7 +25,7 @@ from pipelines.ml import backtest, registry, results, stacking, tracking, tuning
 from pipelines.ml.baselines import BASELINE_NAMES, baseline_scores, fit_baselines, model_input_frames
 from pipelines.ml.decision import (DECISION_BINS, Decision, DecisionRule, decisions_json,
                                    expected_calibration_error, fit_decision)
-from pipelines.ml.evaluation import binary_metrics, calibration, roc_points, score_histogram
+from pipelines.ml.evaluation import binary_metrics, calibration, metrics_and_histogram, roc_points, score_histogram
 from pipelines.ml.export import export_beside
 from pipelines.ml.inputs import model_inputs, spec_of_model
 from pipelines.ml.model import load_model
@@ -127,10 +127,9 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
             scored = decisions[name].apply(raw).cache()
             if split != "train":
                 kept[(name, split)] = scored   # the review reads them; unpersisted after it
-            m = binary_metrics(scored, threshold=decisions[name].threshold)
+            m, hist = metrics_and_histogram(scored, threshold=decisions[name].threshold)
             metrics.append({"model_version": result.model_version, "model": name, "split": split, **m.as_dict()})
             if split == "test":
-                hist = score_histogram(scored)
                 fpr, tpr = roc_points(hist)
                 mean_score, observed, rows = calibration(hist)
                 roc[name] = {"fpr": fpr, "tpr": tpr, "auc": m.auc, "threshold": decisions[name].threshold,

@@ -12,6 +12,8 @@ from pipelines.ml.inputs import CATEGORICAL_PREFIX, NUMERIC_PREFIX
 
 EPS = 1e-7
 BINS = 200
+# The AUC's resolution: exact up to ties within a 1/10,000 score bin.
+AUC_BINS = 10_000
 
 
 @dataclass
@@ -31,32 +33,45 @@ class BinaryMetrics:
 
 
 def binary_metrics(df, threshold: float, score_col: str = "score", label_col: str = "label") -> BinaryMetrics:
-    """All metrics in one pass over `df` (plus the binned pass that gives the AUC)."""
+    """All metrics in one pass over `df` (`metrics_and_histogram`)."""
+    return metrics_and_histogram(df, threshold, score_col, label_col)[0]
+
+
+def metrics_and_histogram(df, threshold: float, score_col: str = "score", label_col: str = "label",
+                          bins: int = BINS):
+    """`binary_metrics(df, threshold)` and `score_histogram(df, bins=bins)` from one Spark job:
+    positives, negatives, log loss and score sums per 1/`AUC_BINS` score bin and side of the
+    threshold (at most 2 x `AUC_BINS` small rows), summed up on the driver. `bins` divides `AUC_BINS`."""
     from pyspark.sql import functions as F
 
-    s = F.least(F.greatest(F.col(score_col).cast("double"), F.lit(EPS)), F.lit(1 - EPS))
+    if AUC_BINS % bins:
+        raise ValueError(f"bins must divide {AUC_BINS}, not {bins}")
+    score = F.col(score_col).cast("double")
+    s = F.least(F.greatest(score, F.lit(EPS)), F.lit(1 - EPS))
     y = F.col(label_col).cast("double")
-    pred = (F.col(score_col) >= threshold).cast("double")
-    agg = df.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.sum(y).alias("pos"),
-        F.sum(-(y * F.log(s) + (1 - y) * F.log(1 - s))).alias("ll"),
-        F.sum(pred * y).alias("tp"),
-        F.sum(pred * (1 - y)).alias("fp"),
-        F.sum((1 - pred) * y).alias("fn"),
-        F.sum((1 - pred) * (1 - y)).alias("tn"),
-    ).collect()[0]
-    n = int(agg["n"] or 0)
+    fine = (df.groupBy(F.least(F.floor(score * AUC_BINS), F.lit(AUC_BINS - 1)).cast("int").alias("bin"),
+                       (F.col(score_col) >= threshold).alias("called"))
+              .agg(F.sum(y).alias("pos"), F.sum(1 - y).alias("neg"),
+                   F.sum(-(y * F.log(s) + (1 - y) * F.log(1 - s))).alias("ll"), F.sum(score).alias("score_sum"))
+              .toPandas())
+    n = int(fine["pos"].sum() + fine["neg"].sum())
     if n == 0:
         raise ValueError("cannot evaluate an empty set of scores")
-    tp, fp, fn, tn = (float(agg[k] or 0) for k in ("tp", "fp", "fn", "tn"))
+    called = fine["called"].fillna(False).astype(bool)
+    tp, fp = float(fine.loc[called, "pos"].sum()), float(fine.loc[called, "neg"].sum())
+    fn, tn = float(fine.loc[~called, "pos"].sum()), float(fine.loc[~called, "neg"].sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return BinaryMetrics(
-        rows=n, positives=int(agg["pos"] or 0), auc=auc(df, score_col, label_col),
-        log_loss=float(agg["ll"]) / n, accuracy=(tp + tn) / n, precision=precision, recall=recall,
+    per_bin = fine.groupby("bin", as_index=False)[["pos", "neg", "score_sum"]].sum()
+    metrics = BinaryMetrics(
+        rows=n, positives=int(fine["pos"].sum()), auc=auc_from_histogram(per_bin),
+        log_loss=float(fine["ll"].sum()) / n, accuracy=(tp + tn) / n, precision=precision, recall=recall,
         f1=f1, threshold=threshold)
+    coarse = (per_bin.assign(bin=per_bin["bin"] // (AUC_BINS // bins))
+              .groupby("bin", as_index=False)[["pos", "neg", "score_sum"]].sum())
+    coarse["mean_score"] = coarse["score_sum"] / (coarse["pos"] + coarse["neg"])
+    return metrics, coarse[["bin", "pos", "neg", "mean_score"]].sort_values("bin").reset_index(drop=True)
 
 
 def score_histogram(df, score_col: str = "score", label_col: str = "label", bins: int = BINS):
@@ -83,11 +98,6 @@ def roc_points(hist) -> tuple[list[float], list[float]]:
         fpr.append(fp / neg_total if neg_total else 0.0)
         tpr.append(tp / pos_total if pos_total else 0.0)
     return fpr, tpr
-
-
-def auc(df, score_col: str = "score", label_col: str = "label") -> float:
-    """Area under the ROC curve, exact up to ties within a 1/10,000 score bin."""
-    return auc_from_histogram(score_histogram(df, score_col, label_col, bins=10_000))
 
 
 def auc_from_histogram(hist) -> float:
