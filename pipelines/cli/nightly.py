@@ -5,6 +5,7 @@ import sys
 from datetime import date, timedelta
 
 from pipelines.cli.common import date_range, spark_for
+from pipelines.config.settings import REGRESSION
 
 
 def add_commands(sub, common, dates) -> None:
@@ -89,7 +90,7 @@ def print_summary(cfg, record) -> None:
         print(f"\nblessed model {model.model_version}: {model.reason}")
         metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version
                    and m["split"] in ("validation", "test")]
-        if metrics and registry.head_of(model) == "regression":
+        if metrics and registry.head_of(model) == REGRESSION:
             print(f"  {'model':26} {'split':11} {'MAE':>9} {'RMSE':>9}")
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"] != "dnn", m["model"])):
                 print(f"  {m['model']:26} {m['split']:11} {m['mae']:>9.4f} {m['rmse']:>9.4f}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from pipelines.cli.common import spark_for
-from pipelines.config.settings import BASELINES
+from pipelines.config.settings import BASELINES, REGRESSION
 
 
 def add_commands(sub, common, dates) -> None:
@@ -36,7 +36,7 @@ def run_train(args, cfg) -> int:
     baselines = compare_with_baselines(cfg, spark, lakehouse, result, kinds)
     for line in summary_lines(result, baselines):
         print(line)
-    if cfg.training.head == "regression" and kinds:
+    if cfg.training.head == REGRESSION and kinds:
         # The regression head's bar: its baselines and the naive forecasts, MAE on validation.
         from pipelines.ml.regression_candidate import mae_lines, measure, regression_kinds
 

@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 # (`prediction.head`); `training.head` overrides it for a run.
 Head = Literal["classification", "regression"]
 HEADS: tuple[str, ...] = get_args(Head)
+# The heads by name, for comparisons: `cfg.training.head == REGRESSION`.
+CLASSIFICATION, REGRESSION = HEADS
 
 
 @dataclass(frozen=True)

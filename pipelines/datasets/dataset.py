@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from pipelines.config import ConfigError
+from pipelines.config.settings import CLASSIFICATION
 from pipelines.datasets.schemas import FileSchema, file_schemas
 from pipelines.datasets.timing import EventTime, TimePoint
 
@@ -327,7 +328,7 @@ class Dataset:
     # The head the nightly trains and serves (`prediction.head`): "classification" (the label's
     # probability and a decision) or "regression" (the target, in its units). The configuration
     # takes it as `training.head` (pipelines.config.loader), which `--set` can override for a run.
-    head: str = "classification"
+    head: str = CLASSIFICATION
     # Inclusive date windows of the event date: {"train": (start, end), "validation": ..., "test": ...}.
     splits: dict[str, tuple[date, date]] = field(default_factory=dict)
     # The date `lakehouse-dl run` runs the nightly for when none is given (a replay's last days).

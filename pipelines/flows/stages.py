@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from pipelines import catalog
 from pipelines.catalog import PARTITION_COLUMN, PREDICTIONS
 from pipelines.config import Config
+from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results, tracking
 from pipelines.ml.candidate import train_and_register
@@ -132,7 +133,7 @@ def stage_train(ctx: NightlyContext) -> int:
                      f"for {latest.run_date}, {age} days old < {ctx.cfg.nightly.retrain_every_days}: no training "
                      f"tonight; {serving}")
             return 0
-    register = train_and_register_regression if ctx.cfg.training.head == "regression" else train_and_register
+    register = train_and_register_regression if ctx.cfg.training.head == REGRESSION else train_and_register
     return register(ctx.cfg, ctx.spark, ctx.lakehouse, run_id=ctx.run_id, run_date=ctx.run_date).rows_trained
 
 
@@ -157,7 +158,7 @@ def stage_score(ctx: NightlyContext) -> int:
     scored, versions = score_days(ctx.cfg, ctx.lakehouse, model, days, decision, baseline)
     version = registry.baseline_version(model.model_version, baseline) if baseline else model.model_version
     rows = results.write_predictions(ctx.lakehouse, scored, dataset_for(ctx.cfg).key, version, ctx.run_id, versions)
-    output = "the target predicted" if registry.head_of(model) == "regression" else decision.describe()
+    output = "the target predicted" if registry.head_of(model) == REGRESSION else decision.describe()
     log.info(f"[nightly] score: {rows:,} rows of {', '.join(d.isoformat() for d in days)} scored by model "
              f"{version} ({catalog.FEATURE_SPEC} v{versions['feature_spec_version']}, {output}, "
              f"{catalog.SERVING_INPUT} v{versions['serving_input_version']})")

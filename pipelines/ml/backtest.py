@@ -32,6 +32,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 
 from pipelines.catalog import MODEL_INPUT
+from pipelines.config.settings import CLASSIFICATION
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ def run_backtest(cfg, spark, lakehouse, version: int, kinds: list[str], model_ve
         return Backtest()
     snapshot = pin_snapshot(lakehouse, version)
     spec = load_feature_spec(lakehouse, snapshot)
-    models = [*kinds, *(["dnn"] if cfg.training.head == "classification" else [])]
+    models = [*kinds, *(["dnn"] if cfg.training.head == CLASSIFICATION else [])]
     shared = fold_results.shared_inputs(lakehouse, snapshot, spec)
     fold_training = backtest_training(cfg.training, cfg.backtest, overrides)
     keys = {(fold.name, model): fold_results.fingerprint(

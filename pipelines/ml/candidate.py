@@ -19,6 +19,7 @@ from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, FEATURES, MODEL_INPUT
 from pipelines.config import config_hash
+from pipelines.config.settings import CLASSIFICATION
 from pipelines.datasets import dataset_for
 from pipelines.lineage.pins import upstream
 from pipelines.ml import backtest, registry, results, stacking, tracking, tuning
@@ -201,7 +202,7 @@ def train_and_register(cfg, spark, lakehouse, run_id: str, run_date: date) -> Ca
 
 
 def publish(cfg, lakehouse, entry: registry.ModelEntry, metrics: list[dict], result: TrainingResult, train_rows,
-            decision=None, head: str = "classification", extra_artifacts: list[str] = ()) -> None:
+            decision=None, head: str = CLASSIFICATION, extra_artifacts: list[str] = ()) -> None:
     """What every registered model gets, whatever its head: the SavedModel with the feature spec
     inside (`pipelines.ml.export`: a classifier's `decision`, or the regression `head`'s
     prediction), so it is served without Spark, and the MLflow run with the registered model
@@ -387,7 +388,7 @@ def compare_with_baselines(cfg, spark, lakehouse, result: TrainingResult, kinds:
 
     The epoch lines show the mean of each rank's AUC on its shard, which is close, not equal.
     """
-    if not kinds or cfg.training.head != "classification":
+    if not kinds or cfg.training.head != CLASSIFICATION:
         return {}
     frames = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT])
     baselines = fit_baselines(spark, frames["train"], frames["validation"], kinds=kinds, seed=cfg.training.seed)

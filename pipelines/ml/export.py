@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipelines.config.settings import CLASSIFICATION, REGRESSION
+
 log = logging.getLogger(__name__)
 
 SAVED_MODEL_DIR = "saved_model"
@@ -65,7 +67,7 @@ def _inputs_of(spec: Sequence[Mapping], types: Mapping[str, str]) -> dict[str, t
 
 
 def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], decision=None,
-                   head: str = "classification"):
+                   head: str = CLASSIFICATION):
     """A `tf.Module` holding `model` whose `serve` function maps raw source columns to `score` (the
     calibrated probability of the model's `decision`, `pipelines.ml.decision`), `predicted_label`
     (score >= the decision's threshold) and `raw_score` (the network's own output); for the
@@ -134,7 +136,7 @@ def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], dec
                 encoded[row["name"]] = tf.reshape(value, [-1, 1])
             wanted = {t.name.split(":")[0] for t in self.model.inputs}
             raw_score = tf.reshape(self.model({k: v for k, v in encoded.items() if k in wanted}, training=False), [-1])
-            if head == "regression":
+            if head == REGRESSION:
                 return {"prediction": tf.cast(raw_score, tf.float32)}
             score = calibrated(raw_score)
             return {"score": tf.cast(score, tf.float32), "raw_score": tf.cast(raw_score, tf.float32),
@@ -144,7 +146,7 @@ def serving_module(model, spec: Sequence[Mapping], types: Mapping[str, str], dec
 
 
 def export_saved_model(model, spec: Sequence[Mapping], types: Mapping[str, str], path: str, decision=None,
-                       head: str = "classification") -> str:
+                       head: str = CLASSIFICATION) -> str:
     """Write `model` with the spec and its `decision` (a classifier's) inside as a SavedModel at
     `path` (its `saved_model.pb` and variables)."""
     import tensorflow as tf
@@ -178,7 +180,7 @@ def _spark_string(value) -> str:
 
 
 def export_beside(lakehouse, model_path: str, spec_version: int, owner: str = "the model", decision=None,
-                  head: str = "classification") -> str:
+                  head: str = CLASSIFICATION) -> str:
     """The SavedModel of the Keras model at `model_path` with `gold.feature_spec` v`spec_version`
     and its `decision` inside, written beside it (`<model dir>/saved_model/`); returns its folder."""
     import os

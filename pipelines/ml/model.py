@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from pipelines.config.settings import CLASSIFICATION, REGRESSION
 from pipelines.ml.inputs import FeatureSpec
 from pipelines.stages.gold.spec import LABEL, TARGET
 
 # The column of model_input each head learns.
-LABELS = {"classification": LABEL, "regression": TARGET}
+LABELS = {CLASSIFICATION: LABEL, REGRESSION: TARGET}
 
 
 def label_for(training_cfg) -> str:
@@ -95,7 +96,7 @@ def build_model(spec: FeatureSpec, training_cfg, target_scale: TargetScale | Non
             x = tf.keras.layers.Dropout(cfg.dropout, force_generator=True, name=f"dropout_{i}")(x)
     if architecture == "cross":
         x = tf.keras.layers.Concatenate(name="cross_and_deep")([_cross_network(x0, cfg, regularizer), x])
-    activation = "sigmoid" if cfg.head == "classification" else "linear"
+    activation = "sigmoid" if cfg.head == CLASSIFICATION else "linear"
     logit = tf.keras.layers.Dense(1, name="deep_logit")(x)
     if cfg.wide:
         # Wide & deep (Cheng et al., 2016): a linear term over the numeric columns and one weight
@@ -106,7 +107,7 @@ def build_model(spec: FeatureSpec, training_cfg, target_scale: TargetScale | Non
             weight = tf.keras.layers.Embedding(size, 1, name=f"{name}_wide")(inputs[name])
             wide.append(tf.keras.layers.Flatten(name=f"{name}_wide_weight")(weight))
         logit = tf.keras.layers.Add(name="wide_and_deep")([logit, *wide])
-    if cfg.head == "regression":
+    if cfg.head == REGRESSION:
         scale = target_scale or TargetScale(0.0, 1.0)
         logit = tf.keras.layers.Rescaling(scale.std, offset=scale.mean, name="restore_target")(logit)
     output = tf.keras.layers.Activation(activation, name=label_for(cfg))(logit)
@@ -199,7 +200,7 @@ def compile_model(model, training_cfg, optimizer, target_scale: TargetScale | No
     """
     import tensorflow as tf
 
-    if training_cfg.head == "classification":
+    if training_cfg.head == CLASSIFICATION:
         loss = tf.keras.losses.BinaryCrossentropy()
         metrics = [tf.keras.metrics.AUC(name="auc", num_thresholds=500)]
     else:

@@ -23,6 +23,7 @@ from importlib import metadata
 
 from pipelines import __version__
 from pipelines.catalog import FEATURE_SPEC, MODELS
+from pipelines.config.settings import CLASSIFICATION, REGRESSION
 from pipelines.ml.decision import Decision, decisions_from_json
 from pipelines.ml.stacking import STACKS
 from pipelines.config import PROJECT_ROOT
@@ -163,12 +164,12 @@ def head_of(entry: ModelEntry) -> str:
     """The head `entry`'s network was trained with: "regression" when its metrics say so (as
     `pipelines.ml.regression_candidate` registers them), "classification" otherwise."""
     metrics = json.loads(entry.metrics) if entry.metrics else {}
-    return metrics.get("head") or "classification"
+    return metrics.get("head") or CLASSIFICATION
 
 
 def fallback_baseline(entry: ModelEntry) -> str:
     """The baseline fitted beside `entry` that scores while no network is blessed."""
-    return REGRESSION_FALLBACK_BASELINE if head_of(entry) == "regression" else FALLBACK_BASELINE
+    return REGRESSION_FALLBACK_BASELINE if head_of(entry) == REGRESSION else FALLBACK_BASELINE
 
 
 def baseline_version(model_version: str, kind: str) -> str:

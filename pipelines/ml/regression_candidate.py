@@ -16,6 +16,7 @@ import os
 from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
+from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.baselines import (REGRESSION_BASELINES, fit_regression_baselines, model_input_frames,
@@ -95,7 +96,7 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
         path=result.model_path, training_table=MODEL_INPUT, training_version=result.table_versions[MODEL_INPUT],
         feature_spec_version=result.table_versions.get(FEATURE_SPEC), config_hash=result.config_hash,
         code_version=registry.code_version(),
-        metrics=json.dumps({"head": "regression", "validation_mae": validation.get("dnn"),
+        metrics=json.dumps({"head": REGRESSION, "validation_mae": validation.get("dnn"),
                             **{f"{model}_validation_mae": v for model, v in validation.items() if model != "dnn"},
                             "best_epoch": result.best_epoch, "samples_per_sec": result.samples_per_sec,
                             "wall_seconds": result.wall_seconds, **summary}),
@@ -103,7 +104,7 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
     results.write_history(lakehouse, run_id, result.model_version, result.history)
     train_rows = (lakehouse.table(MODEL_INPUT).read(version=result.table_versions[MODEL_INPUT])
                   .filter("split = 'train'"))
-    publish(cfg, lakehouse, entry, metrics, result, train_rows, head="regression")
+    publish(cfg, lakehouse, entry, metrics, result, train_rows, head=REGRESSION)
     registry.register(lakehouse, entry)
     laps("history, SavedModel, MLflow, registry")
     log.info(f"[train] seconds: {laps}")

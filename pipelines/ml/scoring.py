@@ -13,6 +13,7 @@ import os
 from datetime import date
 
 from pipelines.catalog import PARTITION_COLUMN, SERVING_INPUT
+from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml.baselines import regression_predictions
 from pipelines.ml.decision import Decision, as_decision
@@ -144,7 +145,7 @@ def score_days(cfg, lakehouse, model, days: list[date], decision: Decision | flo
     version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
     key = dataset_for(cfg).key
     serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
-    if registry.head_of(model) == "regression":
+    if registry.head_of(model) == REGRESSION:
         scored = predict_target(serving, model, (key, "day"), baseline)
     elif baseline:
         scored = score_with_baseline(serving, baseline_path(model, baseline), decision, key_columns=(key, "day"))

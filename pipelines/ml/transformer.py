@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 from pyspark.ml import Transformer
 
+from pipelines.config.settings import CLASSIFICATION, REGRESSION
 from pipelines.ml.decision import Decision, as_decision
 from pipelines.ml.regression import predict
 from pipelines.ml.results import CLASSIFICATION_OUTPUTS, REGRESSION_OUTPUTS
@@ -33,7 +34,7 @@ class FeaturesModel(Transformer):
     the target; every other column is carried along."""
 
     def __init__(self, model_path: str, spec: Sequence[Mapping], key: str, decision: Decision | float,
-                 model_version: str | None = None, stacker=None, head: str = "classification"):
+                 model_version: str | None = None, stacker=None, head: str = CLASSIFICATION):
         super().__init__()
         self.model_path, self.spec, self.key = model_path, [dict(r) for r in spec], key
         self.decision, self.model_version, self.stacker = as_decision(decision), model_version, stacker
@@ -49,7 +50,7 @@ class FeaturesModel(Transformer):
         carried = [c for c in df.columns if c not in encoded_names and c not in SCORE_COLUMNS]
         encoded = apply_feature_spec(df, df.sparkSession.createDataFrame(self.spec, SPEC_SCHEMA), key=self.key,
                                      keep=carried)
-        if self.head == "regression":
+        if self.head == REGRESSION:
             return predict(encoded, self.model_path, key_columns=(self.key, *carried, TARGET))
         key_columns = (self.key, *carried, LABEL)
         if self.stacker is not None:

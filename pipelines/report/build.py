@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from pipelines import catalog
+from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.training.plan import ROC_FILE
@@ -31,7 +32,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     images: dict[str, Path] = {}
     model = registry.blessed(lakehouse)
     dataset = dataset_for(cfg)
-    regression = model is not None and registry.head_of(model) == "regression"
+    regression = model is not None and registry.head_of(model) == REGRESSION
     summary = [("dataset", f"{dataset.name}: {dataset.description}"),
                ("target", dataset.target) if regression else ("label", dataset.label),
                ("run", run_id), ("run date", run_date.isoformat())]

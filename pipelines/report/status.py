@@ -13,6 +13,7 @@ import json
 from datetime import date, timedelta
 
 from pipelines import catalog
+from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 
 LIVE_DAYS = 14
@@ -42,7 +43,7 @@ def gather_status(cfg, lakehouse, runs: int = RUNS_SHOWN, live_days: int = LIVE_
                               else registry.baseline_version(serving.model_version, kind)),
             "model": kind, "head": head, "trained_for": serving.run_date.isoformat() if serving.run_date else None,
             "why": why}
-        if head == "regression":
+        if head == REGRESSION:
             out["serving"].update({"validation_mae": metric.get(f"validation_{kind}_mae"),
                                    "test_mae": metric.get(f"test_{kind}_mae")})
         else:
@@ -140,7 +141,7 @@ def render_status(report: dict) -> str:
     if s is None:
         lines.append("  none: no model has been trained yet")
     else:
-        measure = "mae" if s.get("head") == "regression" else "auc"
+        measure = "mae" if s.get("head") == REGRESSION else "auc"
         figures = "  ".join(f"{k} {measure.upper()} {s[f'{k}_{measure}']:.4f}" for k in ("validation", "test")
                             if s.get(f"{k}_{measure}") is not None)
         lines += [f"  {s['model_version']} (trained for {s['trained_for']})  {figures}", f"  why: {s['why']}"]

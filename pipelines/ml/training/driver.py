@@ -21,6 +21,7 @@ import cloudpickle
 
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.config import config_hash
+from pipelines.config.settings import REGRESSION
 from pipelines.console import RankOutput
 from pipelines.ml.model import TargetScale, label_for
 from pipelines.ml.tensors import SplitFiles, check_shardable, load_feature_spec, pin_snapshot
@@ -87,7 +88,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         write_json(os.path.join(model_dir, STATE_FILE), state)
     write_json(os.path.join(model_dir, SPEC_FILE), spec.to_dict())
     target_scale = target_scale_of(snapshot.splits["train"], label_for(cfg.training)) \
-        if cfg.training.head == "regression" else None
+        if cfg.training.head == REGRESSION else None
     plan = TrainingPlan(cfg.training, spec, snapshot.splits["train"], snapshot.splits["validation"],
                         model_version, model_dir, distributed=num_proc > 1, verbose=verbose,
                         return_weights=return_weights, callbacks=tuple(callbacks), target_scale=target_scale)
