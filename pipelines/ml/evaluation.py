@@ -32,6 +32,13 @@ class BinaryMetrics:
         return asdict(self)
 
 
+def score_bin(score_col: str, bins: int):
+    """The bin of `score_col` among `bins` equal bins of [0, 1], as an int column (a score of 1 in the last)."""
+    from pyspark.sql import functions as F
+
+    return F.least(F.floor(F.col(score_col) * bins), F.lit(bins - 1)).cast("int")
+
+
 def binary_metrics(df, threshold: float, score_col: str = "score", label_col: str = "label") -> BinaryMetrics:
     """All metrics in one pass over `df` (`metrics_and_histogram`)."""
     return metrics_and_histogram(df, threshold, score_col, label_col)[0]
@@ -49,7 +56,7 @@ def metrics_and_histogram(df, threshold: float, score_col: str = "score", label_
     score = F.col(score_col).cast("double")
     s = F.least(F.greatest(score, F.lit(EPS)), F.lit(1 - EPS))
     y = F.col(label_col).cast("double")
-    fine = (df.groupBy(F.least(F.floor(score * AUC_BINS), F.lit(AUC_BINS - 1)).cast("int").alias("bin"),
+    fine = (df.groupBy(score_bin(score_col, AUC_BINS).alias("bin"),
                        (F.col(score_col) >= threshold).alias("called"))
               .agg(F.sum(y).alias("pos"), F.sum(1 - y).alias("neg"),
                    F.sum(-(y * F.log(s) + (1 - y) * F.log(1 - s))).alias("ll"), F.sum(score).alias("score_sum"))
@@ -78,8 +85,7 @@ def score_histogram(df, score_col: str = "score", label_col: str = "label", bins
     """Counts of positives and negatives per score bin, lowest bin first (a small pandas frame)."""
     from pyspark.sql import functions as F
 
-    b = F.least(F.floor(F.col(score_col) * bins), F.lit(bins - 1)).cast("int")
-    pdf = (df.groupBy(b.alias("bin"))
+    pdf = (df.groupBy(score_bin(score_col, bins).alias("bin"))
              .agg(F.sum(F.col(label_col).cast("double")).alias("pos"),
                   F.sum(1 - F.col(label_col).cast("double")).alias("neg"),
                   F.avg(F.col(score_col)).alias("mean_score"))
@@ -176,9 +182,8 @@ def grouped_histogram(df, groups: list[str], bins: int, score_col: str = "score"
     the group columns, `bin`, `pos`, `neg` and `score_sum`."""
     from pyspark.sql import functions as F
 
-    b = F.least(F.floor(F.col(score_col) * bins), F.lit(bins - 1)).cast("int")
     y = F.col(label_col).cast("double")
-    return (df.groupBy(*groups, b.alias("bin"))
+    return (df.groupBy(*groups, score_bin(score_col, bins).alias("bin"))
               .agg(F.sum(y).alias("pos"), F.sum(1 - y).alias("neg"), F.sum(F.col(score_col)).alias("score_sum"))
               .toPandas())
 

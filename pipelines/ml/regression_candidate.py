@@ -102,8 +102,7 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
                             "wall_seconds": result.wall_seconds, **summary}),
         status=status, reason=reason, **dependencies(cfg, lakehouse, result))
     results.write_history(lakehouse, run_id, result.model_version, result.history)
-    train_rows = (lakehouse.table(MODEL_INPUT).read(version=result.table_versions[MODEL_INPUT])
-                  .filter("split = 'train'"))
+    train_rows = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT], splits=("train",))["train"]
     publish(cfg, lakehouse, entry, metrics, result, train_rows, head=REGRESSION)
     registry.register(lakehouse, entry)
     laps("history, SavedModel, MLflow, registry")
