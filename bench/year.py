@@ -38,7 +38,7 @@ SLICE = [
     "training.epochs=4", "training.batch_size=32", "training.num_proc=2", "training.wide=true",
     "training.early_stopping_patience=2", "lakehouse.model_input_row_group_rows=32",
     "nightly.baselines=[logreg]", "spark.master=local[2]", "spark.shuffle_partitions=2",
-    "backtest.folds=2", "backtest.epochs=2",
+    "backtest.folds=2", "backtest.epochs=2", "backtest.min_fold_rows=100",
 ]
 # The nights compared at each end of the run (their median), besides the second and the last.
 ENDS = 5

@@ -7,7 +7,8 @@ from datetime import date, timedelta
 import pytest
 
 from model_input_fixtures import model_input_lakehouse, training_config
-from pipelines.ml.backtest import decide, folds, summary_rows
+from pipelines.ml.backtest import decide, summary_rows
+from pipelines.ml.folds import folds
 
 
 def days(window):
@@ -54,6 +55,31 @@ def test_months_without_rows_are_no_fold():
     # The stopping month is the last one with matches, May, not the empty July.
     assert fold_list[0].stopping == (date(2004, 5, 1), date(2004, 5, 31)) and fold_list[0].fit == (date(2004, 1, 1), date(2004, 4, 30))
 
+
+def test_folds_of_a_minimum_of_rows_take_whole_months_back_from_the_last_one():
+    # Two seasons of a league: about 30 matches a month from August to May, none in June and July.
+    rows = {date(y, m, 1): 30 + m for y in (2003, 2004) for m in range(1, 13) if m not in (6, 7)}
+    train, validation = (date(2003, 1, 1), date(2004, 4, 30)), (date(2004, 5, 1), date(2004, 12, 31))
+    fold_list = folds(train, validation, 3, rows, min_rows=100)
+    for fold in fold_list:
+        months = [m for m in rows if fold.validation[0] <= m <= fold.validation[1]]
+        held = sum(rows[m] for m in months)
+        # The fewest whole months that hold 100 rows: dropping the first of them leaves fewer.
+        assert held >= 100 and held - rows[min(months)] < 100
+        assert fold.validation[0].day == 1 and (fold.validation[1] + timedelta(days=1)).day == 1
+        assert max(days(fold.train)) < min(days(fold.validation)) and fold.train[0] == date(2003, 1, 1)
+        stopping = [m for m in rows if fold.stopping[0] <= m <= fold.stopping[1]]
+        assert sum(rows[m] for m in stopping) >= 100 and fold.stopping[1] == fold.validation[0] - timedelta(days=1)
+    # Back from December: October to December (42 + 41 + 40 rows), then May to September across
+    # the empty summer (39 + 38 + 35), then January to April (34 + 33 + 32 is 99, one short).
+    assert [f.validation for f in fold_list] == [(date(2004, 1, 1), date(2004, 4, 30)),
+                                                  (date(2004, 5, 1), date(2004, 9, 30)),
+                                                  (date(2004, 10, 1), date(2004, 12, 31))]
+    # Without the minimum, one month a fold, as before; and a minimum the windows cannot meet is
+    # refused by name.
+    assert [f.validation[0] for f in folds(train, validation, 3, rows)] == [date(2004, m, 1) for m in (10, 11, 12)]
+    with pytest.raises(ValueError, match="lower backtest.folds or backtest.min_fold_rows"):
+        folds(train, validation, 3, rows, min_rows=400)
 
 def test_blessing_compares_the_backtest_mean_and_the_configured_spread_penalty():
     from types import SimpleNamespace
@@ -222,7 +248,8 @@ def test_the_fold_that_trains_on_the_train_split_scores_the_baselines_fitted_on_
 
     from pipelines.datasets import dataset_for
     from pipelines.ml import baselines
-    from pipelines.ml.backtest import folds_for, run_backtest, trains_on_the_train_split
+    from pipelines.ml.backtest import run_backtest, trains_on_the_train_split
+    from pipelines.ml.folds import folds_for
     from pipelines.ml.evaluation import binary_metrics
 
     lakehouse = model_input_lakehouse(spark, tmp_path / "lakehouse", day_span=90)

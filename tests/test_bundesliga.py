@@ -93,8 +93,9 @@ SLICE = [
     "training.early_stopping_patience=3", "lakehouse.model_input_row_group_rows=32",
     "nightly.baselines=[logreg]", "spark.master=local[2]", "spark.shuffle_partitions=2",
     # Two folds of two epochs (conf/base: three of the nightly's recipe): the bless rule is applied
-    # all the same, and the two folds train side by side on the 2 local cores.
-    "backtest.folds=2", "backtest.epochs=2",
+    # all the same, and the two folds train side by side on the 2 local cores. Each fold validates
+    # on whole months of at least 100 matches (the dataset's: a season of 300).
+    "backtest.folds=2", "backtest.epochs=2", "backtest.min_fold_rows=100",
 ]
 
 
@@ -172,6 +173,11 @@ def test_the_nightly_runs_on_the_second_dataset_from_yaml_and_dropped_files_alon
     model = registry.latest(lh)
     metric = json.loads(model.metrics)
     assert "backtest mean AUC" in model.reason and "stack" in model.reason
+    # Each fold validated on whole months of at least backtest.min_fold_rows matches, not one.
+    fold_rows = (lh.table("results.metrics").read()
+                 .filter((F.col("model_version") == model.model_version) & (F.col("model") == "logreg")
+                         & F.col("split").startswith("fold_")).collect())
+    assert len(fold_rows) == 2 and all(r["rows"] >= 100 for r in fold_rows)
     dnn, logreg, stack = (metric[f"backtest_mean_{m}_auc"] for m in ("dnn", "logreg", "stack"))
     stack_wins = stack > max(dnn, logreg)
     blessed = dnn > logreg or stack_wins

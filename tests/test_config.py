@@ -295,14 +295,16 @@ def test_a_dataset_brings_its_splits_run_date_and_training_settings_and_the_envi
             "splits": {"train": ["2020-01-01", "2020-06-30"], "validation": ["2020-07-01", "2020-09-30"],
                        "test": ["2020-10-01", "2020-12-31"]},
             "default_run_date": "2020-12-30",
-            "training": {"batch_size": 64, "epochs": 40, "hidden_units": [16]}},
+            "training": {"batch_size": 64, "epochs": 40, "hidden_units": [16]},
+            "backtest": {"min_fold_rows": 300, "folds": 2}},
     })
-    cfg = load_config("local", ["pipeline.dataset=shop", "training.hidden_units=[8]"], conf_root=conf)
+    cfg = load_config("local", ["pipeline.dataset=shop", "training.hidden_units=[8]", "backtest.folds=4"], conf_root=conf)
     assert cfg.split("validation") == (date(2020, 7, 1), date(2020, 9, 30))
     assert cfg.nightly.default_date == "2020-12-30"
     assert cfg.training.batch_size == 64           # the dataset's, over conf/base
     assert cfg.training.epochs == 3                # the environment's, over the dataset
     assert cfg.training.hidden_units == [8]        # --set, over the dataset
+    assert cfg.backtest.min_fold_rows == 300 and cfg.backtest.folds == 4   # its backtest section, likewise
     assert cfg.lakehouse.root == str(tmp_path / "lh" / "shop")
     assert cfg.lakehouse.landing == str(tmp_path / "lh" / "landing" / "shop")
 
@@ -310,6 +312,11 @@ def test_a_dataset_brings_its_splits_run_date_and_training_settings_and_the_envi
         {"name": "shop", "sources": {}, "splits": {"train": ["2020-01-01", "2020-06-30"]},
          "training": {"batch_sise": 64}}))
     with pytest.raises(ConfigError, match=r"shop\.yaml: key 'training.batch_sise' is not a training setting"):
+        load_config("local", ["pipeline.dataset=shop"], conf_root=conf)
+    (conf / "base" / "datasets" / "shop.yaml").write_text(yaml.safe_dump(
+        {"name": "shop", "sources": {}, "splits": {"train": ["2020-01-01", "2020-06-30"]},
+         "backtest": {"min_rows": 300}}))
+    with pytest.raises(ConfigError, match=r"shop\.yaml: key 'backtest.min_rows' is not a backtest setting"):
         load_config("local", ["pipeline.dataset=shop"], conf_root=conf)
     with pytest.raises(ConfigError, match=r"key 'pipeline.dataset' names 'nowhere', but there is no .*nowhere\.yaml"):
         load_config("local", ["pipeline.dataset=nowhere"], conf_root=conf)

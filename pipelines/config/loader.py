@@ -90,9 +90,9 @@ def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None
     Every dataset is a lakehouse of its own inside the configured one: its tables, models, reports
     and lock under `<lakehouse.root>/<dataset>/`, its raw files under `<lakehouse.landing>/<dataset>/`,
     so two datasets live side by side and never see each other's tables. The split windows, the
-    default run date and the dataset's `training:` settings come from the dataset's YAML unless
-    `pipeline.splits`, `nightly.default_date` or an environment or `--set` key override them (a
-    test slice does): the dataset's values replace conf/base's only. The rest of the YAML is
+    default run date and the dataset's `training:` and `backtest:` settings come from the dataset's
+    YAML unless `pipeline.splits`, `nightly.default_date` or an environment or `--set` key override
+    them (a test slice does): the dataset's values replace conf/base's only. The rest of the YAML is
     `pipelines.datasets`' to read.
     """
     name = cfg.pipeline.dataset
@@ -125,15 +125,20 @@ def _apply_dataset(cfg: Config, origin: dict[str, str], conf_root: Path) -> None
             raise ConfigError(f"{path}: key 'training.head' ({training['head']}) contradicts 'prediction.head' "
                               f"({head}); declare the head once, as prediction.head")
         training = {**training, "head": head}
-    hints = typing.get_type_hints(type(cfg.training))
+    backtest = declared.get("backtest") or {}
+    if not isinstance(backtest, dict):
+        raise ConfigError(f"{path}: key 'backtest' must be a mapping of backtest settings, got {backtest!r}")
     base = str(conf_root / "base")
-    for key, value in training.items():
-        dotted = f"training.{key}"
-        if key not in hints:
-            raise ConfigError(f"{path}: key '{dotted}' is not a training setting (allowed: {', '.join(sorted(hints))})")
-        if origin.get(dotted, base).startswith(base):
-            origin[dotted] = f"{path} (training)"
-            setattr(cfg.training, key, _coerce(hints[key], value, origin, dotted))
+    for section, settings in (("training", training), ("backtest", backtest)):
+        target = getattr(cfg, section)
+        hints = typing.get_type_hints(type(target))
+        for key, value in settings.items():
+            dotted = f"{section}.{key}"
+            if key not in hints:
+                raise ConfigError(f"{path}: key '{dotted}' is not a {section} setting (allowed: {', '.join(sorted(hints))})")
+            if origin.get(dotted, base).startswith(base):
+                origin[dotted] = f"{path} ({section})"
+                setattr(target, key, _coerce(hints[key], value, origin, dotted))
     _check_splits(cfg, origin)
 
 
@@ -309,6 +314,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
     for key in ("epochs", "max_train_rows"):
         if getattr(cfg.backtest, key) < 0:
             fail(f"backtest.{key}", f"must be 0 (the training's) or more, got {getattr(cfg.backtest, key)}")
+    if cfg.backtest.min_fold_rows < 0:
+        fail("backtest.min_fold_rows", f"must be 0 (a month a fold) or more, got {cfg.backtest.min_fold_rows}")
     for key in ("max_evals", "parallelism"):
         if getattr(cfg.tuning, key) < 1:
             fail(f"tuning.{key}", f"must be at least 1, got {getattr(cfg.tuning, key)}")

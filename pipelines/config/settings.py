@@ -127,6 +127,10 @@ class NightlyConfig:
 @dataclass
 class BacktestConfig:
     folds: int
+    # The fewest rows a fold's validation window (and its network's stopping window) holds: whole
+    # months with rows are taken together, from the last one back, until they hold as many (0: one
+    # calendar month a fold).
+    min_fold_rows: int
     epochs: int
     max_train_rows: int
     spread_penalty: float

@@ -66,9 +66,10 @@ class _Parser(YamlChecks):
     # -- the dataset --------------------------------------------------------------------------
     def dataset(self, data: Any) -> Dataset:
         data = self.mapping(data, "", {"name", "description", "seed", "max_string_length", "sources", "prediction",
-                                       # `training` (and the splits and run date, as defaults)
-                                       # are the configuration's: pipelines.config reads them.
-                                       "splits", "default_run_date", "features", "training", "evaluation"},
+                                       # `training` and `backtest` (and the splits and run date,
+                                       # as defaults) are the configuration's: pipelines.config reads them.
+                                       "splits", "default_run_date", "features", "training", "backtest",
+                                       "evaluation"},
                             {"name", "sources"})
         name = self.string(data["name"], "name")
         max_length = self.length(data.get("max_string_length"), "max_string_length")

@@ -1,11 +1,6 @@
 """Rolling-origin backtests: each model is trained on the days before a month and measured on that
-month, for the last `backtest.folds` months of the train + validation windows. The test window is
-in no fold; the nightly measures it once, at the end.
-
-    >>> for f in folds((date(2013, 1, 1), date(2013, 9, 30)), (date(2013, 10, 1), date(2013, 11, 30)), 2):
-    ...     print(f.name, "train", *f.train, "validate", *f.validation, "| network fits", *f.fit, "stops on", *f.stopping)
-    fold_1 train 2013-01-01 2013-09-30 validate 2013-10-01 2013-10-31 | network fits 2013-01-01 2013-08-31 stops on 2013-09-01 2013-09-30
-    fold_2 train 2013-01-01 2013-10-31 validate 2013-11-01 2013-11-30 | network fits 2013-01-01 2013-09-30 stops on 2013-10-01 2013-10-31
+month, for the last `backtest.folds` months of the train + validation windows (the folds and their
+windows: `pipelines.ml.folds`). The test window is in no fold; the nightly measures it once, at the end.
 
 Every fold reads the same pinned `gold.model_input` version: the baselines through Spark with a
 `day` filter, the network through Petastorm (`pipelines.ml.tensors.restrict_days`), one process per
@@ -19,7 +14,6 @@ it is scored on chooses nothing, as the baselines' does not.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -27,91 +21,17 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import numpy as np
 
 from pipelines.catalog import MODEL_INPUT
 from pipelines.config.settings import CLASSIFICATION
+from pipelines.ml.folds import Fold, fold_rows, folds_for, months_with_rows
 
 log = logging.getLogger(__name__)
 
 MEAN, SPREAD = "backtest_mean", "backtest_std"
-
-
-@dataclass(frozen=True)
-class Fold:
-    """Train on `train` (inclusive dates), validate on `validation`, the month after it."""
-
-    name: str
-    train: tuple[date, date]
-    validation: tuple[date, date]
-    # The network's early-stopping month: the last month with rows of `train`, when another one
-    # precedes it (the network fits on `fit`, the days before it); None: it fits on all of `train`
-    # and keeps its best epoch by training AUC.
-    stopping: tuple[date, date] | None = None
-
-    @property
-    def fit(self) -> tuple[date, date]:
-        """The days the network of this fold trains on: `train` without its `stopping` month."""
-        return (self.train[0], self.stopping[0] - timedelta(days=1)) if self.stopping else self.train
-
-    def days(self, window: str) -> tuple[int, int]:
-        """The window as inclusive yyyymmdd ints, as gold.model_input's `day` column holds them."""
-        start, end = getattr(self, window)
-        return int(f"{start:%Y%m%d}"), int(f"{end:%Y%m%d}")
-
-
-def folds(train_window: tuple[date, date], validation_window: tuple[date, date], count: int,
-          months_with_rows: set[date] | None = None) -> list[Fold]:
-    """The `count` folds whose validation months are the last calendar months from train_window's
-    start to validation_window's end (of those in `months_with_rows`, first days of months, when
-    given: a league's summer break is no fold); each trains from that start to the day before.
-
-    Raises ValueError when there are fewer than `count + 1` such months (a fold would train on nothing).
-    """
-    start, end = train_window[0], validation_window[1]
-    months = []
-    month = start.replace(day=1)
-    while month <= end:
-        if months_with_rows is None or month in months_with_rows:
-            months.append(month)
-        month = (month + timedelta(days=32)).replace(day=1)
-    if len(months) < count + 1:
-        raise ValueError(f"backtest.folds={count} needs {count + 1} months with rows from {start} to {end}, "
-                         f"there are {len(months)}; lower backtest.folds or widen the windows")
-    def span(month: date) -> tuple[date, date]:
-        return max(month, start), min((month + timedelta(days=32)).replace(day=1) - timedelta(days=1), end)
-
-    out = []
-    for i in range(len(months) - count, len(months)):
-        first, last = span(months[i])
-        # A month to stop on needs another one before it to fit on.
-        stopping = span(months[i - 1]) if i >= 2 else None
-        out.append(Fold(f"fold_{i - len(months) + count + 1}", (start, first - timedelta(days=1)), (first, last), stopping))
-    return out
-
-
-def months_with_rows(rows) -> set[date]:
-    """The first days of the months `rows` (Spark, with `day` yyyymmdd) have rows in."""
-    from pyspark.sql import functions as F
-
-    found = rows.select((F.col("day") / 100).cast("int").alias("m")).distinct().collect()
-    return {date(r["m"] // 100, r["m"] % 100, 1) for r in found}
-
-
-def folds_for(cfg, present: set[date] | None = None) -> list[Fold]:
-    """The folds of `cfg`: its train and validation splits, `backtest.folds` of them (among the
-    months `present`, when given)."""
-    return folds(cfg.split("train"), cfg.split("validation"), cfg.backtest.folds, present)
-
-
-def fold_rows(rows, fold: Fold, window: str):
-    """Model-input rows (Spark) of one window of a fold, by their `day`."""
-    from pyspark.sql import functions as F
-
-    first, last = fold.days(window)
-    return rows.filter((F.col("day") >= first) & (F.col("day") <= last))
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,12 +164,6 @@ def decide(metrics: list[dict], backtest_cfg, blessed_auc: float | None = None,
         return "rejected", f"validation AUC {validation:.4f} does not beat the blessed model {blessed_auc:.4f}"
     against = f"; validation AUC {validation:.4f} beats the blessed model {blessed_auc:.4f}" if blessed_auc is not None else ""
     return "blessed", f"backtest {rule} {mine:.4f} beats {scored}{against}"
-
-
-def fold_windows_json(fold_list: list[Fold]) -> str:
-    """The folds as JSON, for the registry's metrics field and the trials table."""
-    return json.dumps([{"name": f.name, "train": [str(d) for d in f.train],
-                        "validation": [str(d) for d in f.validation]} for f in fold_list])
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The hyper-parameter search (`lakehouse-dl tune`): Hyperopt over the space of `tuning.space`,
-every trial scored by its backtest (mean AUC over `pipelines.ml.backtest.folds_for`), every
+every trial scored by its backtest (mean AUC over `pipelines.ml.folds.folds_for`), every
 trial a row of `results.trials`.
 
 The network's trials run as Spark tasks through Hyperopt's `SparkTrials` (`tuning.parallelism` at
@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 from pipelines.catalog import MODEL_INPUT, TRIALS
 from pipelines.datasets import dataset_for
-from pipelines.ml import backtest
+from pipelines.ml import backtest, folds
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,16 @@ def _folds(cfg, lakehouse, version: int) -> list:
     from pipelines.ml.baselines import model_input_frames
 
     frames = model_input_frames(lakehouse, version)
-    return backtest.folds_for(cfg, backtest.months_with_rows(frames["train"].unionByName(frames["validation"])))
+    return folds.folds_for(cfg, folds.months_with_rows(frames["train"].unionByName(frames["validation"])))
 
 
 def space_hash(cfg, model: str) -> str:
     """A short hash of one model's search space and folds: trials of another space are not compared."""
     data = {"space": cfg.tuning.space.get(model, {}), "splits": cfg.pipeline.splits, "folds": cfg.backtest.folds,
             "epochs": cfg.backtest.epochs, "max_train_rows": cfg.backtest.max_train_rows,
-            "trial_budget": [cfg.tuning.epochs, cfg.tuning.max_train_rows]}
+            "trial_budget": [cfg.tuning.epochs, cfg.tuning.max_train_rows],
+            # Set, another fold shape (unset, the hash of the trials recorded before it existed).
+            **({"min_fold_rows": cfg.backtest.min_fold_rows} if cfg.backtest.min_fold_rows else {})}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -187,7 +189,7 @@ def _row(cfg, model, search_id, version, fold_list, trial: int, params: dict, re
     std = (sum((a - mean) ** 2 for a in aucs) / len(aucs)) ** 0.5 if ok else None
     return {"search_id": search_id, "dataset": cfg.pipeline.dataset, "space_hash": space_hash(cfg, model),
             "model": model, "trial": trial, "params": json.dumps(params, sort_keys=True),
-            "table_version": int(version), "folds": backtest.fold_windows_json(fold_list),
+            "table_version": int(version), "folds": folds.fold_windows_json(fold_list),
             "fold_aucs": json.dumps(aucs), "mean_auc": mean, "std_auc": std,
             "seconds": float(result.get("seconds") or 0.0), "status": "ok" if ok else "failed",
             "error": result.get("error"), "created_at": datetime.now(timezone.utc)}
@@ -205,7 +207,7 @@ def _baseline_fold_aucs(cfg, spark, rows, fold_list, model: str, params: dict) -
 
     aucs = []
     for fold in fold_list:
-        fitted = fit_baselines(spark, backtest.fold_rows(rows, fold, "train"), backtest.fold_rows(rows, fold, "validation"),
+        fitted = fit_baselines(spark, folds.fold_rows(rows, fold, "train"), folds.fold_rows(rows, fold, "validation"),
                                kinds=[model], seed=cfg.training.seed, params={model: params})
         aucs.append(fitted[model]["val_auc"])
     return aucs
