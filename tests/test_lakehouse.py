@@ -196,6 +196,19 @@ def test_replace_rows_keeps_other_keys_and_replaces_the_given_ones_in_one_commit
     assert [tuple(r) for r in table.read().collect()] == [("a", 1, "ok")]
 
 
+def test_append_rows_adds_a_commit_without_reading_the_table_or_a_spark_job(lakehouse, spark):
+    table = lakehouse.table("ops.appended")
+    schema = "run_date date, stage string, seconds double"
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup())
+    for day in (1, 2, 3):
+        table.append_rows([{"run_date": date(2013, 1, day), "stage": "ingest", "seconds": 0.5 * day}], schema)
+    # The first call creates the table, the others append; the driver wrote every file itself.
+    assert set(tracker.getJobIdsForGroup()) == before and table.version() == 2
+    assert sorted(tuple(r) for r in table.read().collect()) == [
+        (date(2013, 1, d), "ingest", 0.5 * d) for d in (1, 2, 3)]
+
+
 def test_partition_overwrite_refuses_a_row_outside_the_named_partitions(lakehouse, spark):
     table = lakehouse.table("bronze.flights")
     table.write(flights_df(spark, [(1, D1, "AA", 1.0), (2, D2, "AA", 2.0)]), partition_by=["date"])

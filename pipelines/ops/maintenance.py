@@ -132,7 +132,7 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
     out = Maintained(table.name, files_before, files_before)
     if not dry_run and table.keep_whole_log():
         log.info(f"[maintain] {table.name}: its Delta log is now kept whole (no cleanup of commits older "
-                 f"than 30 days, which the versions models pin need)")
+                 f"than 30 days, which the versions models pin need) and checkpointed every 10 commits")
     if table.name in NOT_COMPACTED:
         out.note = "not compacted (its row groups are Petastorm's shard unit)"
     elif dry_run:

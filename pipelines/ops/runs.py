@@ -88,16 +88,20 @@ def last_run(lakehouse, job: str, run_date: date | None) -> dict | None:
     table = lakehouse.table(catalog.RUNS)
     if not table.exists():
         return None
-    rows = [r.asDict() for r in table.read().collect() if r["job"] == job and r["run_date"] == run_date]
+    # One row per job and date, read on the driver: no Spark job for a table that grows nightly.
+    rows = [r for r in table.to_arrow().to_pylist() if r["job"] == job and r["run_date"] == run_date]
     return rows[0] if rows else None
 
 
 def log_stage(lakehouse, record: RunRecord, stage: str) -> None:
-    """Remember that `stage` finished for the run's date (what a resumed run skips)."""
+    """Remember that `stage` finished for the run's date (what a resumed run skips). An append: the
+    nightly logs a stage only when no row of its date says it finished (`finished_stages`), under
+    the lakehouse lock, and `forget_stages` drops a date's rows before a forced run; so the
+    table's rows are not read and rewritten at every stage of every night."""
     row = {"run_id": record.run_id, "run_date": record.run_date, "stage": stage,
            "rows": record.stage_rows.get(stage, 0), "seconds": record.stage_seconds.get(stage, 0.0),
            "finished_at": datetime.now(timezone.utc)}
-    lakehouse.table(catalog.STAGE_LOG).replace_rows([row], STAGE_LOG_SCHEMA, key=("run_date", "stage"))
+    lakehouse.table(catalog.STAGE_LOG).append_rows([row], STAGE_LOG_SCHEMA)
 
 
 def forget_stages(lakehouse, run_date: date) -> None:

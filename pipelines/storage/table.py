@@ -121,6 +121,20 @@ class Table:
         return self.engine.write(df, self.path, mode="overwrite", partition_by=None, partitions=None,
                                  schema_mode="overwrite", **local)
 
+    def append_rows(self, rows: list[dict], schema: str) -> int:
+        """Append `rows` (dicts of `schema`'s columns) in one commit, without reading the table: for
+        bookkeeping tables that gain a few rows at a time, written by the driver without a Spark
+        job where the engine can (delta-rs) and the table holds the same columns.
+
+            >>> lh.table("ops.stage_log").append_rows([row], STAGE_LOG_SCHEMA)
+        """
+        spark_schema = self.engine.spark.createDataFrame([], schema).schema
+        rows = [{n: r.get(n) for n in spark_schema.fieldNames()} for r in rows]
+        df = self.engine.spark.createDataFrame(rows, spark_schema)
+        local = {"rows": rows} if self.engine.name == "delta-rs" else {}
+        return self.engine.write(df, self.path, mode="append", partition_by=None, partitions=None,
+                                 schema_mode=None, **local)
+
     def merge(self, df, on: list[str], update: list[str], description: str | None = None,
               partitions: dict[str, list] | None = None, derive: dict[str, Callable] | None = None) -> dict:
         """Delta MERGE: each row of `df` sets the `update` columns of the target row whose `on` columns
@@ -319,8 +333,9 @@ class Table:
         return listed
 
     def keep_whole_log(self) -> bool:
-        """Turn off delta-rs's cleanup of commits older than 30 days on a table created before it
-        was turned off at creation (`delta_rs.TABLE_PROPERTIES`); True if it changed the table."""
+        """Give a table created before them the properties every table is created with
+        (`delta_rs.TABLE_PROPERTIES`: the whole log kept, a checkpoint every 10 commits); True if
+        it changed the table."""
         return keep_whole_log(self.delta())
 
     def compact(self, row_group_rows: int | None = None, partitions: dict[str, list] | None = None,
