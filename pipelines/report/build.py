@@ -42,6 +42,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     measured = (("rows", "mae", "rmse", "mape") if regression else
                 ("rows", "auc", "log_loss", "accuracy", "precision", "recall", "f1"))
 
+    every_metric = results.read_metrics(lakehouse)   # one read for the model's rows and the live ones
     if model is not None:
         summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
                     ("trained on", f"{model.training_table} v{model.training_version}"),
@@ -53,7 +54,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
             images["Training curves"] = plots.plot_training_curves(rows, out / "training_curves.png", measure)
             tables["Training history"] = [{k: r.get(k) for k in ("epoch", "loss", measure, "val_loss", f"val_{measure}",
                                                                 "samples_per_second")} for r in rows]
-        metrics = [m for m in results.read_metrics(lakehouse) if m["model_version"] == model.model_version]
+        metrics = [m for m in every_metric if m["model_version"] == model.model_version]
         tables["Model against baselines"] = [
             {"model": m["model"], "split": m["split"], **{k: m[k] for k in measured}}
             for m in sorted(metrics, key=lambda m: (m["split"], m["model"]))]
@@ -85,7 +86,7 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
         frame, day_a, day_b = drift
         images["Feature drift"] = plots.plot_drift(frame, day_a, day_b, out / "drift.png")
 
-    live = sorted((m for m in results.read_metrics(lakehouse) if m["split"] == "live" and m.get("date")
+    live = sorted((m for m in every_metric if m["split"] == "live" and m.get("date")
                    and m["date"] <= run_date), key=lambda m: (m["date"], m["model_version"]), reverse=True)
     if live:
         shown = ("date", "model_version", "rows", *(("mae", "rmse") if regression else
