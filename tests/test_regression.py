@@ -84,6 +84,33 @@ def test_the_bless_rule_needs_the_network_below_the_best_baseline_and_the_best_n
     assert decide(rows(float("nan")))[0] == "rejected"
 
 
+def test_with_backtest_folds_the_network_must_also_lead_on_its_mean_fold_mae():
+    from types import SimpleNamespace
+
+    def rows(dnn_folds, split="validation", dnn=1.5):
+        fold = {"dnn": dnn_folds, "linreg": (3.0, 3.2), "naive_last_known": (1.8, 2.2)}
+        out = [{"model": "dnn", "split": split, "mae": dnn}, {"model": "linreg", "split": split, "mae": 3.0},
+               {"model": "naive_last_known", "split": split, "mae": 1.69}]
+        for model, maes in fold.items():
+            out += [{"model": model, "split": "backtest_mean", "mae": float(np.mean(maes))},
+                    {"model": model, "split": "backtest_std", "mae": float(np.std(maes))}]
+        return out
+
+    rule = SimpleNamespace(spread_penalty=0.0, min_lift=0.0)
+    # Below every model on the folds' mean, and on validation: blessed, both said.
+    status, reason = decide(rows((1.6, 1.8)), backtest_cfg=rule)
+    assert status == "blessed" and reason.startswith("backtest mean MAE 1.7000 beats linreg 3.1000, naive_last_known 2.0000; validation MAE 1.5000")
+    # Best on validation but not on the folds: the folds decide.
+    status, reason = decide(rows((1.9, 2.3)), backtest_cfg=rule)
+    assert status == "rejected" and "is not below naive_last_known" in reason
+    # A penalty on the spread, and a lift to clear.
+    assert decide(rows((1.2, 2.4)), backtest_cfg=SimpleNamespace(spread_penalty=1.0, min_lift=0.0))[0] == "rejected"
+    assert decide(rows((1.6, 1.8)), backtest_cfg=SimpleNamespace(spread_penalty=0.0, min_lift=0.5))[0] == "rejected"
+    # Good folds do not bless a network that loses on validation; without folds, validation alone.
+    assert decide(rows((1.6, 1.8), dnn=2.0), backtest_cfg=rule)[0] == "rejected"
+    assert decide(rows((1.9, 2.3))) == decide([r for r in rows((1.9, 2.3)) if r["split"] == "validation"])
+
+
 def test_the_target_is_standardised_for_the_loss_and_restored_on_output():
     import tensorflow as tf
 

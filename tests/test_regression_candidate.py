@@ -24,7 +24,9 @@ NAIVE = {"same_weekday": {"lag_days": 2, "group": ["dayofweek(date)"]},
 SETTINGS = ["spark.master=local[2]", "training.num_proc=1", "training.batch_size=32", "training.epochs=30",
             "training.hidden_units=[16,8]", "training.dropout=0", "training.l2=0.0001",
             "training.learning_rate=0.003", "training.early_stopping_patience=5", "training.shuffle_buffer=1000",
-            "nightly.baselines=[logreg,gbt]", "backtest.folds=0"]
+            "nightly.baselines=[logreg,gbt]",
+            # Two folds of two months each (about 60 days) at the end of the validation window.
+            "backtest.folds=2", "backtest.min_fold_rows=60"]
 
 
 @pytest.fixture(scope="module")
@@ -97,16 +99,29 @@ def test_the_regression_network_is_measured_against_baselines_and_naive_forecast
     validation = {m["model"]: m["mae"] for m in metrics if m["split"] == "validation"}
     assert set(validation) == {"dnn", "linreg", "gbt", "naive_training_mean", "naive_last_known",
                                "naive_same_weekday", "naive_two_weeks_before"}
-    assert {m["split"] for m in metrics} == {"train", "validation", "test"}
-    assert all(m["rows"] > 0 and m["rmse"] >= m["mae"] > 0 for m in metrics)
+    assert {m["split"] for m in metrics} == {"train", "validation", "test", "fold_1", "fold_2",
+                                             "backtest_mean", "backtest_std"}
+    measured = [m for m in metrics if m["split"] != "backtest_std"]
+    assert all(m["rows"] > 0 and m["rmse"] >= m["mae"] > 0 for m in measured)
+    # The backtest: every model on each fold of at least 60 rows, each trained before its fold.
+    folds = {m["model"]: [] for m in metrics}
+    for m in sorted(metrics, key=lambda m: m["split"]):
+        if m["split"].startswith("fold_"):
+            folds[m["model"]].append(m["mae"])
+    assert all(len(maes) == 2 for maes in folds.values()), folds
+    assert all(m["rows"] >= 60 for m in metrics if m["split"].startswith("fold_"))
+    mean = {m["model"]: m["mae"] for m in metrics if m["split"] == "backtest_mean"}
+    assert mean == pytest.approx({model: sum(maes) / 2 for model, maes in folds.items()})
     print("\nvalidation MAE of the regression nightly: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                                  sorted(validation.items(), key=lambda kv: kv[1]))
+          + "; backtest mean MAE: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(mean.items(), key=lambda kv: kv[1]))
           + f"; {entry.status}: {entry.reason}")
     best_naive = min(v for k, v in validation.items() if k.startswith("naive_"))
     # The target of the issue: the network's validation MAE below the best naive forecast's.
     assert validation["dnn"] < best_naive, validation
-    # The bless rule decided, and the registry holds what it decided on.
-    assert (entry.status, entry.reason) == decide(metrics)
+    # The bless rule decided, on the folds and on validation, and the registry holds what it decided on.
+    assert (entry.status, entry.reason) == decide(metrics, backtest_cfg=cfg.backtest)
+    assert "backtest mean MAE" in entry.reason
     assert registry.head_of(entry) == "regression"
     assert entry.metric["validation_mae"] == pytest.approx(validation["dnn"])
     assert entry.metric["naive_same_weekday_validation_mae"] == pytest.approx(validation["naive_same_weekday"])

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from pipelines.catalog import MODEL_INPUT
-from pipelines.config.settings import CLASSIFICATION
+from pipelines.config.settings import CLASSIFICATION, REGRESSION
 from pipelines.ml.folds import Fold, fold_rows, folds_for, months_with_rows
 
 log = logging.getLogger(__name__)
@@ -52,23 +52,28 @@ def budget_of(section) -> dict:
 
 def network_fold(training_cfg, spec, key: str, train_split, stopping_split, validation_split) -> dict:
     """Train the network on `train_split` in this process, stopping early on `stopping_split` (by
-    training AUC when None), and score `validation_split`: returns {"keys", "labels", "scores"}
-    (numpy arrays, a row each), the training "seconds" and the "best_epoch"."""
+    the training measure when None), and score `validation_split`: returns {"keys", "labels",
+    "scores"} (numpy arrays, a row each: the regression head's target and prediction, in its
+    units), the training "seconds" and the "best_epoch"."""
     from pipelines.ml.inputs import model_inputs
     from pipelines.ml.model import label_for, load_model
     from pipelines.ml.tensors import split_frame
+    from pipelines.ml.training.driver import target_scale_of
     from pipelines.ml.training.plan import MODEL_FILE, STATE_FILE, TrainingPlan, write_json
     from pipelines.ml.training.worker import run_training
 
     started = time.time()
     model_dir = tempfile.mkdtemp(prefix="backtest-")
+    label = label_for(training_cfg)
     try:
         write_json(os.path.join(model_dir, STATE_FILE), {"epochs_done": 0, "history": [], "best_epoch": 0,
                                                          "best_score": None, "wait": 0})
-        plan = TrainingPlan(training_cfg, spec, train_split, stopping_split, "backtest", model_dir, verbose=False)
+        # The regression network learns the target standardised on its own training days.
+        scale = target_scale_of(train_split, label) if training_cfg.head == REGRESSION else None
+        plan = TrainingPlan(training_cfg, spec, train_split, stopping_split, "backtest", model_dir, verbose=False,
+                            target_scale=scale)
         trained = run_training(plan)
         model = load_model(os.path.join(model_dir, MODEL_FILE))
-        label = label_for(training_cfg)
         rows = split_frame(validation_split, [key, label, *spec.inputs])
         scores = np.asarray(model.predict(model_inputs(rows, spec), batch_size=training_cfg.batch_size,
                                           verbose=0)).reshape(-1)

@@ -89,10 +89,15 @@ def predict(df, model_path: str, key_columns: tuple[str, ...], batch_size: int =
     return df.mapInPandas(predict_batches, out_schema)
 
 
-def decide(metrics: list[dict], candidate: str = "dnn", split: str = "validation") -> tuple[str, str]:
+def decide(metrics: list[dict], candidate: str = "dnn", split: str = "validation",
+           backtest_cfg=None) -> tuple[str, str]:
     """Bless or reject, with the reason: `candidate`'s MAE on `split` must be below the best
-    baseline's (every other model not named `naive_*`) and below the best naive forecast's. The
-    test split chooses nothing."""
+    baseline's (every other model not named `naive_*`) and below the best naive forecast's. With
+    backtest rows in `metrics` (`pipelines.ml.regression_backtest`) and `backtest_cfg`, first the
+    backtest rule: its mean fold MAE plus `spread_penalty` times their spread must be below every
+    other model's by more than `min_lift`. The test split chooses nothing."""
+    from pipelines.ml.backtest import MEAN, SPREAD
+
     mae = {m["model"]: m["mae"] for m in metrics if m["split"] == split}
     mine = mae.get(candidate, float("nan"))
     naive = {k: v for k, v in mae.items() if k.startswith(NAIVE_PREFIX)}
@@ -104,5 +109,23 @@ def decide(metrics: list[dict], candidate: str = "dnn", split: str = "validation
     bars = [b for b in bars if b is not None]
     text = " and ".join(f"the best {what}, {name} {value:.4f}" for what, (name, value) in bars)
     if math.isnan(mine) or any(not mine < value for _, (_, value) in bars):
-        return "rejected", f"{split} MAE {mine:.4f} does not beat {text}"
-    return "blessed", f"{split} MAE {mine:.4f} beats {text}"
+        status, reason = "rejected", f"{split} MAE {mine:.4f} does not beat {text}"
+    else:
+        status, reason = "blessed", f"{split} MAE {mine:.4f} beats {text}"
+    backtested = {m["model"] for m in metrics if m["split"] == MEAN}
+    if backtest_cfg is None or candidate not in backtested:
+        return status, reason
+    penalty, lift = backtest_cfg.spread_penalty, backtest_cfg.min_lift
+
+    def score(model: str) -> float:
+        of = {m["split"]: m["mae"] for m in metrics if m["model"] == model and m["split"] in (MEAN, SPREAD)}
+        return of[MEAN] + penalty * (of.get(SPREAD) or 0.0)
+
+    ours, others = score(candidate), sorted(backtested - {candidate})
+    scored = ", ".join(f"{o} {score(o):.4f}" for o in others)
+    beaten_by = [o for o in others if not ours < score(o) - lift]
+    rule = f"mean+{penalty:g}*std MAE" if penalty else "mean MAE"
+    if math.isnan(ours) or beaten_by:
+        return "rejected", (f"backtest {rule} {ours:.4f} is not below {', '.join(beaten_by) or 'nothing'} "
+                            f"by {lift:g} ({scored})")
+    return status, f"backtest {rule} {ours:.4f} beats {scored}; {reason}"

@@ -2,7 +2,8 @@
 standardised target, fit the regression baselines on the same train rows, compute the naive
 forecasts (`pipelines.ml.naive`), measure every one of them on each split of the same pinned
 `gold.model_input` version (MAE, RMSE, MAPE), and register the network, blessed only when its
-validation MAE beats the best baseline's and the best naive forecast's (`pipelines.ml.regression.decide`),
+validation MAE beats the best baseline's and the best naive forecast's, and, with backtest folds, its
+mean fold MAE every other model's (`pipelines.ml.regression_backtest`, `pipelines.ml.regression.decide`),
 with its training history, its SavedModel (`prediction` in the target's units) and its MLflow run.
 
     >>> candidate = train_and_register_regression(cfg, spark, lakehouse, run_id, run_date)
@@ -19,12 +20,14 @@ from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
 from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
+from pipelines.ml.backtest import MEAN
 from pipelines.ml.baselines import (REGRESSION_BASELINES, fit_regression_baselines, model_input_frames,
                                     regression_predictions)
 from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for, publish
 from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
 from pipelines.ml.regression import decide, predict, regression_metrics_by
+from pipelines.ml.regression_backtest import run_regression_backtest
 from pipelines.ml.training import model_dir_for, read_result, train
 from pipelines.stages.gold.spec import TARGET
 
@@ -85,11 +88,16 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
     else:
         log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
     laps("network")
-    metrics = measure(cfg, spark, lakehouse, result, regression_kinds(cfg.nightly.baselines))
+    kinds = regression_kinds(cfg.nightly.baselines)
+    metrics = measure(cfg, spark, lakehouse, result, kinds)
     laps("baselines, naive forecasts, metrics")
+    metrics += run_regression_backtest(cfg, spark, lakehouse, result.table_versions[MODEL_INPUT], kinds,
+                                       result.model_version)
+    laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
-    status, reason = decide(metrics)
-    summary = {f"{m['split']}_{m['model']}_{k}": m[k] for m in metrics for k in ("mae", "rmse", "mape")}
+    status, reason = decide(metrics, backtest_cfg=cfg.backtest)
+    summary = {f"{m['split']}_{m['model']}_{k}": m[k] for m in metrics for k in ("mae", "rmse", "mape")
+               if not m["split"].startswith("fold_")}
     validation = {m["model"]: m["mae"] for m in metrics if m["split"] == "validation"}
     entry = registry.ModelEntry(
         model_version=result.model_version, created_at=registry.now(), run_id=run_id, run_date=run_date,
@@ -116,10 +124,10 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
 def mae_lines(metrics: list[dict]) -> list[str]:
     """The MAE of every model on every split, one line per model, the network first."""
     models = sorted({m["model"] for m in metrics}, key=lambda n: (n != "dnn", n.startswith(NAIVE_PREFIX), n))
-    splits = [s for s in SPLITS if any(m["split"] == s for m in metrics)]
-    lines = ["[train] MAE                       " + "".join(f"{s:>12}" for s in splits)]
+    splits = [s for s in (*SPLITS, MEAN) if any(m["split"] == s for m in metrics)]
+    lines = ["[train] MAE                       " + "".join(f"{s:>14}" for s in splits)]
     for model in models:
         cells = [next((m["mae"] for m in metrics if m["model"] == model and m["split"] == s), float("nan"))
                  for s in splits]
-        lines.append(f"[train] {model:26}" + "".join(f"{v:>12.4f}" for v in cells))
+        lines.append(f"[train] {model:26}" + "".join(f"{v:>14.4f}" for v in cells))
     return lines

@@ -30,7 +30,8 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
     out = Path(cfg.lakehouse.root) / "reports" / run_id
     out.mkdir(parents=True, exist_ok=True)
     images: dict[str, Path] = {}
-    model = registry.blessed(lakehouse)
+    # The model that serves; before any is blessed, the latest candidate, whose fallback baseline serves.
+    model = registry.blessed(lakehouse) or registry.latest(lakehouse)
     dataset = dataset_for(cfg)
     regression = model is not None and registry.head_of(model) == REGRESSION
     summary = [("dataset", f"{dataset.name}: {dataset.description}"),
@@ -44,10 +45,15 @@ def build_report(cfg, spark, lakehouse, run_id: str, run_date: date) -> Path:
 
     every_metric = results.read_metrics(lakehouse)   # one read for the model's rows and the live ones
     if model is not None:
-        summary += [("blessed model", f"{model.model_version} ({model.reason})"), ("model path", model.path),
+        blessed = model.status == "blessed"
+        summary += [("blessed model", f"{model.model_version} ({model.reason})") if blessed else
+                    ("latest model", f"{model.model_version}, rejected ({model.reason}); no network is blessed "
+                                     f"yet, the {registry.fallback_baseline(model)} fitted beside it serves"),
+                    ("model path", model.path),
                     ("trained on", f"{model.training_table} v{model.training_version}"),
                     ("head", "regression: the target predicted, in its units") if regression else
-                    ("decision", registry.decision_of(model).describe())]
+                    ("decision", registry.decision_of(model, None if blessed else registry.fallback_baseline(model))
+                     .describe())]
         history = lakehouse.table(catalog.HISTORY).read().filter(F.col("model_version") == model.model_version)
         rows = [r.asDict() for r in history.orderBy("epoch").collect()]
         if rows:
