@@ -83,7 +83,6 @@ class DeltaRsEngine:
             dt.load_as_version(DeltaRsEngine.version_as_of(dt, timestamp))
         return dt
 
-
     @staticmethod
     def version_as_of(dt, timestamp: datetime | str) -> int:
         """The latest version committed at or before `timestamp` (naive means UTC).
