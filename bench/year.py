@@ -68,7 +68,8 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
         trained = record.stage_rows.get("train", 0) > 0
         nights.append({"night": i + 1, "date": day.isoformat(), "seconds": round(seconds, 2), "trained": trained,
                        "train_s": round(record.stage_seconds.get("train", 0.0), 2),
-                       "ingested": record.stage_rows.get("ingest", 0)})
+                       "ingested": record.stage_rows.get("ingest", 0),
+                       "stages": {k: round(v, 2) for k, v in record.stage_seconds.items()}})
         log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}")
 
     # Registration: the pins of the latest model, from the records, and the registry's rewrite.
@@ -103,6 +104,10 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
             f"{kind}_last/first": ratio(last and last["seconds"], first and first["seconds"]),
             f"{kind}_last/first_median": (ratio(median(last_ends), median(first_ends))
                                           if len(plain) >= 2 * ENDS else None),
+            # Medians by quarter of the run, of the night and of each stage: where growth is.
+            f"{kind}_quarters": quarter_medians([n["seconds"] for n in plain]),
+            f"{kind}_stage_quarters": {stage: quarter_medians([n["stages"].get(stage, 0.0) for n in plain])
+                                       for stage in (plain[0]["stages"] if plain else {})},
         })
     return {
         **figures,
@@ -112,6 +117,14 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
         "bytes_before_maintain": before, "bytes_after_maintain": after, "bytes_one_copy": one_copy,
         "storage/one_copy": ratio(after, one_copy),
     }
+
+
+def quarter_medians(values: list[float]) -> list[float] | None:
+    """The medians of the four quarters of `values` (in order), or None for fewer than 4."""
+    if len(values) < 4:
+        return None
+    bounds = [round(len(values) * q / 4) for q in range(5)]
+    return [round(median(values[a:b]), 2) for a, b in zip(bounds, bounds[1:])]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['delivery_first_s']} s to {figures['delivery_last_s']} s, "
           f"{figures['versions_pinned']} versions pinned by the latest model")
     print_table(summary)
+    print_table([{"nights": kind, "part": part, **{f"Q{i + 1} s": v for i, v in enumerate(values)}}
+                 for kind in ("quiet", "delivery") if figures[f"{kind}_quarters"]
+                 for part, values in [("night", figures[f"{kind}_quarters"]),
+                                      *((stage, q) for stage, q in figures[f"{kind}_stage_quarters"].items() if q)]])
     write_result(NAME, figures, command=f"python -m bench.year --days {args.days}")
     return 0
 

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -422,6 +422,40 @@ def test_a_missed_night_is_caught_up_and_outcomes_merged_and_measured_once(misse
     again = reproduce(cfg, spark, model.model_version)
     assert again.auc_difference <= 1e-4 and again.weights_equal, again.to_dict()
     assert again.num_proc == 2 and again.differences == []
+
+
+def test_a_quiet_nights_report_copies_the_models_plots_and_reads_the_last_weeks_for_drift(
+        nightly_lakehouse, tmp_path, spark):
+    """A night that trains nothing draws none of the model's plots: they are drawn once per model
+    version (and versions of the tables they come from) and copied into each night's report. The
+    feature drift compares the latest two days as before, read from the last weeks' files only."""
+    from pyspark.sql import functions as F
+
+    from pipelines.report import build_report, feature_drift
+    from pipelines.report.build import DRIFT_LOOKBACK_DAYS
+    from pipelines.storage import Lakehouse
+
+    cfg = copy_of(nightly_lakehouse, tmp_path)
+    lh = Lakehouse.from_config(cfg, spark)
+    cached = sorted((Path(cfg.lakehouse.root) / "reports" / "models").glob("*/*.png"))
+    assert {p.name for p in cached} >= {"training_curves.png", "roc.png", "confusion.png", "reliability.png",
+                                        "slices.png", "importance.png"}
+    drawn = {p: p.stat().st_mtime_ns for p in cached}
+    page = build_report(cfg, spark, lh, "nightly-2013-03-20-again", RUN_DATE)
+    assert {p: p.stat().st_mtime_ns for p in cached} == drawn   # not one drawn again
+    first = Path(nightly_lakehouse[2].report)
+    for p in cached:
+        assert (page.parent / p.name).read_bytes() == p.read_bytes() == (first.parent / p.name).read_bytes()
+    captions = [line for line in first.read_text().splitlines() if line.startswith("<h2>")]
+    assert [line for line in page.read_text().splitlines() if line.startswith("<h2>")] == captions
+
+    frame, previous, latest = feature_drift(lh, RUN_DATE)
+    features = lh.table("gold.features")
+    days = [r[0].isoformat() for r in features.read().filter(F.col("date") <= RUN_DATE).select("date")
+            .distinct().orderBy(F.desc("date")).limit(2).collect()]
+    assert [latest, previous] == days and len(frame) > 3 and frame["shift"].notna().all()
+    window = ("date", RUN_DATE - timedelta(days=DRIFT_LOOKBACK_DAYS), RUN_DATE)
+    assert 0 < len(features.read(between=window).inputFiles()) < len(features.read().inputFiles())
 
 
 def test_a_reused_model_scores_with_its_own_spec_after_the_spec_is_refitted(nightly_lakehouse, tmp_path, spark):

@@ -64,6 +64,31 @@ def test_live_metrics_are_one_row_per_date_and_model_version(lakehouse):
         (resumed, "live", day, "v1", 101)])
 
 
+def test_live_metrics_measure_the_days_of_their_window_from_its_files_alone(lakehouse, spark):
+    """The evaluate stage measures the days from `since` (nightly.evaluate_days before the run
+    date) to the run date: a day scored before the window is not read, so not measured."""
+    from pipelines.ml import results
+
+    days = [date(2013, 1, 10), date(2013, 3, 10), date(2013, 5, 10)]
+    rows = [(i * 100 + n, d, (n * 37 % 20) / 20, n % 2) for i, d in enumerate(days) for n in range(20)]
+    scored = spark.createDataFrame([(k, int(d.strftime("%Y%m%d")), s, int(s >= 0.5)) for k, d, s, _ in rows],
+                                   "flight_id long, day int, score double, predicted_label int")
+    results.write_predictions(lakehouse, scored, "flight_id", "v1", "run-1",
+                              {"feature_spec_version": 0, "serving_input_version": 0})
+    lakehouse.table("gold.features").write(
+        spark.createDataFrame([(k, d, label) for k, d, _, label in rows], "flight_id long, date date, label int"),
+        partition_by=["date"])
+
+    measured = results.live_metrics(lakehouse, "flight_id", date(2013, 5, 31), 0.5, since=date(2013, 3, 1))
+    assert [(m["date"], m["rows"]) for m in measured] == [(days[1], 20), (days[2], 20)]
+    assert [m["date"] for m in results.live_metrics(lakehouse, "flight_id", date(2013, 5, 31), 0.5)] == days
+    window = ("date", date(2013, 3, 1), date(2013, 5, 31))
+    for name in ("results.predictions", "gold.features"):
+        table = lakehouse.table(name)
+        assert 0 < len(table.read(between=window).inputFiles()) < len(table.read().inputFiles())
+        assert {r[0] for r in table.read(between=window).select("date").distinct().collect()} == set(days[1:])
+
+
 HOLD = """
 import sys, time
 from pipelines.storage import LakehouseLock

@@ -307,8 +307,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
             date.fromisoformat(cfg.nightly.default_date)
     except ValueError:
         fail("nightly.default_date", f"is not a date that exists: {cfg.nightly.default_date!r}")
-    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0:
-        fail("nightly", "needs retrain_every_days >= 1 and rescore_days >= 0")
+    if cfg.nightly.retrain_every_days < 1 or cfg.nightly.rescore_days < 0 or cfg.nightly.evaluate_days < 1:
+        fail("nightly", "needs retrain_every_days >= 1, rescore_days >= 0 and evaluate_days >= 1")
     if cfg.backtest.folds < 0:
         fail("backtest.folds", f"must be 0 (no backtest) or more, got {cfg.backtest.folds}")
     for key in ("epochs", "max_train_rows"):

@@ -122,6 +122,7 @@ class NightlyConfig:
     rescore_days: int
     baselines: list[BaselineKind]
     default_date: str
+    evaluate_days: int
 
 
 @dataclass

@@ -168,7 +168,8 @@ def stage_score(ctx: NightlyContext) -> int:
 def stage_evaluate(ctx: NightlyContext) -> int:
     """Live metrics of each day whose outcomes have arrived since it was scored, once per day."""
     rows = results.live_metrics(ctx.lakehouse, dataset_for(ctx.cfg).key, ctx.run_date,
-                                registry.served_thresholds(ctx.lakehouse), ctx.cfg.training.threshold)
+                                registry.served_thresholds(ctx.lakehouse), ctx.cfg.training.threshold,
+                                since=ctx.run_date - timedelta(days=ctx.cfg.nightly.evaluate_days - 1))
     for m in rows:
         measured = (f"MAE {m['mae']:.4f}, RMSE {m['rmse']:.4f}" if m.get("mae") is not None
                     else f"AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}")

@@ -135,11 +135,12 @@ def entries(lakehouse) -> list[ModelEntry]:
     table = lakehouse.table(MODELS)
     if not table.exists():
         return []
-    rows = table.read().orderBy("created_at").collect()
+    # Read on the driver (no Spark job: a nightly asks the registry several times).
+    rows = sorted(table.to_arrow().to_pylist(), key=lambda r: r["created_at"])
     # A registry written before a column existed reads it as None: a model without a
     # feature_spec_version is refused by scoring, one without pins cannot be reproduced exactly.
     missing = {f.name: None for f in fields(ModelEntry)}
-    return [ModelEntry(**{**missing, **r.asDict()}) for r in rows]
+    return [ModelEntry(**{**missing, **r}) for r in rows]
 
 
 def blessed(lakehouse) -> ModelEntry | None:

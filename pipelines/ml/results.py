@@ -105,15 +105,15 @@ def read_metrics(lakehouse, run_id: str | None = None) -> list[dict]:
     table = lakehouse.table(METRICS)
     if not table.exists():
         return []
-    df = table.read()
-    if run_id:
-        df = df.filter(df.run_id == run_id)
-    return [r.asDict() for r in df.orderBy("split", "model").collect()]
+    # Read on the driver: no Spark job for a table that gains rows every night.
+    rows = [r for r in table.to_arrow().to_pylist() if not run_id or r["run_id"] == run_id]
+    return sorted(rows, key=lambda r: (r["split"], r["model"]))
 
 
 def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float] | float,
-                 default_threshold: float = 0.5) -> list[dict]:
-    """Metrics of the predictions of each date up to `through` whose outcomes have arrived (a
+                 default_threshold: float = 0.5, since: date | None = None) -> list[dict]:
+    """Metrics of the predictions of each date up to `through` (from `since`, when given: the
+    files of those days alone are read) whose outcomes have arrived (a
     `label` in `gold.features`, joined on the dataset's `key`), per date and model version, for the pairs that have no
     live metrics yet: each date is measured once, when its outcomes are in. Each model version's
     rows are labelled at the threshold it scored them with (`thresholds`, by model version, as
@@ -127,13 +127,19 @@ def live_metrics(lakehouse, key: str, through: date, thresholds: dict[str, float
         return []
     done = set()
     if lakehouse.table(METRICS).exists():
-        done = {(r["date"], r["model_version"]) for r in lakehouse.table(METRICS).read()
-                .filter(F.col("split") == "live").select("date", "model_version").collect()}
-    predictions = preds.read()
+        done = {(r["date"], r["model_version"]) for r in
+                lakehouse.table(METRICS).to_arrow(["split", "date", "model_version"]).to_pylist() if r["split"] == "live"}
+
+    def read(name: str):
+        if since is None:
+            return lakehouse.table(name).read().filter(F.col(PARTITION_COLUMN) <= F.lit(through))
+        return lakehouse.table(name).read(between=(PARTITION_COLUMN, since, through))
+
+    predictions = read(PREDICTIONS)
     # A regression model's predictions are measured against the target, in its units.
     outcome = TARGET if set(REGRESSION_OUTPUTS) <= set(predictions.columns) else LABEL
-    outcomes = lakehouse.table(FEATURES).read().filter(F.col(outcome).isNotNull()).select(key, outcome)
-    scored = predictions.filter(F.col(PARTITION_COLUMN) <= F.lit(through)).join(outcomes, key)
+    outcomes = read(FEATURES).filter(F.col(outcome).isNotNull()).select(key, outcome)
+    scored = predictions.join(outcomes, key)
     pairs = sorted((r[PARTITION_COLUMN], r["model_version"]) for r in
                    scored.select(PARTITION_COLUMN, "model_version").distinct().collect())
     rows = []

@@ -144,7 +144,8 @@ def score_days(cfg, lakehouse, model, days: list[date], decision: Decision | flo
     owner = f"model {model.model_version}"
     version, rows = build_serving_input(cfg, lakehouse, days, model.feature_spec_version, owner=owner)
     key = dataset_for(cfg).key
-    serving = lakehouse.table(SERVING_INPUT).read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
+    serving = (lakehouse.table(SERVING_INPUT).read(version=version, between=(PARTITION_COLUMN, min(days), max(days)))
+               .filter(F.col(PARTITION_COLUMN).isin(list(days))))
     if registry.head_of(model) == REGRESSION:
         scored = predict_target(serving, model, (key, "day"), baseline)
     elif baseline:

@@ -112,10 +112,10 @@ class DeltaRsEngine:
         return StructType.fromJson(json.loads(dt.schema().to_json()))
 
     # -- read ----------------------------------------------------------------------------------
-    def read(self, path: str, version: int | None = None, timestamp=None):
+    def read(self, path: str, version: int | None = None, timestamp=None, files: list[str] | None = None):
         dt = self.open(path, version, timestamp)
         schema = self.spark_schema(dt)
-        files = dt.file_uris()
+        files = dt.file_uris() if files is None else files   # `files`: the version's files to read
         if not files:
             return self.spark.createDataFrame([], schema)
         partition_by = dt.metadata().partition_columns

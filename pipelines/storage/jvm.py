@@ -16,7 +16,8 @@ class JvmDeltaEngine:
     def __init__(self, spark):
         self.spark = spark
 
-    def read(self, path: str, version=None, timestamp=None):
+    def read(self, path: str, version=None, timestamp=None, files=None):
+        # `files` is delta-rs's pruning; Delta's reader skips files by the filters it is given.
         reader = self.spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)

@@ -59,7 +59,8 @@ def build_serving_input(cfg, lakehouse, days: list[date], spec_version: int | No
     if not features.exists():
         raise ServingError(f"{FEATURES} does not exist yet: run `lakehouse-dl features` first")
     version = features.version()
-    read = features.read(version=version).filter(F.col(PARTITION_COLUMN).isin(list(days)))
+    read = (features.read(version=version, between=(PARTITION_COLUMN, min(days), max(days)))
+            .filter(F.col(PARTITION_COLUMN).isin(list(days))))
     # Each row keeps the landing records it came from, so a prediction is one join from its raw lines.
     lineage = [c for c in read.columns if c.startswith("_") and c != BUILT_FROM]
     rows = (encode(cfg, lakehouse, read, spec_version, owner, keep=[PARTITION_COLUMN, *lineage])

@@ -47,10 +47,11 @@ def merge_updates(lh, dataset: Dataset, update: Source, dates: list[date] | None
         result.seconds = time.time() - started
         return result
     bronze_version = bronze_table.version()
-    bronze = bronze_table.read(version=bronze_version).filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    window = (PARTITION_COLUMN, min(result.dates), max(result.dates))   # the files that may hold them
+    bronze = bronze_table.read(version=bronze_version, between=window).filter(F.col(PARTITION_COLUMN).isin(result.dates))
     # The target's id, computed as silver computes it for the target: the same key, the same hash.
     typed = fix_types(bronze, update).withColumn(target.id_column, F.xxhash64(*update.primary_key))
-    rows = target_table.read().filter(F.col(PARTITION_COLUMN).isin(result.dates))
+    rows = target_table.read(between=window).filter(F.col(PARTITION_COLUMN).isin(result.dates))
     ruled = check_rules(typed, update, {target.name: rows.select(target.id_column)}).persist()
     checked = mark_duplicates(ruled, update).persist()
     try:
