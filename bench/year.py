@@ -84,8 +84,9 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
     tables_root = Path(lakehouse.root)
     before = folder_bytes(tables_root)
     maintain(lakehouse, retention_hours=0, row_group_rows=cfg.lakehouse.row_group_rows,
-             keep_registered=cfg.lakehouse.keep_registered_models)
+             keep_registered=cfg.lakehouse.keep_registered_models, keep_reports=cfg.lakehouse.keep_reports)
     after = folder_bytes(tables_root)
+    reports = sum(f.stat().st_size for f in (tables_root / "reports").rglob("*") if f.is_file())
     one_copy = sum(t.size_bytes for t in lakehouse.tables())
 
     # A night's cost depends on what arrived (a match day's files, or none): nights are compared
@@ -115,7 +116,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
         "versions_pinned": sum(len(v) for v in pins.values()), "pins_s": round(pins_s, 3),
         "register_s": round(register_s, 3), "registration_s": round(pins_s + register_s, 3),
         "bytes_before_maintain": before, "bytes_after_maintain": after, "bytes_one_copy": one_copy,
-        "storage/one_copy": ratio(after, one_copy),
+        "storage/one_copy": ratio(after, one_copy), "reports_bytes_after_maintain": reports,
     }
 
 

@@ -223,3 +223,33 @@ def test_every_table_checkpoints_every_ten_commits_and_is_found_by_its_first_com
     from pipelines.storage.delta_rs import DeltaRsEngine
     assert not DeltaRsEngine.exists(str(tmp_path / "fake")) and DeltaRsEngine.exists(f"file://{table.path}")
 
+
+
+def test_maintain_keeps_the_newest_reports_and_the_model_plots_they_show(lakehouse):
+    """Reports are not tables: `maintain` deletes the run reports but the newest
+    `keep_reports` (by the time their page was written), and the model sections no kept report
+    copied its plots from; a dry run deletes nothing."""
+    from pipelines.ops.maintenance import prune_reports
+    from pipelines.report.page import SECTION_FILE
+
+    folder = Path(lakehouse.root) / "reports"
+    for name in ("old", "shown"):
+        (folder / "models" / name).mkdir(parents=True)
+        (folder / "models" / name / "section.json").write_text("{}")
+    runs = [f"nightly-2013-03-{10 + i}-run" for i in range(5)]
+    for i, run in enumerate(runs):
+        (folder / run).mkdir()
+        (folder / run / "drift.png").write_bytes(b"png")
+        (folder / run / SECTION_FILE).write_text("old" if i < 3 else "shown")
+        (folder / run / "index.html").write_text("<html>")
+        os.utime(folder / run / "index.html", (1_000_000 + i, 1_000_000 + i))
+
+    would = prune_reports(folder, keep=2, dry_run=True)
+    assert [p.name for p in would] == [*runs[:3], "old"]
+    assert all(p.exists() for p in would)
+    maintain(lakehouse, retention_hours=0, row_group_rows=1000, keep_reports=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["models", *runs[3:]]
+    assert [p.name for p in (folder / "models").iterdir()] == ["shown"]
+    # Without a setting, maintain leaves the reports alone.
+    maintain(lakehouse, retention_hours=0, row_group_rows=1000)
+    assert sorted(p.name for p in folder.iterdir()) == ["models", *runs[3:]]

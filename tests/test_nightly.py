@@ -433,6 +433,7 @@ def test_a_quiet_nights_report_copies_the_models_plots_and_reads_the_last_weeks_
 
     from pipelines.report import build_report, feature_drift
     from pipelines.report.build import DRIFT_LOOKBACK_DAYS
+    from pipelines.report.page import SECTION_FILE
     from pipelines.storage import Lakehouse
 
     cfg = copy_of(nightly_lakehouse, tmp_path)
@@ -446,6 +447,7 @@ def test_a_quiet_nights_report_copies_the_models_plots_and_reads_the_last_weeks_
     first = Path(nightly_lakehouse[2].report)
     for p in cached:
         assert (page.parent / p.name).read_bytes() == p.read_bytes() == (first.parent / p.name).read_bytes()
+    assert (page.parent / SECTION_FILE).read_text() == cached[0].parent.name   # what maintain keeps
     captions = [line for line in first.read_text().splitlines() if line.startswith("<h2>")]
     assert [line for line in page.read_text().splitlines() if line.startswith("<h2>")] == captions
 

@@ -10,6 +10,7 @@ this slice costs 9-12 s without files and 20-30 s with them, a training night a 
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,7 @@ def test_the_pins_come_from_the_records_and_maintain_keeps_what_the_kept_models_
             assert lh.table(name).read(version=version).count() == lh.table(name).count(version=version)
     assert figures["bytes_after_maintain"] <= figures["bytes_before_maintain"]
     assert figures["storage/one_copy"] <= 2.0, figures
+    # Fewer reports than lakehouse.keep_reports: maintain keeps each night's.
+    reports = Path(lh.root) / "reports"
+    assert len([d for d in reports.iterdir() if (d / "index.html").is_file()]) == DAYS
+    assert figures["reports_bytes_after_maintain"] > 0

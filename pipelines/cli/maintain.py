@@ -13,6 +13,8 @@ def add_commands(sub, common, dates) -> None:
     p.add_argument("--keep-models", type=int, metavar="K",
                    help="keep the versions pinned by the serving, previous and challenger models and the last "
                         "K registered (default: lakehouse.keep_registered_models)")
+    p.add_argument("--keep-reports", type=int, metavar="K",
+                   help="delete the run reports but the newest K (default: lakehouse.keep_reports)")
     p.add_argument("--dry-run", action="store_true", help="say what would be compacted and deleted; change nothing")
     p.set_defaults(func=run_maintain)
 
@@ -27,13 +29,16 @@ def run_maintain(args, cfg) -> int:
     if hours < 0:
         print(f"error: --retention-hours must be at least 0, got {hours}", file=sys.stderr)
         return 2
-    if keep < 0:
-        print(f"error: --keep-models must be at least 0, got {keep}", file=sys.stderr)
+    reports = cfg.lakehouse.keep_reports if args.keep_reports is None else args.keep_reports
+    if keep < 0 or reports < 0:
+        print(f"error: --keep-models and --keep-reports must be at least 0, got {keep} and {reports}",
+              file=sys.stderr)
         return 2
     lakehouse = Lakehouse.from_config(cfg)
     try:
         with LakehouseLock(cfg.lakehouse.root, "nightly", new_run_id("maintain"), cfg.lakehouse.lock_lease_seconds):
-            maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run, keep_registered=keep)
+            maintain(lakehouse, hours, cfg.lakehouse.row_group_rows, dry_run=args.dry_run, keep_registered=keep,
+                     keep_reports=reports)
     except LockHeldError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3

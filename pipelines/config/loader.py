@@ -298,6 +298,8 @@ def _check_semantics(cfg: Config, origin: dict[str, str]) -> None:
     for key in ("target_file_bytes", "row_group_rows", "model_input_row_group_rows"):
         if getattr(cfg.lakehouse, key) < 1:
             fail(f"lakehouse.{key}", "must be at least 1")
+    if cfg.lakehouse.keep_reports < 0:
+        fail("lakehouse.keep_reports", f"must be at least 0, got {cfg.lakehouse.keep_reports}")
     if cfg.lakehouse.keep_registered_models < 0:
         fail("lakehouse.keep_registered_models", f"must be at least 0, got {cfg.lakehouse.keep_registered_models}")
     if cfg.lakehouse.lock_lease_seconds <= 0:

@@ -59,6 +59,7 @@ class LakehouseConfig:
     model_input_row_group_rows: int
     vacuum_retention_hours: int
     keep_registered_models: int
+    keep_reports: int
     lock_lease_seconds: float
     tracking_uri: str
 

@@ -17,6 +17,10 @@ Two exceptions keep training reproducible:
   (`kept_models`): an older model's versions go once the retention has passed, so a year of
   nightlies does not keep every version it ever pinned.
 
+Reports are not tables: `prune_reports` deletes the run reports but the newest
+`lakehouse.keep_reports`, and the model plots (`reports/models/`, drawn once per model) that no kept
+report showed.
+
 It takes the nightly job's lakehouse lock, so it never runs beside a nightly run. It needs no
 Spark: delta-rs does the work on the driver.
 """
@@ -24,9 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines import catalog
 from pipelines.storage import Lakehouse, Table
@@ -162,10 +168,33 @@ def compact_small_files(lakehouse: Lakehouse, target_size_bytes: int) -> list[tu
     return done
 
 
+def prune_reports(folder: str | Path, keep: int, dry_run: bool = False) -> list[Path]:
+    """Delete the run reports in `folder` (`<root>/reports`) but the newest `keep` (by the time
+    their page was written), and the model sections of `reports/models/` that no kept report
+    copied its plots from (each names its own in `SECTION_FILE`). Returns the folders deleted (or,
+    dry run, that would be)."""
+    from pipelines.report.page import SECTION_FILE
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    reports = sorted((d for d in folder.iterdir() if (d / "index.html").is_file()),
+                     key=lambda d: ((d / "index.html").stat().st_mtime, d.name))
+    gone = reports[:max(len(reports) - keep, 0)]
+    shown = {(d / SECTION_FILE).read_text().strip() for d in reports[len(gone):] if (d / SECTION_FILE).is_file()}
+    sections = folder / "models"
+    gone += [d for d in (sorted(sections.iterdir()) if sections.is_dir() else []) if d.name not in shown]
+    if not dry_run:
+        for d in gone:
+            shutil.rmtree(d, ignore_errors=True)
+    return gone
+
+
 def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dry_run: bool = False,
-             keep_registered: int | None = None) -> list[Maintained]:
+             keep_registered: int | None = None, keep_reports: int | None = None) -> list[Maintained]:
     """Maintain every table of the lakehouse, keeping the versions the kept models pin
-    (`kept_models`: all of them when `keep_registered` is None); one line per table, then a total."""
+    (`kept_models`: all of them when `keep_registered` is None); one line per table, then a total.
+    With `keep_reports`, the run reports but the newest that many go too (`prune_reports`)."""
     started = time.time()
     kept = kept_models(lakehouse, keep_registered)
     pinned = pinned_versions(lakehouse, keep_registered)
@@ -185,4 +214,8 @@ def maintain(lakehouse: Lakehouse, retention_hours: int, row_group_rows: int, dr
              f"{sum(m.files_after for m in done):,} live files, {verb} "
              f"{sum(len(m.vacuumed) for m in done):,} unreferenced files older than {retention_hours} h, "
              f"in {time.time() - started:.1f}s")
+    if keep_reports is not None:
+        pruned = prune_reports(Path(lakehouse.root) / "reports", keep_reports, dry_run)
+        log.info(f"[maintain] reports: {verb} {len(pruned)} folders (the newest {keep_reports} reports "
+                 f"and the model plots they show are kept)")
     return done

@@ -21,7 +21,7 @@ from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
 from pipelines.ml.training.plan import ROC_FILE
 from pipelines.report import plots
-from pipelines.report.page import write_report
+from pipelines.report.page import SECTION_FILE, write_report
 
 # Feature drift compares the latest two days of this many days before the run date, read from
 # their files alone (a year's `gold.features` is not read each night to find them).
@@ -107,6 +107,7 @@ def model_section(cfg, lakehouse, model, metrics: list[dict], out: Path, images:
         written.write_text(json.dumps({"images": {k: Path(v).name for k, v in drawn_images.items()},
                                        "tables": drawn_tables}, default=_plain))
         written.replace(index)
+    (out / SECTION_FILE).write_text(key)   # which section this report shows (what `maintain` keeps)
     section = json.loads(index.read_text())
     for caption, name in section["images"].items():
         images[caption] = Path(shutil.copy2(cache / name, out / name))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+# A report's note of the model section (`reports/models/<key>/`) it copied its model's plots from.
+SECTION_FILE = "model_section.txt"
+
 
 def write_report(out_dir: Path, title: str, summary: list[tuple[str, str]], tables: dict[str, list[dict]],
                  images: dict[str, Path]) -> Path:
