@@ -11,7 +11,7 @@ a model retrained every `--retrain-every` days. Printed:
 - after `maintain` (no retention, `lakehouse.keep_registered_models`), the data files on disk
   against one copy of the tables' latest versions (goal: <= 2x).
 
-    python -m bench.year [--days 365] [--start 2005-07-01] [--retrain-every 30] [--root DIR]
+    python -m bench.year [--days 365] [--start 2005-07-01] [--retrain-every 30] [--root DIR] [--set K=V]
 
 `tests/test_year.py` runs it in CI; `make bench-year` over 365 days.
 """
@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=date.fromisoformat, default=START)
     parser.add_argument("--retrain-every", type=int, default=30)
     parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting after the slice's (backtest.min_lift=-1: the network is blessed and scores)")
     args = parser.parse_args(argv)
     root = args.root or scratch_dir(NAME) / "lakehouse"
-    figures = run(root, args.start, args.days, args.retrain_every)
+    figures = run(root, args.start, args.days, args.retrain_every, overrides=tuple(args.set))
     print_table([{k: v for k, v in n.items()} for n in figures["nights"] if n["trained"]])
     summary = []
     for kind in ("quiet", "delivery"):
@@ -163,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                  for kind in ("quiet", "delivery") if figures[f"{kind}_quarters"]
                  for part, values in [("night", figures[f"{kind}_quarters"]),
                                       *((stage, q) for stage, q in figures[f"{kind}_stage_quarters"].items() if q)]])
-    write_result(NAME, figures, command=f"python -m bench.year --days {args.days}")
+    command = " ".join(["python -m bench.year", f"--days {args.days}", f"--start {args.start}",
+                        f"--retrain-every {args.retrain_every}", *(f"--set {kv}" for kv in args.set)])
+    write_result(NAME, figures, command=command)
     return 0
 
 

@@ -84,6 +84,20 @@ def test_the_bless_rule_needs_the_network_below_the_best_baseline_and_the_best_n
     assert decide(rows(float("nan")))[0] == "rejected"
 
 
+def test_a_candidate_must_also_beat_the_blessed_model_on_the_same_validation_rows():
+    rows = [{"model": "dnn", "split": "validation", "mae": 1.5}, {"model": "linreg", "split": "validation", "mae": 3.0},
+            {"model": "naive_last_known", "split": "validation", "mae": 1.69}]
+    assert decide(rows, blessed_mae=None) == decide(rows)
+    status, reason = decide(rows, blessed_mae=1.4)
+    assert status == "rejected" and reason == "validation MAE 1.5000 is not below the blessed model's 1.4000"
+    assert decide(rows, blessed_mae=1.5)[0] == "rejected"       # as good is not better
+    status, reason = decide(rows, blessed_mae=1.6)
+    assert status == "blessed" and reason.endswith("; validation MAE 1.5000 beats the blessed model's 1.6000")
+    # A candidate the other rules reject keeps their reason.
+    assert decide(rows[:1] + [{**rows[1], "mae": 1.0}] + rows[2:], blessed_mae=9.0) == decide(
+        rows[:1] + [{**rows[1], "mae": 1.0}] + rows[2:])
+
+
 def test_with_backtest_folds_the_network_must_also_lead_on_its_mean_fold_mae():
     from types import SimpleNamespace
 

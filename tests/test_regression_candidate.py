@@ -131,6 +131,27 @@ def test_the_regression_network_is_measured_against_baselines_and_naive_forecast
     assert history and all(h["mae"] is not None and h["val_mae"] is not None and h["auc"] is None for h in history)
 
 
+def test_a_later_candidates_bar_is_the_blessed_model_measured_again_on_its_validation_rows(regression_nightly):
+    from bench import daily_feed
+    from pipelines.ml import registry
+    from pipelines.ml.baselines import model_input_frames
+    from pipelines.ml.regression_candidate import blessed_mae, mae_of
+
+    cfg, lakehouse, record, days, conf = regression_nightly
+    [entry] = registry.entries(lakehouse)
+    validation = model_input_frames(lakehouse, entry.training_version, splits=("validation",))["validation"]
+    with daily_feed.conf_root(conf):
+        # No regression model is blessed (the backtest rejected the network): no bar but the rules'.
+        assert (registry.blessed(lakehouse) is None) == (blessed_mae(cfg, lakehouse, "20991231-later", validation) is None)
+        # The bar a blessed model sets: its MAE on the candidate's rows, read from gold.features
+        # with its own feature spec, which is the MAE it recorded on the same validation rows.
+        again = mae_of(cfg, lakehouse, entry, validation)
+        if entry.status == "blessed":
+            assert blessed_mae(cfg, lakehouse, entry.model_version, validation) is None   # not its own bar
+            assert blessed_mae(cfg, lakehouse, "20991231-later", validation) == pytest.approx(again)
+    assert again == pytest.approx(entry.metric["validation_mae"], rel=1e-4)
+
+
 def test_the_nightly_serves_the_regression_head_in_the_targets_units(regression_nightly):
     from pyspark.sql import functions as F
 

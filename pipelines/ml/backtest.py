@@ -124,21 +124,30 @@ def exact_auc(labels, scores) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
-def summary_rows(rows: list[dict]) -> list[dict]:
+# The measures of a classification fold row that `summary_rows` summarises by default.
+MEASURES = ("auc", "log_loss", "accuracy", "precision", "recall", "f1")
+
+
+def summary_rows(rows: list[dict], measures: tuple[str, ...] = MEASURES, skip_nan: bool = False) -> list[dict]:
     """Per model, the mean (split `backtest_mean`) and standard deviation (`backtest_std`) over
-    its fold rows (split `fold_*`) of every metric."""
+    its fold rows (split `fold_*`) of each of `measures`, with their `rows` (and `positives`)
+    summed and their `threshold` kept where they have them. With `skip_nan`, a measure is taken
+    over the folds that have one (the regression head's MAPE); NaN when none has."""
     out = []
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model and r["split"].startswith("fold_")]
         if not mine:
             continue
         base = {k: mine[0][k] for k in ("model_version", "model") if k in mine[0]}
+        counts = {k: int(sum(r[k] for r in mine)) for k in ("rows", "positives") if k in mine[0]}
+        kept = {"threshold": mine[0]["threshold"]} if "threshold" in mine[0] else {}
         for split, stat in ((MEAN, np.mean), (SPREAD, np.std)):
-            values = {k: float(stat([r[k] for r in mine])) for k in
-                      ("auc", "log_loss", "accuracy", "precision", "recall", "f1")}
-            out.append({**base, "split": split, "rows": int(sum(r["rows"] for r in mine)),
-                        "positives": int(sum(r["positives"] for r in mine)), "threshold": mine[0]["threshold"],
-                        **values})
+            values = {}
+            for measure in measures:
+                known = [r[measure] for r in mine
+                         if not (skip_nan and (r[measure] is None or np.isnan(r[measure])))]
+                values[measure] = float(stat(known)) if known else float("nan")
+            out.append({**base, "split": split, **counts, **kept, **values})
     return out
 
 

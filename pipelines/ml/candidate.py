@@ -344,6 +344,21 @@ def dependencies(cfg, lakehouse, result: TrainingResult) -> dict:
             "num_proc": result.num_proc}
 
 
+def validation_rows_of(cfg, lakehouse, entry: registry.ModelEntry, validation):
+    """The candidate's `validation` rows (model-input rows: their keys are used) as the registry
+    `entry` (the blessed model) reads them: their gold.features rows encoded with its own feature
+    spec. Raises ServingError when that spec cannot be read any more."""
+    from pyspark.sql import functions as F
+
+    key = dataset_for(cfg).key
+    # The validation split holds the validation window's days only: no other day of
+    # gold.features is read (its layout skips the files by `date`).
+    first, last = cfg.split("validation")
+    rows = (lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last)))
+            .join(validation.select(key), key))
+    return encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
+
+
 def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: float) -> float | None:
     """The blessed model's AUC on the candidate's validation rows, encoded with the blessed model's
     own feature spec; its recorded AUC when that spec cannot be read any more."""
@@ -351,12 +366,7 @@ def _auc_of(cfg, lakehouse, entry: registry.ModelEntry, validation, threshold: f
 
     try:
         key = dataset_for(cfg).key
-        # The validation split holds the validation window's days only: no other day of
-        # gold.features is read (its layout skips the files by `date`).
-        first, last = cfg.split("validation")
-        rows = (lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last)))
-                .join(validation.select(key), key))
-        encoded = encode(cfg, lakehouse, rows, entry.feature_spec_version, owner=f"model {entry.model_version}")
+        encoded = validation_rows_of(cfg, lakehouse, entry, validation)
         scored = served_scores(encoded.filter(F.col("label").isNotNull()), entry, key, key_columns=(key, "label"))
         return binary_metrics(scored, threshold).auc
     except ServingError as exc:

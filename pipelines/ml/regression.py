@@ -90,12 +90,24 @@ def predict(df, model_path: str, key_columns: tuple[str, ...], batch_size: int =
 
 
 def decide(metrics: list[dict], candidate: str = "dnn", split: str = "validation",
-           backtest_cfg=None) -> tuple[str, str]:
+           backtest_cfg=None, blessed_mae: float | None = None) -> tuple[str, str]:
     """Bless or reject, with the reason: `candidate`'s MAE on `split` must be below the best
     baseline's (every other model not named `naive_*`) and below the best naive forecast's. With
     backtest rows in `metrics` (`pipelines.ml.regression_backtest`) and `backtest_cfg`, first the
     backtest rule: its mean fold MAE plus `spread_penalty` times their spread must be below every
-    other model's by more than `min_lift`. The test split chooses nothing."""
+    other model's by more than `min_lift`. Last, as for classification, its MAE on `split` must be
+    below `blessed_mae`, the blessed model's on the same rows. The test split chooses nothing."""
+    status, reason = _decide(metrics, candidate, split, backtest_cfg)
+    if status != "blessed" or blessed_mae is None:
+        return status, reason
+    mine = next(m["mae"] for m in metrics if m["model"] == candidate and m["split"] == split)
+    if not mine < blessed_mae:
+        return "rejected", f"{split} MAE {mine:.4f} is not below the blessed model's {blessed_mae:.4f}"
+    return status, f"{reason}; {split} MAE {mine:.4f} beats the blessed model's {blessed_mae:.4f}"
+
+
+def _decide(metrics: list[dict], candidate: str, split: str, backtest_cfg) -> tuple[str, str]:
+    """`decide` without the blessed model."""
     from pipelines.ml.backtest import MEAN, SPREAD
 
     mae = {m["model"]: m["mae"] for m in metrics if m["split"] == split}

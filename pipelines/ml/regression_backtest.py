@@ -16,12 +16,9 @@ Unlike the classification backtest, a fold's result is measured again by every r
 from __future__ import annotations
 
 import logging
-import math
-
-import numpy as np
 
 from pipelines.catalog import MODEL_INPUT
-from pipelines.ml.backtest import MEAN, SPREAD, network_scores
+from pipelines.ml.backtest import network_scores, summary_rows
 from pipelines.ml.folds import fold_rows, folds_for, months_with_rows
 from pipelines.stages.gold.spec import TARGET
 
@@ -87,22 +84,4 @@ def run_regression_backtest(cfg, spark, lakehouse, version: int, kinds: list[str
                      + f" (network: best epoch {scored['best_epoch']}, {scored['seconds']:.0f}s)")
     finally:
         rows.unpersist()
-    return out + summary_rows(out)
-
-
-def summary_rows(rows: list[dict]) -> list[dict]:
-    """Per model, the mean (split `backtest_mean`) and standard deviation (`backtest_std`) of its
-    fold rows' MAE, RMSE and MAPE (MAPE over the folds that have one)."""
-    out = []
-    for model in sorted({r["model"] for r in rows}):
-        mine = [r for r in rows if r["model"] == model and r["split"].startswith("fold_")]
-        if not mine:
-            continue
-        for split, stat in ((MEAN, np.mean), (SPREAD, np.std)):
-            values = {}
-            for measure in MEASURES:
-                known = [r[measure] for r in mine if r[measure] is not None and not math.isnan(r[measure])]
-                values[measure] = float(stat(known)) if known else float("nan")
-            out.append({"model_version": mine[0]["model_version"], "model": model, "split": split,
-                        "rows": int(sum(r["rows"] for r in mine)), **values})
-    return out
+    return out + summary_rows(out, MEASURES, skip_nan=True)

@@ -2,8 +2,9 @@
 standardised target, fit the regression baselines on the same train rows, compute the naive
 forecasts (`pipelines.ml.naive`), measure every one of them on each split of the same pinned
 `gold.model_input` version (MAE, RMSE, MAPE), and register the network, blessed only when its
-validation MAE beats the best baseline's and the best naive forecast's, and, with backtest folds, its
-mean fold MAE every other model's (`pipelines.ml.regression_backtest`, `pipelines.ml.regression.decide`),
+validation MAE beats the best baseline's, the best naive forecast's and the blessed model's on the
+same rows, and, with backtest folds, its mean fold MAE every other model's
+(`pipelines.ml.regression_backtest`, `pipelines.ml.regression.decide`),
 with its training history, its SavedModel (`prediction` in the target's units) and its MLflow run.
 
     >>> candidate = train_and_register_regression(cfg, spark, lakehouse, run_id, run_date)
@@ -23,12 +24,13 @@ from pipelines.ml import registry, results
 from pipelines.ml.backtest import MEAN
 from pipelines.ml.baselines import (REGRESSION_BASELINES, fit_regression_baselines, model_input_frames,
                                     regression_predictions)
-from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for, publish
+from pipelines.ml.candidate import Candidate, Laps, dependencies, model_version_for, publish, validation_rows_of
 from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
-from pipelines.ml.regression import decide, predict, regression_metrics_by
+from pipelines.ml.regression import decide, predict, regression_metrics, regression_metrics_by
 from pipelines.ml.regression_backtest import run_regression_backtest
 from pipelines.ml.training import model_dir_for, read_result, train
+from pipelines.stages.gold import ServingError
 from pipelines.stages.gold.spec import TARGET
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,9 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
                                        result.model_version)
     laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
-    status, reason = decide(metrics, backtest_cfg=cfg.backtest)
+    validation_rows = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT], splits=("validation",))
+    status, reason = decide(metrics, backtest_cfg=cfg.backtest,
+                            blessed_mae=blessed_mae(cfg, lakehouse, result.model_version, validation_rows["validation"]))
     summary = {f"{m['split']}_{m['model']}_{k}": m[k] for m in metrics for k in ("mae", "rmse", "mape")
                if not m["split"].startswith("fold_")}
     validation = {m["model"]: m["mae"] for m in metrics if m["split"] == "validation"}
@@ -119,6 +123,32 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
     for line in mae_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def blessed_mae(cfg, lakehouse, model_version: str, validation) -> float | None:
+    """The MAE of the blessed regression model on the candidate's `validation` rows, which the
+    candidate `model_version` must beat (`mae_of`); None when no other regression model is blessed."""
+    current = registry.blessed(lakehouse)
+    if current is None or current.model_version == model_version or registry.head_of(current) != REGRESSION:
+        return None
+    return mae_of(cfg, lakehouse, current, validation)
+
+
+def mae_of(cfg, lakehouse, entry: registry.ModelEntry, validation) -> float | None:
+    """The MAE of the regression `entry` on `validation` (model-input rows: their keys), the rows
+    read from gold.features with its own feature spec; its recorded validation MAE when that spec
+    cannot be read any more."""
+    from pyspark.sql import functions as F
+
+    key = dataset_for(cfg).key
+    try:
+        rows = validation_rows_of(cfg, lakehouse, entry, validation).filter(F.col(TARGET).isNotNull())
+        return regression_metrics(rows.select(key, TARGET).join(predict(rows, entry.path, (key,)), key)).mae
+    except ServingError as exc:
+        recorded = entry.metric.get("validation_mae")
+        log.warning(f"[train] model {entry.model_version} cannot be measured again ({exc}); "
+                    f"comparing with its recorded validation MAE {recorded}")
+        return recorded
 
 
 def mae_lines(metrics: list[dict]) -> list[str]:
