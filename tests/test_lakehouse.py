@@ -705,3 +705,37 @@ def test_jvm_engine_enforces_and_merges_schemas(jvm_lakehouse, spark):
         table.write(spark.createDataFrame([(2, "N2", 4)], "id int, tailnum string, engines int"))
     table.write(spark.createDataFrame([(2, "N2", 4)], "id int, tailnum string, engines int"), schema_mode="merge")
     assert table.schema().fieldNames() == ["id", "tailnum", "engines"]
+
+
+def test_the_latest_snapshot_is_reused_until_any_writer_commits_and_a_recreated_table_is_read_anew(spark, tmp_path):
+    """`Table.delta()` keeps the latest snapshot (pipelines/storage/snapshots.py): the same object
+    while nothing changed, a new one after a commit by this process's engine or by another writer
+    (delta-rs directly), after the table is deleted and written again at the same version, and in
+    another thread."""
+    import shutil
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    lh = Lakehouse(tmp_path / "lh", spark, "delta-rs")
+    table = lh.table("results.cache_probe")
+    table.append_rows([{"x": 1}], "x long")
+    first = table.delta()
+    assert table.delta() is first and table.version() == 0
+    table.append_rows([{"x": 2}], "x long")                                  # this engine
+    assert table.delta() is not first and table.version() == 1
+    write_deltalake(table.path, pa.table({"x": pa.array([3], pa.int64())}), mode="append")   # another writer
+    assert table.version() == 2 and sorted(r["x"] for r in table.to_arrow().to_pylist()) == [1, 2, 3]
+    shutil.rmtree(table.path)                                                # deleted, written again as v0..v2
+    for x in (7, 8, 9):
+        write_deltalake(table.path, pa.table({"x": pa.array([x], pa.int64())}), mode="append")
+    assert sorted(r["x"] for r in table.to_arrow().to_pylist()) == [7, 8, 9]
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(table.delta()))
+    worker.start()
+    worker.join()
+    assert seen[0] is not table.delta() and seen[0].version() == table.version() == 2
+    # Maintenance commits through a table of its own: the kept snapshot is not moved under a reader.
+    kept = table.delta()
+    table.compact()
+    assert kept.version() == 2 and table.version() == 3

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Literal
 
+from pipelines.storage import snapshots
 from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, keep_whole_log, rows_in
 from pipelines.storage.errors import TableNotFoundError
 from pipelines.storage.layout import hidden_columns
@@ -204,6 +205,8 @@ class Table:
     def delta(self, version: int | None = None, timestamp: datetime | str | None = None):
         """The `deltalake.DeltaTable` at a version: the engine underneath, for the storage layer
         and for exploring. The rest of the package asks the verbs of this class instead."""
+        if version is None and timestamp is None:
+            return snapshots.latest(self.path, DeltaRsEngine.open)
         return DeltaRsEngine.open(self.path, version, timestamp)
 
     def version(self) -> int:
@@ -331,7 +334,7 @@ class Table:
         nothing to delete, so running it twice changes nothing."""
         options = dict(retention_hours=retention_hours, enforce_retention_duration=False,
                        keep_versions=keep_versions or None)
-        dt = self.delta()
+        dt = DeltaRsEngine.open(self.path)    # its own: vacuum commits through it
         # delta-rs lists every file the log tombstoned, deleted before or not: count those on disk,
         # and vacuum (two commits: VACUUM START and END) only when there are some.
         root = local_path(self.path)
@@ -344,7 +347,7 @@ class Table:
         """Give a table created before them the properties every table is created with
         (`delta_rs.TABLE_PROPERTIES`: the whole log kept, a checkpoint every 10 commits); True if
         it changed the table."""
-        return keep_whole_log(self.delta())
+        return keep_whole_log(DeltaRsEngine.open(self.path))
 
     def compact(self, row_group_rows: int | None = None, partitions: dict[str, list] | None = None,
                 target_size_bytes: int | None = None) -> dict:
@@ -354,8 +357,8 @@ class Table:
 
         filters = [(c, "in", [str(v) for v in vals]) for c, vals in (partitions or {}).items()] or None
         props = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
-        return self.delta().optimize.compact(partition_filters=filters, target_size=target_size_bytes,
-                                             writer_properties=props)
+        dt = DeltaRsEngine.open(self.path)    # its own: the compaction commits through it
+        return dt.optimize.compact(partition_filters=filters, target_size=target_size_bytes, writer_properties=props)
 
     def info(self, layer: str) -> TableInfo:
         dt = self.delta()
