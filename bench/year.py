@@ -45,10 +45,11 @@ ENDS = 5
 
 
 def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark=None,
-        overrides: tuple[str, ...] = ()) -> dict:
+        overrides: tuple[str, ...] = (), tombstone_seconds: int | None = None) -> dict:
     """The nightly of each of `days` days from `start` on the lakehouse at `root`, then the
     registration and the storage figures; returns the figures (see the module's doc). `overrides`
-    (`key=value`) go after the slice's settings (a test's cheaper training, say)."""
+    (`key=value`) go after the slice's settings (a test's cheaper training, say);
+    `tombstone_seconds`, the tables' tombstone retention (`expire_tombstones`)."""
     from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
     from pipelines.flows.nightly import run_nightly
     from pipelines.lineage.pins import upstream
@@ -59,7 +60,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
     cfg = bench_config(root, *SLICE, f"nightly.retrain_every_days={retrain_every}", *overrides)
     spark = spark or start_spark(cfg, NAME)
     lakehouse = Lakehouse.from_config(cfg, spark)
-    nights = []
+    nights, shortened = [], set()
     for i in range(days):
         day = start + timedelta(days=i)
         started = time.perf_counter()
@@ -71,6 +72,8 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
                        "ingested": record.stage_rows.get("ingest", 0),
                        "stages": {k: round(v, 2) for k, v in record.stage_seconds.items()}})
         log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}")
+        if tombstone_seconds is not None:
+            expire_tombstones(lakehouse, tombstone_seconds, shortened)
 
     # Registration: the pins of the latest model, from the records, and the registry's rewrite.
     latest = registry.latest(lakehouse)
@@ -120,6 +123,21 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
     }
 
 
+def expire_tombstones(lakehouse, seconds: int, done: set[str]) -> None:
+    """The bench's compressed time, untimed: a checkpoint keeps a removed file's tombstone for the
+    table's `delta.deletedFileRetentionDuration`, a week, a handful of a real year's nights; the
+    bench's year lasts an hour, so its checkpoints would carry every tombstone of the year. Give each
+    table, once it exists, a retention of `seconds`: about a week of the bench's nights. (Vacuum
+    deletes the files whose tombstone went too: `Table.vacuum`.)"""
+    from pipelines.storage.delta_rs import DeltaRsEngine
+
+    for name in lakehouse.table_names():
+        if name not in done:
+            DeltaRsEngine.open(lakehouse.table(name).path).alter.set_table_properties(
+                {"delta.deletedFileRetentionDuration": f"interval {seconds} seconds"})
+            done.add(name)
+
+
 def quarter_medians(values: list[float]) -> list[float] | None:
     """The medians of the four quarters of `values` (in order), or None for fewer than 4."""
     if len(values) < 4:
@@ -136,9 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting after the slice's (backtest.min_lift=-1: the network is blessed and scores)")
+    parser.add_argument("--tombstone-seconds", type=int, default=None,
+                        help="the tables' tombstone retention, a week of the bench's nights (60: 7 nights of ~8 s); "
+                             "Delta's week when left out")
     args = parser.parse_args(argv)
     root = args.root or scratch_dir(NAME) / "lakehouse"
-    figures = run(root, args.start, args.days, args.retrain_every, overrides=tuple(args.set))
+    figures = run(root, args.start, args.days, args.retrain_every, overrides=tuple(args.set),
+                  tombstone_seconds=args.tombstone_seconds)
     print_table([{k: v for k, v in n.items()} for n in figures["nights"] if n["trained"]])
     summary = []
     for kind in ("quiet", "delivery"):
@@ -166,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                  for part, values in [("night", figures[f"{kind}_quarters"]),
                                       *((stage, q) for stage, q in figures[f"{kind}_stage_quarters"].items() if q)]])
     command = " ".join(["python -m bench.year", f"--days {args.days}", f"--start {args.start}",
-                        f"--retrain-every {args.retrain_every}", *(f"--set {kv}" for kv in args.set)])
+                        f"--retrain-every {args.retrain_every}", *(f"--set {kv}" for kv in args.set),
+                        *([f"--tombstone-seconds {args.tombstone_seconds}"] if args.tombstone_seconds is not None else [])])
     write_result(NAME, figures, command=command)
     return 0
 

@@ -530,6 +530,40 @@ def test_vacuum_deletes_only_files_no_kept_version_needs(lakehouse, spark):
     assert [r.carrier for r in table.read().collect()] == ["B6"]
 
 
+def test_vacuum_deletes_files_a_checkpoint_left_without_tombstone_and_old_unreferenced_ones(lakehouse, spark):
+    """A checkpoint drops the tombstones older than the table's `delta.deletedFileRetentionDuration`
+    (a week; a second here): a file removed that long before has no tombstone left, and delta-rs's
+    default vacuum would never delete it. Ours deletes it, and a stopped write's file older than the
+    retention, and keeps one younger (a write in flight) and the live files."""
+    from pipelines.storage.delta_rs import DeltaRsEngine
+
+    table = lakehouse.table("silver.airlines")
+    table.write(spark.createDataFrame([("AA", "American")], "carrier string, name string"))
+    DeltaRsEngine.open(table.path).alter.set_table_properties(
+        {"delta.deletedFileRetentionDuration": "interval 1 second"})
+    removed = data_files(table.path)
+    table.write(spark.createDataFrame([("B6", "JetBlue")], "carrier string, name string"), mode="overwrite")
+    live = data_files(table.path) - removed
+    time.sleep(1.5)
+    DeltaRsEngine.open(table.path).create_checkpoint()
+    dt = DeltaRsEngine.open(table.path)
+    assert dt.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True) == []  # no tombstone left
+    two_hours_ago = time.time() - 7200
+    stopped_long_ago = Path(table.path, "part-0ld5t0pped0ld-00000-0-0000.snappy.parquet")
+    in_flight = Path(table.path, "part-1nfl1ght1nfl-00000-0-0000.snappy.parquet")
+    for orphan in (stopped_long_ago, in_flight):
+        orphan.write_bytes(Path(table.path, next(iter(live))).read_bytes())
+    for old in [*removed, stopped_long_ago.name]:
+        os.utime(Path(table.path, old), (two_hours_ago, two_hours_ago))
+
+    deleted = table.vacuum(retention_hours=1)
+
+    assert sorted(Path(p).name for p in deleted) == sorted([*removed, stopped_long_ago.name])
+    assert data_files(table.path) == live | {in_flight.name}
+    assert [r.carrier for r in table.read().collect()] == ["B6"]
+    assert table.vacuum(retention_hours=1) == []
+
+
 def test_files_are_sized_by_target_file_rows_not_by_arrow_batch(cfg, spark):
     import pyarrow.parquet as pq
 

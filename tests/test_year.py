@@ -26,7 +26,10 @@ def year(tmp_path_factory, spark):
     from bench import year
 
     root = tmp_path_factory.mktemp("year") / "lakehouse"
-    figures = year.run(root, START, DAYS, RETRAIN_EVERY, log=lambda line: None, spark=spark, overrides=CHEAP)
+    # Tombstones kept a second, as the bench's `--tombstone-seconds`: maintain must still keep
+    # what the kept models pin, and delete the rest, once checkpoints no longer name those files.
+    figures = year.run(root, START, DAYS, RETRAIN_EVERY, log=lambda line: None, spark=spark, overrides=CHEAP,
+                       tombstone_seconds=1)
     return root, figures
 
 
@@ -63,6 +66,7 @@ def test_the_pins_come_from_the_records_and_maintain_keeps_what_the_kept_models_
     from pipelines.ml import registry
     from pipelines.ops.maintenance import pinned_versions
     from pipelines.storage import Lakehouse
+    from pipelines.storage.delta_rs import DeltaRsEngine
 
     root, figures = year
     cfg = bench_config(root, *SLICE, *CHEAP)
@@ -71,6 +75,9 @@ def test_the_pins_come_from_the_records_and_maintain_keeps_what_the_kept_models_
     read = {MODEL_INPUT: latest.training_version, FEATURE_SPEC: latest.feature_spec_version}
     assert upstream(lh, read) == upstream_by_column(lh, read) == latest.pinned
     assert figures["versions_pinned"] == sum(len(v) for v in latest.pinned.values()) > 2
+    # The checkpoints kept no tombstone older than a second (expire_tombstones).
+    dt = DeltaRsEngine.open(lh.table("ops.stage_log").path)
+    assert dt.metadata().configuration["delta.deletedFileRetentionDuration"] == "interval 1 seconds"
     # After maintain (no retention): every version a kept model pins still reads, and the files on
     # disk are within twice one copy of the tables.
     for name, versions in pinned_versions(lh, cfg.lakehouse.keep_registered_models).items():

@@ -5,7 +5,9 @@ Nightly runs leave two kinds of litter. Tables that grow by appends (`ops.stage_
 partition's small files into one (a Delta OPTIMIZE: the rows do not change, one new version, and
 no version at all when there is nothing to compact). Partition overwrites and compactions leave
 files that only old versions refer to; vacuum deletes those older than the retention
-(`lakehouse.vacuum_retention_hours`), so time travel works within that window.
+(`lakehouse.vacuum_retention_hours`), so time travel works within that window, and any other file
+the log does not reference (`Table.vacuum`: those whose tombstone a checkpoint dropped, a stopped
+write's).
 
 Two exceptions keep training reproducible:
 - `gold.model_input` is never compacted: its 4,096-row row groups are Petastorm's shard unit.

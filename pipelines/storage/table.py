@@ -331,9 +331,16 @@ class Table:
     def vacuum(self, retention_hours: int, dry_run: bool = False, keep_versions: list[int] | None = None) -> list[str]:
         """Delete the files no version within `retention_hours` (nor one of `keep_versions`) refers
         to; returns them (with `dry_run`, the ones it would delete). Commits nothing when there is
-        nothing to delete, so running it twice changes nothing."""
+        nothing to delete, so running it twice changes nothing.
+
+        A full vacuum (delta-rs `full=True`): every data file the log does not reference and older
+        than the retention, not only those a tombstone still names. A checkpoint drops the
+        tombstones older than the table's `delta.deletedFileRetentionDuration` (a week), so a file
+        removed while a model pinned its version for longer, or removed a week before a checkpoint
+        that came before this vacuum, has no tombstone left, and would stay on disk for good; so
+        would the files of a write stopped before its commit."""
         options = dict(retention_hours=retention_hours, enforce_retention_duration=False,
-                       keep_versions=keep_versions or None)
+                       keep_versions=keep_versions or None, full=True)
         dt = DeltaRsEngine.open(self.path)    # its own: vacuum commits through it
         # delta-rs lists every file the log tombstoned, deleted before or not: count those on disk,
         # and vacuum (two commits: VACUUM START and END) only when there are some.
