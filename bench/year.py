@@ -2,7 +2,8 @@
 of every day (the landing stage delivers each day's files from the package, as a supplier would),
 a model retrained every `--retrain-every` days. Printed:
 
-- the seconds of each night, the nights that trained apart and the others by kind, quiet nights
+- the seconds of each night (and of the `maintain` after it, as the Airflow DAG runs it), the
+  nights that trained apart and the others by kind, quiet nights
   (no file arrived: a league's weekday) and nights with files: the first night of each kind
   against its last, and the median of the first nights against the median of the last ones
   (issue 28's goal: within 1.2x: a night's cost does not grow with the days behind it);
@@ -12,6 +13,7 @@ a model retrained every `--retrain-every` days. Printed:
   against one copy of the tables' latest versions (goal: <= 2x).
 
     python -m bench.year [--days 365] [--start 2005-07-01] [--retrain-every 30] [--root DIR] [--set K=V]
+                         [--tombstone-seconds S] [--no-nightly-maintain]
 
 `tests/test_year.py` runs it in CI; `make bench-year` over 365 days.
 """
@@ -45,11 +47,12 @@ ENDS = 5
 
 
 def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark=None,
-        overrides: tuple[str, ...] = (), tombstone_seconds: int | None = None) -> dict:
+        overrides: tuple[str, ...] = (), tombstone_seconds: int | None = None, nightly_maintain: bool = True) -> dict:
     """The nightly of each of `days` days from `start` on the lakehouse at `root`, then the
     registration and the storage figures; returns the figures (see the module's doc). `overrides`
     (`key=value`) go after the slice's settings (a test's cheaper training, say);
-    `tombstone_seconds`, the tables' tombstone retention (`expire_tombstones`)."""
+    `tombstone_seconds`, the tables' tombstone retention (`expire_tombstones`); `nightly_maintain`,
+    `maintain` after each night as the Airflow DAG runs it (the week's retention; timed apart)."""
     from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
     from pipelines.flows.nightly import run_nightly
     from pipelines.lineage.pins import upstream
@@ -71,7 +74,14 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
                        "train_s": round(record.stage_seconds.get("train", 0.0), 2),
                        "ingested": record.stage_rows.get("ingest", 0),
                        "stages": {k: round(v, 2) for k, v in record.stage_seconds.items()}})
-        log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}")
+        if nightly_maintain:
+            started = time.perf_counter()
+            maintain(lakehouse, retention_hours=cfg.lakehouse.vacuum_retention_hours,
+                     row_group_rows=cfg.lakehouse.row_group_rows,
+                     keep_registered=cfg.lakehouse.keep_registered_models, keep_reports=cfg.lakehouse.keep_reports)
+            nights[-1]["maintain_s"] = round(time.perf_counter() - started, 2)
+        log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}"
+            + (f", maintain {nights[-1]['maintain_s']:.1f}s" if nightly_maintain else ""))
         if tombstone_seconds is not None:
             expire_tombstones(lakehouse, tombstone_seconds, shortened)
 
@@ -112,6 +122,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
             f"{kind}_quarters": quarter_medians([n["seconds"] for n in plain]),
             f"{kind}_stage_quarters": {stage: quarter_medians([n["stages"].get(stage, 0.0) for n in plain])
                                        for stage in (plain[0]["stages"] if plain else {})},
+            f"{kind}_maintain_quarters": quarter_medians([n["maintain_s"] for n in plain if "maintain_s" in n]),
         })
     return {
         **figures,
@@ -154,13 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting after the slice's (backtest.min_lift=-1: the network is blessed and scores)")
+    parser.add_argument("--no-nightly-maintain", action="store_true",
+                        help="no `maintain` after each night (the DAG runs it; the runs before 2026-12-07 did not)")
     parser.add_argument("--tombstone-seconds", type=int, default=None,
                         help="the tables' tombstone retention, a week of the bench's nights (60: 7 nights of ~8 s); "
                              "Delta's week when left out")
     args = parser.parse_args(argv)
     root = args.root or scratch_dir(NAME) / "lakehouse"
     figures = run(root, args.start, args.days, args.retrain_every, overrides=tuple(args.set),
-                  tombstone_seconds=args.tombstone_seconds)
+                  tombstone_seconds=args.tombstone_seconds, nightly_maintain=not args.no_nightly_maintain)
     print_table([{k: v for k, v in n.items()} for n in figures["nights"] if n["trained"]])
     summary = []
     for kind in ("quiet", "delivery"):
@@ -186,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     print_table([{"nights": kind, "part": part, **{f"Q{i + 1} s": v for i, v in enumerate(values)}}
                  for kind in ("quiet", "delivery") if figures[f"{kind}_quarters"]
                  for part, values in [("night", figures[f"{kind}_quarters"]),
-                                      *((stage, q) for stage, q in figures[f"{kind}_stage_quarters"].items() if q)]])
+                                      *((stage, q) for stage, q in figures[f"{kind}_stage_quarters"].items() if q),
+                                      *([("maintain (after)", figures[f"{kind}_maintain_quarters"])]
+                                        if figures[f"{kind}_maintain_quarters"] else [])]])
     command = " ".join(["python -m bench.year", f"--days {args.days}", f"--start {args.start}",
                         f"--retrain-every {args.retrain_every}", *(f"--set {kv}" for kv in args.set),
-                        *([f"--tombstone-seconds {args.tombstone_seconds}"] if args.tombstone_seconds is not None else [])])
+                        *([f"--tombstone-seconds {args.tombstone_seconds}"] if args.tombstone_seconds is not None else []),
+                        *(["--no-nightly-maintain"] if args.no_nightly_maintain else [])])
     write_result(NAME, figures, command=command)
     return 0
 
