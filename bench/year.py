@@ -63,6 +63,11 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
     cfg = bench_config(root, *SLICE, f"nightly.retrain_every_days={retrain_every}", *overrides)
     spark = spark or start_spark(cfg, NAME)
     lakehouse = Lakehouse.from_config(cfg, spark)
+
+    def maintain_all(retention_hours: int) -> None:
+        maintain(lakehouse, retention_hours=retention_hours, row_group_rows=cfg.lakehouse.row_group_rows,
+                 keep_registered=cfg.lakehouse.keep_registered_models, keep_reports=cfg.lakehouse.keep_reports)
+
     nights, shortened = [], set()
     for i in range(days):
         day = start + timedelta(days=i)
@@ -76,9 +81,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
                        "stages": {k: round(v, 2) for k, v in record.stage_seconds.items()}})
         if nightly_maintain:
             started = time.perf_counter()
-            maintain(lakehouse, retention_hours=cfg.lakehouse.vacuum_retention_hours,
-                     row_group_rows=cfg.lakehouse.row_group_rows,
-                     keep_registered=cfg.lakehouse.keep_registered_models, keep_reports=cfg.lakehouse.keep_reports)
+            maintain_all(cfg.lakehouse.vacuum_retention_hours)
             nights[-1]["maintain_s"] = round(time.perf_counter() - started, 2)
         log(f"[{NAME}] night {i + 1}/{days} {day}: {seconds:.1f}s{' (trained)' if trained else ''}"
             + (f", maintain {nights[-1]['maintain_s']:.1f}s" if nightly_maintain else ""))
@@ -96,8 +99,7 @@ def run(root: Path, start: date, days: int, retrain_every: int, log=print, spark
 
     tables_root = Path(lakehouse.root)
     before = folder_bytes(tables_root)
-    maintain(lakehouse, retention_hours=0, row_group_rows=cfg.lakehouse.row_group_rows,
-             keep_registered=cfg.lakehouse.keep_registered_models, keep_reports=cfg.lakehouse.keep_reports)
+    maintain_all(0)
     after = folder_bytes(tables_root)
     reports = sum(f.stat().st_size for f in (tables_root / "reports").rglob("*") if f.is_file())
     one_copy = sum(t.size_bytes for t in lakehouse.tables())
