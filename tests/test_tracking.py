@@ -72,3 +72,43 @@ def test_each_model_is_a_run_with_its_delta_inputs_the_blessed_one_the_champion_
     requirements = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "got")))
     pinned = set((requirements / "requirements.txt").read_text().split())
     assert {f"tensorflow-cpu=={installed('tensorflow-cpu')}", f"numpy=={installed('numpy')}"} <= pinned
+
+
+def test_a_new_lakehouse_store_is_a_copy_of_one_empty_store_and_keeps_every_artifact_inside(tmp_path, monkeypatch):
+    """MLflow migrates a new SQLite store step by step (3.4 s): each new lakehouse's store starts
+    as a copy of one empty store per MLflow version, made once in the user's cache; an existing
+    store is never replaced."""
+    import sqlite3
+
+    import mlflow
+
+    from pipelines.config import load_config
+    from pipelines.ml.tracking import empty_store, open_tracking, tracking_uri
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = Path(empty_store())
+    assert template.parent == tmp_path / "cache" / "lakehouse-dl" and mlflow.__version__ in template.name
+    made = template.stat().st_mtime_ns
+    cfgs = [load_config("local", [f"lakehouse.root={tmp_path / name}"]) for name in ("first", "second")]
+    runs = {}
+    for cfg in cfgs:
+        open_tracking(cfg)
+        with mlflow.start_run() as run:
+            mlflow.log_metric("auc", 0.7)
+        runs[cfg.root] = run.info.run_id
+
+    assert template.stat().st_mtime_ns == made and Path(empty_store()) == template
+    with sqlite3.connect(template) as db:      # the copies' runs and experiments are their own
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM experiments").fetchone() == (1,)
+    for cfg in cfgs:
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        artifacts = f"file://{cfg.root / 'mlflow' / 'artifacts'}"
+        assert mlflow.get_experiment("0").artifact_location == f"{artifacts}/0"
+        assert mlflow.get_experiment_by_name(cfg.pipeline.dataset).artifact_location == artifacts
+        [found] = mlflow.search_runs(experiment_names=[cfg.pipeline.dataset], output_format="list")
+        assert found.info.run_id == runs[cfg.root] and found.data.metrics == {"auc": 0.7}
+    # Opened again, a store is kept as it is.
+    open_tracking(cfgs[0])
+    assert [r.info.run_id for r in mlflow.search_runs(experiment_names=[cfgs[0].pipeline.dataset],
+                                                       output_format="list")] == [runs[cfgs[0].root]]

@@ -39,17 +39,56 @@ def open_tracking(cfg) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
+    # Embedded: the artifacts beside the database, which starts as a copy of an empty one.
+    artifacts = None if cfg.lakehouse.tracking_uri else "file://" + os.path.abspath(
+        os.path.join(cfg.root, TRACKING_DIR, "artifacts"))
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+        if artifacts:
+            new_embedded_store(uri[len("sqlite:///"):], artifacts)
     mlflow.set_tracking_uri(uri)
     name = cfg.pipeline.dataset
     if mlflow.get_experiment_by_name(name) is None:
-        artifacts = None
-        if not cfg.lakehouse.tracking_uri:   # embedded: the artifacts beside the database
-            artifacts = "file://" + os.path.abspath(os.path.join(cfg.root, TRACKING_DIR, "artifacts"))
         mlflow.create_experiment(name, artifact_location=artifacts)
     mlflow.set_experiment(name)
     return name
+
+
+def new_embedded_store(path: str, artifacts: str) -> bool:
+    """Start the embedded store at `path`, when there is none, as a copy of an empty store made once
+    per MLflow version (`empty_store`): MLflow builds a new SQLite store by running each of its
+    schema migrations, 3.4 s for every new lakehouse. Its `Default` experiment keeps its artifacts
+    under `artifacts` too (MLflow would put them in `./mlruns` of whatever folder the first run
+    started in). False when a store was there already."""
+    import shutil
+    import sqlite3
+
+    if os.path.exists(path):
+        return False
+    part = f"{path}.{os.getpid()}.part"
+    shutil.copyfile(empty_store(), part)
+    with sqlite3.connect(part) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
+    db.close()
+    os.replace(part, path)
+    return True
+
+
+def empty_store() -> str:
+    """The path of an empty MLflow SQLite store of the installed MLflow's schema, made on first use
+    in the user's cache (`$XDG_CACHE_HOME`, else `~/.cache`, then `lakehouse-dl/`)."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lakehouse-dl")
+    path = os.path.join(cache, f"mlflow-{mlflow.__version__}-empty.db")
+    if not os.path.exists(path):
+        os.makedirs(cache, exist_ok=True)
+        part = f"{path}.{os.getpid()}.part"
+        store = SqlAlchemyStore(f"sqlite:///{part}", "file:///nowhere")
+        store.engine.dispose()
+        os.replace(part, path)     # whole or not at all, when two processes make it at once
+    return path
 
 
 def run_params(cfg, entry) -> dict[str, str]:
