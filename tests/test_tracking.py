@@ -75,9 +75,9 @@ def test_each_model_is_a_run_with_its_delta_inputs_the_blessed_one_the_champion_
 
 
 def test_a_new_lakehouse_store_is_a_copy_of_one_empty_store_and_keeps_every_artifact_inside(tmp_path, monkeypatch):
-    """MLflow migrates a new SQLite store step by step (3.4 s): each new lakehouse's store starts
-    as a copy of one empty store per MLflow version, made once in the user's cache; an existing
-    store is never replaced."""
+    """MLflow migrates a new SQLite store step by step (1.4 s, against 0.8 s for a copy): each new
+    lakehouse's store starts as a copy of one empty store per MLflow version, made once in the
+    user's cache; an existing store is never replaced."""
     import sqlite3
 
     import mlflow

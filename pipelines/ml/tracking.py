@@ -57,9 +57,9 @@ def open_tracking(cfg) -> str:
 def new_embedded_store(path: str, artifacts: str) -> bool:
     """Start the embedded store at `path`, when there is none, as a copy of an empty store made once
     per MLflow version (`empty_store`): MLflow builds a new SQLite store by running each of its
-    schema migrations, 3.4 s for every new lakehouse. Its `Default` experiment keeps its artifacts
-    under `artifacts` too (MLflow would put them in `./mlruns` of whatever folder the first run
-    started in). False when a store was there already."""
+    schema migrations (opening a new lakehouse's store took 1.4 s, a copy 0.8 s). Its `Default`
+    experiment keeps its artifacts under `artifacts` too (MLflow would put them in `./mlruns` of
+    whatever folder the first run started in). False when a store was there already."""
     import shutil
     import sqlite3
 
