@@ -112,3 +112,17 @@ def test_a_new_lakehouse_store_is_a_copy_of_one_empty_store_and_keeps_every_arti
     open_tracking(cfgs[0])
     assert [r.info.run_id for r in mlflow.search_runs(experiment_names=[cfgs[0].pipeline.dataset],
                                                        output_format="list")] == [runs[cfgs[0].root]]
+
+
+def test_without_a_cache_to_write_mlflow_makes_the_store_itself(tmp_path, monkeypatch):
+    import mlflow
+
+    from pipelines.config import load_config
+    from pipelines.ml.tracking import open_tracking
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    cfg = load_config("local", [f"lakehouse.root={tmp_path / 'lakehouse'}"])
+    assert open_tracking(cfg) == cfg.pipeline.dataset
+    assert (cfg.root / "mlflow" / "mlflow.db").is_file() and not list((cfg.root / "mlflow").glob("*.part"))
+    assert mlflow.get_experiment_by_name(cfg.pipeline.dataset).artifact_location.startswith(f"file://{cfg.root}")

@@ -66,7 +66,12 @@ def new_embedded_store(path: str, artifacts: str) -> bool:
     if os.path.exists(path):
         return False
     part = f"{path}.{os.getpid()}.part"
-    shutil.copyfile(empty_store(), part)
+    try:
+        template = empty_store()
+    except OSError as exc:     # no cache to write (a read-only home): MLflow makes the store itself
+        log.debug(f"no empty MLflow store to copy ({exc}); MLflow creates {path}")
+        return False
+    shutil.copyfile(template, part)
     with sqlite3.connect(part) as db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
     db.close()
