@@ -43,9 +43,10 @@ def open_tracking(cfg) -> str:
     artifacts = None if cfg.lakehouse.tracking_uri else "file://" + os.path.abspath(
         os.path.join(cfg.root, TRACKING_DIR, "artifacts"))
     if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+        database = uri[len("sqlite:///"):]
+        os.makedirs(os.path.dirname(database), exist_ok=True)
         if artifacts:
-            new_embedded_store(uri[len("sqlite:///"):], artifacts)
+            new_embedded_store(database, artifacts)
     mlflow.set_tracking_uri(uri)
     name = cfg.pipeline.dataset
     if mlflow.get_experiment_by_name(name) is None:
@@ -65,12 +66,12 @@ def new_embedded_store(path: str, artifacts: str) -> bool:
 
     if os.path.exists(path):
         return False
-    part = f"{path}.{os.getpid()}.part"
     try:
         template = empty_store()
     except OSError as exc:     # no cache to write (a read-only home): MLflow makes the store itself
         log.debug(f"no empty MLflow store to copy ({exc}); MLflow creates {path}")
         return False
+    part = f"{path}.{os.getpid()}.part"
     shutil.copyfile(template, part)
     with sqlite3.connect(part) as db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
