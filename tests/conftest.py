@@ -12,6 +12,11 @@ from standalone import standalone_cluster  # noqa: F401  (the real standalone cl
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# The JVMs the tests start as child processes (`lakehouse-dl run`, spark-submit) live a minute or two:
+# tests/spark-conf/spark-defaults.conf tunes their JIT compiler for that. The suite's own session
+# (the `spark` fixture) starts without it.
+SPARK_CONF_DIR = os.path.join(os.path.dirname(__file__), "spark-conf")
+os.environ["SPARK_CONF_DIR"] = SPARK_CONF_DIR
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,7 +65,12 @@ def spark():
                                 "spark.conf.spark.ui.showConsoleProgress=false",
                                 "spark.conf.spark.driver.memory=3g",
                                 "spark.conf.spark.sql.ui.retainedExecutions=50"])
-    session = build_spark(cfg, app_name="lakehouse-dl tests")
+    # It runs for the whole suite, where HotSpot's own compiler thresholds pay back.
+    del os.environ["SPARK_CONF_DIR"]
+    try:
+        session = build_spark(cfg, app_name="lakehouse-dl tests")
+    finally:
+        os.environ["SPARK_CONF_DIR"] = SPARK_CONF_DIR
     yield session
     session.stop()
 
