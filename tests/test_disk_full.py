@@ -7,7 +7,6 @@ import errno
 import os
 import re
 import shutil
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -98,23 +97,6 @@ SLICE = [
     # A lease of seconds, so the holder's heartbeat meets the full disk too.
     "lakehouse.lock_lease_seconds=3",
 ]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 MiB tmpfs mounted for the test; skipped where this machine cannot mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def data_files(root: str) -> set[Path]:

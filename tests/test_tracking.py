@@ -126,3 +126,34 @@ def test_without_a_cache_to_write_mlflow_makes_the_store_itself(tmp_path, monkey
     assert open_tracking(cfg) == cfg.pipeline.dataset
     assert (cfg.root / "mlflow" / "mlflow.db").is_file() and not list((cfg.root / "mlflow").glob("*.part"))
     assert mlflow.get_experiment_by_name(cfg.pipeline.dataset).artifact_location.startswith(f"file://{cfg.root}")
+
+
+def test_a_store_copy_the_disk_cuts_short_leaves_no_half_written_file(small_disk, tmp_path, monkeypatch):
+    """The lakehouse on a real small filesystem with less room than the empty store needs: the copy
+    fails with the disk's own error, and nothing is left in the store's folder (a `.part` file
+    would stay there for good: `remove_orphans` looks only at table folders)."""
+    import errno
+    import os
+    import shutil
+
+    import pytest
+
+    from pipelines.ml.tracking import empty_store, new_embedded_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    size = Path(empty_store()).stat().st_size
+    folder = small_disk / "lakehouse" / "mlflow"
+    folder.mkdir(parents=True)
+    with open(small_disk / "filler", "wb") as fh:
+        fh.write(b"\0" * (shutil.disk_usage(small_disk).free - size // 2))
+    assert shutil.disk_usage(small_disk).free < size
+
+    with pytest.raises(OSError) as caught:
+        new_embedded_store(str(folder / "mlflow.db"), f"file://{folder}/artifacts")
+
+    assert caught.value.errno == errno.ENOSPC
+    assert os.listdir(folder) == []
+    # Once there is room, the store is made.
+    (small_disk / "filler").unlink()
+    assert new_embedded_store(str(folder / "mlflow.db"), f"file://{folder}/artifacts")
+    assert os.listdir(folder) == ["mlflow.db"]

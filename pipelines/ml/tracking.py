@@ -13,6 +13,7 @@ By default the store is embedded: SQLite and artifacts under `<dataset folder>/m
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -72,11 +73,17 @@ def new_embedded_store(path: str, artifacts: str) -> bool:
         log.debug(f"no empty MLflow store to copy ({exc}); MLflow creates {path}")
         return False
     part = f"{path}.{os.getpid()}.part"
-    shutil.copyfile(template, part)
-    with sqlite3.connect(part) as db:
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
-    db.close()
-    os.replace(part, path)
+    try:
+        shutil.copyfile(template, part)
+        with sqlite3.connect(part) as db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (f"{artifacts}/0",))
+        db.close()
+        os.replace(part, path)
+    except BaseException:
+        # A copy cut short (a full disk, an interrupt) leaves no half store beside the lakehouse's.
+        with contextlib.suppress(OSError):
+            os.remove(part)
+        raise
     return True
 
 
@@ -91,9 +98,14 @@ def empty_store() -> str:
     if not os.path.exists(path):
         os.makedirs(cache, exist_ok=True)
         part = f"{path}.{os.getpid()}.part"
-        store = SqlAlchemyStore(f"sqlite:///{part}", "file:///nowhere")
-        store.engine.dispose()
-        os.replace(part, path)     # whole or not at all, when two processes make it at once
+        try:
+            store = SqlAlchemyStore(f"sqlite:///{part}", "file:///nowhere")
+            store.engine.dispose()
+            os.replace(part, path)     # whole or not at all, when two processes make it at once
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+            raise
     return path
 
 
