@@ -253,3 +253,46 @@ def test_maintain_keeps_the_newest_reports_and_the_model_plots_they_show(lakehou
     # Without a setting, maintain leaves the reports alone.
     maintain(lakehouse, retention_hours=0, row_group_rows=1000)
     assert sorted(p.name for p in folder.iterdir()) == ["models", *runs[3:]]
+
+
+def test_the_pinned_versions_files_come_from_the_log_and_vacuum_deletes_what_delta_rs_would(tmp_path):
+    """`pipelines.storage.vacuum` reads the pinned versions' files from one snapshot and the commits
+    after it (delta-rs's `keep_versions` loads a snapshot per version): on a partitioned table of
+    appends, overwrites and compactions, it lists what delta-rs lists for every set of kept
+    versions, deletes only that, and every kept version reads after it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    from pipelines.storage.delta_rs import DeltaRsEngine
+    from pipelines.storage.vacuum import files_at_versions, vacuum
+
+    path = str(tmp_path / "table")
+    for i in range(30):
+        data = pa.table({"month": [f"2013-0{1 + i % 3}"], "n": [i]})
+        if i % 7 == 6:       # a month rewritten: its older files are removed
+            write_deltalake(path, data, mode="overwrite", partition_by=["month"],
+                            predicate=f"month = '2013-0{1 + i % 3}'")
+        else:
+            write_deltalake(path, data, mode="append", partition_by=["month"])
+        if i % 10 == 9:
+            DeltaTable(path).optimize.compact()
+    latest = DeltaTable(path).version()
+
+    def by_delta_rs(keep):
+        return sorted(DeltaTable(path).vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False,
+                                              full=True, keep_versions=keep or None))
+
+    for keep in ([], [0], [4, 5, 6], list(range(0, latest, 3)), list(range(latest))):
+        assert sorted(vacuum(DeltaTable(path), 0, True, keep, DeltaRsEngine.open)) == by_delta_rs(keep), keep
+    assert files_at_versions(path, [latest], DeltaRsEngine.open) == {
+        p for p in DeltaTable(path).get_add_actions(flatten=True).column("path").to_pylist()}
+
+    keep = [2, 11, 20]
+    expected = by_delta_rs(keep)
+    assert expected and sorted(vacuum(DeltaTable(path), 0, False, keep, DeltaRsEngine.open)) == expected
+    assert not any((tmp_path / "table" / f).exists() for f in expected)
+    for version in [*keep, latest]:       # every file of a kept version is still there, and reads
+        files = [u.removeprefix("file://") for u in DeltaTable(path, version=version).file_uris()]
+        assert files and sum(pq.read_metadata(f).num_rows for f in files) > 0
+    assert vacuum(DeltaTable(path), 0, False, keep, DeltaRsEngine.open) == []     # nothing left to delete

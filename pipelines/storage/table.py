@@ -23,6 +23,7 @@ from pipelines.storage.errors import TableNotFoundError
 from pipelines.storage.layout import hidden_columns
 from pipelines.storage.lineage_log import LineageLog
 from pipelines.storage.paths import file_uri, local_path
+from pipelines.storage.vacuum import vacuum as vacuum_table
 
 
 @dataclass
@@ -330,8 +331,9 @@ class Table:
     # -- maintenance -----------------------------------------------------------------------------
     def vacuum(self, retention_hours: int, dry_run: bool = False, keep_versions: list[int] | None = None) -> list[str]:
         """Delete the files no version within `retention_hours` (nor one of `keep_versions`) refers
-        to; returns them (with `dry_run`, the ones it would delete). Commits nothing when there is
-        nothing to delete, so running it twice changes nothing.
+        to; returns them (with `dry_run`, the ones it would delete). Commits nothing (the files of
+        the pinned versions are read from the log: `pipelines.storage.vacuum`), so running it
+        twice changes nothing.
 
         A full vacuum (delta-rs `full=True`): every data file the log does not reference and older
         than the retention, not only those a tombstone still names. A checkpoint drops the
@@ -339,16 +341,8 @@ class Table:
         removed while a model pinned its version for longer, or removed a week before a checkpoint
         that came before this vacuum, has no tombstone left, and would stay on disk for good; so
         would the files of a write stopped before its commit."""
-        options = dict(retention_hours=retention_hours, enforce_retention_duration=False,
-                       keep_versions=keep_versions or None, full=True)
-        dt = DeltaRsEngine.open(self.path)    # its own: vacuum commits through it
-        # delta-rs lists every file the log tombstoned, deleted before or not: count those on disk,
-        # and vacuum (two commits: VACUUM START and END) only when there are some.
-        root = local_path(self.path)
-        listed = [f for f in dt.vacuum(dry_run=True, **options) if os.path.exists(os.path.join(root, f))]
-        if listed and not dry_run:
-            dt.vacuum(dry_run=False, **options)
-        return listed
+        dt = DeltaRsEngine.open(self.path)
+        return vacuum_table(dt, retention_hours, dry_run, keep_versions, DeltaRsEngine.open)
 
     def keep_whole_log(self) -> bool:
         """Give a table created before them the properties every table is created with

@@ -1,0 +1,68 @@
+"""Vacuum a Delta table while keeping the files of older versions that models pin.
+
+delta-rs's `vacuum(keep_versions=...)` loads the snapshot of each version it keeps (5 ms each on a
+small table, more on a partitioned one). The versions the kept models pin grow with the days of
+data behind them, so `maintain` grew with the days too (0.36 s a night in July, 1.61 s in June of
+the 365-night benchmark, docs/benchmarks.md).
+
+Here the table's files at every pinned version come from one snapshot (the oldest pinned version)
+and the commits after it, read in order: each commit file is a few lines of JSON. delta-rs lists
+what nothing live within the retention refers to (its full vacuum, a dry run); the files of the
+pinned versions are taken out of that list and the rest deleted. A commit of that range that
+cannot be read raises before anything is deleted.
+
+    >>> vacuum("/lakehouse/gold/model_input", retention_hours=168, keep_versions=[12, 40])
+    ['date_month=2013-01/part-00000-....snappy.parquet', ...]
+"""
+from __future__ import annotations
+
+import json
+import os
+from urllib.parse import unquote
+
+from pipelines.storage.paths import local_path
+
+
+def files_at_versions(path: str, versions: list[int], open_table) -> set[str]:
+    """Every data file (relative to the table, URL-decoded) that one of `versions` of the table at
+    `path` refers to. `open_table(path, version)` opens a snapshot (`DeltaRsEngine.open`); a commit
+    between the first and the last version that cannot be read raises (OSError, ValueError)."""
+    if not versions:
+        return set()
+    versions = sorted(set(versions))
+    first = open_table(path, versions[0])
+    live = {unquote(p) for p in first.get_add_actions(flatten=True).column("path").to_pylist()}
+    kept = set(live)
+    log = os.path.join(local_path(path), "_delta_log")
+    wanted = set(versions)
+    for version in range(versions[0] + 1, versions[-1] + 1):
+        with open(os.path.join(log, f"{version:020d}.json")) as commit:
+            actions = [json.loads(line) for line in commit if line.strip()]
+        for action in actions:
+            if "remove" in action:
+                live.discard(unquote(action["remove"]["path"]))
+            elif "add" in action:
+                live.add(unquote(action["add"]["path"]))
+        if version in wanted:
+            kept |= live
+    return kept
+
+
+def vacuum(dt, retention_hours: int, dry_run: bool, keep_versions: list[int] | None, open_table) -> list[str]:
+    """Delete the files of the table `dt` (a delta-rs `DeltaTable`) that no version within
+    `retention_hours` and none of `keep_versions` refers to, and that are on disk; returns them
+    (with `dry_run`, the ones it would delete). A full vacuum: files no commit names go too."""
+    root = local_path(dt.table_uri)
+    options = dict(retention_hours=retention_hours, enforce_retention_duration=False, full=True)
+    pinned = files_at_versions(dt.table_uri, keep_versions or [], open_table)
+    # delta-rs lists every file the log tombstoned, deleted before or not: those on disk count.
+    listed = [f for f in dt.vacuum(dry_run=True, **options)
+              if unquote(f) not in pinned and os.path.exists(os.path.join(root, f))]
+    if dry_run:
+        return listed
+    for f in listed:
+        try:
+            os.remove(os.path.join(root, f))
+        except FileNotFoundError:
+            pass
+    return listed
