@@ -11,7 +11,7 @@ what nothing live within the retention refers to (its full vacuum, a dry run); t
 pinned versions are taken out of that list and the rest deleted. A commit of that range that
 cannot be read raises before anything is deleted.
 
-    >>> vacuum("/lakehouse/gold/model_input", retention_hours=168, keep_versions=[12, 40])
+    >>> vacuum(DeltaRsEngine.open(path), 168, dry_run=True, keep_versions=[12, 40], open_table=DeltaRsEngine.open)
     ['date_month=2013-01/part-00000-....snappy.parquet', ...]
 """
 from __future__ import annotations
