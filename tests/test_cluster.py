@@ -82,3 +82,43 @@ def test_a_cluster_that_cannot_start_says_why(tmp_path, monkeypatch):
     with pytest.raises(ClusterError, match="worker-0.log"):
         cluster.start(timeout_s=60, attempts=1)
     assert cluster.processes == []
+
+
+# A driver on the cluster kills one of its own executors, then asks which executors Spark lost.
+LOSE_AN_EXECUTOR = '''
+import json, os, signal, sys, time
+from datetime import datetime, timezone
+from pyspark.sql import SparkSession
+from pipelines.storage.spark import lost_executors
+
+spark = SparkSession.builder.appName("lose an executor").getOrCreate()
+sc = spark.sparkContext
+deadline = time.time() + 120
+while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.time() < deadline:  # the driver and two
+    time.sleep(0.5)
+assert sc.parallelize(range(100), 2).sum() == 4950
+before = datetime.now(timezone.utc)
+mine = [int(p) for p in os.listdir("/proc") if p.isdigit() and sc.applicationId.encode() in
+        open(f"/proc/{p}/cmdline", "rb").read() and b"CoarseGrainedExecutorBackend" in open(f"/proc/{p}/cmdline", "rb").read()]
+os.kill(sorted(mine)[0], signal.SIGKILL)
+lost = lost_executors(spark, before, wait_s=60)
+after = datetime.now(timezone.utc)
+json.dump({"executors": len(mine), "lost": lost, "lost_after": lost_executors(spark, after, wait_s=0)},
+          open(sys.argv[1], "w"))
+spark.stop()
+'''
+
+
+def test_a_killed_executor_is_named_by_the_driver(standalone_cluster, dist, tmp_path):
+    app, report = tmp_path / "lose.py", tmp_path / "lost.json"
+    app.write_text(LOSE_AN_EXECUTOR)
+    result = standalone_cluster.submit(app, str(report), py_files=[dist], timeout_s=300,
+                                       conf={"spark.ui.enabled": "true", "spark.ui.port": "0"})
+    assert result.returncode == 0, f"{result.stderr[-4000:]}\n{standalone_cluster.log_tail()}"
+    said = json.loads(report.read_text())
+    assert said["executors"] == 2
+    # Killed with SIGKILL: the worker reports exit code 137, and only that executor is named.
+    [lost] = said["lost"]
+    assert lost.startswith("executor ") and "127.0.0.1:" in lost and "137" in lost, lost
+    # An executor removed before the time asked about is not named.
+    assert said["lost_after"] == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from pipelines.config import Config
 
@@ -52,9 +53,11 @@ def _submitted_by_spark_submit() -> bool:
     return "SPARK_SUBMIT" in os.environ or os.environ.get("PYSPARK_GATEWAY_PORT") is not None
 
 
-def executors(spark) -> dict[str, dict]:
+def executors(spark, timeout_s: float = 15.0) -> dict[str, dict]:
     """The application's executors by id (the driver left out), from Spark's own REST API:
-    `hostPort`, `isActive`, `removeReason`, ... Empty when the web UI is off (`spark.ui.enabled`)."""
+    `hostPort`, `isActive`, `removeTime`, `removeReason`, ... Dead executors are listed too (up to
+    `spark.ui.retainedDeadExecutors`). Empty when the web UI is off (`spark.ui.enabled`) or does not
+    answer within `timeout_s`."""
     import json
     import urllib.request
 
@@ -63,28 +66,40 @@ def executors(spark) -> dict[str, dict]:
         return {}
     url = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/allexecutors"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             listed = json.loads(response.read())
     except (OSError, ValueError):
         return {}
     return {e["id"]: e for e in listed if e.get("id") != "driver"}
 
 
-def lost_executors(spark, before: dict[str, dict], wait_s: float = 60.0) -> list[str]:
-    """Executors active in `before` that are gone now, as "executor 1 on 127.0.0.1:41234 (reason)".
+def _rest_time(value: str | None) -> datetime | None:
+    # Spark's REST API writes dates as 2026-12-08T00:33:46.123GMT.
+    if not value:
+        return None
+    return datetime.strptime(value.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
 
-    Spark hears of a lost executor a moment after the tasks on it fail; on a loaded machine that
-    can take longer than 20 s (the likely cause of a CI failure, 2026-12-07): wait up to `wait_s`
-    for it. Only a training that failed waits.
+
+def lost_executors(spark, since: datetime, wait_s: float = 60.0) -> list[str]:
+    """Executors Spark removed at or after `since` (an aware datetime), as
+    "executor 1 on 127.0.0.1:41234 (reason)".
+
+    Spark hears of a lost executor a moment after the tasks on it fail, and on a loaded machine its
+    web UI answers slowly: wait up to `wait_s` for one to be listed. Nothing is read before the
+    failure, so a slow answer at the start of the work cannot hide the loss (the cause of two CI
+    failures, 2026-12-07 and 2026-12-08). Only work that failed calls this.
     """
     import time
 
+    if not spark.sparkContext.uiWebUrl:
+        return []
+    since = since - timedelta(seconds=1)  # the REST API's times are rounded to the millisecond
     deadline = time.monotonic() + wait_s
     while True:
-        now = executors(spark)
-        lost = [f"executor {i} on {e.get('hostPort', '?')} ({now[i].get('removeReason') or 'removed'})"
-                for i, e in before.items() if e.get("isActive") and i in now and not now[i].get("isActive")]
-        if lost or not before or time.monotonic() > deadline:
+        lost = [f"executor {i} on {e.get('hostPort', '?')} ({e.get('removeReason') or 'removed'})"
+                for i, e in sorted(executors(spark).items())
+                if not e.get("isActive") and (_rest_time(e.get("removeTime")) or since) >= since]
+        if lost or time.monotonic() > deadline:
             return lost
         time.sleep(1.0)
 

@@ -30,7 +30,7 @@ from pipelines.ml.training.plan import (MODEL_FILE, RESULT_FILE, SPEC_FILE, STAT
                                         TrainingResult, model_dir_for, read_state, write_json)
 from pipelines.ml.training.worker import run_training
 from pipelines.storage import Lakehouse
-from pipelines.storage.spark import executors, lost_executors
+from pipelines.storage.spark import lost_executors
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,8 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
                         return_weights=return_weights, callbacks=tuple(callbacks), target_scale=target_scale)
     model_path = os.path.join(model_dir, MODEL_FILE)
     had_model = os.path.exists(model_path)
-    # The executors the ranks will run in, to name the one a failure lost.
-    watched = executors(spark) if spark is not None and num_proc > 1 else {}
+    # From here on, an executor Spark removes is one the ranks ran in: a failure names it.
+    ranks_started = datetime.now(timezone.utc)
     try:
         if num_proc == 1:
             per_rank = [run_training(plan)]
@@ -108,7 +108,7 @@ def train(cfg, spark=None, *, model_version: str | None = None, table_version: i
         done = (read_state(model_dir) or {}).get("epochs_done", 0)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        lost = lost_executors(spark, watched) if watched else []
+        lost = lost_executors(spark, ranks_started) if spark is not None and num_proc > 1 else []
         cause = f"Spark lost {', '.join(lost)}. " if lost else ""
         raise TrainingError(
             f"training of model {model_version} failed ({num_proc} process(es)): {cause}{type(exc).__name__}: {exc}\n"
