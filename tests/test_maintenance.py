@@ -290,9 +290,20 @@ def test_the_pinned_versions_files_come_from_the_log_and_vacuum_deletes_what_del
 
     keep = [2, 11, 20]
     expected = by_delta_rs(keep)
+    # A checkpoint every (latest + 2) commits: the one of VACUUM START is due.
+    DeltaTable(path).alter.set_table_properties({"delta.checkpointInterval": str(latest + 2)})
     assert expected and sorted(vacuum(DeltaTable(path), 0, False, keep, DeltaRsEngine.open)) == expected
     assert not any((tmp_path / "table" / f).exists() for f in expected)
+    # The history shows the vacuum as Delta's does: two commits without an action.
+    start, end = sorted(DeltaTable(path).history(2), key=lambda c: c["version"])
+    assert (start["version"], start["operation"], start["operationMetrics"]["numFilesToDelete"]) == (
+        latest + 2, "VACUUM START", len(expected))
+    assert (end["version"], end["operation"], end["operationMetrics"]["numDeletedFiles"]) == (
+        latest + 3, "VACUUM END", len(expected))
+    assert json.loads((tmp_path / "table" / "_delta_log" / "_last_checkpoint").read_text())["version"] == latest + 2
+    assert DeltaTable(path, version=latest + 3).get_add_actions().num_rows == DeltaTable(path, version=latest).get_add_actions().num_rows
     for version in [*keep, latest]:       # every file of a kept version is still there, and reads
         files = [u.removeprefix("file://") for u in DeltaTable(path, version=version).file_uris()]
         assert files and sum(pq.read_metadata(f).num_rows for f in files) > 0
     assert vacuum(DeltaTable(path), 0, False, keep, DeltaRsEngine.open) == []     # nothing left to delete
+    assert DeltaTable(path).version() == latest + 3                                  # and nothing committed

@@ -145,7 +145,7 @@ def maintain_table(table: Table, retention_hours: int, keep_versions: list[int],
         out.note = "not compacted (its row groups are Petastorm's shard unit)"
     elif dry_run:
         out.compacted = sharing_a_partition(table)
-    else:
+    elif sharing_a_partition(table):    # else nothing to compact, and no table opened anew to plan it
         out.compacted = int(table.compact(row_group_rows=row_group_rows).get("numFilesRemoved", 0))
     # The live versions within the retention are kept by vacuum itself; older pinned ones need naming.
     latest = table.version()

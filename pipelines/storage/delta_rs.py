@@ -15,6 +15,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from pipelines.lineage.columns import BUILT_FROM
+from pipelines.storage.delta_log import FIRST_COMMIT, commit_file, commit_info, log_dir, read_commit
 from pipelines.storage.errors import ConcurrentWriteError, TableNotFoundError
 from pipelines.storage.file_writer import (OUTSIDE_PARTITIONS, WRITE_RESULT_SCHEMA, make_file_writer,
                                            partition_string)
@@ -33,13 +34,17 @@ DISTRIBUTION = "deltalake"
 # last one (56 ms against 10 ms at 365 commits, docs/benchmarks.md), and a nightly opens its tables
 # ~170 times. `keep_whole_log` sets both on a table created before.
 TABLE_PROPERTIES = {"delta.enableExpiredLogCleanup": "false", "delta.checkpointInterval": "10"}
-FIRST_COMMIT = f"{0:020d}.json"   # which every table kept whole still holds
+
+
+def missing_properties(dt) -> dict[str, str]:
+    """The `TABLE_PROPERTIES` the delta-rs table `dt` lacks (or holds with another value)."""
+    configured = dt.metadata().configuration
+    return {k: v for k, v in TABLE_PROPERTIES.items() if configured.get(k) != v}
 
 
 def keep_whole_log(dt) -> bool:
     """Set `TABLE_PROPERTIES` on the delta-rs table `dt` where missing (one commit); True if it did."""
-    configured = dt.metadata().configuration
-    missing = {k: v for k, v in TABLE_PROPERTIES.items() if configured.get(k) != v}
+    missing = missing_properties(dt)
     if missing:
         dt.alter.set_table_properties(missing)
     return bool(missing)
@@ -65,8 +70,7 @@ class DeltaRsEngine:
         if "://" not in local:
             # Its first commit (or, made before the whole log was kept, a checkpoint): a stat or
             # two, where delta-rs lists the whole log (6 ms at 900 commits).
-            log_dir = os.path.join(local, "_delta_log")
-            return any(os.path.isfile(os.path.join(log_dir, name)) for name in (FIRST_COMMIT, "_last_checkpoint"))
+            return any(os.path.isfile(os.path.join(log_dir(local), name)) for name in (FIRST_COMMIT, "_last_checkpoint"))
         return DeltaTable.is_deltatable(path)
 
     @staticmethod
@@ -404,13 +408,10 @@ def _version_of_write(path: str, write_id: str, read_version: int) -> int:
     Read from the commit files themselves: `DeltaTable.history()` numbers its entries from the
     snapshot it loaded, so with a commit landing meanwhile it can give an entry the wrong version.
     """
-    log = os.path.join(local_path(path), "_delta_log")
     latest = DeltaRsEngine.open(path).version()
     for version in range(latest, read_version, -1):
-        with open(os.path.join(log, f"{version:020d}.json")) as commit:
-            for line in commit:
-                if line.startswith('{"commitInfo"') and json.loads(line)["commitInfo"].get("writeId") == write_id:
-                    return version
+        if commit_info(read_commit(commit_file(path, version))).get("writeId") == write_id:
+            return version
     return latest
 
 

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from urllib.parse import unquote
 
 from pipelines.lineage.columns import BUILT_FROM
+from pipelines.storage.delta_log import CHECKPOINT, COMMIT, commit_info, read_commit
 from pipelines.storage.paths import local_path
 
 RECORD_KEY = "lakehouse.builtFrom"
-_COMMIT = re.compile(r"^(\d{20})\.json$")
-_CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?\.parquet$")
 
 
 def record(written: list[dict]) -> str:
@@ -75,11 +73,11 @@ class LineageLog:
     def _replay(self) -> None:
         folder = os.path.join(self.root, "_delta_log")
         names = os.listdir(folder)
-        commits = sorted(int(m.group(1)) for m in map(_COMMIT.match, names) if m)
+        commits = sorted(int(m.group(1)) for m in map(COMMIT.match, names) if m)
         live: dict[str, _File] = {}
         if commits and commits[0] > 0:
             # Commits before a checkpoint were cleaned up: start from the checkpoint, its files unrecorded.
-            points = sorted(int(m.group(1)) for m in map(_CHECKPOINT.match, names) if m)
+            points = sorted(int(m.group(1)) for m in map(CHECKPOINT.match, names) if m)
             first = next((v for v in points if v + 1 >= commits[0]), None)
             if first is None:
                 raise ValueError(f"{self.root}: the log starts at version {commits[0]} with no checkpoint "
@@ -93,16 +91,10 @@ class LineageLog:
         self._files.extend(live.values())
 
     def _apply(self, version: int, commit_file: str, live: dict[str, _File]) -> None:
-        adds, removes, info = [], [], {}
-        with open(commit_file) as fh:
-            for line in fh:
-                action = json.loads(line)
-                if "add" in action:
-                    adds.append(action["add"])
-                elif "remove" in action:
-                    removes.append(action["remove"])
-                elif "commitInfo" in action:
-                    info = action["commitInfo"]
+        actions = read_commit(commit_file)
+        adds = [a["add"] for a in actions if "add" in a]
+        removes = [a["remove"] for a in actions if "remove" in a]
+        info = commit_info(actions)
         removed = []
         for r in removes:
             f = live.pop(unquote(r["path"]), None)

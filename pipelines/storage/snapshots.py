@@ -19,6 +19,7 @@ import os
 import threading
 from collections import OrderedDict
 
+from pipelines.storage.delta_log import commit_file
 from pipelines.storage.paths import local_path
 
 KEEP = 64
@@ -28,8 +29,7 @@ _local = threading.local()
 def latest(path: str, open_table):
     """The latest snapshot of the table at `path`: the one kept, when no commit has landed since it
     was loaded, else `open_table(path)` (kept for next time)."""
-    log_dir = os.path.join(local_path(path), "_delta_log")
-    if "://" in log_dir:
+    if "://" in local_path(path):
         return open_table(path)
     kept = getattr(_local, "snapshots", None)
     if kept is None:
@@ -37,14 +37,14 @@ def latest(path: str, open_table):
     hit = kept.get(path)
     if hit is not None:
         dt, version, commit = hit
-        if dt.version() == version and _commit(log_dir, version) == commit and not os.path.exists(
-                os.path.join(log_dir, f"{version + 1:020d}.json")):
+        if dt.version() == version and _commit(path, version) == commit and not os.path.exists(
+                commit_file(path, version + 1)):
             kept.move_to_end(path)
             return dt
         del kept[path]
     dt = open_table(path)
     version = dt.version()
-    commit = _commit(log_dir, version)
+    commit = _commit(path, version)
     if commit is not None:
         kept[path] = (dt, version, commit)
         while len(kept) > KEEP:
@@ -57,12 +57,12 @@ def forget() -> None:
     getattr(_local, "snapshots", {}).clear()
 
 
-def _commit(log_dir: str, version: int) -> bytes | None:
+def _commit(path: str, version: int) -> bytes | None:
     """The bytes of the commit file of `version` (each names its own write and time, so a table
     deleted and written again reads differently), or None when it is gone (a table made of a
     checkpoint only, or deleted)."""
     try:
-        with open(os.path.join(log_dir, f"{version:020d}.json"), "rb") as fh:
+        with open(commit_file(path, version), "rb") as fh:
             return fh.read()
     except OSError:
         return None

@@ -16,17 +16,15 @@ store) "database or disk is full". `disk_full` looks through the whole chain of 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import re
 import shutil
 from urllib.parse import unquote
 
+from pipelines.storage.delta_log import COMMIT, file_changes, read_commit
 from pipelines.storage.errors import LakehouseError
 
 # How the libraries underneath word ENOSPC, lower-cased.
 _MARKERS = ("no space left on device", "[errno 28]", "os error 28", "database or disk is full")
-_COMMIT = re.compile(r"^\d{20}\.json$")
 # Seconds of slack when choosing the commits that may reference a file of the run (clock granularity).
 _SLACK_S = 2.0
 
@@ -109,7 +107,7 @@ def remove_orphans(root: str, since: float) -> list[str]:
             modified = _mtime(full)
             if modified is None or modified < since - _SLACK_S:
                 continue
-            if _COMMIT.match(name):
+            if COMMIT.match(name):
                 files = _files_of_commit(full)
                 if files is None:
                     referenced = None        # a commit it cannot read: leave the table's files alone
@@ -142,17 +140,11 @@ def _table_folders(root: str) -> list[str]:
 
 def _files_of_commit(path: str) -> set[str] | None:
     """The paths a commit adds or removes, as written and URL-decoded; None when it cannot be read."""
-    out = set()
     try:
-        with open(path) as commit:
-            for line in commit:
-                action = json.loads(line) if line.strip() else {}
-                for kind in ("add", "remove"):
-                    if kind in action:
-                        out |= {action[kind]["path"], unquote(action[kind]["path"])}
+        added, removed = file_changes(read_commit(path))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return out
+    return {p for path in added + removed for p in (path, unquote(path))}
 
 
 def _mtime(path: str) -> float | None:

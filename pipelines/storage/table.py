@@ -12,13 +12,12 @@ the driver) is a verb here.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Callable, Literal
 
 from pipelines.storage import snapshots
-from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, keep_whole_log, rows_in
+from pipelines.storage.delta_rs import DeltaRsEngine, files_and_bytes, keep_whole_log, missing_properties, rows_in
 from pipelines.storage.errors import TableNotFoundError
 from pipelines.storage.layout import hidden_columns
 from pipelines.storage.lineage_log import LineageLog
@@ -331,9 +330,10 @@ class Table:
     # -- maintenance -----------------------------------------------------------------------------
     def vacuum(self, retention_hours: int, dry_run: bool = False, keep_versions: list[int] | None = None) -> list[str]:
         """Delete the files no version within `retention_hours` (nor one of `keep_versions`) refers
-        to; returns them (with `dry_run`, the ones it would delete). Commits nothing (the files of
-        the pinned versions are read from the log: `pipelines.storage.vacuum`), so running it
-        twice changes nothing.
+        to; returns them (with `dry_run`, the ones it would delete). The history shows it as Delta's
+        VACUUM does (`VACUUM START`, `VACUUM END`; the files of the pinned versions are read from the
+        log: `pipelines.storage.vacuum`). A vacuum that finds nothing to delete commits nothing, so
+        running it twice changes nothing.
 
         A full vacuum (delta-rs `full=True`): every data file the log does not reference and older
         than the retention, not only those a tombstone still names. A checkpoint drops the
@@ -341,13 +341,15 @@ class Table:
         removed while a model pinned its version for longer, or removed a week before a checkpoint
         that came before this vacuum, has no tombstone left, and would stay on disk for good; so
         would the files of a write stopped before its commit."""
-        dt = DeltaRsEngine.open(self.path)
-        return vacuum_table(dt, retention_hours, dry_run, keep_versions, DeltaRsEngine.open)
+        # The latest snapshot, kept between calls (`snapshots`): delta-rs commits nothing through it.
+        return vacuum_table(self.delta(), retention_hours, dry_run, keep_versions, DeltaRsEngine.open)
 
     def keep_whole_log(self) -> bool:
         """Give a table created before them the properties every table is created with
         (`delta_rs.TABLE_PROPERTIES`: the whole log kept, a checkpoint every 10 commits); True if
-        it changed the table."""
+        it changed the table. Only a table that lacks them is opened anew to commit them."""
+        if not missing_properties(self.delta()):
+            return False
         return keep_whole_log(DeltaRsEngine.open(self.path))
 
     def compact(self, row_group_rows: int | None = None, partitions: dict[str, list] | None = None,
