@@ -13,7 +13,8 @@ from pipelines.config import load_config
 from pipelines.config.settings import NaiveForecast
 from pipelines.ml.inputs import FeatureSpec
 from pipelines.ml.model import TargetScale, build_model, compile_model, make_optimizer
-from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
+from pipelines.ml.naive import (declared_forecasts, last_known_values, naive_forecasts, outcome_delay_days,
+                                with_training_mean)
 from pipelines.ml.regression import decide, regression_metrics
 
 SPEC = FeatureSpec(numeric=("num_planned",), categorical={"cat_weekday": 8})
@@ -53,6 +54,13 @@ def test_naive_forecasts_read_only_the_days_known_at_prediction_time(spark):
     assert out["naive_same_weekday"].tolist() == [5.0] * 7 + [10.0, 20.0, 30.0]
     assert out["naive_two_weeks_before"].tolist() == [5.0] * 10
     assert out["split"].tolist() == ["train"] * 7 + ["validation"] * 3
+    # A backtest's folds: the windows once, each fold's training mean filled in after.
+    known = last_known_values(daily_rows(spark, targets), "event_id", forecasts).cache()
+    for mean in (5.0, 7.5):
+        by_fold = with_training_mean(known, forecasts, mean).toPandas().sort_values("event_id").reset_index(drop=True)
+        whole = naive_forecasts(daily_rows(spark, targets), "event_id", forecasts, mean).toPandas()
+        assert by_fold.equals(whole.sort_values("event_id").reset_index(drop=True)), mean
+    known.unpersist()
 
 
 def test_a_lag_shorter_than_the_outcome_delay_is_refused_and_the_delay_comes_from_the_dataset(tmp_path):

@@ -13,6 +13,9 @@ A row with no such earlier row (the first days of a series) gets the training me
 
     >>> delay = outcome_delay_days(dataset)                             # 2
     >>> forecasts = naive_forecasts(model_input, key, declared, train_mean=6.67, delay=delay)
+
+A backtest measures them on several folds, each with its own training mean: `last_known_values`
+once, then `with_training_mean` per fold.
 """
 from __future__ import annotations
 
@@ -71,16 +74,32 @@ def naive_forecasts(frame, key: str, forecasts: dict[str, tuple[int, list[str]]]
     row (rows of one day are one step: with several a day, which of them is the latest is
     unspecified); the training mean where there is none.
     """
+    return with_training_mean(last_known_values(frame, key, forecasts), forecasts, train_mean)
+
+
+def last_known_values(frame, key: str, forecasts: dict[str, tuple[int, list[str]]]):
+    """`naive_forecasts` without the training mean: a forecast is null where its group has no
+    earlier row. The same for every fold of a backtest, so computed (and cached) once."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     df = frame.withColumn("date", F.to_date(F.col("day").cast("string"), "yyyyMMdd"))
     df = df.withColumn("_unix_day", F.unix_date(F.col("date")))
-    columns = [F.lit(float(train_mean)).alias(PREFIX + TRAINING_MEAN)]
+    columns = []
     for name, (lag, group) in forecasts.items():
         window = (Window.partitionBy(*[F.expr(g) for g in group]).orderBy("_unix_day")
                   .rangeBetween(Window.unboundedPreceding, -int(lag)))
-        last = F.last(F.col(TARGET).cast("double"), ignorenulls=True).over(window)
-        columns.append(F.coalesce(last, F.lit(float(train_mean))).alias(PREFIX + name))
+        columns.append(F.last(F.col(TARGET).cast("double"), ignorenulls=True).over(window).alias(PREFIX + name))
     keep = [c for c in (key, "split") if c in frame.columns]
     return df.select(*keep, F.col(TARGET).cast("double").alias(TARGET), *columns)
+
+
+def with_training_mean(known, forecasts: dict[str, tuple[int, list[str]]], train_mean: float):
+    """`last_known_values`' rows with the `training_mean` forecast, and `train_mean` where a
+    forecast has no earlier row."""
+    from pyspark.sql import functions as F
+
+    mean = F.lit(float(train_mean))
+    filled = [F.coalesce(F.col(PREFIX + name), mean).alias(PREFIX + name) for name in forecasts]
+    kept = [c for c in known.columns if not c.startswith(PREFIX)]
+    return known.select(*kept, mean.alias(PREFIX + TRAINING_MEAN), *filled)

@@ -9,9 +9,10 @@ are each measured on the fold's validation window by MAE, RMSE and MAPE. The row
 
     >>> rows = run_regression_backtest(cfg, spark, lakehouse, 3, ["linreg"], "20240101-ab12cd34")
 
-Unlike the classification backtest, a fold's result is measured again by every run that trains
-(nothing is recorded in `results.backtest_folds`): a regression nightly retrains every
-`nightly.retrain_every_days` days, and its series is small.
+The naive forecasts' windows over the model input are computed once for all folds (each fold
+fills in its own training mean). Unlike the classification backtest, a fold's result is measured
+again by every run that trains (nothing is recorded in `results.backtest_folds`): a regression
+nightly retrains every `nightly.retrain_every_days` days, and its series is small.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def run_regression_backtest(cfg, spark, lakehouse, version: int, kinds: list[str
     from pipelines.datasets import dataset_for
     from pipelines.ml.baselines import fit_regression_baselines, model_input_frames, regression_predictions
     from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
-    from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
+    from pipelines.ml.naive import declared_forecasts, last_known_values, outcome_delay_days, with_training_mean
     from pipelines.ml.regression import regression_metrics_by
     from pipelines.ml.tensors import load_feature_spec, pin_snapshot
 
@@ -59,14 +60,15 @@ def run_regression_backtest(cfg, spark, lakehouse, version: int, kinds: list[str
     # The folds' networks side by side as Spark tasks, one process each (as for classification).
     network = network_scores(cfg, spark, snapshot, spec, fold_list)
     forecasts = declared_forecasts(cfg.training.naive_forecasts, outcome_delay_days(dataset))
-    history = lakehouse.table(MODEL_INPUT).read(version=version)
+    # What the naive forecasts read is the same for every fold; only their training mean differs.
+    known = last_known_values(lakehouse.table(MODEL_INPUT).read(version=version), key, forecasts).cache()
     out = []
     try:
         for fold in fold_list:
             train, validation = fold_rows(rows, fold, "train"), fold_rows(rows, fold, "validation")
             fitted = fit_regression_baselines(train, kinds, seed=cfg.training.seed)
             train_mean = float(train.agg(F.avg(F.col(TARGET).cast("double"))).collect()[0][0])
-            naive = naive_forecasts(history, key, forecasts, train_mean).drop("split", TARGET)
+            naive = with_training_mean(known, forecasts, train_mean).drop("split", TARGET)
             scored = network[fold.name]
             dnn = spark.createDataFrame(pd.DataFrame({key: scored["keys"], "dnn": scored["scores"].astype("float64")}))
             predicted = (validation.select(key, F.col(TARGET).cast("double").alias(TARGET))
@@ -84,4 +86,5 @@ def run_regression_backtest(cfg, spark, lakehouse, version: int, kinds: list[str
                      + f" (network: best epoch {scored['best_epoch']}, {scored['seconds']:.0f}s)")
     finally:
         rows.unpersist()
+        known.unpersist()
     return out + summary_rows(out, MEASURES, skip_nan=True)
