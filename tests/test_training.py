@@ -164,6 +164,19 @@ def test_a_worker_that_dies_fails_the_job_and_leaves_no_model(spark, root):
     assert not os.path.exists(os.path.join(root, "models", "dies", "model.keras"))
 
 
+def test_local_spark_has_no_executor_to_lose_and_the_driver_does_not_wait_for_one(spark):
+    """Only a cluster's executors can be lost (tests/test_cluster.py kills one): under local Spark,
+    where the driver runs the tasks, a failed training names none and does not wait to hear of one."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from pipelines.storage.spark import lost_executors
+
+    started = time.monotonic()
+    assert lost_executors(spark, datetime.now(timezone.utc) - timedelta(hours=1), wait_s=600) == []
+    assert time.monotonic() - started < 60
+
+
 @pytest.mark.slow
 def test_a_sequence_model_trains_under_horovod_on_two_processes(spark, tmp_path):
     """The GRU over the seq_* array columns trains on 2 ranks, which end with the same weights,

@@ -91,8 +91,9 @@ def lost_executors(spark, since: datetime, wait_s: float = 60.0) -> list[str]:
     """
     import time
 
-    if not spark.sparkContext.uiWebUrl:
-        return []
+    sc = spark.sparkContext
+    if not sc.uiWebUrl or sc.master.startswith("local"):
+        return []      # no web UI to ask, or no executor to lose (the driver runs the tasks)
     since = since - timedelta(seconds=1)  # the REST API's times are rounded to the millisecond
     deadline = time.monotonic() + wait_s
     while True:
