@@ -48,6 +48,8 @@ def regression_nightly(spark, tmp_path_factory):
     # training mean and the last known value.
     data["prediction"]["head"] = "regression"
     data["training"] = {"naive_forecasts": NAIVE}
+    # Measured by weekday on the test split too (results.slices).
+    data["evaluation"] = {"slices": {"weekday": "dayofweek(date)"}}
     declared.write_text(yaml.safe_dump(data, sort_keys=False))
     with daily_feed.conf_root(conf):
         cfg = load_config("local", [f"lakehouse.root={root / 'lakehouse'}", f"pipeline.dataset={daily_feed.NAME}",
@@ -129,6 +131,32 @@ def test_the_regression_network_is_measured_against_baselines_and_naive_forecast
     history = lakehouse.table("results.training_history").read().filter(
         f"model_version = '{entry.model_version}'").orderBy("epoch").collect()
     assert history and all(h["mae"] is not None and h["val_mae"] is not None and h["auc"] is None for h in history)
+
+
+def test_every_model_is_measured_by_slice_and_the_slices_add_up_to_its_test_measures(regression_nightly):
+    import math
+
+    from pyspark.sql import functions as F
+
+    from pipelines.ml import registry, results
+
+    cfg, lakehouse, record, days, _ = regression_nightly
+    [entry] = registry.entries(lakehouse)
+    test = {m["model"]: m for m in results.read_metrics(lakehouse, record.run_id)
+            if m["model_version"] == entry.model_version and m["split"] == "test"}
+    slices = lakehouse.table("results.slices").read().filter(F.col("model_version") == entry.model_version).toPandas()
+    # The network, the baselines and the naive forecasts, on each weekday of the test split.
+    assert set(slices["model"]) == set(test) and "dnn" in test and len(test) == 7
+    assert set(slices["slice"]) == {"weekday"} and set(slices["value"]) == {str(d) for d in range(1, 8)}
+    assert slices["auc"].isna().all() and slices["positives"].isna().all() and (slices["split"] == "test").all()
+    for model, by_day in slices.groupby("model"):
+        n = by_day["rows"]
+        # The weekdays partition the test rows: their rows add up, and so do their errors.
+        assert n.sum() == test[model]["rows"], model
+        assert (by_day["mae"] * n).sum() / n.sum() == pytest.approx(test[model]["mae"], rel=1e-9), model
+        assert math.sqrt((by_day["rmse"] ** 2 * n).sum() / n.sum()) == pytest.approx(test[model]["rmse"], rel=1e-9)
+    # The report draws the MAE by slice.
+    assert "MAE by slice on the test window" in Path(record.report).read_text()
 
 
 def test_a_later_candidates_bar_is_the_blessed_model_measured_again_on_its_validation_rows(regression_nightly):

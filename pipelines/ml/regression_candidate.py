@@ -29,6 +29,7 @@ from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
 from pipelines.ml.regression import decide, predict, regression_metrics, regression_metrics_by
 from pipelines.ml.regression_backtest import run_regression_backtest
+from pipelines.ml.review import regression_slice_rows, write_slices
 from pipelines.ml.training import model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError
 from pipelines.stages.gold.spec import TARGET
@@ -44,10 +45,13 @@ def regression_kinds(configured: list[str]) -> list[str]:
     return ["linreg", *[REGRESSION_BASELINES[k] for k in configured if k != "logreg"]]
 
 
-def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, ...] = SPLITS) -> list[dict]:
+def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, ...] = SPLITS,
+            by_slice: bool = False) -> tuple[list[dict], list[dict]]:
     """MAE, RMSE and MAPE of the network of `result`, of the regression baselines `kinds` (fitted
     here on the train split and saved in the model's folder, `baselines/<kind>`) and of the naive
-    forecasts, on the rows of each of `splits` whose target is known: one dict per (model, split)."""
+    forecasts, on the rows of each of `splits` whose target is known: one dict per (model, split);
+    then, `by_slice`, the same on the test split per slice the dataset declares
+    (`review.regression_slice_rows`, for results.slices), else []."""
     from pyspark.sql import functions as F
 
     version = result.table_versions[MODEL_INPUT]
@@ -72,12 +76,16 @@ def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, 
         predicted = predicted.join(regression_predictions(rows_measured, b["model"], (key,))
                                    .withColumnRenamed("prediction", kind), key)
     names = ["dnn", *fitted, *[c for c in naive.columns if c.startswith(NAIVE_PREFIX)]]
+    if by_slice:
+        predicted = predicted.cache()       # measured twice: by split, then the test split by slice
     measured = regression_metrics_by(predicted, names, by="split")
     rows = [{"model_version": result.model_version, "model": name, "split": split, **measured[(split, name)].as_dict()}
             for split in splits for name in names if (split, name) in measured]
-    for frame in frames.values():
+    sliced = regression_slice_rows(cfg, lakehouse, predicted.filter(F.col("split") == "test"), names, TARGET) \
+        if by_slice and "test" in splits else []
+    for frame in (*frames.values(), predicted):
         frame.unpersist()
-    return rows
+    return rows, sliced
 
 
 def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
@@ -91,12 +99,13 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
         log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
     laps("network")
     kinds = regression_kinds(cfg.nightly.baselines)
-    metrics = measure(cfg, spark, lakehouse, result, kinds)
-    laps("baselines, naive forecasts, metrics")
+    metrics, sliced = measure(cfg, spark, lakehouse, result, kinds, by_slice=True)
+    laps("baselines, naive forecasts, metrics, slices")
     metrics += run_regression_backtest(cfg, spark, lakehouse, result.table_versions[MODEL_INPUT], kinds,
                                        result.model_version)
     laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
+    write_slices(lakehouse, run_id, result.model_version, sliced)
     validation_rows = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT], splits=("validation",))
     status, reason = decide(metrics, backtest_cfg=cfg.backtest,
                             blessed_mae=blessed_mae(cfg, lakehouse, result.model_version, validation_rows["validation"]))

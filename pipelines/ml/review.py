@@ -11,7 +11,10 @@ again for a date replaces them.
   score against the observed rate in ten score ranges), the Brier score and the expected
   calibration error (`ece`).
 - `results.slices`: rows, positives, AUC, mean score and observed rate on the test split per value
-  of each slice the dataset declares (`evaluation: {slices: ...}`, over `gold.features`).
+  of each slice the dataset declares (`evaluation: {slices: ...}`, over `gold.features`). For the
+  regression head (`regression_slice_rows`): rows, MAE, RMSE and MAPE, the mean prediction
+  (`mean_score`) and the mean target (`observed`), for the network, the baselines and the naive
+  forecasts; its `positives` and `auc` are null.
 - `results.importance`: permutation importance on a seeded sample of the validation split
   (`training.importance_rows`): each feature group (a numeric column with its `_missing` flag,
   a categorical column) shuffled in turn, the AUC drop, for the network and the trees. The
@@ -48,7 +51,7 @@ CONFUSION_SCHEMA = (_RUN + "rule string, chosen_on string, threshold double, row
 CALIBRATION_SCHEMA = (_RUN + "bin int, mean_score double, observed double, rows long, brier double, "
                       "created_at timestamp, ece double")
 SLICES_SCHEMA = (_RUN + "slice string, value string, rows long, positives long, auc double, mean_score double, "
-                 "observed double, created_at timestamp")
+                 "observed double, created_at timestamp, mae double, rmse double, mape double")
 IMPORTANCE_SCHEMA = (_RUN + "feature string, columns string, rows long, base_auc double, auc double, "
                      "auc_drop double, seconds double, created_at timestamp")
 
@@ -124,11 +127,8 @@ def calibration_rows(model: str, test) -> list[dict]:
 
 def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
     """Per model, slice and value: rows, positives, AUC, mean score and observed rate. The slice
-    values are the dataset's `evaluation.slices` expressions over `gold.features`, joined on the key.
-
-    Every model's test rows are stacked and measured in one pass, and `gold.features` is read for
-    the test window's dates only (`date`, the column its layout skips files on): the test split
-    holds no other day, so the rows and their values are the same as with the whole table."""
+    values are the dataset's `evaluation.slices` expressions over `gold.features`, joined on the key
+    (`_by_slice`). Every model's test rows are stacked and measured in one pass."""
     from functools import reduce
 
     from pyspark.sql import functions as F
@@ -136,17 +136,9 @@ def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
     dataset = dataset_for(cfg)
     if not dataset.slices or not tests or not lakehouse.table(FEATURES).exists():
         return []
-    key = dataset.key
-    first, last = cfg.split("test")
-    values = lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last))).select(
-        key, *[F.coalesce(F.expr(expr).cast("string"), F.lit("(null)")).alias(f"_slice_{name}")
-               for name, expr in dataset.slices.items()])
     scored = reduce(lambda a, b: a.unionByName(b), [
-        test.select(F.lit(model).alias("_model"), key, "label", "score") for model, test in tests.items()])
-    stacked = scored.join(values, key).select("_model", "label", "score", F.explode(F.array(*[
-        F.struct(F.lit(name).alias("slice"), F.col(f"_slice_{name}").alias("value")) for name in dataset.slices
-    ])).alias("s")).select("_model", "label", "score", "s.slice", "s.value")
-    hist = grouped_histogram(stacked, ["_model", "slice", "value"], SLICE_BINS)
+        test.select(F.lit(model).alias("_model"), dataset.key, "label", "score") for model, test in tests.items()])
+    hist = grouped_histogram(_by_slice(cfg, lakehouse, scored, ["label", "score"]), ["_model", "slice", "value"], SLICE_BINS)
     rows = []
     for (model, name, value), h in hist.groupby(["_model", "slice", "value"]):
         n = float(h["pos"].sum() + h["neg"].sum())
@@ -155,6 +147,59 @@ def slice_rows(cfg, lakehouse, tests: dict) -> list[dict]:
                      "mean_score": float(h["score_sum"].sum() / n), "observed": float(h["pos"].sum() / n)})
     order = list(tests)
     return sorted(rows, key=lambda r: order.index(r["model"]))
+
+
+def regression_slice_rows(cfg, lakehouse, test, models: list[str], target: str) -> list[dict]:
+    """Per model, slice and value of the regression head: rows, MAE, RMSE, MAPE (percent, over the
+    rows whose target is not 0), the mean prediction and the mean target. `test`: the test split's
+    rows with the key, `target` and one prediction column per model of `models`, side by side."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    dataset = dataset_for(cfg)
+    if not dataset.slices or not models or not lakehouse.table(FEATURES).exists():
+        return []
+    y = F.col(target).cast("double")
+    stacked = reduce(lambda a, b: a.unionByName(b), [
+        test.filter(y.isNotNull() & F.col(m).isNotNull()).select(
+            F.lit(m).alias("_model"), dataset.key, y.alias("_y"), F.col(m).cast("double").alias("_p"))
+        for m in models])
+    error = F.col("_p") - F.col("_y")
+    measured = (_by_slice(cfg, lakehouse, stacked, ["_y", "_p"]).groupBy("_model", "slice", "value").agg(
+        F.count("*").alias("rows"), F.avg(F.abs(error)).alias("mae"), F.sqrt(F.avg(error * error)).alias("rmse"),
+        (100.0 * F.avg(F.when(F.col("_y") != 0, F.abs(error) / F.abs(F.col("_y"))))).alias("mape"),
+        F.avg("_p").alias("mean_score"), F.avg("_y").alias("observed")).collect())
+    rows = [{"model": r["_model"], "split": "test", "slice": r["slice"], "value": r["value"], "rows": int(r["rows"]),
+             "positives": None, "auc": None, "mean_score": r["mean_score"], "observed": r["observed"],
+             "mae": r["mae"], "rmse": r["rmse"], "mape": r["mape"]} for r in measured]
+    return sorted(rows, key=lambda r: (models.index(r["model"]), r["slice"], r["value"]))
+
+
+def write_slices(lakehouse, run_id: str, model_version: str, rows: list[dict]) -> None:
+    """Replace `model_version`'s rows of results.slices with `rows` (`regression_slice_rows`)."""
+    if rows:
+        stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+        lakehouse.table(SLICES).replace_rows([{**r, **stamp} for r in rows], SLICES_SCHEMA, key=("model_version",))
+
+
+def _by_slice(cfg, lakehouse, stacked, columns: list[str]):
+    """`stacked` (a `_model` column, the key, `columns`) once per slice the dataset declares, with
+    the row's `slice` name and `value` (the expression over `gold.features`, "(null)" for a null).
+
+    `gold.features` is read for the test window's dates only (`date`, the column its layout skips
+    files on): the test split holds no other day, so the rows and their values are the same as with
+    the whole table."""
+    from pyspark.sql import functions as F
+
+    dataset = dataset_for(cfg)
+    first, last = cfg.split("test")
+    values = lakehouse.table(FEATURES).read().filter(F.col("date").between(F.lit(first), F.lit(last))).select(
+        dataset.key, *[F.coalesce(F.expr(expr).cast("string"), F.lit("(null)")).alias(f"_slice_{name}")
+                       for name, expr in dataset.slices.items()])
+    return stacked.join(values, dataset.key).select("_model", *columns, F.explode(F.array(*[
+        F.struct(F.lit(name).alias("slice"), F.col(f"_slice_{name}").alias("value")) for name in dataset.slices
+    ])).alias("s")).select("_model", *columns, "s.slice", "s.value")
 
 
 def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int) -> list[dict]:

@@ -155,7 +155,7 @@ def draw_model_section(lakehouse, model, metrics: list[dict], out: Path, images:
 
 def review_section(lakehouse, model_version: str, out: Path, images: dict, tables: dict) -> None:
     """The reviewer's evaluation of `model_version` (`pipelines.ml.review`'s tables): the confusion
-    matrices, reliability curves, AUC by slice and permutation importance."""
+    matrices, reliability curves, AUC (the regression head: MAE) by slice and permutation importance."""
     from pyspark.sql import functions as F
 
     def rows_of(name: str):
@@ -178,7 +178,9 @@ def review_section(lakehouse, model_version: str, out: Path, images: dict, table
             calibration, out / "reliability.png")
     slices = rows_of(catalog.SLICES)
     if slices is not None:
-        images["AUC by slice on the test window"] = plots.plot_slices(slices, out / "slices.png")
+        # The regression head's rows have an MAE and no AUC.
+        measure = "mae" if "mae" in slices and slices["auc"].isna().all() else "auc"
+        images[f"{measure.upper()} by slice on the test window"] = plots.plot_slices(slices, out / "slices.png", measure)
     importance = rows_of(catalog.IMPORTANCE)
     if importance is not None:
         images["Permutation importance on the validation window (AUC drop)"] = plots.plot_importance(

@@ -123,8 +123,9 @@ def plot_reliability(calibration, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_slices(slices, path: Path) -> Path:
-    """AUC per slice value, one panel per slice, one bar per model (`slices`: model, slice, value, rows, auc)."""
+def plot_slices(slices, path: Path, measure: str = "auc") -> Path:
+    """`measure` (AUC, or the regression head's MAE) per slice value, one panel per slice, one bar
+    per model (`slices`: model, slice, value, rows and the measure)."""
     names = sorted(slices["slice"].unique())
     models = sorted(slices["model"].unique(), key=lambda m: (m != "dnn", m))
     fig, axes = plt.subplots(len(names), 1, figsize=(10, 2.6 * len(names)), squeeze=False)
@@ -133,14 +134,15 @@ def plot_slices(slices, path: Path) -> Path:
         s = slices[slices["slice"] == name]
         values = sorted(s["value"].unique())
         for k, model in enumerate(models):
-            auc = s[s["model"] == model].set_index("value")["auc"].reindex(values)
-            ax.bar([i + k * width for i in range(len(values))], auc, width=width, label=model)
+            measured = s[s["model"] == model].set_index("value")[measure].reindex(values)
+            ax.bar([i + k * width for i in range(len(values))], measured, width=width, label=model)
         rows = s.groupby("value")["rows"].max().reindex(values)
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(values))],
                       [f"{v}\n{int(n):,}" for v, n in zip(values, rows)], fontsize=7)
-        ax.set_ylim(0.5, 1)
-        ax.set_ylabel("AUC")
-        ax.set_title(f"AUC by {name} (rows under each value)", fontsize=9)
+        if measure == "auc":
+            ax.set_ylim(0.5, 1)
+        ax.set_ylabel(measure.upper())
+        ax.set_title(f"{measure.upper()} by {name} (rows under each value)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     return _save(fig, path)
