@@ -100,7 +100,7 @@ _FIXED = [
     TableEntry(CONFUSION, (), "ml.review", "confusion matrix on the test split per model, at the threshold chosen on validation"),
     TableEntry(CALIBRATION, (), "ml.review", "reliability curve and Brier score on the test split per model"),
     TableEntry(SLICES, (), "ml.review", "AUC (the regression head: MAE, RMSE, MAPE), rows and observed rate on the test split per model, slice and value"),
-    TableEntry(IMPORTANCE, (), "ml.review", "permutation importance (AUC drop) per model and feature group, on validation"),
+    TableEntry(IMPORTANCE, (), "ml.review", "permutation importance (AUC drop; the regression head: MAE increase) per model and feature group, on validation"),
 ]
 TABLES: dict[str, TableEntry] = {e.name: e for e in _FIXED}
 

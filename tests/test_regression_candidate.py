@@ -159,6 +159,32 @@ def test_every_model_is_measured_by_slice_and_the_slices_add_up_to_its_test_meas
     assert "MAE by slice on the test window" in Path(record.report).read_text()
 
 
+def test_permutation_importance_is_the_mae_increase_of_each_feature_group_shuffled(regression_nightly):
+    from pyspark.sql import functions as F
+
+    from pipelines.ml import registry, results
+
+    cfg, lakehouse, record, days, _ = regression_nightly
+    [entry] = registry.entries(lakehouse)
+    validation = {m["model"]: m for m in results.read_metrics(lakehouse, record.run_id)
+                  if m["model_version"] == entry.model_version and m["split"] == "validation"}
+    importance = lakehouse.table("results.importance").read().filter(
+        F.col("model_version") == entry.model_version).toPandas()
+    # The network and the fitted baselines (naive forecasts read no feature).
+    assert set(importance["model"]) == {"dnn", "linreg", "gbt"}
+    assert importance["auc"].isna().all() and importance["auc_drop"].isna().all()
+    for model, groups in importance.groupby("model"):
+        assert groups["feature"].is_unique and len(groups) > 3, model
+        # The sample is the whole validation window here (fewer rows than training.importance_rows):
+        # unshuffled, each model's MAE is the one results.metrics holds for it.
+        assert (groups["rows"] == validation[model]["rows"]).all()
+        assert groups["base_mae"].tolist() == pytest.approx([validation[model]["mae"]] * len(groups), rel=1e-6)
+        assert (groups["mae_increase"] - (groups["mae"] - groups["base_mae"])).abs().max() < 1e-12
+    # Some feature matters to the network: shuffling it makes its predictions worse.
+    assert importance[importance["model"] == "dnn"]["mae_increase"].max() > 0
+    assert "Permutation importance on the validation window (MAE increase)" in Path(record.report).read_text()
+
+
 def test_a_later_candidates_bar_is_the_blessed_model_measured_again_on_its_validation_rows(regression_nightly):
     from bench import daily_feed
     from pipelines.ml import registry

@@ -40,7 +40,7 @@ def run_train(args, cfg) -> int:
         # The regression head's bar: its baselines and the naive forecasts, MAE on validation.
         from pipelines.ml.regression_candidate import mae_lines, measure, regression_kinds
 
-        for line in mae_lines(measure(cfg, spark, lakehouse, result, regression_kinds(kinds), splits=("validation",))[0]):
+        for line in mae_lines(measure(cfg, spark, lakehouse, result, regression_kinds(kinds), splits=("validation",)).metrics):
             print(line.removeprefix("[train] "))
     if args.json:
         fitted_free = {kind: {k: v for k, v in b.items() if k != "model"} for kind, b in baselines.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from datetime import date
 
 from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
@@ -29,7 +30,7 @@ from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
 from pipelines.ml.regression import decide, predict, regression_metrics, regression_metrics_by
 from pipelines.ml.regression_backtest import run_regression_backtest
-from pipelines.ml.review import regression_slice_rows, write_slices
+from pipelines.ml.review import regression_importance_rows, regression_slice_rows, write_importance, write_slices
 from pipelines.ml.training import model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError
 from pipelines.stages.gold.spec import TARGET
@@ -45,13 +46,22 @@ def regression_kinds(configured: list[str]) -> list[str]:
     return ["linreg", *[REGRESSION_BASELINES[k] for k in configured if k != "logreg"]]
 
 
+@dataclass
+class Measured:
+    """What `measure` gives: the metrics, the test split by slice, the fitted baselines."""
+
+    metrics: list[dict]             # MAE, RMSE and MAPE per (model, split)
+    slices: list[dict]              # results.slices rows (`by_slice`), else []
+    baselines: dict[str, object]    # the fitted PipelineModel of each baseline kind
+
+
 def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, ...] = SPLITS,
-            by_slice: bool = False) -> tuple[list[dict], list[dict]]:
+            by_slice: bool = False) -> Measured:
     """MAE, RMSE and MAPE of the network of `result`, of the regression baselines `kinds` (fitted
     here on the train split and saved in the model's folder, `baselines/<kind>`) and of the naive
     forecasts, on the rows of each of `splits` whose target is known: one dict per (model, split);
-    then, `by_slice`, the same on the test split per slice the dataset declares
-    (`review.regression_slice_rows`, for results.slices), else []."""
+    with `by_slice`, the same on the test split per slice the dataset declares
+    (`review.regression_slice_rows`, for results.slices)."""
     from pyspark.sql import functions as F
 
     version = result.table_versions[MODEL_INPUT]
@@ -85,7 +95,7 @@ def measure(cfg, spark, lakehouse, result, kinds: list[str], splits: tuple[str, 
         if by_slice and "test" in splits else []
     for frame in (*frames.values(), predicted):
         frame.unpersist()
-    return rows, sliced
+    return Measured(rows, sliced, {kind: b["model"] for kind, b in fitted.items()})
 
 
 def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: date) -> Candidate:
@@ -99,14 +109,18 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
         log.info(f"[train] model {version_name} was trained by an earlier attempt; registering it")
     laps("network")
     kinds = regression_kinds(cfg.nightly.baselines)
-    metrics, sliced = measure(cfg, spark, lakehouse, result, kinds, by_slice=True)
+    measured = measure(cfg, spark, lakehouse, result, kinds, by_slice=True)
+    metrics = measured.metrics
     laps("baselines, naive forecasts, metrics, slices")
     metrics += run_regression_backtest(cfg, spark, lakehouse, result.table_versions[MODEL_INPUT], kinds,
                                        result.model_version)
     laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
-    write_slices(lakehouse, run_id, result.model_version, sliced)
+    write_slices(lakehouse, run_id, result.model_version, measured.slices)
     validation_rows = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT], splits=("validation",))
+    write_importance(lakehouse, run_id, result.model_version, importance(cfg, result, measured.baselines,
+                                                                         validation_rows["validation"]))
+    laps("importance")
     status, reason = decide(metrics, backtest_cfg=cfg.backtest,
                             blessed_mae=blessed_mae(cfg, lakehouse, result.model_version, validation_rows["validation"]))
     summary = {f"{m['split']}_{m['model']}_{k}": m[k] for m in metrics for k in ("mae", "rmse", "mape")
@@ -132,6 +146,16 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
     for line in mae_lines(metrics):
         log.info(line)
     return Candidate(entry, metrics, result.rows["train"])
+
+
+def importance(cfg, result, baselines: dict, validation) -> list[dict]:
+    """Permutation importance (the MAE increase) of the network of `result` and of each fitted
+    baseline, on `training.importance_rows` of the `validation` rows (`review.regression_importance_rows`)."""
+    carried = ("_group", TARGET)
+    scorers = {"dnn": lambda df: predict(df, result.model_path, carried)}
+    for kind, fitted in baselines.items():
+        scorers[kind] = lambda df, fitted=fitted: regression_predictions(df, fitted, carried)
+    return regression_importance_rows(validation, scorers, cfg.training.importance_rows, cfg.training.seed, TARGET)
 
 
 def blessed_mae(cfg, lakehouse, model_version: str, validation) -> float | None:

@@ -18,7 +18,8 @@ again for a date replaces them.
 - `results.importance`: permutation importance on a seeded sample of the validation split
   (`training.importance_rows`): each feature group (a numeric column with its `_missing` flag,
   a categorical column) shuffled in turn, the AUC drop, for the network and the trees. The
-  permuted copies are built and scored in Spark, one pass per model.
+  permuted copies are built and scored in Spark, one pass per model. For the regression head
+  (`regression_importance_rows`): the MAE increase, for the network and the baselines.
 
     >>> write_review(cfg, lakehouse, run_id, "20131230-ab12cd34", scored, {"dnn": dnn_scorer}, validation)
     {'confusion': 1.2, 'calibration': 0.8, 'slices': 2.1, 'importance': 31.0}
@@ -53,7 +54,8 @@ CALIBRATION_SCHEMA = (_RUN + "bin int, mean_score double, observed double, rows 
 SLICES_SCHEMA = (_RUN + "slice string, value string, rows long, positives long, auc double, mean_score double, "
                  "observed double, created_at timestamp, mae double, rmse double, mape double")
 IMPORTANCE_SCHEMA = (_RUN + "feature string, columns string, rows long, base_auc double, auc double, "
-                     "auc_drop double, seconds double, created_at timestamp")
+                     "auc_drop double, seconds double, created_at timestamp, base_mae double, mae double, "
+                     "mae_increase double")
 
 
 def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, importance_scorers: dict[str, Callable],
@@ -231,17 +233,54 @@ def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: i
     return out
 
 
-def permuted_copies(validation, rows: int, seed: int):
+def regression_importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int,
+                               target: str) -> list[dict]:
+    """`importance_rows` for the regression head: `mae_increase` is the MAE with the group
+    shuffled minus the unshuffled MAE (`base_mae`), on the same sample and permutations for every
+    model. `scorers[model](df)` gives `_group`, `target` and `prediction` of `df`'s rows."""
+    from pyspark.sql import functions as F
+
+    if not scorers:
+        return []
+    stacked, groups, n = permuted_copies(validation.filter(F.col(target).isNotNull()), rows, seed, target)
+    if n == 0:
+        return []
+    stacked = stacked.cache()
+    out = []
+    try:
+        for model, scorer in scorers.items():
+            started = time.time()
+            error = F.abs(F.col("prediction") - F.col(target).cast("double"))
+            maes = {r["_group"]: r["mae"] for r in scorer(stacked).groupBy("_group").agg(F.avg(error).alias("mae")).collect()}
+            base, seconds = maes[UNSHUFFLED], round(time.time() - started, 1)
+            out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
+                     "base_mae": base, "mae": maes[g], "mae_increase": maes[g] - base, "seconds": seconds}
+                    for g, cols in groups.items()]
+    finally:
+        stacked.unpersist()
+    return out
+
+
+def write_importance(lakehouse, run_id: str, model_version: str, rows: list[dict]) -> None:
+    """Replace `model_version`'s rows of results.importance with `rows` (`regression_importance_rows`)."""
+    if rows:
+        stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+        lakehouse.table(IMPORTANCE).replace_rows([{**r, **stamp} for r in rows], IMPORTANCE_SCHEMA,
+                                                 key=("model_version",))
+
+
+def permuted_copies(validation, rows: int, seed: int, label: str = "label"):
     """A seeded sample of `rows` validation rows, stacked once unshuffled (`_group` "") and once per
     feature group with that group's columns shuffled (one permutation of the rows per group, the
-    group's columns moved together). Returns (the stacked DataFrame, the groups, the sample's rows)."""
+    group's columns moved together), beside their `label` (the regression head: its target).
+    Returns (the stacked DataFrame, the groups, the sample's rows)."""
     import numpy as np
     import pandas as pd
     from pyspark.sql import functions as F
 
     groups = feature_groups(validation.columns)
     columns = [c for cols in groups.values() for c in cols]
-    sample = validation.orderBy(F.rand(seed)).limit(rows).select(*columns, "label").toPandas()
+    sample = validation.orderBy(F.rand(seed)).limit(rows).select(*columns, label).toPandas()
     n = len(sample)
     spark = validation.sparkSession
     sample["_row"] = np.arange(n, dtype=np.int64)
@@ -254,6 +293,6 @@ def permuted_copies(validation, rows: int, seed: int):
     source = base.select(F.col("_row").alias("_src"), *[F.col(c).alias(f"_src_{c}") for c in columns])
     group_of = {c: g for g, cols in groups.items() for c in cols}
     stacked = (perm.join(F.broadcast(base), "_row").join(F.broadcast(source), "_src")
-               .select("_group", "label", *[F.when(F.col("_group") == group_of[c], F.col(f"_src_{c}"))
+               .select("_group", label, *[F.when(F.col("_group") == group_of[c], F.col(f"_src_{c}"))
                                             .otherwise(F.col(c)).alias(c) for c in columns]))
     return stacked, groups, n

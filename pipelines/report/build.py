@@ -183,8 +183,10 @@ def review_section(lakehouse, model_version: str, out: Path, images: dict, table
         images[f"{measure.upper()} by slice on the test window"] = plots.plot_slices(slices, out / "slices.png", measure)
     importance = rows_of(catalog.IMPORTANCE)
     if importance is not None:
-        images["Permutation importance on the validation window (AUC drop)"] = plots.plot_importance(
-            importance, out / "importance.png")
+        measure = "mae" if "mae_increase" in importance and importance["auc_drop"].isna().all() else "auc"
+        what = "AUC drop" if measure == "auc" else "MAE increase"
+        images[f"Permutation importance on the validation window ({what})"] = plots.plot_importance(
+            importance, out / "importance.png", measure=measure)
 
 
 def feature_drift(lakehouse, run_date: date):

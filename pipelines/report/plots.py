@@ -148,15 +148,18 @@ def plot_slices(slices, path: Path, measure: str = "auc") -> Path:
     return _save(fig, path)
 
 
-def plot_importance(importance, path: Path, top: int = 20) -> Path:
-    """The `top` feature groups by AUC drop when shuffled, one panel per model."""
+def plot_importance(importance, path: Path, top: int = 20, measure: str = "auc") -> Path:
+    """The `top` feature groups by AUC drop (the regression head, `measure="mae"`: MAE increase)
+    when shuffled, one panel per model."""
+    change, what = ("auc_drop", "AUC drop") if measure == "auc" else ("mae_increase", "MAE increase")
     models = sorted(importance["model"].unique(), key=lambda m: (m != "dnn", m))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 0.25 * top + 1.2), squeeze=False)
     for ax, model in zip(axes[0], models):
-        d = importance[importance["model"] == model].nlargest(top, "auc_drop").sort_values("auc_drop")
-        ax.barh(d["feature"], d["auc_drop"], color="#47a")
+        d = importance[importance["model"] == model].nlargest(top, change).sort_values(change)
+        ax.barh(d["feature"], d[change], color="#47a")
         ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_title(f"{model}: AUC drop, base AUC {d['base_auc'].iloc[-1]:.3f}" if len(d) else model, fontsize=9)
+        ax.set_title(f"{model}: {what}, base {measure.upper()} {d['base_' + measure].iloc[-1]:.3f}" if len(d) else model,
+                     fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     return _save(fig, path)
 
