@@ -59,7 +59,7 @@ def vacuum(dt, retention_hours: int, dry_run: bool, keep_versions: list[int] | N
               if unquote(f) not in pinned and os.path.exists(os.path.join(root, f))]
     if dry_run or not listed:
         return listed
-    size = sum(os.path.getsize(os.path.join(root, f)) for f in listed)
+    size = sum(_size(os.path.join(root, f)) for f in listed)
     start = commit_only_info(dt.table_uri, dt.version(), {
         "operation": "VACUUM START",
         "operationParameters": {"retentionCheckEnabled": "false",
@@ -81,3 +81,10 @@ def vacuum(dt, retention_hours: int, dry_run: bool, keep_versions: list[int] | N
         if version % interval == 0:
             open_table(dt.table_uri, version).create_checkpoint()
     return listed
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:      # gone since it was listed: nothing to delete there
+        return 0
