@@ -6,6 +6,8 @@ validation MAE beats the best baseline's, the best naive forecast's and the bles
 same rows, and, with backtest folds, its mean fold MAE every other model's
 (`pipelines.ml.regression_backtest`, `pipelines.ml.regression.decide`),
 with its training history, its SavedModel (`prediction` in the target's units) and its MLflow run.
+The reviewer's tables follow the head: every model's MAE by slice on the test split
+(results.slices) and its permutation importance by MAE increase on validation (results.importance).
 
     >>> candidate = train_and_register_regression(cfg, spark, lakehouse, run_id, run_date)
     >>> candidate.entry.status, candidate.entry.reason
