@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from datetime import date
 
-from pipelines.catalog import FEATURE_SPEC, MODEL_INPUT
+from pipelines.catalog import FEATURE_SPEC, IMPORTANCE, MODEL_INPUT, SLICES
 from pipelines.config.settings import REGRESSION
 from pipelines.datasets import dataset_for
 from pipelines.ml import registry, results
@@ -32,7 +32,8 @@ from pipelines.ml.naive import PREFIX as NAIVE_PREFIX
 from pipelines.ml.naive import declared_forecasts, naive_forecasts, outcome_delay_days
 from pipelines.ml.regression import decide, predict, regression_metrics, regression_metrics_by
 from pipelines.ml.regression_backtest import run_regression_backtest
-from pipelines.ml.review import regression_importance_rows, regression_slice_rows, write_importance, write_slices
+from pipelines.ml.review import (IMPORTANCE_SCHEMA, SLICES_SCHEMA, regression_importance_rows, regression_slice_rows,
+                                 replace_model_rows)
 from pipelines.ml.training import model_dir_for, read_result, train
 from pipelines.stages.gold import ServingError
 from pipelines.stages.gold.spec import TARGET
@@ -118,10 +119,10 @@ def train_and_register_regression(cfg, spark, lakehouse, run_id: str, run_date: 
                                        result.model_version)
     laps("backtest")
     results.write_metrics(lakehouse, run_id, metrics)
-    write_slices(lakehouse, run_id, result.model_version, measured.slices)
+    replace_model_rows(lakehouse, SLICES, SLICES_SCHEMA, run_id, result.model_version, measured.slices)
     validation_rows = model_input_frames(lakehouse, result.table_versions[MODEL_INPUT], splits=("validation",))
-    write_importance(lakehouse, run_id, result.model_version, importance(cfg, result, measured.baselines,
-                                                                         validation_rows["validation"]))
+    replace_model_rows(lakehouse, IMPORTANCE, IMPORTANCE_SCHEMA, run_id, result.model_version,
+                       importance(cfg, result, measured.baselines, validation_rows["validation"]))
     laps("importance")
     status, reason = decide(metrics, backtest_cfg=cfg.backtest,
                             blessed_mae=blessed_mae(cfg, lakehouse, result.model_version, validation_rows["validation"]))

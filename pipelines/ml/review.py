@@ -74,7 +74,6 @@ def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, 
 
     Returns the seconds each part took.
     """
-    stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
     models = sorted({m for m, split in scored if split == "test" and (m, "validation") in scored})
     parts = {
         "confusion": (CONFUSION, CONFUSION_SCHEMA, lambda: [
@@ -89,12 +88,19 @@ def write_review(cfg, lakehouse, run_id: str, model_version: str, scored: dict, 
     seconds = {}
     for part, (table, schema, rows_of) in parts.items():
         started = time.time()
-        rows = [{**r, **stamp} for r in rows_of()]
-        if rows:
-            lakehouse.table(table).replace_rows(rows, schema, key=("model_version",))
+        written = replace_model_rows(lakehouse, table, schema, run_id, model_version, rows_of())
         seconds[part] = round(time.time() - started, 1)
-        log.info(f"[train] {table}: {len(rows)} rows for model {model_version} in {seconds[part]} s")
+        log.info(f"[train] {table}: {written} rows for model {model_version} in {seconds[part]} s")
     return seconds
+
+
+def replace_model_rows(lakehouse, table: str, schema: str, run_id: str, model_version: str, rows: list[dict]) -> int:
+    """Replace `model_version`'s rows of the review `table` with `rows`, stamped with the run and
+    the time (nothing is written when there are none); returns how many."""
+    if rows:
+        stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
+        lakehouse.table(table).replace_rows([{**r, **stamp} for r in rows], schema, key=("model_version",))
+    return len(rows)
 
 
 def confusion_rows(cfg, model: str, validation, test, decision=None) -> list[dict]:
@@ -178,13 +184,6 @@ def regression_slice_rows(cfg, lakehouse, test, models: list[str], target: str) 
     return sorted(rows, key=lambda r: (models.index(r["model"]), r["slice"], r["value"]))
 
 
-def write_slices(lakehouse, run_id: str, model_version: str, rows: list[dict]) -> None:
-    """Replace `model_version`'s rows of results.slices with `rows` (`regression_slice_rows`)."""
-    if rows:
-        stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
-        lakehouse.table(SLICES).replace_rows([{**r, **stamp} for r in rows], SLICES_SCHEMA, key=("model_version",))
-
-
 def _by_slice(cfg, lakehouse, stacked, columns: list[str]):
     """`stacked` (a `_model` column, the key, `columns`) once per slice the dataset declares, with
     the row's `slice` name and `value` (the expression over `gold.features`, "(null)" for a null).
@@ -211,26 +210,12 @@ def importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: i
 
     The pass scores `rows` × (groups + 1) rows per model, a seeded sample (`permuted_copies`): its
     cost follows `rows` and the number of feature groups, not the size of the validation split."""
-    if not scorers:
-        return []
-    stacked, groups, n = permuted_copies(validation, rows, seed)
-    if n == 0:
-        return []
-    # Every model scores the same permuted copies: built once, not once per model.
-    stacked = stacked.cache()
-    out = []
-    try:
-        for model, scorer in scorers.items():
-            started = time.time()
-            hist = grouped_histogram(scorer(stacked), ["_group"], IMPORTANCE_BINS)
-            aucs = {g: auc_from_histogram(h) for g, h in hist.groupby("_group")}
-            base, seconds = aucs[UNSHUFFLED], round(time.time() - started, 1)
-            out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
-                     "base_auc": base, "auc": aucs[g], "auc_drop": base - aucs[g], "seconds": seconds}
-                    for g, cols in groups.items()]
-    finally:
-        stacked.unpersist()
-    return out
+    def aucs(scored) -> dict[str, float]:
+        hist = grouped_histogram(scored, ["_group"], IMPORTANCE_BINS)
+        return {g: auc_from_histogram(h) for g, h in hist.groupby("_group")}
+
+    return _permutation_rows(validation, scorers, rows, seed, "label", aucs,
+                             lambda base, shuffled: {"base_auc": base, "auc": shuffled, "auc_drop": base - shuffled})
 
 
 def regression_importance_rows(validation, scorers: dict[str, Callable], rows: int, seed: int,
@@ -240,9 +225,22 @@ def regression_importance_rows(validation, scorers: dict[str, Callable], rows: i
     model. `scorers[model](df)` gives `_group`, `target` and `prediction` of `df`'s rows."""
     from pyspark.sql import functions as F
 
+    def maes(scored) -> dict[str, float]:
+        error = F.abs(F.col("prediction") - F.col(target).cast("double"))
+        return {r["_group"]: r["mae"] for r in scored.groupBy("_group").agg(F.avg(error).alias("mae")).collect()}
+
+    return _permutation_rows(validation.filter(F.col(target).isNotNull()), scorers, rows, seed, target, maes,
+                             lambda base, shuffled: {"base_mae": base, "mae": shuffled, "mae_increase": shuffled - base})
+
+
+def _permutation_rows(validation, scorers: dict[str, Callable], rows: int, seed: int, label: str,
+                      by_group: Callable, columns: Callable) -> list[dict]:
+    """The rows of both heads' permutation importance: every model of `scorers` scores the same
+    permuted copies (`permuted_copies`, built once), `by_group(scored)` measures each copy
+    ({group: value}), and `columns(unshuffled, shuffled)` names the measures of one group."""
     if not scorers:
         return []
-    stacked, groups, n = permuted_copies(validation.filter(F.col(target).isNotNull()), rows, seed, target)
+    stacked, groups, n = permuted_copies(validation, rows, seed, label)
     if n == 0:
         return []
     stacked = stacked.cache()
@@ -250,23 +248,13 @@ def regression_importance_rows(validation, scorers: dict[str, Callable], rows: i
     try:
         for model, scorer in scorers.items():
             started = time.time()
-            error = F.abs(F.col("prediction") - F.col(target).cast("double"))
-            maes = {r["_group"]: r["mae"] for r in scorer(stacked).groupBy("_group").agg(F.avg(error).alias("mae")).collect()}
-            base, seconds = maes[UNSHUFFLED], round(time.time() - started, 1)
+            measured = by_group(scorer(stacked))
+            base, seconds = measured[UNSHUFFLED], round(time.time() - started, 1)
             out += [{"model": model, "split": "validation", "feature": g, "columns": ",".join(cols), "rows": n,
-                     "base_mae": base, "mae": maes[g], "mae_increase": maes[g] - base, "seconds": seconds}
-                    for g, cols in groups.items()]
+                     **columns(base, measured[g]), "seconds": seconds} for g, cols in groups.items()]
     finally:
         stacked.unpersist()
     return out
-
-
-def write_importance(lakehouse, run_id: str, model_version: str, rows: list[dict]) -> None:
-    """Replace `model_version`'s rows of results.importance with `rows` (`regression_importance_rows`)."""
-    if rows:
-        stamp = {"run_id": run_id, "model_version": model_version, "created_at": datetime.now(timezone.utc)}
-        lakehouse.table(IMPORTANCE).replace_rows([{**r, **stamp} for r in rows], IMPORTANCE_SCHEMA,
-                                                 key=("model_version",))
 
 
 def permuted_copies(validation, rows: int, seed: int, label: str = "label"):

@@ -184,8 +184,7 @@ def review_section(lakehouse, model_version: str, out: Path, images: dict, table
     importance = rows_of(catalog.IMPORTANCE)
     if importance is not None:
         measure = "mae" if "mae_increase" in importance and importance["auc_drop"].isna().all() else "auc"
-        what = "AUC drop" if measure == "auc" else "MAE increase"
-        images[f"Permutation importance on the validation window ({what})"] = plots.plot_importance(
+        images[f"Permutation importance on the validation window ({plots.IMPORTANCE_CHANGE[measure][1]})"] = plots.plot_importance(
             importance, out / "importance.png", measure=measure)
 
 

@@ -148,10 +148,14 @@ def plot_slices(slices, path: Path, measure: str = "auc") -> Path:
     return _save(fig, path)
 
 
+# What shuffling a feature group changes, by measure: its column in results.importance, its name.
+IMPORTANCE_CHANGE = {"auc": ("auc_drop", "AUC drop"), "mae": ("mae_increase", "MAE increase")}
+
+
 def plot_importance(importance, path: Path, top: int = 20, measure: str = "auc") -> Path:
     """The `top` feature groups by AUC drop (the regression head, `measure="mae"`: MAE increase)
     when shuffled, one panel per model."""
-    change, what = ("auc_drop", "AUC drop") if measure == "auc" else ("mae_increase", "MAE increase")
+    change, what = IMPORTANCE_CHANGE[measure]
     models = sorted(importance["model"].unique(), key=lambda m: (m != "dnn", m))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 0.25 * top + 1.2), squeeze=False)
     for ax, model in zip(axes[0], models):

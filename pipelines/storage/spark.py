@@ -86,8 +86,9 @@ def lost_executors(spark, since: datetime, wait_s: float = 60.0) -> list[str]:
 
     Spark hears of a lost executor a moment after the tasks on it fail, and on a loaded machine its
     web UI answers slowly: wait up to `wait_s` for one to be listed. Nothing is read before the
-    failure, so a slow answer at the start of the work cannot hide the loss (the cause of two CI
-    failures, 2026-12-07 and 2026-12-08). Only work that failed calls this.
+    failure, so a slow answer at the start of the work cannot hide the loss (the likely cause of two
+    CI failures, 2026-12-07 and 2026-12-08, when the list was read before). Only work that failed
+    calls this.
     """
     import time
 
